@@ -1,0 +1,198 @@
+"""Build support for the native core ``dil_fast._C`` (used by setup.py; see docs/ENV.md).
+
+C++ sources are always compiled (g++ -O3). ``.cu`` sources are compiled with nvcc when it is
+found (``CUDA_HOME``/``CUDA_PATH``, then ``PATH``, then ``/usr/local/cuda``) for the archs in
+``DIL_FAST_CUDA_ARCHS`` (SASS for each, PTX for the newest) and the CUDA runtime is linked
+statically. ``DIL_FAST_BUILD_CUDA=0|1`` forces either way; ``DIL_FAST_BUILD_EXT=0`` builds nothing.
+Nothing here probes hardware: only files and environment variables are read.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+DEFAULT_ARCHS = "80;86;89;90"
+CSRC = "csrc"
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def _flag(name: str, default: str) -> str:
+    value = _env(name, default).lower()
+    if value in ("1", "true", "yes", "on"):
+        return "1"
+    if value in ("0", "false", "no", "off"):
+        return "0"
+    if value in ("", "auto"):
+        return "auto"
+    raise SystemExit(f"{name}={value!r}: expected 0, 1 or auto (see docs/ENV.md)")
+
+
+def want_extension() -> bool:
+    return _flag("DIL_FAST_BUILD_EXT", "1") != "0"
+
+
+def parse_archs(spec: str) -> list[str]:
+    """``"80;86;89;90"`` (also ``8.0``, ``sm_90``, ``90a``, commas or spaces) -> ``["80", ...]``."""
+    archs = []
+    for tok in spec.replace(",", ";").replace(" ", ";").split(";"):
+        tok = tok.strip().lower().removeprefix("sm_").removeprefix("compute_").replace(".", "")
+        if not tok:
+            continue
+        digits = tok.rstrip("af")
+        if not digits.isdigit() or len(digits) < 2:
+            raise SystemExit(f"DIL_FAST_CUDA_ARCHS: {tok!r} is not a CUDA arch such as 80, 8.6 or 90a")
+        if tok not in archs:
+            archs.append(tok)
+    if not archs:
+        raise SystemExit("DIL_FAST_CUDA_ARCHS is empty; give at least one arch, e.g. 90")
+    return sorted(archs, key=lambda a: (int(a.rstrip("af")), a))
+
+
+def gencode_flags(archs: list[str]) -> tuple[list[str], list[str]]:
+    """nvcc -gencode flags (SASS for every arch, PTX for the newest) and the target names."""
+    flags, names = [], []
+    for a in archs:
+        flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+        names.append(f"sm_{a}")
+    newest = archs[-1]
+    flags += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
+    names.append(f"compute_{newest}")
+    return flags, names
+
+
+def _cuda_home_candidates(nvcc: str | None) -> list[str]:
+    out = [_env("CUDA_HOME"), _env("CUDA_PATH")]
+    if nvcc:
+        out.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    out.append("/usr/local/cuda")
+    return [c for c in out if c]
+
+
+def _static_cudart(home: str) -> str | None:
+    for sub in ("lib64", "lib", "targets/*/lib"):
+        for d in glob.glob(os.path.join(home, sub)):
+            lib = os.path.join(d, "libcudart_static.a")
+            if os.path.isfile(lib):
+                return lib
+    return None
+
+
+def find_cuda() -> dict | None:
+    """nvcc, include dir and static runtime, or None when no toolkit is found."""
+    nvcc = None
+    for home in (_env("CUDA_HOME"), _env("CUDA_PATH")):
+        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
+            nvcc = os.path.join(home, "bin", "nvcc")
+            break
+    nvcc = nvcc or shutil.which("nvcc")
+    if nvcc is None and os.path.isfile("/usr/local/cuda/bin/nvcc"):
+        nvcc = "/usr/local/cuda/bin/nvcc"
+    if nvcc is None:
+        return None
+    for home in _cuda_home_candidates(nvcc):
+        include = os.path.join(home, "include")
+        lib = _static_cudart(home)
+        if lib and os.path.isfile(os.path.join(include, "cuda_runtime.h")):
+            return {"nvcc": nvcc, "home": home, "include": include, "cudart_static": lib}
+    return None
+
+
+def cuda_plan() -> dict | None:
+    """What to do about CUDA, decided from DIL_FAST_BUILD_CUDA and the toolkit found."""
+    mode = _flag("DIL_FAST_BUILD_CUDA", "auto")
+    if mode == "0":
+        return None
+    cuda = find_cuda()
+    if cuda is None:
+        if mode == "1":
+            raise SystemExit(
+                "DIL_FAST_BUILD_CUDA=1 but no CUDA toolkit was found: put nvcc on PATH or set CUDA_HOME "
+                "(it needs include/cuda_runtime.h and lib64/libcudart_static.a)"
+            )
+        print("dil_fast: nvcc not found; building the C++ CPU twins only", file=sys.stderr)
+        return None
+    archs = parse_archs(_env("DIL_FAST_CUDA_ARCHS") or DEFAULT_ARCHS)
+    cuda["gencode"], cuda["targets"] = gencode_flags(archs)
+    return cuda
+
+
+def make_extension():
+    """The ``dil_fast._C`` extension and the build_ext class that compiles its ``.cu`` files."""
+    try:
+        from pybind11.setup_helpers import Pybind11Extension, build_ext
+    except ImportError as exc:
+        raise SystemExit(
+            "building dil_fast._C needs pybind11: `pip install pybind11` (the build uses "
+            "--no-build-isolation), or set DIL_FAST_BUILD_EXT=0 for a pure-Python install"
+        ) from exc
+
+    cuda = cuda_plan()
+    sources = [f"{CSRC}/module.cpp", f"{CSRC}/optim_cpu.cpp"]
+    if cuda is None:
+        sources.append(f"{CSRC}/cuda_stub.cpp")
+    ext = Pybind11Extension(
+        "dil_fast._C",
+        sources,
+        include_dirs=[CSRC],
+        cxx_std=17,
+        extra_compile_args=["-O3"],
+        depends=glob.glob(f"{CSRC}/*.h") + glob.glob(f"{CSRC}/*.cu"),
+    )
+    if cuda is not None:
+        ext.libraries += ["rt", "pthread", "dl"]
+
+    class BuildExt(build_ext):
+        """build_ext that first compiles csrc/*.cu with nvcc and links the objects in."""
+
+        def build_extension(self, ext_):
+            # A build folder reused with other switches (CUDA on/off, archs) must not keep a stale _C.
+            stamp_path = os.path.join(self.build_temp, "dil_fast_build_config.txt")
+            stamp = repr(None if cuda is None else (cuda["nvcc"], cuda["gencode"], cuda["cudart_static"]))
+            old = open(stamp_path).read() if os.path.isfile(stamp_path) else None
+            if old != stamp:
+                self.force = True
+            if cuda is not None and ext_.name == "dil_fast._C":
+                ext_.extra_objects = self._compile_cuda() + [cuda["cudart_static"]]
+            super().build_extension(ext_)
+            os.makedirs(self.build_temp, exist_ok=True)
+            with open(stamp_path, "w") as f:
+                f.write(stamp)
+
+        def _compile_cuda(self) -> list[str]:
+            out_dir = os.path.join(self.build_temp, "cuda")
+            os.makedirs(out_dir, exist_ok=True)
+            # The target list reaches the code through a generated header: nvcc splits -D values
+            # on commas.
+            with open(os.path.join(out_dir, "df_build_info.h"), "w") as f:
+                f.write(f'#define DF_CUDA_ARCHS "{",".join(cuda["targets"])}"\n')
+            objects = []
+            for src in sorted(glob.glob(f"{CSRC}/*.cu")):
+                obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+                inputs = [src, *glob.glob(f"{CSRC}/*.h")]
+                if not self.force and os.path.isfile(obj) and all(
+                        os.path.getmtime(obj) >= os.path.getmtime(i) for i in inputs):
+                    objects.append(obj)
+                    continue
+                cmd = [
+                    cuda["nvcc"], "-c", src, "-o", obj, "-O3", "-std=c++17", "--threads", "0",
+                    "-Xcompiler", "-fPIC", "-I", CSRC, "-I", out_dir, "-include", "df_build_info.h",
+                    *cuda["gencode"],
+                ]
+                print("dil_fast: " + " ".join(cmd), file=sys.stderr)
+                try:
+                    subprocess.run(cmd, check=True)
+                except (OSError, subprocess.CalledProcessError) as exc:
+                    raise SystemExit(
+                        f"nvcc failed on {src} ({exc}); fix the toolkit or build the CPU twins only "
+                        "with DIL_FAST_BUILD_CUDA=0"
+                    ) from exc
+                objects.append(obj)
+            return objects
+
+    return [ext], {"build_ext": BuildExt}

@@ -1,0 +1,91 @@
+// The element math shared by the CUDA kernels and their C++ CPU twins (one definition, two
+// compilers). It follows torch.optim.Adam (single-tensor path) operation by operation:
+//   wd:   adamw ? p *= 1 - lr*wd : g += wd*p
+//   m  <- lerp(m, g, 1 - beta1)          (torch's two-sided lerp, exact at beta1 = 0)
+//   v  <- v*beta2 + (1 - beta2)*g*g
+//   p  <- p - (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - beta_i^step
+// Scalars (bias corrections, step size) are formed in double, elementwise work in T.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "optim.h"
+
+#if defined(__CUDACC__)
+#define DF_HD __host__ __device__ __forceinline__
+#else
+#define DF_HD inline
+#endif
+
+namespace dil_fast {
+
+DF_HD float df_sqrt(float x) { return sqrtf(x); }
+DF_HD double df_sqrt(double x) { return sqrt(x); }
+#if defined(__CUDACC__)
+DF_HD bool df_isfinite(float x) { return isfinite(x); }
+DF_HD bool df_isfinite(double x) { return isfinite(x); }
+#else
+inline bool df_isfinite(float x) { return std::isfinite(x); }
+inline bool df_isfinite(double x) { return std::isfinite(x); }
+#endif
+
+// A device scalar (step, lr) read as double; dtype is kFloat32 or kFloat64.
+DF_HD double load_scalar(const void* ptr, int dtype, int64_t index) {
+  return dtype == kFloat64 ? static_cast<const double*>(ptr)[index]
+                           : static_cast<double>(static_cast<const float*>(ptr)[index]);
+}
+
+// True when the optional non-finite flag is set: the update is skipped.
+DF_HD bool flag_set(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.0f; }
+
+template <typename T>
+struct AdamCoef {
+  T one_minus_beta1, beta2, one_minus_beta2, eps, wd, decay, neg_step_size, bc2_sqrt;
+  bool adamw, has_wd;
+};
+
+// Per-launch (per-row) coefficients; `step` is the count after this update (1 on the first).
+template <typename T>
+DF_HD AdamCoef<T> adam_coef(double step, double lr, double beta1, double beta2, double eps,
+                            double weight_decay, bool adamw) {
+  AdamCoef<T> c;
+  const double bc1 = 1.0 - pow(beta1, step);
+  const double bc2 = 1.0 - pow(beta2, step);
+  c.neg_step_size = static_cast<T>(-(lr / bc1));
+  c.bc2_sqrt = static_cast<T>(sqrt(bc2));
+  c.one_minus_beta1 = static_cast<T>(1.0 - beta1);
+  c.beta2 = static_cast<T>(beta2);
+  c.one_minus_beta2 = static_cast<T>(1.0 - beta2);
+  c.eps = static_cast<T>(eps);
+  c.wd = static_cast<T>(weight_decay);
+  c.decay = static_cast<T>(1.0 - lr * weight_decay);
+  c.adamw = adamw;
+  c.has_wd = weight_decay != 0.0;
+  return c;
+}
+
+template <typename T>
+DF_HD void adam_update(T& p, T g, T& m, T& v, const AdamCoef<T>& c) {
+  if (c.has_wd) {
+    if (c.adamw) {
+      p = p * c.decay;
+    } else {
+      g = g + c.wd * p;
+    }
+  }
+  const T w = c.one_minus_beta1;
+  m = (w < T(0.5)) ? m + w * (g - m) : g - (g - m) * (T(1) - w);
+  v = v * c.beta2 + c.one_minus_beta2 * g * g;
+  const T denom = df_sqrt(v) / c.bc2_sqrt + c.eps;
+  p = p + c.neg_step_size * m / denom;
+}
+
+// torch.optim.SGD without momentum: x_new = x - lr * (g + wd * x).
+template <typename T>
+DF_HD T sgd_update(T x, T g, T neg_lr, T wd, bool has_wd) {
+  if (has_wd) g = g + wd * x;
+  return x + neg_lr * g;
+}
+
+}  // namespace dil_fast
