@@ -1,0 +1,55 @@
+"""What ``dil-fast info`` reports: the truth about this installation."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from . import backends
+from ._version import __version__
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{(v % 1000) // 10}" if v else "none"
+
+
+def _native_cuda(mod) -> dict:
+    """What the native core carries for CUDA, and whether its (static) runtime can start."""
+    out = {}
+    has_cuda = bool(mod.has_cuda())
+    out["cuda_kernels"] = "yes" if has_cuda else "no (built without nvcc: CPU twins only)"
+    out["cuda_archs"] = ", ".join(mod.cuda_archs()) or "none"
+    if not has_cuda:
+        out["cuda_runtime"] = "none"
+        return out
+    out["cuda_runtime"] = f"{_cuda_version(mod.cuda_runtime_version())} (static; built with " \
+                          f"{_cuda_version(mod.cuda_runtime_version_compiled())})"
+    out["cuda_driver"] = _cuda_version(mod.cuda_driver_version())
+    try:
+        n = mod.cuda_device_count()
+        out["native_cuda_devices"] = str(n)
+    except RuntimeError as exc:
+        out["native_cuda_devices"] = f"unavailable: {exc}"
+    return out
+
+
+def collect() -> dict:
+    tri = backends.triton_status()
+    nat = backends.native_status()
+    out = {
+        "dil_fast": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": tri.reason if tri.available else f"unavailable: {tri.reason}",
+        "native_core": "loaded" if nat.available else f"not loaded: {nat.reason}",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+    if nat.available:
+        out.update(_native_cuda(nat.module))
+    return out
+
+
+def format_info(d: dict) -> str:
+    width = max(len(k) for k in d)
+    return "\n".join(f"{k:<{width}} : {v}" for k, v in d.items())

@@ -1,0 +1,338 @@
+"""``dil-fast pack``: decode a folder of images into a packed uint8 patch store.
+
+A store is a folder holding two files:
+
+* ``patches.u8``: the raw ``N×H×W×3`` uint8 RGB array (C order, no header), memory-mappable;
+* ``index.json``: format/version, ``count``/``height``/``width``/``channels``, the source images
+  (``name``, ``shape`` ``[h, w, 3]``, first patch ``first``, patch ``count``, grid origin of each
+  patch derivable from ``size``/``stride``) and a checksum: SHA-256 of every ``chunk_bytes`` chunk
+  of ``patches.u8`` (``chunks``) and SHA-256 of their concatenated digests (``sha256``), so
+  verification runs chunks in parallel and names the damaged patch range.
+
+Full images are cut on a grid (``--size S --stride T``: top-left corners ``0, T, 2T, ...`` while
+the patch fits; the DF2K recipe is ``--size 256 --stride 256``); without ``--size`` every file is
+taken as one ready patch and all must have the same shape. Decoding goes through
+:func:`dil_fast.data.images.read_image_rgb` (one reader for the whole package), in worker
+processes, with a tqdm progress bar. The store is written under ``OUTPUT.tmp-<pid>`` and renamed
+at the end, so an interrupted run never leaves a half store under the final name.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FlagError, InputError
+from .images import list_images, read_image_rgb
+
+__all__ = ["PACK_EXTS", "STORE_FORMAT", "add_pack_parser", "run_pack", "pack_folder", "chunk_digests"]
+
+PACK_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+STORE_FORMAT = "dil_fast.patchstore"
+STORE_VERSION = 1
+DATA_FILE = "patches.u8"
+INDEX_FILE = "index.json"
+CHUNK_BYTES = 64 << 20
+
+
+# ----------------------------------------------------------------------------------------------
+# Source channel counts: read from the header, because the reader converts gray to RGB and the
+# store refuses a folder that mixes gray and colour images (almost always a mistake).
+
+
+def _header_channels(path: str) -> int | None:
+    """Colour channels (1 gray, 3 colour) from a PNG/JPEG header; None when unknown."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 26:
+        return 1 if head[25] in (0, 4) else 3
+    if head.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                return None
+            marker = head[i + 1]
+            if marker == 0xFF:
+                i += 1
+                continue
+            seg = int.from_bytes(head[i + 2 : i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return 1 if head[i + 9] == 1 else 3
+            i += 2 + seg
+    return None
+
+
+@dataclass
+class _Result:
+    index: int
+    name: str
+    shape: tuple
+    channels: int | None
+    patches: np.ndarray | None  # [n, S, S, 3] uint8
+    error: str | None = None
+    kind: str = ""  # "bad" (unreadable) or "small" (smaller than the patch)
+
+
+def _cut(img: np.ndarray, size: int | None, stride: int | None) -> np.ndarray:
+    if size is None:
+        return img[None]
+    h, w, _ = img.shape
+    ys = range(0, h - size + 1, stride)
+    xs = range(0, w - size + 1, stride)
+    return np.stack([img[y : y + size, x : x + size] for y in ys for x in xs])
+
+
+def _work(job) -> _Result:
+    index, path, size, stride = job
+    name = os.path.basename(path)
+    try:
+        img = read_image_rgb(path)
+    except InputError as exc:
+        return _Result(index, name, (), None, None, str(exc), "bad")
+    if size is not None and (img.shape[0] < size or img.shape[1] < size):
+        msg = f"{path}: image is {img.shape[1]}x{img.shape[0]}, smaller than the {size}x{size} patch (--size)"
+        return _Result(index, name, img.shape, None, None, msg, "small")
+    return _Result(index, name, tuple(img.shape), _header_channels(path), _cut(img, size, stride))
+
+
+class _ChunkHasher:
+    """SHA-256 per fixed-size chunk of a byte stream fed in arbitrary pieces."""
+
+    def __init__(self, chunk_bytes: int):
+        self.chunk_bytes = chunk_bytes
+        self.digests: list[str] = []
+        self._h = hashlib.sha256()
+        self._fill = 0
+
+    def update(self, data: memoryview) -> None:
+        while len(data):
+            take = min(len(data), self.chunk_bytes - self._fill)
+            self._h.update(data[:take])
+            self._fill += take
+            data = data[take:]
+            if self._fill == self.chunk_bytes:
+                self._flush()
+
+    def _flush(self):
+        self.digests.append(self._h.hexdigest())
+        self._h = hashlib.sha256()
+        self._fill = 0
+
+    def finish(self) -> list[str]:
+        if self._fill:
+            self._flush()
+        return self.digests
+
+
+def combine_digests(digests: list[str]) -> str:
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def chunk_digests(path: str, chunk_bytes: int, threads: int = 8) -> list[str]:
+    """SHA-256 of every chunk of a file, computed by threads (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = os.path.getsize(path)
+    starts = list(range(0, size, chunk_bytes))
+
+    def one(start):
+        with open(path, "rb") as f:
+            f.seek(start)
+            return hashlib.sha256(f.read(min(chunk_bytes, size - start))).hexdigest()
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return list(pool.map(one, starts))
+
+
+def _results(jobs, workers: int, progress: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), unit="img", desc="pack", disable=not progress, file=sys.stderr)
+    try:
+        if workers <= 1:
+            for job in jobs:
+                yield _work(job)
+                bar.update()
+            return
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        with ctx.Pool(workers) as pool:
+            for res in pool.imap(_work, jobs, chunksize=4):
+                yield res
+                bar.update()
+    finally:
+        bar.close()
+
+
+def pack_folder(
+    input_dir: str,
+    output: str,
+    *,
+    size: int | None = None,
+    stride: int | None = None,
+    workers: int = 1,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> dict:
+    """Pack ``input_dir`` into the store folder ``output``; returns the index (see module doc).
+
+    Raises :class:`InputError` (bad folder or files, named) or :class:`FlagError` (bad values).
+    """
+    if size is not None and size < 1:
+        raise FlagError(f"--size {size}: must be a positive number of pixels")
+    if stride is not None and size is None:
+        raise FlagError("--stride needs --size (ready patches are taken whole)")
+    if size is not None:
+        stride = size if stride is None else stride
+        if stride < 1:
+            raise FlagError(f"--stride {stride}: must be a positive number of pixels")
+    output = os.path.abspath(output)
+    if os.path.exists(output) and not overwrite:
+        raise FlagError(f"--output {output}: already exists (pass --overwrite to replace it)")
+    parent = os.path.dirname(output)
+    if not os.path.isdir(parent):
+        raise InputError(f"--output {output}: parent folder {parent} does not exist")
+    paths = list_images(input_dir, PACK_EXTS, flag="--input")
+
+    tmp = f"{output}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        index = _write_store(paths, tmp, size, stride, workers, skip_bad, progress, chunk_bytes, input_dir)
+        if os.path.exists(output):
+            old = f"{output}.old-{os.getpid()}"
+            os.replace(output, old)
+            os.replace(tmp, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return index
+
+
+def _write_store(paths, tmp, size, stride, workers, skip_bad, progress, chunk_bytes, input_dir) -> dict:
+    jobs = [(i, p, size, stride) for i, p in enumerate(paths)]
+    hasher = _ChunkHasher(chunk_bytes)
+    sources, skipped = [], {"bad": [], "small": []}
+    shape = None  # (H, W) of every patch
+    channels_from = None  # (channels, name) of the first image with a known header
+    count = 0
+    results = _results(jobs, workers, progress)
+    with open(os.path.join(tmp, DATA_FILE), "wb") as out, contextlib.closing(results):
+        for res in results:
+            if res.error is not None:
+                if not skip_bad:
+                    raise InputError(res.error + ("" if res.kind == "small" else " (pass --skip_bad to skip it)"))
+                skipped[res.kind].append(res.name)
+                continue
+            if res.channels is not None:
+                if channels_from is None:
+                    channels_from = (res.channels, res.name)
+                elif res.channels != channels_from[0]:
+                    kind = {1: "gray", 3: "colour"}
+                    raise InputError(
+                        f"--input {input_dir}: mixed channel counts: {channels_from[1]} is "
+                        f"{kind[channels_from[0]]} ({channels_from[0]} channel), {res.name} is "
+                        f"{kind[res.channels]} ({res.channels} channels); convert them to one kind"
+                    )
+            n, h, w, _ = res.patches.shape
+            if n == 0:
+                continue
+            if shape is None:
+                shape = (h, w)
+            elif (h, w) != shape:
+                raise InputError(
+                    f"--input {input_dir}: ready patches of different sizes: {sources[0]['name']} is "
+                    f"{shape[1]}x{shape[0]}, {res.name} is {w}x{h}; pass --size/--stride to cut them"
+                )
+            buf = memoryview(np.ascontiguousarray(res.patches)).cast("B")
+            out.write(buf)
+            hasher.update(buf)
+            sources.append({"name": res.name, "shape": list(res.shape), "first": count, "count": n})
+            count += n
+    if count == 0:
+        raise InputError(
+            f"--input {input_dir}: no usable image ({len(skipped['bad'])} unreadable, "
+            f"{len(skipped['small'])} smaller than the patch skipped)"
+        )
+    digests = hasher.finish()
+    index = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "data": DATA_FILE,
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "count": count,
+        "height": shape[0],
+        "width": shape[1],
+        "channels": 3,
+        "size": size,
+        "stride": stride,
+        "chunk_bytes": chunk_bytes,
+        "chunks": digests,
+        "sha256": combine_digests(digests),
+        "skipped": {"unreadable": skipped["bad"], "too_small": skipped["small"]},
+        "sources": sources,
+    }
+    with open(os.path.join(tmp, INDEX_FILE), "w") as f:
+        json.dump(index, f)
+    return index
+
+
+def add_pack_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``pack`` sub-command to an ``argparse`` sub-parser set; returns its parser."""
+    p = subparsers.add_parser(
+        "pack",
+        help="decode a folder of images into a packed uint8 patch store",
+        description="Decode PNG/JPEG/BMP/WebP images into a packed uint8 patch store (a folder with "
+        "patches.u8 and index.json) for `dil-fast train --loader store`.",
+    )
+    p.add_argument("--input", required=True, help="folder of images (not recursive)")
+    p.add_argument("--output", required=True, help="store folder to create")
+    p.add_argument("--size", type=int, default=None, help="cut full images into SIZE x SIZE patches")
+    p.add_argument("--stride", type=int, default=None, help="grid step of the cut (default: --size)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
+    p.add_argument("--skip_bad", action="store_true", help="skip unreadable or too-small images (counted)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run_pack(args) -> int:
+    """Run ``dil-fast pack`` from parsed arguments; prints a one-line summary; returns 0."""
+    if args.workers < 1:
+        raise FlagError(f"--workers {args.workers}: must be at least 1")
+    index = pack_folder(
+        args.input,
+        args.output,
+        size=args.size,
+        stride=args.stride,
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    sk = index["skipped"]
+    gib = index["count"] * index["height"] * index["width"] * 3 / 2**30
+    msg = (
+        f"packed {index['count']} patches of {index['width']}x{index['height']} from "
+        f"{len(index['sources'])} images into {args.output} ({gib:.2f} GiB)"
+    )
+    if sk["unreadable"] or sk["too_small"]:
+        msg += f"; skipped {len(sk['unreadable'])} unreadable and {len(sk['too_small'])} too-small images"
+    print(msg)
+    return 0

@@ -1,0 +1,138 @@
+"""Confounder sets and presets of the paper's tasks, and the CLI parser for confounder lists."""
+from __future__ import annotations
+
+import math
+
+from .specs import (JPEG, Choice, Compose, Confounder, GaussianBlur, GaussianNoise, PoissonNoise, RandomKernelBlur,
+                    RandomNoise, RandomResize, Resize)
+
+__all__ = [
+    "PAPER_DENOISE_TRAIN",
+    "PAPER_DENOISE_UNSEEN",
+    "PAPER_DEBLUR_TRAIN",
+    "PAPER_DEBLUR_UNSEEN",
+    "HYBRID_LEVELS",
+    "hybrid",
+    "realesrgan_first_order",
+    "realesrgan_second_order",
+    "denoise_levels",
+    "deblur_levels",
+    "parse_confounders",
+]
+
+# The paper's confounder levels (REFERENCE.md section 2): noise sigma on the 0..255 scale, blur sigma.
+PAPER_DENOISE_TRAIN = (5, 10, 15, 20)
+PAPER_DENOISE_UNSEEN = (30, 40, 50)
+PAPER_DEBLUR_TRAIN = (1, 2, 3, 4)
+PAPER_DEBLUR_UNSEEN = (4.2, 4.4, 4.6, 4.8, 5.0)
+
+# decision: the hybrid ranges of RL-Restore (blur sigma 0..5, noise 0..50, JPEG quality 10..100)
+# cut in thirds; each stage draws its parameters per sample from its level's range.
+HYBRID_LEVELS = {
+    "mild": dict(blur=(0.1, 5 / 3), noise=(0.0, 50 / 3), quality=(70, 100)),
+    "moderate": dict(blur=(5 / 3, 10 / 3), noise=(50 / 3, 100 / 3), quality=(40, 70)),
+    "severe": dict(blur=(10 / 3, 5.0), noise=(100 / 3, 50.0), quality=(10, 40)),
+}
+
+
+def hybrid(level: str = "severe", kernel_size: int = 21) -> Compose:
+    """Blur -> Gaussian noise -> JPEG at ``level`` ('mild', 'moderate', 'severe')."""
+    if level not in HYBRID_LEVELS:
+        raise ValueError(f"hybrid level must be one of {', '.join(HYBRID_LEVELS)}, got {level!r}")
+    p = HYBRID_LEVELS[level]
+    return Compose((GaussianBlur(p["blur"], kernel_size=kernel_size), GaussianNoise(p["noise"]), JPEG(p["quality"])),
+                   label=f"hybrid-{level}")
+
+
+def realesrgan_first_order(scale: int = 4) -> Compose:
+    """Real-ESRGAN's first degradation (its default training ranges): random kernel blur, random
+    resize, Gaussian/Poisson noise, JPEG 30..95, then a bicubic resize to 1/scale of the input."""
+    return Compose((
+        RandomKernelBlur(),
+        RandomResize(),
+        RandomNoise(),
+        JPEG((30, 95)),
+        Resize(scale=1.0 / scale, mode="bicubic", relative_to="original"),
+    ), label=f"realesrgan1-x{scale}")
+
+
+def realesrgan_second_order(scale: int = 4) -> Compose:
+    """Both Real-ESRGAN degradations: the first, then blur (prob 0.8, sigma 0.2..1.5), resize
+    (0.3/0.4/0.3, up 1..1.2, down 0.3..1), noise (1..25, Poisson 0.05..2.5), then with equal
+    probability [resize to 1/scale + sinc (prob 0.8), JPEG] or [JPEG, resize + sinc]."""
+    final_resize = Resize(scale=1.0 / scale, mode="bicubic", relative_to="original")
+    final_sinc = RandomKernelBlur(sinc_only=True, prob=0.8)
+    jpeg = JPEG((30, 95))
+    return Compose((
+        RandomKernelBlur(),
+        RandomResize(),
+        RandomNoise(),
+        JPEG((30, 95)),
+        RandomKernelBlur(sigma=(0.2, 1.5), prob=0.8),
+        RandomResize(probs=(0.3, 0.4, 0.3), up=(1.0, 1.2), down=(0.3, 1.0)),
+        RandomNoise(sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5)),
+        Choice((Compose((final_resize, final_sinc, jpeg)), Compose((jpeg, final_resize, final_sinc)))),
+    ), label=f"realesrgan2-x{scale}")
+
+
+def denoise_levels(sigmas=PAPER_DENOISE_TRAIN, **kw) -> list[Confounder]:
+    """The paper's denoising confounders: AWGN at each sigma (0..255 scale), clipped."""
+    return [GaussianNoise(float(s), **kw) for s in sigmas]
+
+
+def deblur_levels(levels=PAPER_DEBLUR_TRAIN, kernel_size: int = 21) -> list[Confounder]:
+    """The paper's deblurring confounders: isotropic Gaussian blur of sigma = level."""
+    return [GaussianBlur(float(s), kernel_size=kernel_size) for s in levels]
+
+
+_FAMILIES = {
+    "noise": lambda v: GaussianNoise(_num(v)),
+    "gaussian": lambda v: GaussianNoise(_num(v)),
+    "poisson": lambda v: PoissonNoise(_num(v)),
+    "blur": lambda v: GaussianBlur(_num(v)),
+    "jpeg": lambda v: JPEG(_int(v)),
+    "hybrid": lambda v: hybrid(v),
+    "realesrgan": lambda v: {"1": realesrgan_first_order, "first": realesrgan_first_order,
+                             "2": realesrgan_second_order, "second": realesrgan_second_order}[v](),
+}
+
+
+def _num(v: str) -> float:
+    x = float(v)
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"{v!r} is not a non-negative number")
+    return x
+
+
+def _int(v: str) -> int:
+    x = int(v)
+    if not 1 <= x <= 100:
+        raise ValueError(f"JPEG quality {v!r} is not in 1..100")
+    return x
+
+
+def parse_confounders(spec: str) -> list[Confounder]:
+    """'noise:5,10,15,20' | 'blur:1,2,3,4' | '5,10,15,20' (bare numbers: Gaussian noise levels) |
+    'jpeg:10,30' | 'poisson:1,2' | 'hybrid:mild,severe' | 'realesrgan:first,second'; groups may
+    be joined with ';' ('noise:15;blur:2'). Raises ValueError with a one-line message."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("empty confounder list; expected e.g. 'noise:5,10,15,20' or 'blur:1,2,3,4'")
+    out: list[Confounder] = []
+    for group in spec.split(";"):
+        group = group.strip()
+        family, sep, values = group.partition(":")
+        if not sep:
+            family, values = "noise", group
+        family = family.strip().lower()
+        if family not in _FAMILIES:
+            raise ValueError(f"unknown confounder family {family!r} in {spec!r}; use one of {', '.join(_FAMILIES)}")
+        items = [v.strip() for v in values.split(",")]
+        if not values.strip() or any(not v for v in items):
+            raise ValueError(f"confounder group {group!r} in {spec!r} has an empty value")
+        for v in items:
+            try:
+                out.append(_FAMILIES[family](v.lower() if family in ("hybrid", "realesrgan") else v))
+            except (ValueError, KeyError) as exc:
+                msg = str(exc) if isinstance(exc, ValueError) else f"unknown variant {v!r}"
+                raise ValueError(f"bad {family} confounder {v!r} in {spec!r}: {msg}") from None
+    return out

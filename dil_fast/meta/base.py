@@ -1,0 +1,164 @@
+"""The interface every DIL algorithm implements, and the pieces they share."""
+from __future__ import annotations
+
+import abc
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (input [N, C, H, W], target [N, C, H', W'])
+
+
+def _charbonnier(out: torch.Tensor, target: torch.Tensor, reduction: str = "mean", eps: float = 1e-3):
+    val = torch.sqrt((out - target) ** 2 + eps * eps)
+    return val.mean() if reduction == "mean" else val
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "l1": F.l1_loss,
+    "l2": F.mse_loss,
+    "mse": F.mse_loss,
+    "charbonnier": _charbonnier,
+}
+
+
+def get_loss(name: str) -> Callable[..., torch.Tensor]:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"loss must be one of {', '.join(sorted(LOSSES))}, got {name!r}") from None
+
+
+def as_float_betas(betas, what: str) -> tuple[float, float]:
+    """torch >= 2 refuses betas mixing int and float (the released ``betas=(0, 0.999)``)."""
+    try:
+        b1, b2 = (float(b) for b in betas)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be two numbers, got {betas!r}") from None
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        raise ValueError(f"{what} must lie in [0, 1), got {betas!r}")
+    return b1, b2
+
+
+def resolve_fused(fused: bool | None) -> bool:
+    """``None``: fused when the native core is loaded (its CPU twins or CUDA kernels serve the flat
+    buffers); otherwise the per-tensor ``torch.optim.Adam`` path."""
+    if fused is None:
+        from .. import backends
+
+        return backends.native_status().available
+    return bool(fused)
+
+
+def make_adam(params, lr: float, betas: tuple[float, float], fused: bool) -> torch.optim.Optimizer:
+    """Adam over ``params``: :class:`dil_fast.optim.FusedAdam` (flat buffers; the same state_dict
+    layout) when ``fused``, else ``torch.optim.Adam``."""
+    if fused:
+        from ..optim import FusedAdam
+
+        return FusedAdam(params, lr=lr, betas=betas)
+    return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
+@torch.no_grad()
+def copy_weights_(dst: nn.Module, src: nn.Module) -> None:
+    """dst <- src for every parameter and buffer (the reference's ``load_state_dict(state_dict())``)."""
+    dst_t = [t for t in dst.parameters()] + [t for t in dst.buffers()]
+    src_t = [t for t in src.parameters()] + [t for t in src.buffers()]
+    torch._foreach_copy_(dst_t, src_t) if dst_t else None
+
+
+class GradSync:
+    """All-reduces (averages) the gradients of a module across the default process group.
+
+    One flat bucket per call: the reference's DDP all-reduced the task gradients at every inner step.
+    """
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+
+    def __call__(self, module: nn.Module) -> None:
+        import torch.distributed as dist
+
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(self.world_size)
+        torch._foreach_copy_(grads, [c.view_as(g) for c, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+
+class MetaAlgorithm(abc.ABC):
+    """One DIL (or baseline) training algorithm.
+
+    ``step(batches)`` takes one (input, target) pair per confounder and returns the per-pair losses as
+    a detached tensor on the training device (no host synchronisation). ``meta_model`` is the model
+    being trained (the one to evaluate and deploy); ``task_model`` the network of the inner steps.
+    """
+
+    name: str = "base"
+    meta_model: nn.Module
+    task_model: nn.Module
+
+    def __init__(self) -> None:
+        self.iteration = 0
+        self.grad_sync: Callable[[nn.Module], None] | None = None
+
+    @abc.abstractmethod
+    def step(self, batches: Sequence[Batch]) -> torch.Tensor: ...
+
+    @property
+    @abc.abstractmethod
+    def meta_optimizer(self) -> torch.optim.Optimizer: ...
+
+    @property
+    def task_optimizer(self) -> torch.optim.Optimizer | None:
+        return None
+
+    @property
+    def meta_lr(self) -> float:
+        return float(self.meta_optimizer.param_groups[0]["lr"])
+
+    @meta_lr.setter
+    def meta_lr(self, value: float) -> None:
+        for g in self.meta_optimizer.param_groups:
+            g["lr"] = value
+
+    @property
+    def task_lr(self) -> float:
+        opt = self.task_optimizer or self.meta_optimizer
+        return float(opt.param_groups[0]["lr"])
+
+    def _sync_grads(self, module: nn.Module) -> None:
+        if self.grad_sync is not None:
+            self.grad_sync(module)
+
+    def hparams(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        state = {
+            "variant": self.name,
+            "iteration": self.iteration,
+            "hparams": self.hparams(),
+            "meta_model": self.meta_model.state_dict(),
+            "task_model": self.task_model.state_dict(),
+            "meta_optimizer": self.meta_optimizer.state_dict(),
+        }
+        if self.task_optimizer is not None:
+            state["task_optimizer"] = self.task_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("variant") != self.name:
+            raise ValueError(f"state is for variant {state.get('variant')!r}, this algorithm is {self.name!r}")
+        self.meta_model.load_state_dict(state["meta_model"])
+        if self.task_model is not self.meta_model:
+            self.task_model.load_state_dict(state["task_model"])
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        if self.task_optimizer is not None:
+            self.task_optimizer.load_state_dict(state["task_optimizer"])
+        self.iteration = int(state["iteration"])

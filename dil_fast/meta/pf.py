@@ -1,0 +1,97 @@
+"""DIL_pf: parallel first-order DIL (Reptile on the averaged confounder loss)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .base import Batch
+from .batched import QUERY_MODES, VIRTUAL_BATCHING, check_choice, concatenable, support_and_query
+from .sf import SerialFirstOrder
+
+
+class ParallelFirstOrder(SerialFirstOrder):
+    """One meta-iteration (REFERENCE.md §1, the dil_fast reading of ``pf``):
+
+    1. task <- meta (weights); the task Adam keeps its moments and step count across iterations
+       (as in ``sf``);
+    2. inner step 1: one forward/backward on the union of the K support batches (the mean over all
+       their samples) and one task-Adam step;
+    3. inner step 2: one forward/backward on the query batch (a batch from the mixture) and one
+       task-Adam step;
+    4. meta gradient = meta − task (θ − φ); one meta-Adam step.
+
+    Arguments (keyword-only after ``model``): ``inner_lr=1e-4``, ``inner_betas=(0.0, 0.999)`` (the
+    task Adam, as ``sf``), ``meta_lr=1e-4``, ``meta_betas=(0.9, 0.999)``, ``loss="l1"``,
+    ``query="mixture"`` (the second batch is built from the given batches, sample j from confounder
+    ``j mod K``; ``"split"`` holds out the second half of every batch for it; ``"explicit"`` requires
+    ``step(batches, query=(x, y))``), ``virtual_batching="auto"``: there are no K virtual models, so
+    this only decides how step 1's union loss is evaluated: ``"batched"`` one forward over the
+    concatenated batches, ``"looped"`` one forward per confounder (gradients accumulated with weights
+    ``n_k / N``); ``"auto"`` = batched whenever the batches concatenate (no timing).
+
+    ``fused`` as in :class:`SerialFirstOrder` (whose optimizers, meta step and state this class
+    shares): flat buffers, fused Adam steps and the fused meta step with task reset.
+
+    ``step(batches, query=None)`` returns the per-confounder losses of inner step 1, detached.
+    """
+
+    name = "pf"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_lr: float = 1e-4,
+        inner_betas=(0.0, 0.999),
+        meta_lr: float = 1e-4,
+        meta_betas=(0.9, 0.999),
+        loss: str = "l1",
+        query: str = "mixture",
+        virtual_batching: str = "auto",
+        fused: bool | None = None,
+    ):
+        super().__init__(model, inner_lr=inner_lr, inner_betas=inner_betas, meta_lr=meta_lr, meta_betas=meta_betas,
+                         loss=loss, fused=fused)
+        self.query = check_choice(query, QUERY_MODES, "query")
+        self.virtual_batching = check_choice(virtual_batching, VIRTUAL_BATCHING, "virtual_batching")
+
+    def hparams(self) -> dict:
+        return {**super().hparams(), "query": self.query, "virtual_batching": self.virtual_batching}
+
+    def _union_backward(self, support: Sequence[Batch]) -> torch.Tensor:
+        """Backward of the mean loss over the union of the support batches; returns per-pair losses."""
+        sizes = [b[0].shape[0] for b in support]
+        batched = self.virtual_batching != "looped" and concatenable(support)
+        if self.virtual_batching == "batched" and not batched:
+            raise ValueError('virtual_batching="batched" needs batches that concatenate (same C, H, W)')
+        if batched:
+            x = torch.cat([b[0] for b in support])
+            y = torch.cat([b[1] for b in support])
+            per_elem = self.loss_fn(self.task_model(x), y, reduction="none")
+            per_elem.mean().backward()
+            return torch.stack([c.mean() for c in per_elem.detach().split(sizes)])
+        total = float(sum(sizes))
+        losses = []
+        for (x, y), n in zip(support, sizes):
+            loss = self.loss_fn(self.task_model(x), y)
+            (loss * (n / total)).backward()
+            losses.append(loss.detach())
+        return torch.stack(losses)
+
+    def step(self, batches: Sequence[Batch], query: Batch | None = None) -> torch.Tensor:
+        support, (xq, yq) = support_and_query(batches, self.query, query)
+        if not (self.fused and self._task_in_sync):
+            self.sync_task()
+        self._task_opt.zero_grad(set_to_none=False)
+        losses = self._union_backward(support)
+        self._sync_grads(self.task_model)
+        self._task_opt.step()
+        self._task_opt.zero_grad(set_to_none=False)
+        self.loss_fn(self.task_model(xq), yq).backward()
+        self._sync_grads(self.task_model)
+        self._task_opt.step()
+        self.meta_step()
+        self.iteration += 1
+        return losses

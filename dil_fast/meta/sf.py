@@ -1,0 +1,112 @@
+"""DIL_sf: serial first-order DIL (Reptile over the confounders), the released variant."""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .base import Batch, MetaAlgorithm, as_float_betas, copy_weights_, get_loss, make_adam, resolve_fused
+
+
+class SerialFirstOrder(MetaAlgorithm):
+    """One meta-iteration (REFERENCE.md §3):
+
+    1. task <- meta (weights); the task Adam keeps its moments and step count across iterations;
+    2. for each (input, target) in the given order: one forward/backward and one task-Adam step,
+       each starting where the previous ended;
+    3. meta gradient = meta - task; one meta-Adam step.
+
+    ``fused`` (default: True when the native core ``dil_fast._C`` is loaded) keeps both networks'
+    parameters in flat buffers (:class:`~dil_fast.optim.FusedAdam`): each task-Adam step is one
+    launch, and the meta gradient, the meta-Adam step and the task <- meta reset of the next
+    iteration are one fused pass. Results equal the unfused path (``torch.optim.Adam``) to fp32
+    rounding, and the state_dict is the same in both modes. The fused path assumes the task weights
+    still equal the meta weights it reset them to; after changing ``meta_model``'s weights by hand,
+    call :meth:`sync_task`.
+    """
+
+    name = "sf"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_lr: float = 1e-4,
+        inner_betas=(0.0, 0.999),
+        meta_lr: float = 1e-4,
+        meta_betas=(0.9, 0.999),
+        loss: str = "l1",
+        fused: bool | None = None,
+    ):
+        super().__init__()
+        self.fused = resolve_fused(fused)
+        self.loss_name = loss
+        self.loss_fn = get_loss(loss)
+        self.inner_betas = as_float_betas(inner_betas, "inner_betas")
+        self.meta_betas = as_float_betas(meta_betas, "meta_betas")
+        self.meta_model = model
+        self.task_model = copy.deepcopy(model)
+        self._task_opt = make_adam(self.task_model.parameters(), inner_lr, self.inner_betas, self.fused)
+        self._meta_opt = make_adam(self.meta_model.parameters(), meta_lr, self.meta_betas, self.fused)
+        self._meta_params = [p for p in self.meta_model.parameters()]
+        self._task_params = [p for p in self.task_model.parameters()]
+        self._task_in_sync = False  # fused path: task weights == meta weights (reset by the meta step)
+
+    @property
+    def meta_optimizer(self) -> torch.optim.Optimizer:
+        return self._meta_opt
+
+    @property
+    def task_optimizer(self) -> torch.optim.Optimizer:
+        return self._task_opt
+
+    def hparams(self) -> dict:
+        return {
+            "inner_lr": self.task_lr, "inner_betas": self.inner_betas,
+            "meta_lr": self.meta_lr, "meta_betas": self.meta_betas, "loss": self.loss_name,
+        }
+
+    def step(self, batches: Sequence[Batch]) -> torch.Tensor:
+        if len(batches) == 0:
+            raise ValueError("step() needs at least one (input, target) pair")
+        if not (self.fused and self._task_in_sync):
+            self.sync_task()
+        losses = []
+        for inp, target in batches:
+            self._task_opt.zero_grad(set_to_none=False)
+            loss = self.loss_fn(self.task_model(inp), target)
+            loss.backward()
+            self._sync_grads(self.task_model)
+            self._task_opt.step()
+            losses.append(loss.detach())
+        self.meta_step()
+        self.iteration += 1
+        return torch.stack(losses)
+
+    def sync_task(self) -> None:
+        """task <- meta (weights and buffers)."""
+        copy_weights_(self.task_model, self.meta_model)
+        self._task_in_sync = True
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._task_in_sync = False
+
+    @torch.no_grad()
+    def meta_step(self) -> None:
+        """meta.grad <- meta - task, then one meta-Adam step (fused: one pass that also resets task <- meta)."""
+        if self.fused:
+            has_buffers = any(True for _ in self.meta_model.buffers())
+            self._meta_opt.meta_step_(self._task_opt.flat_params(), reset_task=not has_buffers)
+            self._task_in_sync = not has_buffers
+            return
+        self._task_in_sync = False
+        for mp in self._meta_params:
+            if mp.grad is None:
+                mp.grad = torch.zeros_like(mp)
+        grads = [mp.grad for mp in self._meta_params]
+        torch._foreach_copy_(grads, self._meta_params)
+        torch._foreach_sub_(grads, self._task_params)
+        self._meta_opt.step()

@@ -1,0 +1,136 @@
+"""RRDBNet (ESRGAN's Residual-in-Residual Dense Block network), state_dict-compatible with the
+released DIL trainer's ``RRDB.py``: same constructor, parameter names, shapes and initialisation.
+
+Parameter names: ``conv_first``, ``RRDB_trunk.{i}.RDB{1,2,3}.conv{1..5}``, ``trunk_conv``,
+``HRconv``, ``conv_last`` (+ ``upconv1``, ``upconv2`` for :class:`RRDBNetX4`), each ``.weight`` and
+``.bias``. At the defaults (nf=64, nb=23, gc=32, 3->3) that is 698 tensors, 16,624,131 parameters.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _scaled_kaiming_(conv: nn.Conv2d, scale: float) -> None:
+    """Kaiming-normal (fan_in, a=0) weights scaled by ``scale``; the bias keeps PyTorch's default."""
+    nn.init.kaiming_normal_(conv.weight, a=0, mode="fan_in")
+    with torch.no_grad():
+        conv.weight.mul_(scale)
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five densely connected 3x3 convs; output = 0.2 * conv5 + input.  ``[N, nf, H, W]``."""
+
+    def __init__(self, nf: int = 64, gc: int = 32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(nf, gc, 3, 1, 1)
+        self.conv2 = nn.Conv2d(nf + gc, gc, 3, 1, 1)
+        self.conv3 = nn.Conv2d(nf + 2 * gc, gc, 3, 1, 1)
+        self.conv4 = nn.Conv2d(nf + 3 * gc, gc, 3, 1, 1)
+        self.conv5 = nn.Conv2d(nf + 4 * gc, nf, 3, 1, 1)
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
+            _scaled_kaiming_(conv, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = F.leaky_relu(self.conv1(x), 0.2)
+        x2 = F.leaky_relu(self.conv2(torch.cat((x, x1), 1)), 0.2)
+        x3 = F.leaky_relu(self.conv3(torch.cat((x, x1, x2), 1)), 0.2)
+        x4 = F.leaky_relu(self.conv4(torch.cat((x, x1, x2, x3), 1)), 0.2)
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x
+
+
+class RRDB(nn.Module):
+    """Three dense blocks in sequence; output = 0.2 * blocks(x) + x."""
+
+    def __init__(self, nf: int, gc: int = 32):
+        super().__init__()
+        self.RDB1 = ResidualDenseBlock(nf, gc)
+        self.RDB2 = ResidualDenseBlock(nf, gc)
+        self.RDB3 = ResidualDenseBlock(nf, gc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+
+
+class RRDBNet(nn.Module):
+    """Same-resolution RRDBNet used by DIL for denoising/deblurring.  ``[N, in_nc, H, W] -> [N, out_nc, H, W]``.
+
+    conv_first -> nb RRDBs -> trunk_conv; fea = conv_first + trunk; HRconv -> LeakyReLU(0.2) ->
+    conv_last. No global input skip (as released).
+    """
+
+    upscale = 1
+
+    def __init__(self, in_nc: int = 3, out_nc: int = 3, nf: int = 64, nb: int = 23, gc: int = 32):
+        super().__init__()
+        for name, value in (("in_nc", in_nc), ("out_nc", out_nc), ("nf", nf), ("nb", nb), ("gc", gc)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"RRDBNet: {name} must be a positive integer, got {value!r}")
+        self.config = {"in_nc": in_nc, "out_nc": out_nc, "nf": nf, "nb": nb, "gc": gc}
+        self.conv_first = nn.Conv2d(in_nc, nf, 3, 1, 1)
+        self.RRDB_trunk = nn.Sequential(*[RRDB(nf, gc) for _ in range(nb)])
+        self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1)
+        self._build_upsampler(nf)
+        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_last = nn.Conv2d(nf, out_nc, 3, 1, 1)
+
+    def _build_upsampler(self, nf: int) -> None:
+        pass
+
+    def _upsample(self, fea: torch.Tensor) -> torch.Tensor:
+        return fea
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fea = self.conv_first(x)
+        fea = fea + self.trunk_conv(self.RRDB_trunk(fea))
+        fea = self._upsample(fea)
+        return self.conv_last(F.leaky_relu(self.HRconv(fea), 0.2))
+
+
+class RRDBNetX4(RRDBNet):
+    """The x4 super-resolution RRDBNet: two (nearest x2 -> 3x3 conv -> LeakyReLU) stages before HRconv."""
+
+    upscale = 4
+
+    def _build_upsampler(self, nf: int) -> None:
+        self.upconv1 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.upconv2 = nn.Conv2d(nf, nf, 3, 1, 1)
+
+    def _upsample(self, fea: torch.Tensor) -> torch.Tensor:
+        fea = F.leaky_relu(self.upconv1(F.interpolate(fea, scale_factor=2, mode="nearest")), 0.2)
+        return F.leaky_relu(self.upconv2(F.interpolate(fea, scale_factor=2, mode="nearest")), 0.2)
+
+
+def infer_rrdb_config(state_dict: dict) -> dict:
+    """Recover ``in_nc, out_nc, nf, nb, gc`` and the class (x1 / x4) from an RRDBNet state_dict.
+
+    Raises ``ValueError`` when the dict is not an RRDBNet's.
+    """
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    try:
+        w_first = sd["conv_first.weight"]
+        w_last = sd["conv_last.weight"]
+        blocks = {int(k.split(".")[1]) for k in sd if k.startswith("RRDB_trunk.")}
+        nb = max(blocks) + 1 if blocks else 0
+        gc = sd["RRDB_trunk.0.RDB1.conv1.weight"].shape[0] if nb else 32
+    except (KeyError, AttributeError, IndexError, ValueError) as exc:
+        raise ValueError(f"not an RRDBNet state_dict (missing {exc})") from None
+    if nb and blocks != set(range(nb)):
+        raise ValueError("not an RRDBNet state_dict (RRDB_trunk indices are not contiguous)")
+    return {
+        "in_nc": int(w_first.shape[1]),
+        "out_nc": int(w_last.shape[0]),
+        "nf": int(w_first.shape[0]),
+        "nb": int(nb),
+        "gc": int(gc),
+        "x4": "upconv1.weight" in sd,
+    }
+
+
+def build_rrdb(config: dict) -> RRDBNet:
+    """Construct the RRDBNet (or RRDBNetX4 when ``config['x4']``) a config describes."""
+    cfg = dict(config)
+    cls = RRDBNetX4 if cfg.pop("x4", False) else RRDBNet
+    return cls(**cfg)

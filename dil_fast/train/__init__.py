@@ -1,0 +1,1 @@
+"""Training: the trainer, checkpoints, logging, evaluation, distributed helpers."""

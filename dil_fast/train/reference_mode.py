@@ -1,0 +1,121 @@
+"""``dil-fast train --reference_mode``: the released trainer's behaviour, re-created for comparison.
+
+What it re-creates (REFERENCE.md §3), deliberately including the released script's costs:
+
+* the data path: one shuffled DataLoader per confounder with ``--num_workers`` worker processes,
+  OpenCV PNG reads, numpy crops/flips and float64 numpy noise (:class:`~dil_fast.data.reference.
+  ReferencePairLoader`; per-sample seeding is the one deliberate difference, see that module);
+* two networks and per-tensor ``torch.optim.Adam`` (``foreach=False, fused=False``): task Adam
+  ``betas=(0.0, 0.999)``, meta Adam ``betas=(0.9, 0.999)``;
+* every meta-iteration: ``task.load_state_dict(meta.state_dict())`` and
+  ``optimizer_task.load_state_dict(state_task)``; per confounder a forward, ``loss.item()``,
+  ``zero_grad``, backward and task step; then ``state_task = optimizer_task.state_dict()``; the meta
+  gradient ``p.grad = p.data - task_p.data`` (fresh tensors) and one meta Adam step;
+* fp32 with torch's default math settings (nothing is switched, as the released script switched
+  nothing), no channels_last, no compilation, no graphs.
+
+The arithmetic is the same as ``--variant sf`` (checkpoints and training states are
+interchangeable); only the way it is computed differs. ``--reference_mode`` needs ``--variant sf``,
+a PNG folder as ``--trainset`` (``--loader auto`` or ``reference``) and no fast-path flags.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import FlagError
+from ..meta.base import Batch, MetaAlgorithm, as_float_betas, get_loss
+
+
+def check_flags(cfg) -> None:
+    """Refuse ``--reference_mode`` combined with anything the released trainer did not do."""
+    if cfg.variant != "sf":
+        raise FlagError(f"--reference_mode re-creates the released DIL_sf trainer; --variant {cfg.variant} "
+                        "has no reference")
+    if cfg.loader not in ("auto", "reference"):
+        raise FlagError(f"--reference_mode reads PNG patches as released; --loader {cfg.loader} is not allowed")
+    if cfg.precision not in (None, "fp32"):
+        raise FlagError(f"--reference_mode trains in fp32; --precision {cfg.precision} is not allowed")
+    for flag in ("channels_last", "compile", "cuda_graphs"):
+        if getattr(cfg, flag):
+            raise FlagError(f"--reference_mode cannot be combined with --{flag}")
+
+
+class ReferenceSF(MetaAlgorithm):
+    """DIL_sf computed the released way (see the module doc). ``step`` returns the losses as a float64 CPU
+    tensor (they were read with ``loss.item()`` at every inner step)."""
+
+    name = "sf"
+
+    def __init__(self, model: nn.Module, *, inner_lr: float = 1e-4, inner_betas=(0.0, 0.999), meta_lr: float = 1e-4,
+                 meta_betas=(0.9, 0.999), loss: str = "l1"):
+        super().__init__()
+        self.loss_name = loss
+        self.loss_fn = get_loss(loss)
+        self.inner_betas = as_float_betas(inner_betas, "inner_betas")
+        self.meta_betas = as_float_betas(meta_betas, "meta_betas")
+        self.meta_model = model
+        self.task_model = copy.deepcopy(model)
+        self._task_opt = torch.optim.Adam(self.task_model.parameters(), lr=inner_lr, betas=self.inner_betas,
+                                          foreach=False, fused=False)
+        self._meta_opt = torch.optim.Adam(self.meta_model.parameters(), lr=meta_lr, betas=self.meta_betas,
+                                          foreach=False, fused=False)
+        self._state_task = self._task_opt.state_dict()
+
+    @property
+    def meta_optimizer(self) -> torch.optim.Optimizer:
+        return self._meta_opt
+
+    @property
+    def task_optimizer(self) -> torch.optim.Optimizer:
+        return self._task_opt
+
+    def hparams(self) -> dict:
+        return {"inner_lr": self.task_lr, "inner_betas": self.inner_betas, "meta_lr": self.meta_lr,
+                "meta_betas": self.meta_betas, "loss": self.loss_name}
+
+    def step(self, batches: Sequence[Batch], timer=None) -> torch.Tensor:
+        """One meta-iteration. ``timer`` (optional): ``timer(phase)`` returns a context manager
+        around each phase ("fwd_bwd", "optimizer", "other"), for the benchmark's time split."""
+        if len(batches) == 0:
+            raise ValueError("step() needs at least one (input, target) pair")
+        phase = timer or (lambda _name: _NULL)
+        with phase("other"):
+            self.task_model.load_state_dict(self.meta_model.state_dict())
+            self._task_opt.load_state_dict(self._state_task)
+        losses = []
+        for inp, target in batches:
+            with phase("fwd_bwd"):
+                loss = self.loss_fn(self.task_model(inp), target)
+                losses.append(loss.item())
+                self._task_opt.zero_grad()
+                loss.backward()
+                self._sync_grads(self.task_model)
+            with phase("optimizer"):
+                self._task_opt.step()
+        with phase("other"):
+            self._state_task = self._task_opt.state_dict()
+        with phase("optimizer"):
+            for p, tp in zip(self.meta_model.parameters(), self.task_model.parameters()):
+                p.grad = p.data - tp.data
+            self._meta_opt.step()
+        self.iteration += 1
+        return torch.tensor(losses, dtype=torch.float64)  # exact: the values of loss.item()
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._state_task = self._task_opt.state_dict()
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _Null()
