@@ -1,0 +1,94 @@
+"""Shared fixtures. Nothing here touches a GPU or global state at import time."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    skip_gpu = pytest.mark.skip(reason="tier T3: no CUDA device on this machine")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Seed every test and restore the RNG / determinism settings afterwards."""
+    torch_state = torch.get_rng_state()
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    det = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    # Tiny tensors: one intra-op thread is faster than two and never oversubscribes a shared CI core.
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    yield
+    torch.set_rng_state(torch_state)
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+    torch.use_deterministic_algorithms(det)
+    torch.set_num_threads(threads)
+
+
+def assert_close_verbose(actual, expected, *, atol=1e-6, rtol=1e-5, name="tensor"):
+    """allclose that says how many elements differ, where the worst is, and flags NaN/inf."""
+    actual = torch.as_tensor(actual).detach().cpu().double()
+    expected = torch.as_tensor(expected).detach().cpu().double()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    nonfinite = (~torch.isfinite(actual)) & torch.isfinite(expected)
+    assert not nonfinite.any(), f"{name}: {int(nonfinite.sum())} non-finite values where reference is finite"
+    diff = (actual - expected).abs()
+    bad = diff > atol + rtol * expected.abs()
+    if bad.any():
+        idx = int(torch.argmax(diff.flatten()))
+        where = np.unravel_index(idx, tuple(actual.shape)) if actual.dim() else ()
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{bad.numel()} elements differ; worst at {where}: "
+            f"{actual.flatten()[idx].item()!r} vs {expected.flatten()[idx].item()!r} "
+            f"(|diff| {diff.max().item():.3e}, atol {atol}, rtol {rtol})"
+        )
+
+
+@pytest.fixture
+def close():
+    return assert_close_verbose
+
+
+@pytest.fixture
+def nan_like():
+    """Fresh outputs filled with NaN, so an element a kernel forgets to write fails the test."""
+    def make(*shape, dtype=torch.float32, device="cpu"):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return make
+
+
+def make_png_folder(folder, n=6, size=48, seed=0, channels=3):
+    """Write n random-but-structured uint8 PNGs (smooth gradients + texture) into folder."""
+    import cv2
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+        base = np.stack([yy, xx, (yy + xx) / 2], -1)[..., :channels]
+        img = np.clip(base * 200 + rng.normal(0, 20, base.shape) + 20, 0, 255).astype(np.uint8)
+        p = os.path.join(str(folder), f"{i:06d}.png")
+        cv2.imwrite(p, img)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def png_folder(tmp_path):
+    return lambda n=6, size=48, seed=0, name="train", channels=3: make_png_folder(
+        tmp_path / name, n=n, size=size, seed=seed, channels=channels
+    )

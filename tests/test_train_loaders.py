@@ -1,0 +1,64 @@
+"""`dil-fast train` over a packed store (+ the degradation library) and the loader choice."""
+import pytest
+import torch
+
+from dil_fast.cli import main
+from tests.conftest import make_png_folder
+
+COMMON = ["--patch_size", "16", "--batch_size", "2", "--num_workers", "0", "--device", "cpu", "--no_progress",
+          "--nf", "8", "--nb", "1", "--gc", "4", "--print_every", "2", "--test_every", "9",
+          "--backend", "torch"]  # the Triton kernels are tested on their own; the interpreter is slow
+
+
+@pytest.fixture
+def store(tmp_path):
+    make_png_folder(tmp_path / "png", n=12, size=20, seed=5)
+    make_png_folder(tmp_path / "test", n=1, size=16, seed=6)
+    assert main(["pack", "--input", str(tmp_path / "png"), "--output", str(tmp_path / "store"), "--no_progress"]) == 0
+    return tmp_path
+
+
+def _run(tmp, out, *extra, epochs=2):
+    return main(["train", "--trainset", str(tmp / "store"), "--testset", str(tmp / "test"), "--ckpt_save",
+                 str(tmp / out), "--total_epoch", str(epochs), *COMMON, *extra])
+
+
+def test_store_loader_trains_and_resumes_exactly(store):
+    assert _run(store, "a", "--confounders", "noise:5,15;blur:1") == 0
+    assert _run(store, "b", "--confounders", "noise:5,15;blur:1", "--stop_after", "4") == 0
+    assert _run(store, "b", "--confounders", "noise:5,15;blur:1", "--resume", str(store / "b" / "last.pt")) == 0
+    a = torch.load(store / "a" / "model_2.pt", weights_only=True)
+    b = torch.load(store / "b" / "model_2.pt", weights_only=True)
+    for k in a["model_meta"]:
+        assert torch.equal(a["model_meta"][k], b["model_meta"][k]), k
+    log = (store / "a" / "train.log").read_text()
+    assert "Iter: 0/6" in log  # 12 patches // batch 2
+    assert log.count("Task loss") == 2 * 3 * 3  # 3 confounders x iterations 0, 2, 4 x 2 epochs
+
+
+def test_shared_pairing_and_auto_loader(store):
+    assert _run(store, "s", "--pairing", "shared", epochs=1) == 0
+
+
+def test_loader_flag_errors(store, capsys):
+    assert _run(store, "x", "--loader", "reference") == 2  # a store is not a PNG folder
+    assert main(["train", "--trainset", str(store / "png"), "--testset", str(store / "test"), "--ckpt_save",
+                 str(store / "y"), "--confounders", "blur:1", *COMMON]) == 2
+    err = capsys.readouterr().err
+    assert "--confounders needs --loader store or dali" in err
+    assert _run(store, "z", "--confounders", "noise:abc") == 2
+    assert "--confounders" in capsys.readouterr().err
+
+
+def test_dali_loader_trains(store):
+    from dil_fast.data.dali import dali_available
+
+    ok, why = dali_available()
+    if not ok:
+        pytest.skip(f"DALI not installed: {why}")
+    rc = main(["train", "--trainset", str(store / "png"), "--testset", str(store / "test"), "--ckpt_save",
+               str(store / "dali"), "--total_epoch", "1", "--loader", "dali", *COMMON])
+    assert rc == 0
+    ck = torch.load(store / "dali" / "model_1.pt", weights_only=True)
+    assert set(ck) == {"model_meta", "model_task"}
+    assert "Iter: 0/6" in (store / "dali" / "train.log").read_text()
