@@ -63,8 +63,9 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     new.add_argument("--query", default="mixture", choices=("mixture", "split"),
                      help="outer (query) batch of pf/ss/ps/ss-fo: drawn from the given batches (mixture) or a "
                           "held-out half of each batch (split)")
-    new.add_argument("--virtual_batching", default="auto", choices=("auto", "batched", "looped"),
-                     help="K virtual models of ss/ss-fo in one batched pass, one at a time, or the faster (auto)")
+    new.add_argument("--virtual_batching", default="auto", choices=("auto", "tune", "batched", "looped"),
+                     help="K virtual models of ss/ss-fo in one batched pass or one at a time; auto: looped on "
+                          "CPU, else batched unless it fails (deterministic); tune: time both once, keep the faster")
     new.add_argument("--meta_lr", type=float, default=1e-4, help="meta learning rate")
     new.add_argument("--lr_step", type=int, default=20, help="halve the meta LR every N epochs")
     new.add_argument("--test_level", type=float, default=50.0, help="noise level of the periodic test")

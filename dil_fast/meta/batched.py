@@ -11,7 +11,7 @@ is the oracle the batched path is tested against.
 Also here: the K-stacked virtual update and the meta reduction over K (:func:`virtual_update`,
 differentiable, per tensor; :func:`stacked_virtual_sgd` on flat ``[K, P]`` buffers, through the
 native core's fused ``sgd_step_`` when it serves the device; :func:`meta_reduce`), the support/query
-construction (:func:`support_and_query`), and the "auto" path choice (:class:`PathChooser`).
+construction (:func:`support_and_query`), and the record of path choices (:class:`PathChooser`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from torch.func import functional_call, vmap
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-VIRTUAL_BATCHING = ("auto", "batched", "looped")
+VIRTUAL_BATCHING = ("auto", "tune", "batched", "looped")
 QUERY_MODES = ("mixture", "split", "explicit")
 
 
@@ -223,13 +223,17 @@ def concatenable(batches: Sequence[Batch]) -> bool:
 
 # ---------------------------------------------------------------------------------------- "auto"
 class PathChooser:
-    """Resolves ``virtual_batching="auto"`` by a one-time micro-timing per input signature.
+    """The batched/looped path chosen per input signature (K, the shapes, dtype and device of the
+    support and query batches), kept per algorithm instance and saved in its state_dict, so a
+    resumed run uses the same path.
 
-    For each new signature (K, the shapes, dtype and device of the support and query batches) it
-    runs the meta-gradient computation (pure: no optimizer step, no state change) once per path to
-    warm up, then times each twice and keeps the path with the smaller best time; a path that raises (e.g. a model that
-    vmap cannot batch) is never picked. The choices are kept per algorithm instance and saved in its
-    state_dict, so a resumed run uses the same path.
+    ``"auto"`` records a deterministic choice (the caller's rule: looped on CPU, else batched unless
+    it raised), so two
+    runs with the same seed take the same path and give the same numbers. ``"tune"`` calls
+    :meth:`choose`: for each new signature it runs the meta-gradient computation (pure: no
+    optimizer step, no state change) once per path to warm up, times each twice and keeps the path
+    with the smaller best time; a path that raises is never picked. Timings vary between runs, so
+    two ``"tune"`` runs may take different paths and differ in the last bits.
     """
 
     def __init__(self):
@@ -241,6 +245,10 @@ class PathChooser:
         shapes = [tuple(b[0].shape) + tuple(b[1].shape) for b in support]
         x = support[0][0]
         return f"K={len(support)}|{shapes}|q={tuple(query[0].shape)}|{x.dtype}|{x.device}"
+
+    def record(self, key: str, path: str) -> str:
+        self.choices[key] = path
+        return path
 
     def choose(self, key: str, runners: dict[str, Callable[[], object]], device: torch.device) -> str:
         if key in self.choices:

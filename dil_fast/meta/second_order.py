@@ -102,23 +102,38 @@ class _VirtualModelDIL(MetaAlgorithm):
     def _can_batch(self, support: Sequence[Batch]) -> bool:
         raise NotImplementedError
 
-    def _resolve_path(self, support, query) -> str:
+    def _resolve_path(self, support, query) -> tuple[str, str | None]:
+        """``(path, key)``: the path to run and, for ``"auto"`` on a signature not seen before, the
+        signature under which :meth:`step` records the outcome of its first batched attempt."""
         if self.virtual_batching == "looped":
-            return "looped"
+            return "looped", None
         if not self._can_batch(support):
             if self.virtual_batching == "batched":
                 raise ValueError(
                     'virtual_batching="batched" needs confounder batches of identical shapes; '
                     f"got {[tuple(b[0].shape) for b in support]} (use 'auto' or 'looped')"
                 )
-            return "looped"
+            return "looped", None
         if self.virtual_batching == "batched":
-            return "batched"
+            return "batched", None
+        key = PathChooser.signature(support, query)
+        if key in self._chooser.choices:
+            return self._chooser.choices[key], None
+        if self.virtual_batching == "auto":
+            if not self._auto_prefers_batched(support[0][0].device):
+                return self._chooser.record(key, "looped"), None
+            return "batched", key
         runners = {
             path: (lambda path=path: self.meta_gradient(support, query, path=path))
             for path in ("batched", "looped")
         }
-        return self._chooser.choose(PathChooser.signature(support, query), runners, support[0][0].device)
+        return self._chooser.choose(key, runners, support[0][0].device), None
+
+    @staticmethod
+    def _auto_prefers_batched(device: torch.device) -> bool:
+        """The ``"auto"`` rule: batch the K virtual models except on CPU, where the batched pass
+        measured 1.0-1.4x slower than the loop (bench/RESULTS.md)."""
+        return device.type != "cpu"
 
     def _adam_args(self, like: Sequence[torch.Tensor]):
         if self._inner_state is None:
@@ -134,17 +149,25 @@ class _VirtualModelDIL(MetaAlgorithm):
 
     def step(self, batches: Sequence[Batch], query: Batch | None = None) -> torch.Tensor:
         support, q = support_and_query(batches, self.query, query)
-        path = self._resolve_path(support, q)
+        path, probe = self._resolve_path(support, q)
         try:
             grads, inner_losses, moments = self.meta_gradient(support, q, path=path)
-        except RuntimeError as exc:
-            if path != "batched" or self.virtual_batching != "batched" or isinstance(exc, torch.cuda.OutOfMemoryError):
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            if probe is not None:  # "auto": the batched pass cannot run this model/input: loop, for good
+                if isinstance(exc, torch.cuda.OutOfMemoryError):
+                    torch.cuda.empty_cache()
+                path, probe = self._chooser.record(probe, "looped"), None
+                grads, inner_losses, moments = self.meta_gradient(support, q, path=path)
+            elif path != "batched" or self.virtual_batching != "batched" or isinstance(exc, torch.cuda.OutOfMemoryError):
                 raise
-            raise RuntimeError(
-                f'virtual_batching="batched" failed for {type(self.meta_model).__name__}: {exc}. If the model '
-                "mutates buffers in its forward (e.g. BatchNorm in training mode) it cannot be vmapped; "
-                'use virtual_batching="looped" or "auto".'
-            ) from exc
+            else:
+                raise RuntimeError(
+                    f'virtual_batching="batched" failed for {type(self.meta_model).__name__}: {exc}. If the model '
+                    "mutates buffers in its forward (e.g. BatchNorm in training mode) it cannot be vmapped; "
+                    'use virtual_batching="looped" or "auto".'
+                ) from exc
+        if probe is not None:
+            self._chooser.record(probe, path)
         for p, g in zip(self._params, grads):
             if p.grad is None:
                 p.grad = g.detach().clone()
@@ -180,9 +203,13 @@ class SerialSecondOrder(_VirtualModelDIL):
     * ``outer_reduction="sum"``: Σ_k over the virtual models as in Eq. 4 (``"mean"`` divides by K).
     * ``virtual_batching="auto"``: ``"batched"`` runs the K virtual models as one vmapped pass
       (grouped convolutions) over K-stacked parameters, ``"looped"`` one model at a time (each
-      model's graph freed before the next: less memory); ``"auto"`` times both once per input
-      signature and keeps the faster (:class:`~dil_fast.meta.batched.PathChooser`); batches of
-      unequal shapes always loop.
+      model's graph freed before the next: less memory); ``"auto"`` is looped on CPU (where the
+      batched pass measured 1.0-1.4x slower) and elsewhere batched unless the batched pass raises
+      for an input signature (a model vmap cannot batch, out of memory), then looped for that
+      signature from then on: deterministic, so equal seeds give equal numbers;
+      ``"tune"`` times both once per signature and keeps the faster (may differ between runs; see
+      :class:`~dil_fast.meta.batched.PathChooser`). Batches of unequal shapes always loop; the
+      choices are saved with the state.
 
     ``step(batches, query=None)`` returns the K inner (support) losses at θ, detached. Distributed:
     the final meta-gradient is averaged across ranks (``grad_sync``); each rank's virtual steps use
@@ -403,9 +430,9 @@ class ParallelSecondOrder(_VirtualModelDIL):
     def _can_batch(self, support) -> bool:
         return concatenable(support)
 
-    def _resolve_path(self, support, query) -> str:
+    def _resolve_path(self, support, query) -> tuple[str, str | None]:
         if self.virtual_batching == "auto":
-            return "batched" if self._can_batch(support) else "looped"
+            return ("batched" if self._can_batch(support) else "looped"), None
         return super()._resolve_path(support, query)
 
     def outer_objective(self, params: Sequence[torch.Tensor], support: Sequence[Batch], query: Batch, *, path: str):
