@@ -1,5 +1,6 @@
 """`dil-fast study generalization` end to end at the tiny size, and its OpenCV plot (not the science)."""
 import csv
+import importlib.util
 import math
 
 import cv2
@@ -10,6 +11,10 @@ from dil_fast.cli import main
 from dil_fast.study import PLOT_SIZE, TASKS, plot_generalization
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# the study trains on the built-in sample images, which scikit-image ships
+needs_skimage = pytest.mark.skipif(not importlib.util.find_spec("skimage"),
+                                   reason="the study's built-in images need scikit-image (pip install dil_fast[samples])")
 
 
 def _check_outputs(out, task, methods):
@@ -33,6 +38,7 @@ def _check_outputs(out, task, methods):
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 10  # something was drawn
 
 
+@needs_skimage
 @pytest.mark.parametrize("task", ["denoise", "deblur"])
 def test_tiny_study_end_to_end(tmp_path, task, capsys):
     out = tmp_path / task
@@ -44,6 +50,7 @@ def test_tiny_study_end_to_end(tmp_path, task, capsys):
     assert (out / "study.log").is_file()
 
 
+@needs_skimage
 def test_erm_steps_matches_images_and_steps(tmp_path):
     out = tmp_path / "steps"
     assert main(["study", "generalization", "--scale", "tiny", "--variants", "erm-steps,sf", "--budget", "1",

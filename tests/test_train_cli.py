@@ -173,6 +173,7 @@ def test_every_variant_trains_and_resumes_exactly(data, variant):
 
 
 def test_progress_bar_shows_rate_and_loss(data, capsys):
+    pytest.importorskip("tqdm")  # optional at run time (tests/test_progress.py covers its absence)
     from dil_fast.train.trainer import Trainer, TrainConfig
 
     cfg = TrainConfig(ckpt_save=str(data / "bar"), trainset=str(data / "train"), testset=str(data / "test"),

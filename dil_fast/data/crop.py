@@ -28,6 +28,7 @@ import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
+from .._progress import progress_bar
 from ..errors import FlagError, InputError
 from .images import encode_png, list_images, read_image_rgb
 
@@ -95,10 +96,8 @@ def crop_folder(input_dir, output_dir, size: int = 256, stride: int = 256, worke
     try:
         tasks = [(i, p, size, stride, staging) for i, p in enumerate(paths)]
         counts = [0] * len(paths)
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), unit="img", desc="crop", disable=(not sys.stderr.isatty()) if progress is None
-                   else not progress, leave=False)
+        bar = progress_bar(sys.stderr.isatty() if progress is None else progress, total=len(paths), unit="img",
+                           desc="crop", leave=False)
         try:
             if workers == 1 or len(paths) == 1:
                 results = map(_cut_one, tasks)

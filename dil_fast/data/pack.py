@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._progress import progress_bar
 from ..errors import FlagError, InputError
 from .images import list_images, read_image_rgb
 
@@ -156,9 +157,7 @@ def chunk_digests(path: str, chunk_bytes: int, threads: int = 8) -> list[str]:
 
 
 def _results(jobs, workers: int, progress: bool):
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), unit="img", desc="pack", disable=not progress, file=sys.stderr)
+    bar = progress_bar(progress, total=len(jobs), unit="img", desc="pack", file=sys.stderr)
     try:
         if workers <= 1:
             for job in jobs:

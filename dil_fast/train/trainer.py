@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .._progress import tqdm_available
 from ..errors import CheckpointError, FlagError
 from ..meta import VARIANTS, GradSync, MetaAlgorithm
 from ..models import build_rrdb, infer_rrdb_config
@@ -357,7 +358,7 @@ class Trainer:
         if self.is_main:
             os.makedirs(cfg.ckpt_save, exist_ok=True)
         use_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-        use_bar = use_bar and self.is_main
+        use_bar = use_bar and self.is_main and tqdm_available()
         logger = make_logger("train", os.path.join(cfg.ckpt_save, "train.log") if self.is_main else None,
                              console=self.is_main, progress_bar=use_bar)
         logger.info("Set random seed to {}".format(cfg.seed))
