@@ -28,6 +28,7 @@ import torch
 
 from ..errors import CheckpointError, FlagError, InputError
 from ..ops.ref_sample import stream_key
+from .base import check_loader_state, check_shard_args, check_shard_count, loader_state
 from .images import list_images
 from .pack import PACK_EXTS
 
@@ -71,27 +72,20 @@ def _dali_reason(exc: Exception) -> str:
 class DaliLoader:
     """:class:`dil_fast.data.base.CleanLoader` over a folder of PNG/JPEG/BMP/WebP images."""
 
+    _RESUME_KEYS = ("seed", "batch_size", "patch_size", "world_size", "rank", "num_confounders")
+
     def __init__(self, folder, batch_size: int, patch_size: int, num_confounders: int = 4, *,
                  device="cpu", seed: int = 1, rank: int = 0, world_size: int = 1, num_threads: int = 4,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False, prefetch: int = 2):
         self._dali = _import_dali()
-        if batch_size < 1:
-            raise FlagError(f"--batch_size {batch_size}: must be at least 1")
-        if patch_size < 1:
-            raise FlagError(f"--patch_size {patch_size}: must be at least 1")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise FlagError(f"rank {rank} / world size {world_size}: rank must be in 0..world_size-1")
+        check_shard_args(batch_size, rank, world_size, patch_size=patch_size)
         if num_threads < 1:
             raise FlagError(f"--num_workers {num_threads}: must be at least 1")
         if not dtype.is_floating_point and dtype != torch.uint8:
             raise FlagError(f"dtype {dtype}: must be a float type or uint8")
         self.folder = str(folder)
         self.files = list_images(self.folder, PACK_EXTS, flag="--trainset")
-        if len(self.files) < batch_size * world_size:
-            raise FlagError(
-                f"--batch_size {batch_size} x {world_size} rank(s) needs at least {batch_size * world_size} "
-                f"images; {self.folder} has {len(self.files)}"
-            )
+        check_shard_count(len(self.files), batch_size, world_size, "images", self.folder)
         self.device = torch.device(device if device is not None else "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise FlagError(f"--device {device}: no CUDA device is available")
@@ -220,29 +214,11 @@ class DaliLoader:
             checkpoint = self._pipe[1].checkpoint()
         else:
             checkpoint = self._pending_checkpoint
-        return {
-            "loader": "dali",
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "patch_size": self.patch_size,
-            "world_size": self.world_size,
-            "rank": self.rank,
-            "num_confounders": self.num_confounders,
-            "num_files": len(self.files),
-            "dali_checkpoint": checkpoint,
-        }
+        return {**loader_state(self, "dali", self._RESUME_KEYS), "num_files": len(self.files),
+                "dali_checkpoint": checkpoint}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("loader") != "dali":
-            raise CheckpointError(f"loader state is for the {state.get('loader')!r} loader, not 'dali'")
-        for key in ("seed", "batch_size", "patch_size", "world_size", "rank", "num_confounders"):
-            if state[key] != getattr(self, key):
-                raise CheckpointError(
-                    f"loader state was saved with {key}={state[key]}, this run has {getattr(self, key)}; "
-                    "exact resume needs the same value"
-                )
+        check_loader_state(self, state, "dali", self._RESUME_KEYS)
         if state["num_files"] != len(self.files):
             raise CheckpointError(
                 f"loader state was saved for {state['num_files']} images, {self.folder} has {len(self.files)}"

@@ -40,6 +40,7 @@ import torch
 from ..errors import CheckpointError, FlagError, InputError
 from ..ops.ref_sample import stream_key
 from ..ops.sample import OUT_DTYPES, sample_crops
+from .base import check_loader_state, check_shard_args, check_shard_count, loader_state
 from .pack import DATA_FILE, INDEX_FILE, STORE_FORMAT, STORE_VERSION, chunk_digests, combine_digests
 
 __all__ = ["PatchStore", "StoreLoader", "parse_bytes", "is_store"]
@@ -289,23 +290,16 @@ class _HostFeeder:
 class StoreLoader:
     """:class:`dil_fast.data.base.CleanLoader` over a :class:`PatchStore` (see module doc)."""
 
+    _RESUME_KEYS = ("seed", "batch_size", "patch_size", "world_size", "num_confounders")
+
     def __init__(self, store: PatchStore, batch_size: int, patch_size: int, num_confounders: int = 4, *,
                  seed: int = 1, rank: int = 0, world_size: int = 1, dtype: torch.dtype = torch.float32,
                  channels_last: bool = False, backend: str | None = None):
-        if batch_size < 1:
-            raise FlagError(f"--batch_size {batch_size}: must be at least 1")
-        if num_confounders < 1:
-            raise FlagError(f"num_confounders {num_confounders}: must be at least 1")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise FlagError(f"rank {rank} / world size {world_size}: rank must be in 0..world_size-1")
+        check_shard_args(batch_size, rank, world_size, num_confounders=num_confounders)
         if dtype not in OUT_DTYPES:
             raise FlagError(f"dtype {dtype}: must be one of {OUT_DTYPES}")
         store.check_patch_size(patch_size)
-        if store.count < batch_size * world_size:
-            raise FlagError(
-                f"--batch_size {batch_size} x {world_size} rank(s) needs at least {batch_size * world_size} "
-                f"patches; the store {store.path} has {store.count}"
-            )
+        check_shard_count(store.count, batch_size, world_size, "patches", f"the store {store.path}")
         self.store = store
         self.batch_size = int(batch_size)
         self.patch_size = int(patch_size)
@@ -390,27 +384,10 @@ class StoreLoader:
             yield out
 
     def state_dict(self) -> dict:
-        return {
-            "loader": "store",
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "patch_size": self.patch_size,
-            "world_size": self.world_size,
-            "num_confounders": self.num_confounders,
-            "store_sha256": self.store.sha256,
-        }
+        return {**loader_state(self, "store", self._RESUME_KEYS), "store_sha256": self.store.sha256}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("loader") != "store":
-            raise CheckpointError(f"loader state is for the {state.get('loader')!r} loader, not 'store'")
-        for key in ("seed", "batch_size", "patch_size", "world_size", "num_confounders"):
-            if state[key] != getattr(self, key):
-                raise CheckpointError(
-                    f"loader state was saved with {key}={state[key]}, this run has {getattr(self, key)}; "
-                    "exact resume needs the same value"
-                )
+        check_loader_state(self, state, "store", self._RESUME_KEYS)
         if state["store_sha256"] != self.store.sha256:
             raise CheckpointError(f"loader state was saved for a different store than {self.store.path}")
         self.epoch = int(state["epoch"])

@@ -39,21 +39,9 @@ class ParallelFirstOrder(SerialFirstOrder):
 
     name = "pf"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        inner_lr: float = 1e-4,
-        inner_betas=(0.0, 0.999),
-        meta_lr: float = 1e-4,
-        meta_betas=(0.9, 0.999),
-        loss: str = "l1",
-        query: str = "mixture",
-        virtual_batching: str = "auto",
-        fused: bool | None = None,
-    ):
-        super().__init__(model, inner_lr=inner_lr, inner_betas=inner_betas, meta_lr=meta_lr, meta_betas=meta_betas,
-                         loss=loss, fused=fused)
+    def __init__(self, model: nn.Module, *, query: str = "mixture", virtual_batching: str = "auto", **sf_options):
+        """``sf_options``: the keyword arguments of :class:`SerialFirstOrder` (same defaults)."""
+        super().__init__(model, **sf_options)
         self.query = check_choice(query, QUERY_MODES, "query")
         self.virtual_batching = check_choice(virtual_batching, VIRTUAL_BATCHING, "virtual_batching")
 

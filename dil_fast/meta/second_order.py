@@ -34,20 +34,23 @@ INNER_OPTIMIZERS = ("sgd", "adam")
 
 
 class _VirtualModelDIL(MetaAlgorithm):
-    """Shared plumbing: meta Adam, inner optimizer state, query construction, path choice."""
+    """Shared plumbing: meta Adam, inner optimizer state, query construction, path choice.
+
+    The keyword arguments and defaults of ``__init__`` are those every variant below takes
+    (documented on :class:`SerialSecondOrder`); the variants add their own."""
 
     def __init__(
         self,
         model: nn.Module,
         *,
-        alpha: float,
-        inner_optimizer: str,
-        inner_betas,
-        meta_lr: float,
-        meta_betas,
-        loss: str,
-        query: str,
-        virtual_batching: str,
+        alpha: float = 1e-4,
+        inner_optimizer: str = "sgd",
+        inner_betas=(0.0, 0.999),
+        meta_lr: float = 1e-4,
+        meta_betas=(0.9, 0.999),
+        loss: str = "l1",
+        query: str = "mixture",
+        virtual_batching: str = "auto",
     ):
         super().__init__()
         if not alpha > 0:
@@ -219,24 +222,9 @@ class SerialSecondOrder(_VirtualModelDIL):
     name = "ss"
     first_order = False
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        alpha: float = 1e-4,
-        inner_optimizer: str = "sgd",
-        inner_betas=(0.0, 0.999),
-        meta_lr: float = 1e-4,
-        meta_betas=(0.9, 0.999),
-        loss: str = "l1",
-        query: str = "mixture",
-        outer_reduction: str = "sum",
-        virtual_batching: str = "auto",
-    ):
-        super().__init__(
-            model, alpha=alpha, inner_optimizer=inner_optimizer, inner_betas=inner_betas, meta_lr=meta_lr,
-            meta_betas=meta_betas, loss=loss, query=query, virtual_batching=virtual_batching,
-        )
+    def __init__(self, model: nn.Module, *, outer_reduction: str = "sum", **options):
+        """``options``: the other keyword arguments listed above (``_VirtualModelDIL``'s, same defaults)."""
+        super().__init__(model, **options)
         self.outer_reduction = check_choice(outer_reduction, ("sum", "mean"), "outer_reduction")
 
     def hparams(self) -> dict:
@@ -366,26 +354,9 @@ class SerialFirstOrderApprox(SerialSecondOrder):
     name = "ss-fo"
     first_order = True
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        alpha: float = 1e-4,
-        inner_optimizer: str = "sgd",
-        inner_betas=(0.0, 0.999),
-        meta_lr: float = 1e-4,
-        meta_betas=(0.9, 0.999),
-        loss: str = "l1",
-        query: str = "mixture",
-        outer_reduction: str = "mean",
-        virtual_batching: str = "auto",
-        fused: bool | None = None,
-    ):
-        super().__init__(
-            model, alpha=alpha, inner_optimizer=inner_optimizer, inner_betas=inner_betas, meta_lr=meta_lr,
-            meta_betas=meta_betas, loss=loss, query=query, outer_reduction=outer_reduction,
-            virtual_batching=virtual_batching,
-        )
+    def __init__(self, model: nn.Module, *, outer_reduction: str = "mean", fused: bool | None = None, **options):
+        """``options``: the other keyword arguments of :class:`SerialSecondOrder` (same defaults)."""
+        super().__init__(model, outer_reduction=outer_reduction, **options)
         self.fused = fused
 
     def hparams(self) -> dict:
@@ -408,24 +379,6 @@ class ParallelSecondOrder(_VirtualModelDIL):
     """
 
     name = "ps"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        alpha: float = 1e-4,
-        inner_optimizer: str = "sgd",
-        inner_betas=(0.0, 0.999),
-        meta_lr: float = 1e-4,
-        meta_betas=(0.9, 0.999),
-        loss: str = "l1",
-        query: str = "mixture",
-        virtual_batching: str = "auto",
-    ):
-        super().__init__(
-            model, alpha=alpha, inner_optimizer=inner_optimizer, inner_betas=inner_betas, meta_lr=meta_lr,
-            meta_betas=meta_betas, loss=loss, query=query, virtual_batching=virtual_batching,
-        )
 
     def _can_batch(self, support) -> bool:
         return concatenable(support)
