@@ -1,6 +1,8 @@
 """What ``dil-fast info`` reports: the truth about this installation."""
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import platform
 
 import torch
@@ -33,6 +35,40 @@ def _native_cuda(mod) -> dict:
     return out
 
 
+# optional packages: (info key, module, distribution names, what it is for / how to get it)
+_OPTIONAL = (
+    ("dali", "nvidia.dali", ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110"),
+     "--loader dali; pip install dil_fast[dali]"),
+    ("scikit_image", "skimage", ("scikit-image",), "built-in sample images (demo, study); pip install dil_fast[samples]"),
+    ("tqdm", "tqdm", ("tqdm",), "progress bars; without it runs are silent"),
+)
+
+
+def _found(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing or broken
+        return False
+
+
+def _optional() -> dict:
+    """Which optional packages are installed (found, not imported: importing DALI is slow)."""
+    out = {}
+    for key, module, dists, missing in _OPTIONAL:
+        if not _found(module):
+            out[key] = f"not installed ({missing})"
+            continue
+        for dist in dists:
+            try:
+                out[key] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        else:
+            out[key] = "installed"
+    return out
+
+
 def collect() -> dict:
     tri = backends.triton_status()
     nat = backends.native_status()
@@ -47,6 +83,7 @@ def collect() -> dict:
     }
     if nat.available:
         out.update(_native_cuda(nat.module))
+    out.update(_optional())
     return out
 
 

@@ -61,6 +61,17 @@ def test_module_reports_its_build(native):
     assert "native_core" in text and "cuda_archs" in text
 
 
+def test_info_reports_optional_packages(monkeypatch):
+    from dil_fast import _info
+
+    info = dil_fast.info()
+    assert {"dali", "scikit_image", "tqdm"} <= set(info)
+    tqdm = pytest.importorskip("tqdm")
+    assert info["tqdm"] == tqdm.__version__
+    monkeypatch.setattr(_info, "_found", lambda module: module != "tqdm")
+    assert _info.collect()["tqdm"].startswith("not installed (progress bars")
+
+
 @pytest.mark.parametrize("shape,k_steps", [((1023,), 1), ((3, 65), 3), ((2, 7), 1)], ids=["flat", "stacked", "stacked-shared-step"])
 @pytest.mark.parametrize("flags", ["plain", "found_inf", "grad_scale"])
 def test_opcheck_adam(native, shape, k_steps, flags):
