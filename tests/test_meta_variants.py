@@ -355,7 +355,8 @@ def test_auto_is_deterministic_across_runs(variant, monkeypatch):
 def test_auto_falls_back_to_looped_where_batching_fails(monkeypatch):
     monkeypatch.setattr(SerialSecondOrder, "_auto_prefers_batched", staticmethod(lambda d: True))
     algo = SerialSecondOrder(BatchNormNet(), virtual_batching="auto")
-    assert algo.step(make_batches(2)).shape == (2,)
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        assert algo.step(make_batches(2)).shape == (2,)
     assert list(algo._chooser.choices.values()) == ["looped"] and algo.iteration == 1
     calls = []
     real = algo.meta_gradient

@@ -6,6 +6,7 @@ parameters) evaluated with ``torch.func.functional_call``; ``task_model`` is ``m
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -159,6 +160,10 @@ class _VirtualModelDIL(MetaAlgorithm):
             if probe is not None:  # "auto": the batched pass cannot run this model/input: loop, for good
                 if isinstance(exc, torch.cuda.OutOfMemoryError):
                     torch.cuda.empty_cache()
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                warnings.warn(f'{self.name}: virtual_batching="auto" runs the K virtual models one at a time for '
+                              f"inputs {probe}: the batched pass failed ({type(exc).__name__}: {first_line})",
+                              RuntimeWarning, stacklevel=2)
                 path, probe = self._chooser.record(probe, "looped"), None
                 grads, inner_losses, moments = self.meta_gradient(support, q, path=path)
             elif path != "batched" or self.virtual_batching != "batched" or isinstance(exc, torch.cuda.OutOfMemoryError):
