@@ -106,7 +106,7 @@ def test_erm_variant_trains(data):
 def _run_cli(args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "dil_fast", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=300)
 
 
 def _assert_clean_error(res, *needles, out=None):
