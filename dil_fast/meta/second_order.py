@@ -166,7 +166,8 @@ class _VirtualModelDIL(MetaAlgorithm):
                               RuntimeWarning, stacklevel=2)
                 path, probe = self._chooser.record(probe, "looped"), None
                 grads, inner_losses, moments = self.meta_gradient(support, q, path=path)
-            elif path != "batched" or self.virtual_batching != "batched" or isinstance(exc, torch.cuda.OutOfMemoryError):
+            elif (path != "batched" or self.virtual_batching != "batched" or not isinstance(exc, RuntimeError)
+                  or isinstance(exc, torch.cuda.OutOfMemoryError)):
                 raise
             else:
                 raise RuntimeError(
