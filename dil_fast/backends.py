@@ -59,6 +59,13 @@ def triton_interpret() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def skip_autotune() -> bool:
+    """True when Triton autotuning collapses to one config: under the interpreter, or when
+    ``DIL_FAST_SKIP_AUTOTUNE=1`` (the first GPU config; a short GPU check)."""
+    return triton_interpret() or _env_flag("DIL_FAST_SKIP_AUTOTUNE")
+
+
+@functools.lru_cache(maxsize=None)
 def triton_status() -> Status:
     try:
         triton = importlib.import_module("triton")

@@ -1,15 +1,11 @@
-"""Autotune config lists for the degradation kernels, collapsed to one config where autotuning
-cannot run: under the CPU interpreter (``TRITON_INTERPRET=1``: one big program is fastest there)
-or when ``DIL_FAST_SKIP_AUTOTUNE=1`` (first GPU config). Read once, at import."""
+"""Autotune config lists for the Triton kernels, collapsed to one config where autotuning cannot
+run (see :func:`dil_fast.backends.skip_autotune`): under the CPU interpreter one big program is
+fastest, and with ``DIL_FAST_SKIP_AUTOTUNE=1`` the first GPU config is used."""
 from __future__ import annotations
-
-import os
 
 import triton
 
 from dil_fast import backends
-
-SKIP = backends.triton_interpret() or os.environ.get("DIL_FAST_SKIP_AUTOTUNE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def configs(gpu: list[dict], interpreter: dict, num_warps=(4,)) -> list:
@@ -17,4 +13,4 @@ def configs(gpu: list[dict], interpreter: dict, num_warps=(4,)) -> list:
     if backends.triton_interpret():
         return [triton.Config(dict(interpreter), num_warps=4)]
     out = [triton.Config(dict(m), num_warps=w) for m in gpu for w in num_warps]
-    return out[:1] if SKIP else out
+    return out[:1] if backends.skip_autotune() else out

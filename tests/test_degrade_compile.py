@@ -94,7 +94,7 @@ def test_kernels_compile_for_sm90(request):
     done.append(_compile(jpeg._jpeg_pre_fwd_kernel, sig, {"IN_SCALE": 1 / 255, "BH": 16, "BW": 32}))
     done.append(_compile(jpeg._jpeg_post_fwd_kernel, {**sig, "out_ptr": P16}, {"BH": 16, "BW": 32}))
     done.append(_compile(jpeg._jpeg_blocks_fwd_kernel, {**sig, "x_ptr": P32}, {"NB": 32}))
-    sample = backends.triton_kernels("sample")
+    sample = backends.triton_kernels("sample_crops")
     sig = {"store_ptr": PU8, "perm_ptr": "*i64", "key": "i64", "counter_base": "i64",
            **_ints("start", "batch", "height", "width", "s_n", "s_h", "s_w", "s_c", "p_k", "p_l",
                    "o_k", "o_b", "o_c", "o_h", "o_w")}

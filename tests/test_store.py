@@ -98,7 +98,7 @@ def test_triton_sampler_matches_reference(dtype, channels_last, nan_like):
     assert got.stride() == want.stride() and torch.equal(got, want)
     if dtype.is_floating_point:  # every element written (NaN-filled output)
         out = nan_like(2, 3, 3, 7, 7, dtype=dtype)
-        triton_kernels("sample").sample_crops_fwd(store, perm, 2, 3, 7, key, 9, out)
+        triton_kernels("sample_crops").sample_crops_fwd(store, perm, 2, 3, 7, key, 9, out)
         assert torch.equal(out, ref.sample_crops_ref(store, perm, 2, 3, 7, key, 9, dtype=dtype))
 
 

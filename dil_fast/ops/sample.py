@@ -98,7 +98,7 @@ def _sample_crops_op(
     backend: str,
 ) -> torch.Tensor:
     if backend == "triton":
-        kern = backends.triton_kernels("sample")
+        kern = backends.triton_kernels("sample_crops")
         out = _empty_out(perm.shape[0], batch, patch, dtype, channels_last, store.device)
         return kern.sample_crops_fwd(store, perm, start, batch, patch, key, counter_base, out)
     return _sample_crops_torch(store, perm, start, batch, patch, key, counter_base, dtype, channels_last)
