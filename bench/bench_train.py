@@ -51,9 +51,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench._common import HERE, print_table, record  # noqa: E402
 from dil_fast.meta import SerialFirstOrder  # noqa: E402
 from dil_fast.models import RRDBNet  # noqa: E402
-from dil_fast.train.fast import GRAPH_WARMUP, FastOptions, FastPath, math_settings, resolve_options  # noqa: E402
+from dil_fast.timing import synchronize  # noqa: E402
+from dil_fast.train import Trainer, TrainConfig  # noqa: E402
+from dil_fast.train.fast import (GRAPH_WARMUP, FastOptions, FastPath, install_training_forward,  # noqa: E402
+                                 math_settings, resolve_options)
 from dil_fast.train.reference_mode import ReferenceSF  # noqa: E402
-from dil_fast.train.trainer import ConfounderOrder  # noqa: E402
 
 MODELS = {"rrdb-23": {"nf": 64, "nb": 23, "gc": 32}, "rrdb-tiny": {"nf": 8, "nb": 1, "gc": 4}}
 FULL_SHAPES = [(8, 4), (32, 4), (8, 8)]  # (batch per confounder, K)
@@ -63,11 +65,6 @@ SPLIT = ("data", "degradation", "fwd_bwd", "optimizer", "other")
 
 
 # ---------------------------------------------------------------------- plumbing
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class PhaseTimer:
     """``with timer("fwd_bwd"): ...`` adds the phase's wall time, synchronising at both ends."""
 
@@ -77,24 +74,15 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def __call__(self, name):
-        _sync(self.device)
+        synchronize(self.device)
         t0 = time.perf_counter()
         yield
-        _sync(self.device)
+        synchronize(self.device)
         self.t[name] += time.perf_counter() - t0
 
 
 def _null_phase(_name):
     return contextlib.nullcontext()
-
-
-def _forever(loader):
-    """Epoch after epoch of a loader (``set_epoch`` between passes)."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
 
 
 def make_model(model_cfg: dict, device, seed: int = 0) -> torch.nn.Module:
@@ -107,106 +95,59 @@ def build_fast_algorithm(model: torch.nn.Module):
     return SerialFirstOrder(model)
 
 
-def instrumented_sf_step(algo: SerialFirstOrder, batches, phase):
-    """``SerialFirstOrder.step`` with its phases timed (same calls, same order)."""
-    with phase("other"):
-        if not (algo.fused and algo._task_in_sync):
-            algo.sync_task()
-    losses = []
-    for inp, target in batches:
-        with phase("fwd_bwd"):
-            algo.task_optimizer.zero_grad(set_to_none=False)
-            loss = algo.loss_fn(algo.task_model(inp), target)
-            loss.backward()
-        with phase("optimizer"):
-            algo.task_optimizer.step()
-        losses.append(loss.detach())
-    with phase("optimizer"):
-        algo.meta_step()
-    algo.iteration += 1
-    return torch.stack(losses)
-
-
 # ---------------------------------------------------------------------- the cases
-class ReferenceCase:
-    def __init__(self, base, folder, device, batch, k, patch, num_workers):
-        from dil_fast.data.reference import ReferencePairLoader
+class TrainerCase:
+    """Cases (a)-(c): one meta-iteration of ``dil-fast train`` as the trainer runs it (its loader,
+    degradation, confounder order and fast path), driven through :meth:`Trainer.meta_iterations`.
+    ``step(phase)`` times the phases with ``phase`` (a :class:`PhaseTimer`) when given."""
 
-        self.loader = ReferencePairLoader(folder, SIGMAS[:k], patch_size=patch, batch_size=batch, seed=1,
-                                          num_workers=num_workers, device=device)
-        self.algo = ReferenceSF(copy.deepcopy(base))
-        self.order = ConfounderOrder(k)
-        self.data = _forever(self.loader)
+    def __init__(self, base, cfg: TrainConfig):
+        self.trainer = Trainer(cfg, model=copy.deepcopy(base)).open()
+        self._phase = _null_phase
+        self._steps = self.trainer.meta_iterations(timer=lambda name: self._phase(name))
 
-    def step(self, phase=_null_phase):
-        with phase("data"):
-            pairs = next(self.data)
-        perm = self.order.next()
-        return self.algo.step([pairs[i] for i in perm], timer=None if phase is _null_phase else phase)
+    def step(self, phase=None):
+        self._phase = phase or _null_phase
+        return next(self._steps)
 
     def close(self):
-        self.data.close()
+        self._steps.close()
+        self.trainer.close()
 
 
-class FastCase:
-    def __init__(self, base, store, device, batch, k, patch, opts: FastOptions, backend):
-        from dil_fast.data.store import StoreLoader
-        from dil_fast.degrade import GaussianNoise
-
-        self.device, self.backend, self.opts = device, backend, opts
-        self.clean = _forever(StoreLoader(store, batch, patch, k, seed=1, backend=backend))
-        self.confounders = [GaussianNoise(s) for s in SIGMAS[:k]]
-        self.algo = build_fast_algorithm(copy.deepcopy(base))
-        self.fast = FastPath(self.algo, opts, device)
-        self.order = ConfounderOrder(k)
-        self.n = 0
-
-    def step(self, phase=_null_phase):
-        from dil_fast.degrade import counterfactual
-
-        with phase("data"):
-            clean = next(self.clean)
-        with phase("degradation"):
-            noisy = counterfactual(clean, self.confounders, seed=1, step=self.n, mode="independent",
-                                   backend=self.backend)
-            pairs = [(noisy[i], clean[i].to(noisy.dtype)) for i in range(len(self.confounders))]
-        self.n += 1
-        batches = [pairs[i] for i in self.order.next()]
-        if phase is _null_phase or self.opts.cuda_graphs or not isinstance(self.algo, SerialFirstOrder):
-            with phase("fwd_bwd"):  # one graph replay: forward, backward and optimizer together
-                return self.fast.step(batches)
-        return instrumented_sf_step(self.algo, batches, phase)
-
-    def close(self):
-        self.clean.close()
-        self.fast.close()
+def case_config(kind: str, folder, store, device, batch, k, patch, opts: FastOptions | None, backend,
+                num_workers: int, out: str) -> TrainConfig:
+    """The ``dil-fast train`` configuration of case ``kind`` ("reference" or "fast")."""
+    common = dict(ckpt_save=out, device=str(device), batch_size=batch, patch_size=patch, seed=1,
+                  num_workers=num_workers, levels=SIGMAS[:k], progress=False)
+    if kind == "reference":
+        return TrainConfig(trainset=folder, loader="reference", reference_mode=True, **common)
+    return TrainConfig(trainset=store, loader="store", confounders="noise:" + ",".join(f"{s:g}" for s in SIGMAS[:k]),
+                       backend=backend, precision=opts.precision, channels_last=opts.channels_last,
+                       compile=opts.compile, cuda_graphs=opts.cuda_graphs, **common)
 
 
 class FloorCase:
+    """Case (d): the bare model's K forward+backward passes at the fast path's precision and layout."""
+
     def __init__(self, base, device, batch, k, patch, opts: FastOptions):
         self.model = copy.deepcopy(base)
         floor_opts = FastOptions(precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile)
-        self.fast = FastPath(_Bare(self.model), floor_opts, device)
+        self.settings = math_settings(floor_opts, device)
+        self.settings.__enter__()
+        install_training_forward(self.model, floor_opts, device)
         g = torch.Generator().manual_seed(3)
         self.pairs = [(torch.rand(batch, 3, patch, patch, generator=g).to(device),
                        torch.rand(batch, 3, patch, patch, generator=g).to(device)) for _ in range(k)]
 
-    def step(self, phase=_null_phase):
-        with phase("fwd_bwd"):
+    def step(self, phase=None):
+        with (phase or _null_phase)("fwd_bwd"):
             for inp, target in self.pairs:
                 self.model.zero_grad(set_to_none=True)
                 torch.nn.functional.l1_loss(self.model(inp), target).backward()
 
     def close(self):
-        self.fast.close()
-
-
-class _Bare:
-    """Just enough of an algorithm for FastPath to wrap a bare model."""
-
-    def __init__(self, model):
-        self.task_model = self.meta_model = model
-        self.step = None
+        self.settings.__exit__(None, None, None)
 
 
 # ---------------------------------------------------------------------- correctness gate
@@ -285,20 +226,20 @@ def check_agreement(base, device, k, batch, patch, opts: FastOptions) -> tuple[b
 def measure(case, device, warmup: int, iters: int, split_iters: int) -> dict:
     for _ in range(warmup):
         case.step()
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         case.step()
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
     timer = PhaseTimer(device)
     t1 = time.perf_counter()
     for _ in range(split_iters):
         case.step(timer)
-    _sync(device)
+    synchronize(device)
     split_total = (time.perf_counter() - t1) / max(split_iters, 1)
     split = {name: timer.t.get(name, 0.0) / max(split_iters, 1) for name in SPLIT}
     split["other"] += max(split_total - sum(split.values()), 0.0)
@@ -309,7 +250,7 @@ def _fmt(v, spec=".3g"):
     return "n/a" if v is None else format(v, spec)
 
 
-def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, store) -> tuple[list[dict], bool]:
+def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, store, out) -> tuple[list[dict], bool]:
     base = make_model(model_cfg, device)
     opts_b = resolve_options(device, precision=args.precision)
     cuda = device.type == "cuda"
@@ -330,11 +271,15 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
             print(f"CORRECTNESS GATE FAILED for case ({name}): refusing to report a speedup for it")
 
     results = {}
-    cases = [("a", "reference", lambda: ReferenceCase(base, folder, device, batch, k, patch, args.num_workers)),
-             ("b", "default", lambda: FastCase(base, store, device, batch, k, patch, opts_b, args.backend))]
+    def trainer_case(kind, opts):
+        return TrainerCase(base, case_config(kind, folder, store, device, batch, k, patch, opts, args.backend,
+                                             args.num_workers, os.path.join(out, kind)))
+
+    cases = [("a", "reference", lambda: trainer_case("reference", None)),
+             ("b", "default", lambda: trainer_case("fast", opts_b))]
     if opts_c is not None:
         label = "+".join(x for x, on in (("cuda_graphs", opts_c.cuda_graphs), ("compile", opts_c.compile)) if on)
-        cases.append(("c", label, lambda: FastCase(base, store, device, batch, k, patch, opts_c, args.backend)))
+        cases.append(("c", label, lambda: trainer_case("fast", opts_c)))
     cases.append(("d", "floor", lambda: FloorCase(base, device, batch, k, patch, opts_b)))
     for key, label, make in cases:
         case = make()
@@ -380,18 +325,19 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
         print(f"{key}/a = {ta / r['t']:.2f}x speedup; {key}/d = {r['t'] / td:.3f} (time over the bare model); "
               f"data+degradation+optimizer = {pipe / max(r['split_total'], 1e-12):.1%} of the instrumented step")
     if args.profile and (model_name, batch, k) == args.profile_shape:
-        _profile(args, device, base, batch, k, patch, store, opts_b, opts_c, gates)
+        _profile(args, device, base, batch, k, patch, folder, store, out, opts_b, opts_c)
     return rows, all(gates.values())
 
 
-def _profile(args, device, base, batch, k, patch, store, opts_b, opts_c, gates):
+def _profile(args, device, base, batch, k, patch, folder, store, out, opts_b, opts_c):
     from dil_fast.train.profile import format_table, measure_ceilings, profile_meta_iteration
 
     out_root = os.environ.get("DIL_FAST_BENCH_OUT", os.path.join(HERE, "results"))
     for key, o in (("b", opts_b), ("c", opts_c)):
         if o is None:
             continue
-        case = FastCase(base, store, device, batch, k, patch, o, args.backend)
+        case = TrainerCase(base, case_config("fast", folder, store, device, batch, k, patch, o, args.backend,
+                                             args.num_workers, os.path.join(out, f"profile_{key}")))
         try:
             ceilings = measure_ceilings(device, o.precision)
             res = profile_meta_iteration(case.step, device, os.path.join(out_root, f"profile_train_{key}"),
@@ -476,11 +422,9 @@ def main(argv=None) -> int:
         # enough patches that no case starts a second epoch (the reference restarts its workers then)
         size = max(args.patch + 8, 24) if args.quick else 256
         folder, store_path = make_dataset(tmp, n=max_batch * (per_case + 1), size=size)
-        from dil_fast.data.store import PatchStore
-
-        store = PatchStore(store_path, device)
         for batch, k in args.shape_list:
-            rows, ok = run_shape(args, device, args.model, model_cfg, batch, k, args.patch, folder, store)
+            rows, ok = run_shape(args, device, args.model, model_cfg, batch, k, args.patch, folder, store_path,
+                                 os.path.join(tmp, "runs"))
             all_rows += rows
             all_ok &= ok
     finally:

@@ -1,6 +1,7 @@
-// pybind11 bindings of dil_fast._C. Arguments are raw addresses (tensor.data_ptr()), sizes,
-// scalars and, for CUDA, the device index and stream handle; the Python wrappers in
-// dil_fast/ops/optim.py check dtypes, shapes and devices, this layer checks what it can see.
+// pybind11 bindings of dil_fast._C. The argument structs of optim.h are the one definition of every
+// entry point's arguments: Python fills an AdamArgs / MetaArgs / SgdArgs field by field (raw
+// addresses from tensor.data_ptr(), sizes, scalars) -- dil_fast/ops/optim.py checks dtypes, shapes
+// and devices once -- and this layer checks what it can see before it runs anything.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -18,75 +19,33 @@ void require(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument("dil_fast._C: " + msg);
 }
 
-AdamArgs make_adam(int dtype, int64_t rows, int64_t cols, uintptr_t param, uintptr_t grad, uintptr_t exp_avg,
-                   uintptr_t exp_avg_sq, uintptr_t step, int64_t step_numel, uintptr_t lr, int lr_dtype,
-                   int64_t lr_numel, double beta1, double beta2, double eps, double weight_decay, bool adamw,
-                   uintptr_t found_inf, uintptr_t grad_scale) {
-  require(rows >= 0 && cols >= 0, "rows and cols must be non-negative.");
-  require(rows * cols == 0 || (param && grad && exp_avg && exp_avg_sq),
+void check_adam(const AdamArgs& a) {
+  require(a.dtype == kFloat32 || a.dtype == kFloat64, "dtype must be float32 (0) or float64 (1).");
+  require(a.rows >= 0 && a.cols >= 0, "rows and cols must be non-negative.");
+  require(a.rows * a.cols == 0 || (a.param && a.grad && a.exp_avg && a.exp_avg_sq),
           "param, grad, exp_avg and exp_avg_sq must all be valid addresses when there is work to do.");
-  require(step != 0 && step_numel >= 1, "a float32 step tensor with at least one element is required.");
-  require(lr != 0 && (lr_numel == 1 || lr_numel == rows), "lr must have one element or one per row.");
-  require(lr_dtype == kFloat32 || lr_dtype == kFloat64, "lr must be float32 (0) or float64 (1).");
-  require(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, "betas must lie in [0, 1).");
-  require(eps >= 0.0 && weight_decay >= 0.0, "eps and weight_decay must be non-negative.");
-  AdamArgs a;
-  a.dtype = dtype;
-  a.rows = rows;
-  a.cols = cols;
-  a.param = param;
-  a.grad = grad;
-  a.exp_avg = exp_avg;
-  a.exp_avg_sq = exp_avg_sq;
-  a.step = step;
-  a.step_numel = step_numel;
-  a.lr = lr;
-  a.lr_dtype = lr_dtype;
-  a.lr_numel = lr_numel;
-  a.beta1 = beta1;
-  a.beta2 = beta2;
-  a.eps = eps;
-  a.weight_decay = weight_decay;
-  a.adamw = adamw;
-  a.found_inf = found_inf;
-  a.grad_scale = grad_scale;
-  return a;
+  require(a.step != 0 && a.step_numel >= 1, "a float32 step tensor with at least one element is required.");
+  require(a.lr != 0 && (a.lr_numel == 1 || a.lr_numel == a.rows), "lr must have one element or one per row.");
+  require(a.lr_dtype == kFloat32 || a.lr_dtype == kFloat64, "lr must be float32 (0) or float64 (1).");
+  require(a.beta1 >= 0.0 && a.beta1 < 1.0 && a.beta2 >= 0.0 && a.beta2 < 1.0, "betas must lie in [0, 1).");
+  require(a.eps >= 0.0 && a.weight_decay >= 0.0, "eps and weight_decay must be non-negative.");
 }
 
-MetaArgs make_meta(int dtype, int64_t rows, int64_t cols, uintptr_t meta, uintptr_t sources, uintptr_t exp_avg,
-                   uintptr_t exp_avg_sq, uintptr_t step, int64_t step_numel, uintptr_t lr, int lr_dtype,
-                   double beta1, double beta2, double eps, double weight_decay, bool adamw, int mode, bool reset,
-                   uintptr_t found_inf) {
-  require(rows >= 1, "the meta step needs at least one source row.");
-  require(mode == 0 || mode == 1, "mode must be 0 (mean of meta - source) or 1 (mean of sources).");
-  require(!(reset && mode == 1), "reset copies meta into the sources and only makes sense with mode 0.");
-  MetaArgs m;
-  m.adam = make_adam(dtype, rows, cols, meta, sources, exp_avg, exp_avg_sq, step, step_numel, lr, lr_dtype, 1,
-                     beta1, beta2, eps, weight_decay, adamw, found_inf, 0);
-  m.mode = mode;
-  m.reset = reset;
-  return m;
+void check_meta(const MetaArgs& m) {
+  check_adam(m.adam);
+  require(m.adam.rows >= 1, "the meta step needs at least one source row.");
+  require(m.adam.lr_numel == 1, "the meta step takes one learning rate.");
+  require(m.adam.grad_scale == 0, "the meta step takes no gradient scale.");
+  require(m.mode == 0 || m.mode == 1, "mode must be 0 (mean of meta - source) or 1 (mean of sources).");
+  require(!(m.reset && m.mode == 1), "reset copies meta into the sources and only makes sense with mode 0.");
 }
 
-SgdArgs make_sgd(int dtype, int64_t rows, int64_t cols, uintptr_t param, uintptr_t grad, uintptr_t base,
-                 uintptr_t lr, int lr_dtype, int64_t lr_numel, double weight_decay, uintptr_t found_inf) {
-  require(rows >= 0 && cols >= 0, "rows and cols must be non-negative.");
-  require(rows * cols == 0 || (param && grad), "param and grad must be valid addresses.");
-  require(lr != 0 && (lr_numel == 1 || lr_numel == rows), "lr must have one element or one per row.");
-  require(lr_dtype == kFloat32 || lr_dtype == kFloat64, "lr must be float32 (0) or float64 (1).");
-  SgdArgs a;
-  a.dtype = dtype;
-  a.rows = rows;
-  a.cols = cols;
-  a.param = param;
-  a.grad = grad;
-  a.base = base;
-  a.lr = lr;
-  a.lr_dtype = lr_dtype;
-  a.lr_numel = lr_numel;
-  a.weight_decay = weight_decay;
-  a.found_inf = found_inf;
-  return a;
+void check_sgd(const SgdArgs& a) {
+  require(a.dtype == kFloat32 || a.dtype == kFloat64, "dtype must be float32 (0) or float64 (1).");
+  require(a.rows >= 0 && a.cols >= 0, "rows and cols must be non-negative.");
+  require(a.rows * a.cols == 0 || (a.param && a.grad), "param and grad must be valid addresses.");
+  require(a.lr != 0 && (a.lr_numel == 1 || a.lr_numel == a.rows), "lr must have one element or one per row.");
+  require(a.lr_dtype == kFloat32 || a.lr_dtype == kFloat64, "lr must be float32 (0) or float64 (1).");
 }
 
 }  // namespace
@@ -102,100 +61,98 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_driver_version", &cuda_driver_version, "cudaDriverGetVersion (0 without a driver or without CUDA).");
   m.def("cuda_device_count", &cuda_device_count, "Devices the static runtime sees; raises with the CUDA error.");
 
+  py::class_<AdamArgs>(m, "AdamArgs", "Arguments of adam_cpu / adam_cuda (see optim.h).")
+      .def(py::init<>())
+      .def_readwrite("dtype", &AdamArgs::dtype)
+      .def_readwrite("rows", &AdamArgs::rows)
+      .def_readwrite("cols", &AdamArgs::cols)
+      .def_readwrite("param", &AdamArgs::param)
+      .def_readwrite("grad", &AdamArgs::grad)
+      .def_readwrite("exp_avg", &AdamArgs::exp_avg)
+      .def_readwrite("exp_avg_sq", &AdamArgs::exp_avg_sq)
+      .def_readwrite("step", &AdamArgs::step)
+      .def_readwrite("step_numel", &AdamArgs::step_numel)
+      .def_readwrite("lr", &AdamArgs::lr)
+      .def_readwrite("lr_dtype", &AdamArgs::lr_dtype)
+      .def_readwrite("lr_numel", &AdamArgs::lr_numel)
+      .def_readwrite("beta1", &AdamArgs::beta1)
+      .def_readwrite("beta2", &AdamArgs::beta2)
+      .def_readwrite("eps", &AdamArgs::eps)
+      .def_readwrite("weight_decay", &AdamArgs::weight_decay)
+      .def_readwrite("adamw", &AdamArgs::adamw)
+      .def_readwrite("found_inf", &AdamArgs::found_inf)
+      .def_readwrite("grad_scale", &AdamArgs::grad_scale);
+
+  py::class_<MetaArgs>(m, "MetaArgs", "Arguments of meta_adam_cpu / meta_adam_cuda: `adam` describes meta "
+                                      "(param) and the [rows, cols] sources (grad).")
+      .def(py::init<>())
+      .def_readwrite("adam", &MetaArgs::adam)
+      .def_readwrite("mode", &MetaArgs::mode)
+      .def_readwrite("reset", &MetaArgs::reset);
+
+  py::class_<SgdArgs>(m, "SgdArgs", "Arguments of sgd_cpu / sgd_cuda (see optim.h).")
+      .def(py::init<>())
+      .def_readwrite("dtype", &SgdArgs::dtype)
+      .def_readwrite("rows", &SgdArgs::rows)
+      .def_readwrite("cols", &SgdArgs::cols)
+      .def_readwrite("param", &SgdArgs::param)
+      .def_readwrite("grad", &SgdArgs::grad)
+      .def_readwrite("base", &SgdArgs::base)
+      .def_readwrite("lr", &SgdArgs::lr)
+      .def_readwrite("lr_dtype", &SgdArgs::lr_dtype)
+      .def_readwrite("lr_numel", &SgdArgs::lr_numel)
+      .def_readwrite("weight_decay", &SgdArgs::weight_decay)
+      .def_readwrite("found_inf", &SgdArgs::found_inf);
 
   m.def(
       "adam_cpu",
-      [](int dtype, int64_t rows, int64_t cols, uintptr_t param, uintptr_t grad, uintptr_t exp_avg,
-         uintptr_t exp_avg_sq, uintptr_t step, int64_t step_numel, uintptr_t lr, int lr_dtype, int64_t lr_numel,
-         double beta1, double beta2, double eps, double weight_decay, bool adamw, uintptr_t found_inf,
-         uintptr_t grad_scale, int threads) {
-        const AdamArgs a = make_adam(dtype, rows, cols, param, grad, exp_avg, exp_avg_sq, step, step_numel, lr,
-                                     lr_dtype, lr_numel, beta1, beta2, eps, weight_decay, adamw, found_inf,
-                                     grad_scale);
+      [](const AdamArgs& a, int threads) {
+        check_adam(a);
         py::gil_scoped_release nogil;
         adam_cpu(a, threads);
       },
-      py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
-      py::arg("exp_avg_sq"), py::arg("step"), py::arg("step_numel"), py::arg("lr"), py::arg("lr_dtype"),
-      py::arg("lr_numel"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
-      py::arg("adamw"), py::arg("found_inf"), py::arg("grad_scale"), py::arg("threads"),
+      py::arg("args"), py::arg("threads"),
       "Adam/AdamW over [rows, cols] float buffers on the CPU; steps read before and incremented after.");
-
   m.def(
       "adam_cuda",
-      [](int dtype, int64_t rows, int64_t cols, uintptr_t param, uintptr_t grad, uintptr_t exp_avg,
-         uintptr_t exp_avg_sq, uintptr_t step, int64_t step_numel, uintptr_t lr, int lr_dtype, int64_t lr_numel,
-         double beta1, double beta2, double eps, double weight_decay, bool adamw, uintptr_t found_inf,
-         uintptr_t grad_scale, int device, uintptr_t stream) {
-        const AdamArgs a = make_adam(dtype, rows, cols, param, grad, exp_avg, exp_avg_sq, step, step_numel, lr,
-                                     lr_dtype, lr_numel, beta1, beta2, eps, weight_decay, adamw, found_inf,
-                                     grad_scale);
+      [](const AdamArgs& a, int device, uintptr_t stream) {
+        check_adam(a);
         adam_cuda(a, device, stream);
       },
-      py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
-      py::arg("exp_avg_sq"), py::arg("step"), py::arg("step_numel"), py::arg("lr"), py::arg("lr_dtype"),
-      py::arg("lr_numel"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
-      py::arg("adamw"), py::arg("found_inf"), py::arg("grad_scale"), py::arg("device"), py::arg("stream"),
+      py::arg("args"), py::arg("device"), py::arg("stream"),
       "Adam/AdamW over [rows, cols] device buffers, launched on `stream` of `device`.");
-
   m.def(
       "meta_adam_cpu",
-      [](int dtype, int64_t rows, int64_t cols, uintptr_t meta, uintptr_t sources, uintptr_t exp_avg,
-         uintptr_t exp_avg_sq, uintptr_t step, int64_t step_numel, uintptr_t lr, int lr_dtype, double beta1,
-         double beta2, double eps, double weight_decay, bool adamw, int mode, bool reset, uintptr_t found_inf,
-         int threads) {
-        const MetaArgs a = make_meta(dtype, rows, cols, meta, sources, exp_avg, exp_avg_sq, step, step_numel, lr,
-                                     lr_dtype, beta1, beta2, eps, weight_decay, adamw, mode, reset, found_inf);
+      [](const MetaArgs& a, int threads) {
+        check_meta(a);
         py::gil_scoped_release nogil;
         meta_adam_cpu(a, threads);
       },
-      py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("meta"), py::arg("sources"), py::arg("exp_avg"),
-      py::arg("exp_avg_sq"), py::arg("step"), py::arg("step_numel"), py::arg("lr"), py::arg("lr_dtype"),
-      py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("adamw"),
-      py::arg("mode"), py::arg("reset"), py::arg("found_inf"), py::arg("threads"),
+      py::arg("args"), py::arg("threads"),
       "Meta Adam step on the CPU with the gradient reduced from [rows, cols] sources.");
-
   m.def(
       "meta_adam_cuda",
-      [](int dtype, int64_t rows, int64_t cols, uintptr_t meta, uintptr_t sources, uintptr_t exp_avg,
-         uintptr_t exp_avg_sq, uintptr_t step, int64_t step_numel, uintptr_t lr, int lr_dtype, double beta1,
-         double beta2, double eps, double weight_decay, bool adamw, int mode, bool reset, uintptr_t found_inf,
-         int device, uintptr_t stream) {
-        const MetaArgs a = make_meta(dtype, rows, cols, meta, sources, exp_avg, exp_avg_sq, step, step_numel, lr,
-                                     lr_dtype, beta1, beta2, eps, weight_decay, adamw, mode, reset, found_inf);
+      [](const MetaArgs& a, int device, uintptr_t stream) {
+        check_meta(a);
         meta_adam_cuda(a, device, stream);
       },
-      py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("meta"), py::arg("sources"), py::arg("exp_avg"),
-      py::arg("exp_avg_sq"), py::arg("step"), py::arg("step_numel"), py::arg("lr"), py::arg("lr_dtype"),
-      py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("adamw"),
-      py::arg("mode"), py::arg("reset"), py::arg("found_inf"), py::arg("device"), py::arg("stream"),
+      py::arg("args"), py::arg("device"), py::arg("stream"),
       "Meta Adam step on `stream` of `device` with the gradient reduced from [rows, cols] sources.");
-
   m.def(
       "sgd_cpu",
-      [](int dtype, int64_t rows, int64_t cols, uintptr_t param, uintptr_t grad, uintptr_t base, uintptr_t lr,
-         int lr_dtype, int64_t lr_numel, double weight_decay, uintptr_t found_inf, int threads) {
-        const SgdArgs a =
-            make_sgd(dtype, rows, cols, param, grad, base, lr, lr_dtype, lr_numel, weight_decay, found_inf);
+      [](const SgdArgs& a, int threads) {
+        check_sgd(a);
         py::gil_scoped_release nogil;
         sgd_cpu(a, threads);
       },
-      py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("param"), py::arg("grad"), py::arg("base"),
-      py::arg("lr"), py::arg("lr_dtype"), py::arg("lr_numel"), py::arg("weight_decay"), py::arg("found_inf"),
-      py::arg("threads"), "SGD over [rows, cols] on the CPU, optionally from a broadcast [cols] base.");
-
+      py::arg("args"), py::arg("threads"), "SGD over [rows, cols] on the CPU, optionally from a broadcast [cols] base.");
   m.def(
       "sgd_cuda",
-      [](int dtype, int64_t rows, int64_t cols, uintptr_t param, uintptr_t grad, uintptr_t base, uintptr_t lr,
-         int lr_dtype, int64_t lr_numel, double weight_decay, uintptr_t found_inf, int device, uintptr_t stream) {
-        const SgdArgs a =
-            make_sgd(dtype, rows, cols, param, grad, base, lr, lr_dtype, lr_numel, weight_decay, found_inf);
+      [](const SgdArgs& a, int device, uintptr_t stream) {
+        check_sgd(a);
         sgd_cuda(a, device, stream);
       },
-      py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("param"), py::arg("grad"), py::arg("base"),
-      py::arg("lr"), py::arg("lr_dtype"), py::arg("lr_numel"), py::arg("weight_decay"), py::arg("found_inf"),
-      py::arg("device"), py::arg("stream"), "SGD over [rows, cols] on `stream` of `device`.");
-
+      py::arg("args"), py::arg("device"), py::arg("stream"), "SGD over [rows, cols] on `stream` of `device`.");
   m.def(
       "nonfinite_cpu",
       [](int dtype, int64_t n, uintptr_t data, uintptr_t found_inf) {
@@ -205,7 +162,6 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("dtype"), py::arg("n"), py::arg("data"), py::arg("found_inf"),
       "Sets *found_inf = 1 when any of the n values is NaN or infinite (never clears it).");
-
   m.def(
       "nonfinite_cuda",
       [](int dtype, int64_t n, uintptr_t data, uintptr_t found_inf, int device, uintptr_t stream) {

@@ -41,7 +41,7 @@ def run_demo(args) -> int:
     from .data.images import list_images, read_image_rgb
     from .metrics import calculate_psnr
     from .train.evaluate import evaluate_model
-    from .train.trainer import Trainer, TrainConfig
+    from .train import Trainer, TrainConfig
 
     if args.threads < 1:
         from .errors import FlagError
@@ -65,13 +65,7 @@ def run_demo(args) -> int:
         return rc
     train_s = time.time() - t0
     ckpt = os.path.join(cfg.ckpt_save, "last.pt")  # the full state after the last epoch
-    from .models import build_rrdb, infer_rrdb_config
-    from .train import checkpoint as ckpt_io
-
-    sd = ckpt_io.model_weights(ckpt_io.load_file(ckpt), ckpt)
-    model = build_rrdb(infer_rrdb_config(sd))
-    model.load_state_dict(sd)
-    model.eval()
+    model = trainer.meta_model.eval()
     images = [(os.path.basename(f), read_image_rgb(f)) for f in list_images(testdir, flag="--testset")]
     print(f"\nDIL_{args.variant}, RRDB nf={args.nf} nb={args.nb} gc={args.gc}, trained on sigma 5,10,15,20 "
           f"for {args.epochs} epochs ({train_s:.0f} s incl. data preparation)")

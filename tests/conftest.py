@@ -58,6 +58,28 @@ def assert_close_verbose(actual, expected, *, atol=1e-6, rtol=1e-5, name="tensor
 
 
 @pytest.fixture
+def dev():
+    """The device the Triton kernels run on: CUDA, else the CPU under the interpreter (tier T1)."""
+    from dil_fast import backends
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if backends.triton_interpret() and backends.triton_status().available:
+        return torch.device("cpu")
+    pytest.skip("tier T1: Triton kernels need CUDA or TRITON_INTERPRET=1 set before the test run")
+
+
+@pytest.fixture(scope="session")
+def native():
+    """The native core module (tier T2); skipped with the reason on a pure-Python install."""
+    from dil_fast import backends
+    from tests.helpers import require
+
+    require("cuda")
+    return backends.native_status().module
+
+
+@pytest.fixture
 def close():
     return assert_close_verbose
 

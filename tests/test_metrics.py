@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from dil_fast.metrics import calculate_psnr, calculate_ssim, psnr_torch, rgb2y, ssim_torch
+from dil_fast.metrics import (
+    calculate_psnr,
+    calculate_ssim,
+    psnr_torch,
+    rgb2y,
+    ssim_torch,
+)
 
 
 def _rand(h, w, c=3, seed=0):

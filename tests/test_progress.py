@@ -35,7 +35,7 @@ def test_crop_pack_train_without_tqdm(no_tqdm, tmp_path):
     assert res["patches"] == 12 and len(list((tmp_path / "patches").iterdir())) == 12
     pack_folder(str(tmp_path / "patches"), str(tmp_path / "store"), progress=True)
     assert (tmp_path / "store").exists()
-    from dil_fast.train.trainer import TrainConfig, Trainer
+    from dil_fast.train import TrainConfig, Trainer
 
     cfg = TrainConfig(ckpt_save=str(tmp_path / "run"), trainset=str(tmp_path / "patches"),
                       testset=str(tmp_path / "test"), patch_size=16, batch_size=2, total_epoch=1, num_workers=0,

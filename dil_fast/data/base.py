@@ -1,35 +1,44 @@
-"""The one iterator interface every training data source implements.
+"""The loader protocol: the one interface every training data source implements, and the checks
+the sharded loaders share.
 
-A *loader* serves one meta-iteration at a time. Two kinds exist:
+A *loader* serves one meta-iteration at a time. It declares what it yields in ``yields``:
 
-* :class:`PairLoader` yields ``list[(input, target)]``, one pair per confounder, already on the
-  training device: this is what the DIL algorithms consume (``meta.step(batches)``).
-* :class:`CleanLoader` yields clean batches ``[K, B, 3, p, p]`` float in [0, 1] on the training
-  device (K independent clean batches, one per confounder, as the released trainer draws them);
-  :class:`dil_fast.data.pairs.DegradedPairs` turns one into a :class:`PairLoader` with the
-  degradation library.
+* ``"clean"`` (:class:`CleanLoader`: the store, DALI): clean batches ``[K, B, 3, p, p]`` float in
+  [0, 1] on the training device (K independent clean batches, one per confounder, as the released
+  trainer draws them); the degradation stage (:class:`dil_fast.degrade.CounterfactualPairs`) turns
+  them into pairs;
+* ``"pairs"`` (:class:`PairLoader`: the released trainer's reference path): ``list[(input,
+  target)]``, one pair per confounder, already degraded and on the training device.
 
-Both have epoch semantics (``set_epoch``), a length in meta-iterations per epoch, and a position
-that can be saved and restored (``state_dict``/``load_state_dict``) for exact resume.
+Either way it has epoch semantics (``set_epoch``), a length in meta-iterations per epoch (per
+rank), ``epoch`` and ``position`` (meta-iterations of the epoch already served: the trainer keys
+the degradation's randomness with them) and a state that restores the position exactly
+(``state_dict``/``load_state_dict``). A user's own loader only needs these members.
 """
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Iterator, Literal, Protocol, runtime_checkable
 
-import torch
 
 from ..errors import CheckpointError, FlagError
 
+YIELDS = ("clean", "pairs")
+
 
 @runtime_checkable
-class PairLoader(Protocol):
+class Loader(Protocol):
+    """What the trainer uses of a loader (every member is used)."""
+
+    yields: Literal["clean", "pairs"]
     num_confounders: int
+    epoch: int  # the epoch being served (set by set_epoch)
+    position: int  # meta-iterations of this epoch already yielded (0 after set_epoch to a new epoch)
 
     def __len__(self) -> int: ...  # meta-iterations per epoch (per rank)
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int) -> None: ...  # to the current epoch: keep the position
 
-    def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]: ...
+    def __iter__(self) -> Iterator: ...  # from ``position`` to the end of the epoch
 
     def state_dict(self) -> dict: ...
 
@@ -37,18 +46,13 @@ class PairLoader(Protocol):
 
 
 @runtime_checkable
-class CleanLoader(Protocol):
-    num_confounders: int
+class CleanLoader(Loader, Protocol):
+    """``yields = "clean"``: ``__iter__`` gives ``[K, B, 3, p, p]`` float tensors in [0, 1]."""
 
-    def __len__(self) -> int: ...
 
-    def set_epoch(self, epoch: int) -> None: ...
-
-    def __iter__(self) -> Iterator[torch.Tensor]: ...  # [K, B, 3, p, p] float32 in [0, 1]
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
+@runtime_checkable
+class PairLoader(Loader, Protocol):
+    """``yields = "pairs"``: ``__iter__`` gives ``list[(input [B, C, H, W], target)]`` of length K."""
 
 
 # -- argument and resume checks shared by the sharded CleanLoaders (StoreLoader, DaliLoader) --------

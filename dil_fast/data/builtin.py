@@ -40,6 +40,7 @@ import os
 import numpy as np
 
 from ..errors import InputError
+from ..fileio import atomic_write_bytes
 from .crop import crop_grid
 from .images import read_image_rgb, write_image_rgb
 
@@ -118,8 +119,6 @@ def _prepare_folder(folder: str, flag: str) -> None:
 
 
 def _write_marker(folder: str, spec: dict, files: list[str]) -> None:
-    from ..train.checkpoint import atomic_write_bytes
-
     atomic_write_bytes(json.dumps({"spec": spec, "files": files}).encode(), os.path.join(folder, _MARKER))
 
 

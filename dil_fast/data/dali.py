@@ -10,7 +10,7 @@ its own seeded order, like the released trainer's K DataLoaders):
     -> flip(vertical=FR, horizontal=FC) with FR, FC, T fair coins
     -> on the training device: transpose where T, to ``[K, B, 3, p, p]`` float / 255.
 
-The mode ``T + 2·FR + 4·FC`` follows REFERENCE.md's numbering (see :mod:`dil_fast.ops.ref_sample`);
+The mode ``T + 2·FR + 4·FC`` follows the released numbering (docs/released-trainer.md; :mod:`dil_fast.ops.reference.sample_crops`);
 the draws come from DALI's RNG (seeded by seed, epoch and rank), so crops differ from the
 PatchStore's counter-based ones. Sharding: DALI gives rank ``r`` the contiguous block
 ``r·L·B ... (r+1)·L·B - 1`` of each order: no duplicates, no gaps; the ``N mod (W·B)`` tail of each
@@ -27,7 +27,7 @@ import importlib
 import torch
 
 from ..errors import CheckpointError, FlagError, InputError
-from ..ops.ref_sample import stream_key
+from ..rng import stream_key
 from .base import check_loader_state, check_shard_args, check_shard_count, loader_state
 from .images import list_images
 from .pack import PACK_EXTS
@@ -72,6 +72,7 @@ def _dali_reason(exc: Exception) -> str:
 class DaliLoader:
     """:class:`dil_fast.data.base.CleanLoader` over a folder of PNG/JPEG/BMP/WebP images."""
 
+    yields = "clean"
     _RESUME_KEYS = ("seed", "batch_size", "patch_size", "world_size", "rank", "num_confounders")
 
     def __init__(self, folder, batch_size: int, patch_size: int, num_confounders: int = 4, *,

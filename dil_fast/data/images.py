@@ -27,12 +27,12 @@ and renamed, so a crash never leaves half a file under the final name.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import cv2
 import numpy as np
 
 from ..errors import InputError
+from ..fileio import atomic_write_bytes
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -144,20 +144,10 @@ def write_image_rgb(path, img: np.ndarray) -> None:
     """
     path = os.fspath(path)
     data = encode_png(img)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write_bytes(data, path)
     except OSError as exc:
         raise InputError(f"{path}: cannot write image ({exc.strerror or exc})") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def image_to_tensor(img: np.ndarray) -> "torch.Tensor":

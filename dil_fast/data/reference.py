@@ -39,7 +39,7 @@ _DIHEDRAL = (
 
 
 def augment(img: np.ndarray, mode: int) -> np.ndarray:
-    """One of the 8 dihedral transforms of an HWC image, numbered as REFERENCE.md §3."""
+    """One of the 8 dihedral transforms of an HWC image, numbered as the released trainer (docs/released-trainer.md, "Data")."""
     return _DIHEDRAL[mode](img)
 
 
@@ -126,6 +126,8 @@ class ReferencePairLoader:
     every loader and returns them in confounder order, moved to ``device``.
     Length: ``len(files) // (batch_size * gpus)`` meta-iterations per epoch, as released.
     """
+
+    yields = "pairs"
 
     def __init__(self, folder: str, sigmas, *, patch_size: int = 64, batch_size: int = 32, seed: int = 1,
                  num_workers: int = 0, device="cpu", rank: int = 0, world_size: int = 1, gpus: int | None = None,

@@ -4,7 +4,7 @@ Placement (``PatchStore(path, device, memory_budget)``):
 
 * ``"device"``: the whole ``[N, H, W, 3]`` uint8 array lives on ``device`` when it fits
   ``memory_budget`` bytes (default: 75 % of the free GPU memory; on CPU: half the RAM). Sampling
-  is then one kernel launch per meta-iteration (:func:`dil_fast.ops.sample.sample_crops`).
+  is then one kernel launch per meta-iteration (:func:`dil_fast.ops.sample_crops.sample_crops`).
 * ``"pinned"`` (CUDA only): too big for the budget but fits half the host RAM: pinned host memory;
   the selected patches are gathered on the host and copied to the device asynchronously on a side
   stream, one meta-iteration ahead (:class:`StoreLoader` double-buffers).
@@ -21,7 +21,7 @@ Epoch semantics of :class:`StoreLoader` (one per rank, same seed everywhere):
 * meta-iteration ``i`` of rank ``r`` (``W`` ranks, batch ``B``) takes order positions
   ``(i·W + r)·B ... (i·W + r + 1)·B - 1``: ranks never overlap and leave no gap;
 * a sample's crop and dihedral mode are a hash of (seed, epoch, k, order position), so they do not
-  depend on ``B`` or ``W`` (see :mod:`dil_fast.ops.ref_sample`);
+  depend on ``B`` or ``W`` (see :mod:`dil_fast.ops.reference.sample_crops`);
 * ``len(loader) = N // (W·B)``; ``state_dict()`` = (epoch, position) plus the settings it is
   only valid for; resume: ``load_state_dict(state)`` then ``set_epoch(state epoch)`` (a
   ``set_epoch`` to the current epoch keeps the position; a new epoch starts at 0).
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, FlagError, InputError
-from ..ops.ref_sample import stream_key
-from ..ops.sample import OUT_DTYPES, sample_crops
+from ..ops.sample_crops import OUT_DTYPES, sample_crops
+from ..rng import stream_key
 from .base import check_loader_state, check_shard_args, check_shard_count, loader_state
 from .pack import DATA_FILE, INDEX_FILE, STORE_FORMAT, STORE_VERSION, chunk_digests, combine_digests
 
@@ -198,7 +198,7 @@ class PatchStore:
                 if flat_dev is not None:
                     flat_dev[off : off + size].copy_(staging[slot][:size], non_blocking=True)
                     copied[slot] = torch.cuda.Event()
-                    copied[slot].record()
+                    copied[slot].record(torch.cuda.current_stream(self.device))  # the copy's stream
             digests = [d.result() for d in digests]
         if verify:
             self._check_digests(digests)
@@ -236,7 +236,7 @@ class PatchStore:
 
     def crops(self, perm, start, batch, patch, key, counter_base=None, *, dtype=torch.float32,
               channels_last=False, backend=None) -> torch.Tensor:
-        """``[K, B, 3, p, p]`` on ``self.device``: see :func:`dil_fast.ops.sample.sample_crops`.
+        """``[K, B, 3, p, p]`` on ``self.device``: see :func:`dil_fast.ops.sample_crops.sample_crops`.
 
         ``perm``: ``[K, L]`` patch indices (on the store data's device for "device" placement, on
         the CPU otherwise). Host placements gather the ``K·B`` patches first (synchronously here;
@@ -290,6 +290,7 @@ class _HostFeeder:
 class StoreLoader:
     """:class:`dil_fast.data.base.CleanLoader` over a :class:`PatchStore` (see module doc)."""
 
+    yields = "clean"
     _RESUME_KEYS = ("seed", "batch_size", "patch_size", "world_size", "num_confounders")
 
     def __init__(self, store: PatchStore, batch_size: int, patch_size: int, num_confounders: int = 4, *,
@@ -317,6 +318,10 @@ class StoreLoader:
 
     def __len__(self) -> int:
         return self.store.count // (self.world_size * self.batch_size)
+
+    def ops(self) -> tuple[str, ...]:
+        """The dispatcher ops this loader runs (a forced backend must serve them)."""
+        return ("sample_crops",)
 
     def set_epoch(self, epoch: int) -> None:
         if int(epoch) != self.epoch:

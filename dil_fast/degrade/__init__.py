@@ -5,21 +5,30 @@
     noisy = counterfactual(clean_k, parse_confounders("noise:5,10,15,20"), seed=1, step=it,
                            mode="independent")                                      # clean_k [K, B, C, H, W]
 
-Randomness is Philox keyed by (seed, step, confounder k, global sample index, stage) (see
-dil_fast/ops/ref_degrade.py), so outputs do not depend on batch split, GPU count or workers.
-Ops run as Triton kernels on CUDA and as the pure-torch reference on the CPU (dil_fast.ops.degrade).
+One module per family of specs (noise, blur, resize, jpeg, rain, compose), the spec base and
+registry in :mod:`.base`, the randomness address in :mod:`.ctx`. Randomness is Philox keyed by
+(seed, step, confounder k, global sample index, stage) (:mod:`dil_fast.rng`), so outputs do not
+depend on batch split, GPU count or workers. The math of every distortion is an op of
+:mod:`dil_fast.ops` (Triton kernels on CUDA, the pure-torch references on the CPU).
 """
-from ._rng import Ctx
-from .counterfactual import counterfactual
+from .base import SPEC_TYPES, Confounder, spec_from_dict
+from .blur import GaussianBlur, RandomKernelBlur
+from .compose import Choice, Compose
+from .counterfactual import confounder_ops, counterfactual
+from .ctx import Ctx
+from .jpeg import JPEG
+from .noise import GaussianNoise, PoissonNoise, RandomNoise
+from .pairs import CounterfactualPairs
 from .presets import (HYBRID_LEVELS, PAPER_DEBLUR_TRAIN, PAPER_DEBLUR_UNSEEN, PAPER_DENOISE_TRAIN,
-                      PAPER_DENOISE_UNSEEN, deblur_levels, denoise_levels, hybrid, parse_confounders, realesrgan_first_order,
-                      realesrgan_second_order)
-from .specs import (JPEG, SPEC_TYPES, Choice, Compose, Confounder, GaussianBlur, GaussianNoise, PoissonNoise, Rain,
-                    RandomKernelBlur, RandomNoise, RandomResize, Resize, spec_from_dict)
+                      PAPER_DENOISE_UNSEEN, deblur_levels, denoise_levels, hybrid, parse_confounders,
+                      realesrgan_first_order, realesrgan_second_order)
+from .rain import Rain
+from .resize import RandomResize, Resize
 
 __all__ = [
-    "Ctx", "counterfactual", "Confounder", "GaussianNoise", "PoissonNoise", "GaussianBlur", "JPEG", "Resize",
-    "Rain", "Compose", "Choice", "RandomKernelBlur", "RandomResize", "RandomNoise", "SPEC_TYPES", "spec_from_dict",
-    "HYBRID_LEVELS", "PAPER_DENOISE_TRAIN", "PAPER_DENOISE_UNSEEN", "PAPER_DEBLUR_TRAIN", "PAPER_DEBLUR_UNSEEN", "hybrid", "realesrgan_first_order", "realesrgan_second_order", "denoise_levels",
-    "deblur_levels", "parse_confounders",
+    "Ctx", "counterfactual", "confounder_ops", "CounterfactualPairs", "Confounder", "GaussianNoise",
+    "PoissonNoise", "GaussianBlur", "JPEG", "Resize", "Rain", "Compose", "Choice", "RandomKernelBlur",
+    "RandomResize", "RandomNoise", "SPEC_TYPES", "spec_from_dict", "HYBRID_LEVELS", "PAPER_DENOISE_TRAIN",
+    "PAPER_DENOISE_UNSEEN", "PAPER_DEBLUR_TRAIN", "PAPER_DEBLUR_UNSEEN", "hybrid", "realesrgan_first_order",
+    "realesrgan_second_order", "denoise_levels", "deblur_levels", "parse_confounders",
 ]

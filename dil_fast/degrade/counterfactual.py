@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import degrade as ops
-from ._rng import FIELD, Ctx
-from .specs import Confounder, GaussianBlur, GaussianNoise
+from ..ops.blur import blur_separable
+from ..ops.noise import gaussian_noise
+from .base import Confounder
+from .blur import GaussianBlur
+from .ctx import FIELD, Ctx
+from .noise import GaussianNoise
 
-__all__ = ["counterfactual"]
+__all__ = ["counterfactual", "confounder_ops"]
 
 
 def _as_float_nchw(x: torch.Tensor) -> torch.Tensor:
@@ -33,6 +36,17 @@ def _fused_noise(specs) -> bool:
 
 def _fused_blur(specs) -> bool:
     return all(isinstance(s, GaussianBlur) and s.isotropic and s.kernel_size == specs[0].kernel_size for s in specs)
+
+
+def confounder_ops(confounders) -> tuple[str, ...]:
+    """The dispatcher ops :func:`counterfactual` runs for ``confounders`` (a forced backend must
+    serve all of them; :func:`dil_fast.backends.check_forced`)."""
+    confounders = list(confounders)
+    if _fused_noise(confounders):
+        return ("noise",)
+    if _fused_blur(confounders):
+        return ("blur_separable",)
+    return tuple(dict.fromkeys(op for c in confounders for op in c.ops()))
 
 
 def counterfactual(clean: torch.Tensor, confounders: list[Confounder], *, seed: int, step: int, mode: str = "shared",
@@ -67,12 +81,12 @@ def counterfactual(clean: torch.Tensor, confounders: list[Confounder], *, seed: 
 
     if _fused_noise(confounders):
         sigma = torch.stack([c.params(ctx)[0] for c, ctx in zip(confounders, ctxs)])
-        return ops.gaussian_noise(_as_kernel_input(clean), sigma, seed=seed, step=step, k_base=0, sample_offset=sample_offset,
+        return gaussian_noise(_as_kernel_input(clean), sigma, seed=seed, step=step, k_base=0, sample_offset=sample_offset,
                                   stream=ctxs[0].stream(FIELD), clip=confounders[0].clip,
                                   round8=confounders[0].round8, out_dtype=out_dtype, backend=backend)
     if _fused_blur(confounders):
         weights = torch.stack([c.weights_1d(ctx) for c, ctx in zip(confounders, ctxs)])
-        return ops.blur_separable(_as_kernel_input(clean), weights, out_dtype=out_dtype, backend=backend)
+        return blur_separable(_as_kernel_input(clean), weights, out_dtype=out_dtype, backend=backend)
 
     x = _as_float_nchw(clean)
     outs = []

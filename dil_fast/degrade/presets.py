@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import math
 
-from .specs import (JPEG, Choice, Compose, Confounder, GaussianBlur, GaussianNoise, PoissonNoise, RandomKernelBlur,
-                    RandomNoise, RandomResize, Resize)
+from .base import Confounder
+from .blur import GaussianBlur, RandomKernelBlur
+from .compose import Choice, Compose
+from .jpeg import JPEG
+from .noise import GaussianNoise, PoissonNoise, RandomNoise
+from .resize import RandomResize, Resize
 
 __all__ = [
     "PAPER_DENOISE_TRAIN",
@@ -20,7 +24,7 @@ __all__ = [
     "parse_confounders",
 ]
 
-# The paper's confounder levels (REFERENCE.md section 2): noise sigma on the 0..255 scale, blur sigma.
+# The paper's confounder levels (docs/released-trainer.md, 'Confounder sets'): noise sigma on the 0..255 scale, blur sigma.
 PAPER_DENOISE_TRAIN = (5, 10, 15, 20)
 PAPER_DENOISE_UNSEEN = (30, 40, 50)
 PAPER_DEBLUR_TRAIN = (1, 2, 3, 4)

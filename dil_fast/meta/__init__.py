@@ -3,8 +3,9 @@
 from .base import LOSSES, GradSync, MetaAlgorithm, get_loss
 from .erm import ERM
 from .pf import ParallelFirstOrder
-from .second_order import ParallelSecondOrder, SerialFirstOrderApprox, SerialSecondOrder
+from .ps import ParallelSecondOrder
 from .sf import SerialFirstOrder
+from .ss import SerialFirstOrderApprox, SerialSecondOrder
 
 VARIANTS = {
     "sf": SerialFirstOrder,

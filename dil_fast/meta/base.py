@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.optim import fused_optimizer
+from ..optim import FusedAdam
+
 Batch = tuple[torch.Tensor, torch.Tensor]  # (input [N, C, H, W], target [N, C, H', W'])
 
 
@@ -42,23 +45,21 @@ def as_float_betas(betas, what: str) -> tuple[float, float]:
     return b1, b2
 
 
-def resolve_fused(fused: bool | None) -> bool:
-    """``None``: fused when the native core is loaded (its CPU twins or CUDA kernels serve the flat
-    buffers); otherwise the per-tensor ``torch.optim.Adam`` path."""
-    if fused is None:
-        from .. import backends
+def resolve_fused(fused: bool | None, model: nn.Module, backend: str | None = None) -> bool:
+    """``fused`` as given, or (``None``) the one rule of :func:`dil_fast.ops.optim.fused_optimizer`
+    for the device of ``model``'s parameters and the forced ``backend``."""
+    if fused is not None:
+        return bool(fused)
+    first = next(model.parameters(), None)
+    return fused_optimizer("cpu" if first is None else first.device, backend)
 
-        return backends.native_status().available
-    return bool(fused)
 
-
-def make_adam(params, lr: float, betas: tuple[float, float], fused: bool) -> torch.optim.Optimizer:
+def make_adam(params, lr: float, betas: tuple[float, float], fused: bool, backend: str | None = None
+              ) -> torch.optim.Optimizer:
     """Adam over ``params``: :class:`dil_fast.optim.FusedAdam` (flat buffers; the same state_dict
-    layout) when ``fused``, else ``torch.optim.Adam``."""
+    layout; ``backend`` forces its kernels) when ``fused``, else ``torch.optim.Adam``."""
     if fused:
-        from ..optim import FusedAdam
-
-        return FusedAdam(params, lr=lr, betas=betas)
+        return FusedAdam(params, lr=lr, betas=betas, backend=backend)
     return torch.optim.Adam(params, lr=lr, betas=betas)
 
 

@@ -15,12 +15,14 @@ construction (:func:`support_and_query`), and the record of path choices (:class
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+
+from ..ops.optim import sgd_step_
+from ..timing import best_of
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -148,22 +150,14 @@ def flat_views(flat: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.T
     return [t.view(k, *s) for t, s in zip(flat.split(sizes, dim=1), shapes)]
 
 
-def fused_available(device: torch.device) -> bool:
-    """True when the native core's fused optimizer steps serve ``device`` (dil_fast.optim)."""
-    from ..optim import functional
-
-    return functional.choose_backend(device) == "cuda"
-
-
-def stacked_virtual_sgd(theta: torch.Tensor, grads: torch.Tensor, alpha: float, *, fused: bool) -> torch.Tensor:
+def stacked_virtual_sgd(theta: torch.Tensor, grads: torch.Tensor, alpha: float, *, fused: bool,
+                        backend: str | None = None) -> torch.Tensor:
     """K plain virtual steps from one set of weights, no autograd: ``φ[k] = θ − α g[k]``.
-    ``theta`` ``[P]``, ``grads`` ``[K, P]`` -> ``[K, P]``. ``fused``: the native core's
-    ``sgd_step_`` (one pass); otherwise torch."""
+    ``theta`` ``[P]``, ``grads`` ``[K, P]`` -> ``[K, P]``. ``fused``: one ``sgd_step_`` op
+    (:mod:`dil_fast.ops.optim`, ``backend`` forcing its implementation); otherwise torch."""
     if fused:
-        from ..optim import functional
-
         phi = torch.empty_like(grads)
-        functional.sgd_step_(phi, grads, alpha, base=theta)
+        sgd_step_(phi, grads, alpha, base=theta, backend=backend)
         return phi
     return theta - alpha * grads
 
@@ -257,14 +251,7 @@ class PathChooser:
         for name, fn in runners.items():
             try:
                 fn()
-                best = float("inf")
-                for _ in range(2):
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    fn()
-                    _sync(device)
-                    best = min(best, time.perf_counter() - t0)
-                times[name] = best
+                times[name] = best_of(fn, device, repeat=2)
             except (RuntimeError, ValueError, NotImplementedError):
                 continue
         if not times:
@@ -272,8 +259,3 @@ class PathChooser:
         self.timings[key] = times
         self.choices[key] = min(times, key=times.get)
         return self.choices[key]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -13,20 +13,22 @@ class ERM(MetaAlgorithm):
     """``step(batches)`` concatenates the pairs into one batch (the uniform mixture of the
     confounders) and takes one forward/backward/Adam step. ``meta_model`` is ``task_model`` is the
     trained model. Returns the per-pair mean losses (of that one forward). ``fused`` as in
-    :class:`~dil_fast.meta.SerialFirstOrder`: :class:`~dil_fast.optim.FusedAdam` on a flat buffer."""
+    :class:`~dil_fast.meta.SerialFirstOrder`: :class:`~dil_fast.optim.FusedAdam` on a flat buffer;
+    ``backend`` forces the optimizer ops' implementation."""
 
     name = "erm"
 
     def __init__(self, model: nn.Module, *, lr: float = 1e-4, betas=(0.9, 0.999), loss: str = "l1",
-                 fused: bool | None = None):
+                 fused: bool | None = None, backend: str | None = None):
         super().__init__()
-        self.fused = resolve_fused(fused)
+        self.fused = resolve_fused(fused, model, backend)
+        self.backend = backend
         self.loss_name = loss
         self.loss_fn = get_loss(loss)
         self.betas = as_float_betas(betas, "betas")
         self.meta_model = model
         self.task_model = model
-        self._opt = make_adam(model.parameters(), lr, self.betas, self.fused)
+        self._opt = make_adam(model.parameters(), lr, self.betas, self.fused, backend)
 
     @property
     def meta_optimizer(self) -> torch.optim.Optimizer:

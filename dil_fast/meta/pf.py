@@ -12,7 +12,7 @@ from .sf import SerialFirstOrder
 
 
 class ParallelFirstOrder(SerialFirstOrder):
-    """One meta-iteration (REFERENCE.md §1, the dil_fast reading of ``pf``):
+    """One meta-iteration (docs/released-trainer.md, 'The variants': the dil_fast reading of ``pf``):
 
     1. task <- meta (weights); the task Adam keeps its moments and step count across iterations
        (as in ``sf``);

@@ -1,6 +1,7 @@
 """DIL_sf: serial first-order DIL (Reptile over the confounders), the released variant."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Sequence
 
@@ -10,21 +11,25 @@ from torch import nn
 from .base import Batch, MetaAlgorithm, as_float_betas, copy_weights_, get_loss, make_adam, resolve_fused
 
 
+def _no_phase(_name):
+    return contextlib.nullcontext()
+
+
 class SerialFirstOrder(MetaAlgorithm):
-    """One meta-iteration (REFERENCE.md §3):
+    """One meta-iteration (docs/released-trainer.md, 'One meta-iteration'):
 
     1. task <- meta (weights); the task Adam keeps its moments and step count across iterations;
     2. for each (input, target) in the given order: one forward/backward and one task-Adam step,
        each starting where the previous ended;
     3. meta gradient = meta - task; one meta-Adam step.
 
-    ``fused`` (default: True when the native core ``dil_fast._C`` is loaded) keeps both networks'
-    parameters in flat buffers (:class:`~dil_fast.optim.FusedAdam`): each task-Adam step is one
+    ``fused`` (default: the rule of :func:`dil_fast.ops.optim.fused_optimizer`: the native core
+    serves the optimizer ops on the model's device) keeps both networks' parameters in flat buffers (:class:`~dil_fast.optim.FusedAdam`): each task-Adam step is one
     launch, and the meta gradient, the meta-Adam step and the task <- meta reset of the next
     iteration are one fused pass. Results equal the unfused path (``torch.optim.Adam``) to fp32
     rounding, and the state_dict is the same in both modes. The fused path assumes the task weights
     still equal the meta weights it reset them to; after changing ``meta_model``'s weights by hand,
-    call :meth:`sync_task`.
+    call :meth:`sync_task`. ``backend`` forces the optimizer ops' implementation (:mod:`dil_fast.backends`).
     """
 
     name = "sf"
@@ -39,17 +44,19 @@ class SerialFirstOrder(MetaAlgorithm):
         meta_betas=(0.9, 0.999),
         loss: str = "l1",
         fused: bool | None = None,
+        backend: str | None = None,
     ):
         super().__init__()
-        self.fused = resolve_fused(fused)
+        self.fused = resolve_fused(fused, model, backend)
+        self.backend = backend
         self.loss_name = loss
         self.loss_fn = get_loss(loss)
         self.inner_betas = as_float_betas(inner_betas, "inner_betas")
         self.meta_betas = as_float_betas(meta_betas, "meta_betas")
         self.meta_model = model
         self.task_model = copy.deepcopy(model)
-        self._task_opt = make_adam(self.task_model.parameters(), inner_lr, self.inner_betas, self.fused)
-        self._meta_opt = make_adam(self.meta_model.parameters(), meta_lr, self.meta_betas, self.fused)
+        self._task_opt = make_adam(self.task_model.parameters(), inner_lr, self.inner_betas, self.fused, backend)
+        self._meta_opt = make_adam(self.meta_model.parameters(), meta_lr, self.meta_betas, self.fused, backend)
         self._meta_params = [p for p in self.meta_model.parameters()]
         self._task_params = [p for p in self.task_model.parameters()]
         self._task_in_sync = False  # fused path: task weights == meta weights (reset by the meta step)
@@ -68,20 +75,27 @@ class SerialFirstOrder(MetaAlgorithm):
             "meta_lr": self.meta_lr, "meta_betas": self.meta_betas, "loss": self.loss_name,
         }
 
-    def step(self, batches: Sequence[Batch]) -> torch.Tensor:
+    def step(self, batches: Sequence[Batch], timer=None) -> torch.Tensor:
+        """One meta-iteration. ``timer`` (optional): ``timer(phase)`` returns a context manager
+        around each phase ("other", "fwd_bwd", "optimizer"), for a benchmark's time split."""
         if len(batches) == 0:
             raise ValueError("step() needs at least one (input, target) pair")
-        if not (self.fused and self._task_in_sync):
-            self.sync_task()
+        phase = timer or _no_phase
+        with phase("other"):
+            if not (self.fused and self._task_in_sync):
+                self.sync_task()
         losses = []
         for inp, target in batches:
-            self._task_opt.zero_grad(set_to_none=False)
-            loss = self.loss_fn(self.task_model(inp), target)
-            loss.backward()
-            self._sync_grads(self.task_model)
-            self._task_opt.step()
+            with phase("fwd_bwd"):
+                self._task_opt.zero_grad(set_to_none=False)
+                loss = self.loss_fn(self.task_model(inp), target)
+                loss.backward()
+                self._sync_grads(self.task_model)
+            with phase("optimizer"):
+                self._task_opt.step()
             losses.append(loss.detach())
-        self.meta_step()
+        with phase("optimizer"):
+            self.meta_step()
         self.iteration += 1
         return torch.stack(losses)
 

@@ -1,6 +1,6 @@
-"""Flat parameter buffers and the fused optimizer / meta-update steps of the native core."""
-from . import functional
+"""Flat parameter buffers and the fused optimizers built on the optimizer ops of
+:mod:`dil_fast.ops.optim` (the functional steps themselves live there)."""
 from .flat import FlatBucket, FlatParams, StackedParams
 from .fused_adam import FusedAdam
 
-__all__ = ["FlatBucket", "FlatParams", "StackedParams", "FusedAdam", "functional"]
+__all__ = ["FlatBucket", "FlatParams", "StackedParams", "FusedAdam"]

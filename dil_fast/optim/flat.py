@@ -5,12 +5,18 @@ Once flattened, every ``Parameter`` object is kept (modules, optimizers and hook
 same objects) but its ``.data`` is a view of ``bucket.data[offset:offset + numel]`` and its
 ``.grad`` a view of ``bucket.grad``. Autograd accumulates into an existing ``.grad`` in place, so
 the flat gradient fills itself during backward. Things that break the views are repaired by
-:meth:`FlatParams.sync` (called by the fused optimizer before each step):
+:meth:`FlatParams.sync` (a pass over every parameter):
 
 * ``zero_grad(set_to_none=True)`` -> the next backward makes fresh ``.grad`` tensors; sync copies
-  them into the buffer and re-points them (a missing grad is reported by :meth:`grads_present`);
+  them into the buffer and re-points them; a parameter left without a gradient gets a zeroed view
+  (a missing gradient is a zero in the flat buffer);
 * ``module.to(...)`` / ``param.data = ...`` -> sync copies the new values in and re-points;
 * ``load_state_dict`` copies in place, so the views survive it.
+
+The hot path calls :meth:`FlatParams.refresh` instead: O(1), it looks at the first and the last
+parameter of each bucket (their data and gradient views) and runs the full :meth:`sync` only when
+one of them was replaced (``module.zero_grad()`` or ``module.to()`` replace all of them). Replacing
+a single parameter in the middle by hand needs an explicit :meth:`sync`.
 
 :meth:`FlatParams.to` moves the buffers and re-points the parameters.
 """
@@ -134,11 +140,24 @@ class FlatParams:
                     view.copy_(p.grad)
                     p.grad = view
 
+    def refresh(self) -> None:
+        """O(1) check of the views (first and last parameter of every bucket); :meth:`sync` when
+        one was replaced. Called before every fused optimizer step."""
+        for b in self.buckets:
+            first, last = b.params[0], b.params[-1]
+            if first.data_ptr() != b.data.data_ptr() or last.data_ptr() != b.addr(b.data, len(b.params) - 1):
+                return self.sync()
+            if b.grad is not None and (first.grad is None or last.grad is None
+                                       or first.grad.data_ptr() != b.grad.data_ptr()
+                                       or last.grad.data_ptr() != b.addr(b.grad, len(b.params) - 1)):
+                return self.sync()
+
     def sync(self) -> None:
         """Repair the views: copy replaced ``.data``/``.grad`` tensors into the buffers.
 
-        Missing grads (``None``) stay missing (see :meth:`grads_present`); their buffer segment is
-        zeroed so the flat gradient holds no stale values.
+        A missing grad (``None``) becomes a zeroed view when the FlatParams attaches gradients
+        (``attach_grads``); otherwise it stays missing (see :meth:`grads_present`) and its buffer
+        segment is zeroed, so the flat gradient holds no stale values.
         """
         with torch.no_grad():
             for b in self.buckets:
@@ -158,7 +177,10 @@ class FlatParams:
                     if gbase:
                         g = p.grad
                         if g is None:
-                            b.segment(b.grad, i).zero_()
+                            view = b.segment(b.grad, i)
+                            view.zero_()
+                            if self.attach_grads:
+                                p.grad = view
                         elif g.data_ptr() != gbase + b.offsets[i] * size:
                             gview = b.segment(b.grad, i)
                             gview.copy_(g)

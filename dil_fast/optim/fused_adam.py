@@ -1,14 +1,18 @@
-"""FusedAdam: ``torch.optim.Adam`` math over flat buffers, one launch per (device, dtype) group.
+"""FusedAdam: ``torch.optim.Adam`` math over flat buffers, one launch per (device, dtype) bucket.
 
 The parameters are flattened (:class:`~dil_fast.optim.flat.FlatParams`) at construction and the
 moments live in flat buffers; ``self.state[p]`` holds views into them, so everything that reads
 optimizer state keeps working. ``state_dict()`` has exactly ``torch.optim.Adam``'s layout
 (per-parameter ``step`` as a CPU float32 tensor, ``exp_avg``, ``exp_avg_sq``, Adam's param-group
-keys), and ``load_state_dict`` accepts the state of a ``torch.optim.Adam`` (and vice versa).
+keys), and ``load_state_dict`` accepts the state of a ``torch.optim.Adam`` (and vice versa) whose
+parameters share one step count.
 
-Parameters of a bucket step together while all of them have gradients (one launch; step
-counters advance on the device). A step where only some have gradients falls back to one launch
-per parameter (those without a gradient are skipped, like torch), and so do later steps.
+The hot path does O(1) host work per bucket, whatever the number of tensors: the launch arguments
+are validated once, when the bucket is built (:class:`~dil_fast.ops.optim.NativeLaunch`); a step is
+an O(1) check of the parameter views (:meth:`FlatParams.refresh`), the learning-rate tensor kept in
+step with the param group, and one native call. Every parameter steps together: a parameter
+without a gradient contributes a zero gradient (its moments decay and it moves with its momentum;
+``torch.optim.Adam`` would skip it), never a fallback to per-tensor launches.
 
 ``check_finite=True`` checks the gradients on the device each step and skips the whole bucket
 update (step counters included) when one is NaN/inf, without a host sync. ``GradScaler`` is
@@ -16,12 +20,14 @@ supported (``grad_scale`` / ``found_inf``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from . import functional as F
+from .. import backends
+from ..ops import optim as optim_ops
+from ..ops.reference.optim import adam_step_ref_, meta_step_ref_
 from .flat import FlatBucket, FlatParams
 
 __all__ = ["FusedAdam"]
@@ -31,21 +37,23 @@ __all__ = ["FusedAdam"]
 class _BucketState:
     exp_avg: Tensor  # [P]
     exp_avg_sq: Tensor  # [P]
-    steps: Tensor  # [n_params] float32, on the parameters' device
-    uniform: bool = True  # all step counters equal -> one launch per step
-    lr: Tensor | None = None
+    steps: Tensor  # [n_params] float32 on the parameters' device, all equal
+    lr: Tensor  # [] float64 on the device: the group's lr as the kernels read it
     lr_value: float | None = None
-    flag: Tensor | None = None
+    flag: Tensor | None = None  # check_finite's device flag
+    hyper: tuple | None = None  # (beta1, beta2, eps, weight_decay, adamw) the launch was built with
+    launch: object | None = None  # a zero-argument callable: this bucket's Adam step
+    meta_launches: dict = field(default_factory=dict)  # (id(task FlatParams), reset, hyper) -> callable
 
 
 class FusedAdam(torch.optim.Optimizer):
     """Adam / AdamW on flat buffers with the interface and state_dict of ``torch.optim.Adam``.
 
-    ``decoupled_weight_decay=True`` gives AdamW. ``backend``: ``None`` (automatic), ``"cuda"``
-    (native core, CUDA or its CPU twin) or ``"torch"`` (references); see
-    :mod:`dil_fast.optim.functional`. ``zero_grad(set_to_none=False)`` keeps the gradients as views
-    of the flat buffer (one memset); with the default ``set_to_none=True`` each step first copies
-    the fresh gradients in.
+    ``decoupled_weight_decay=True`` gives AdamW. ``backend``: ``None`` (the dispatcher's choice),
+    ``"cuda"`` (native core: CUDA kernels or their CPU twins) or ``"torch"`` (the references); see
+    :mod:`dil_fast.backends`. ``zero_grad()`` keeps the gradients as views of the flat buffer and
+    zeroes it in one op (``set_to_none=True`` drops them, like torch, at the cost of a full repair
+    of the views on the next step).
     """
 
     _step_supports_amp_scaling = True
@@ -89,14 +97,16 @@ class FusedAdam(torch.optim.Optimizer):
         for p in group["params"]:
             if not p.is_contiguous() or p.is_sparse:
                 raise ValueError("FusedAdam needs dense parameters")
-        flat = FlatParams(group["params"], attach_grads=False)
+        flat = FlatParams(group["params"])
         self._flats.append(flat)
         states = []
         for b in flat.buckets:
+            backends.select("adam_step", b.data.device, b.data.dtype, backends.forced_backend(self.backend))
             st = _BucketState(
                 exp_avg=torch.zeros_like(b.data),
                 exp_avg_sq=torch.zeros_like(b.data),
                 steps=torch.zeros(len(b.params), dtype=torch.float32, device=b.data.device),
+                lr=torch.zeros((), dtype=torch.float64, device=b.data.device),
             )
             states.append(st)
             self._point_state(b, st)
@@ -128,6 +138,10 @@ class FusedAdam(torch.optim.Optimizer):
         for g in state_dict["param_groups"]:
             if g.get("amsgrad", False) or g.get("maximize", False):
                 raise ValueError("FusedAdam implements neither amsgrad nor maximize; the state asks for them")
+        counts = {float(s["step"]) for s in state_dict["state"].values() if "step" in s}
+        if len(counts) > 1:
+            raise ValueError(f"FusedAdam steps all parameters together; this state has per-parameter step counts "
+                             f"{min(counts):g}..{max(counts):g}")
         super().load_state_dict(state_dict)
         with torch.no_grad():
             for flat, states in zip(self._flats, self._bstates):
@@ -135,25 +149,39 @@ class FusedAdam(torch.optim.Optimizer):
                     steps = []
                     for i, p in enumerate(b.params):
                         s = self.state.get(p, {})
-                        b.segment(st.exp_avg, i).copy_(s["exp_avg"]) if "exp_avg" in s else b.segment(st.exp_avg, i).zero_()
-                        b.segment(st.exp_avg_sq, i).copy_(s["exp_avg_sq"]) if "exp_avg_sq" in s else b.segment(
-                            st.exp_avg_sq, i).zero_()
+                        for name, buf in (("exp_avg", st.exp_avg), ("exp_avg_sq", st.exp_avg_sq)):
+                            seg = b.segment(buf, i)
+                            seg.copy_(s[name]) if name in s else seg.zero_()
                         steps.append(float(s["step"]) if "step" in s else 0.0)
                     st.steps.copy_(torch.tensor(steps, dtype=torch.float32))
-                    st.uniform = len(set(steps)) <= 1
                     self._point_state(b, st)
 
-    # ------------------------------------------------------------------ the step
-    def _lr_tensor(self, st: _BucketState, lr, device) -> Tensor:
+    # ------------------------------------------------------------------ launches
+    def _sync_lr(self, st: _BucketState, lr) -> Tensor:
+        """The device lr the kernels read, refreshed when the group's lr changed (a fill: no sync)."""
         if isinstance(lr, Tensor):
-            return lr.to(device=device, dtype=torch.float64) if lr.device != device else lr
+            return lr.to(device=st.lr.device, dtype=torch.float64) if lr.device != st.lr.device else lr
         lr = float(lr)
-        if st.lr is None:
-            st.lr = torch.tensor(lr, dtype=torch.float64, device=device)
-        elif st.lr_value != lr:
+        if st.lr_value != lr:
             st.lr.fill_(lr)
-        st.lr_value = lr
+            st.lr_value = lr
         return st.lr
+
+    @staticmethod
+    def _hyper(group: dict) -> tuple:
+        beta1, beta2 = (float(b) for b in group["betas"])
+        return beta1, beta2, float(group["eps"]), float(group["weight_decay"]),\
+            bool(group.get("decoupled_weight_decay", False))
+
+    def _adam_launch(self, b: FlatBucket, st: _BucketState, hyper: tuple):
+        backend = backends.backend_for("adam_step", b.data.device, b.data.dtype, self.backend)
+        if backend == "cuda":
+            args = optim_ops.adam_args(b.data, b.grad, st.exp_avg, st.exp_avg_sq, st.steps, st.lr, *hyper)
+            return optim_ops.NativeLaunch("adam", args, b.data.device)
+
+        def reference(found_inf=None, grad_scale=None, lr=st.lr):
+            adam_step_ref_(b.data, b.grad, st.exp_avg, st.exp_avg_sq, st.steps, lr, *hyper, found_inf, grad_scale)
+        return reference
 
     @torch.no_grad()
     def step(self, closure=None, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
@@ -167,49 +195,45 @@ class FusedAdam(torch.optim.Optimizer):
         for group, flat, states in zip(self.param_groups, self._flats, self._bstates):
             if group.get("amsgrad") or group.get("maximize"):
                 raise ValueError("FusedAdam implements neither amsgrad nor maximize")
-            beta1, beta2 = (float(b) for b in group["betas"])
-            hyper = dict(beta1=beta1, beta2=beta2, eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
-                         adamw=bool(group.get("decoupled_weight_decay", False)))
-            present_any = False
-            for b in flat.buckets:
-                present_any |= any(p.grad is not None for p in b.params)
-            if not present_any:
-                continue
-            flat.sync()
+            hyper = self._hyper(group)
+            flat.refresh()
             for b, st in zip(flat.buckets, states):
-                present = flat.grads_present(b)
-                if not any(present):
-                    continue
+                lr = self._sync_lr(st, group["lr"])
+                if st.launch is None or st.hyper != hyper:
+                    st.launch, st.hyper = self._adam_launch(b, st, hyper), hyper
                 dev = b.data.device
-                lr = self._lr_tensor(st, group["lr"], dev)
                 flag = None if found_inf is None else found_inf.to(dev, torch.float32).reshape(1)
                 scale = None if grad_scale is None else grad_scale.to(dev, torch.float32).reshape(1)
                 if self.check_finite:
                     if st.flag is None:
                         st.flag = torch.zeros(1, dtype=torch.float32, device=dev)
                     st.flag.zero_() if flag is None else st.flag.copy_(flag)
-                    F.nonfinite_check_(b.grad, st.flag, backend=self.backend)
+                    optim_ops.nonfinite_check_(b.grad, st.flag, backend=self.backend)
                     flag = st.flag
-                if all(present) and st.uniform:
-                    F.adam_step_(b.data, b.grad, st.exp_avg, st.exp_avg_sq, st.steps, lr, **hyper, found_inf=flag,
-                                 grad_scale=scale, backend=self.backend)
-                    continue
-                st.uniform = False
-                for i, p in enumerate(b.params):
-                    if not present[i]:
-                        continue
-                    seg = slice(b.offsets[i], b.offsets[i] + p.numel())
-                    F.adam_step_(b.data[seg], b.grad[seg], st.exp_avg[seg], st.exp_avg_sq[seg], st.steps[i:i + 1], lr,
-                                 **hyper, found_inf=flag, grad_scale=scale, backend=self.backend)
+                self._run(st.launch, lr, st.lr, flag, scale)
         return loss
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """``set_to_none=False`` zeroes each flat gradient in one op and keeps the views."""
+    @staticmethod
+    def _run(launch, lr: Tensor, own_lr: Tensor, flag: Tensor | None, scale: Tensor | None) -> None:
+        if isinstance(launch, optim_ops.NativeLaunch):
+            a = launch.args
+            a.found_inf = 0 if flag is None else flag.data_ptr()
+            a.grad_scale = 0 if scale is None else scale.data_ptr()
+            if lr is not own_lr:  # a tensor lr of the group's own
+                a.lr, a.lr_dtype, a.lr_numel = lr.data_ptr(), optim_ops.DTYPE_CODES[lr.dtype], 1
+            else:
+                a.lr, a.lr_dtype, a.lr_numel = own_lr.data_ptr(), 1, 1
+            launch()
+        else:
+            launch(flag, scale, lr)
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero each flat gradient in one op and keep the views (``set_to_none=True``: drop them)."""
         if set_to_none:
             super().zero_grad(set_to_none=True)
             return
         for flat in self._flats:
-            flat.sync()  # existing grads become views; missing ones stay None, like torch
+            flat.refresh()
             for b in flat.buckets:
                 b.grad.zero_()
 
@@ -229,15 +253,24 @@ class FusedAdam(torch.optim.Optimizer):
         if len(task.buckets) != len(flat.buckets) or any(
                 tb.data.shape != mb.data.shape for tb, mb in zip(task.buckets, flat.buckets)):
             raise ValueError("meta_step_: the task parameters do not match this optimizer's parameters")
-        beta1, beta2 = (float(b) for b in group["betas"])
+        hyper = self._hyper(group)
         for mb, tb, st in zip(flat.buckets, task.buckets, states):
-            if not st.uniform:
-                raise ValueError("meta_step_ needs uniform step counters (every parameter stepped together)")
-            lr = self._lr_tensor(st, group["lr"], mb.data.device)
-            F.meta_step_(mb.data, tb.data, st.exp_avg, st.exp_avg_sq, st.steps, lr, beta1, beta2,
-                         float(group["eps"]), float(group["weight_decay"]),
-                         bool(group.get("decoupled_weight_decay", False)), reset_task=reset_task,
-                         backend=self.backend)
+            lr = self._sync_lr(st, group["lr"])
+            if lr is not st.lr:  # a tensor lr of the group's own: nothing to cache
+                self._meta_launch(mb, tb, st, lr, hyper, reset_task)()
+                continue
+            key = (id(task), bool(reset_task), hyper)
+            launch = st.meta_launches.get(key)
+            if launch is None:
+                launch = st.meta_launches[key] = self._meta_launch(mb, tb, st, lr, hyper, reset_task)
+            launch()
+
+    def _meta_launch(self, mb: FlatBucket, tb: FlatBucket, st: _BucketState, lr: Tensor, hyper: tuple, reset: bool):
+        backend = backends.backend_for("meta_step", mb.data.device, mb.data.dtype, self.backend)
+        if backend == "cuda":
+            args = optim_ops.meta_args(mb.data, tb.data, st.exp_avg, st.exp_avg_sq, st.steps, lr, *hyper, 0, reset)
+            return optim_ops.NativeLaunch("meta_adam", args, mb.data.device)
+        return lambda: meta_step_ref_(mb.data, tb.data, st.exp_avg, st.exp_avg_sq, st.steps, lr, *hyper, 0, reset)
 
     @torch.no_grad()
     def sync_lr(self) -> None:
@@ -246,6 +279,6 @@ class FusedAdam(torch.optim.Optimizer):
         ``step`` does this itself; call it before replaying a captured CUDA graph, whose launches
         read those tensors, after changing a group's ``lr``.
         """
-        for group, flat, states in zip(self.param_groups, self._flats, self._bstates):
-            for b, st in zip(flat.buckets, states):
-                self._lr_tensor(st, group["lr"], b.data.device)
+        for group, states in zip(self.param_groups, self._bstates):
+            for st in states:
+                self._sync_lr(st, group["lr"])

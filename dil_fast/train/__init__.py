@@ -1,1 +1,10 @@
-"""Training: the trainer, checkpoints, logging, evaluation, distributed helpers."""
+"""Training: the config (flags, validation), the stages it builds, the loop that composes them,
+the training state (save / restore / resume), the fast path, evaluation and logging.
+
+    from dil_fast.train import Trainer, TrainConfig
+    Trainer(TrainConfig(ckpt_save="runs/x", trainset="patches/"), model=my_net).run()
+"""
+from .config import TrainConfig, resolve_device
+from .loop import ConfounderOrder, Trainer
+
+__all__ = ["Trainer", "TrainConfig", "ConfounderOrder", "resolve_device"]

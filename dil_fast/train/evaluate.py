@@ -39,7 +39,9 @@ import torch
 from ..data.images import IMAGE_EXTS, list_images, read_image_rgb, tensor_to_uint8, write_image_rgb
 from ..errors import CheckpointError, FlagError, InputError
 from ..metrics import calculate_psnr, calculate_ssim
-from .checkpoint import atomic_write_bytes, load_file, load_into, model_weights
+from ..fileio import atomic_write_bytes
+from .config import resolve_device
+from .state import load_file, load_into, model_weights
 
 
 def noise_rng(seed: int, index: int) -> np.random.Generator:
@@ -105,24 +107,6 @@ def load_test_images(testset: str, flag: str = "--testset") -> list[tuple[str, n
 
         return builtin_test_images()
     return [(os.path.basename(p), read_image_rgb(p)) for p in list_images(testset, exts=IMAGE_EXTS, flag=flag)]
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``--device``: default ``cuda`` when available, else ``cpu``; :class:`FlagError` when unusable."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise FlagError(f"--device {name}: not a device name (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FlagError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise FlagError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise FlagError(f"--device {name}: unsupported device type (use cpu or cuda)")
-    return device
 
 
 def load_eval_model(ckpt_path: str, nf: int | None = None, nb: int | None = None, gc: int | None = None,

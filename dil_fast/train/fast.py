@@ -51,10 +51,9 @@ import torch
 from torch import nn
 
 from ..errors import FlagError
+from .config import GRAPH_VARIANTS
 
-PRECISIONS = ("fp32", "tf32", "bf16")
 GRAPH_WARMUP = 3  # eager meta-iterations before capture (cuDNN autotuning, allocator, lr tensors)
-GRAPH_VARIANTS = ("sf", "erm")
 
 
 @dataclass
@@ -74,29 +73,12 @@ class FastOptions:
 
 
 def resolve_options(device: torch.device, *, precision: str | None = None, channels_last: bool | None = None,
-                    compile: bool = False, cuda_graphs: bool = False, deterministic: bool = False,
-                    variant: str = "sf", world_size: int = 1) -> FastOptions:
-    """Fill the device-dependent defaults and refuse combinations that cannot work."""
-    device = torch.device(device)
-    on_cuda = device.type == "cuda"
-    if precision is None:
-        precision = "bf16" if on_cuda else "fp32"
-    if precision not in PRECISIONS:
-        raise FlagError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if channels_last is None:
-        channels_last = on_cuda
-    if cuda_graphs:
-        if not on_cuda:
-            raise FlagError(f"--cuda_graphs needs a CUDA device; this run trains on {device} "
-                            "(drop --cuda_graphs, or pass --device cuda on a machine with a GPU)")
-        if variant not in GRAPH_VARIANTS:
-            raise FlagError(f"--cuda_graphs captures the meta-iteration of --variant {' or '.join(GRAPH_VARIANTS)}; "
-                            f"--variant {variant} is not supported")
-        if world_size > 1:
-            raise FlagError("--cuda_graphs is single-process for now: the per-step gradient all-reduce of "
-                            "--distributed is not captured; drop one of the two")
-    return FastOptions(precision=precision, channels_last=bool(channels_last), compile=bool(compile),
-                       cuda_graphs=bool(cuda_graphs), deterministic=bool(deterministic))
+                    compile: bool = False, cuda_graphs: bool = False, deterministic: bool = False) -> FastOptions:
+    """Fill the device-dependent defaults (the combinations were validated with the config)."""
+    on_cuda = torch.device(device).type == "cuda"
+    return FastOptions(precision=precision or ("bf16" if on_cuda else "fp32"),
+                       channels_last=on_cuda if channels_last is None else bool(channels_last),
+                       compile=bool(compile), cuda_graphs=bool(cuda_graphs), deterministic=bool(deterministic))
 
 
 # ---------------------------------------------------------------------- global math settings
@@ -210,12 +192,6 @@ def install_training_forward(module: nn.Module, opts: FastOptions, device: torch
 
 
 # ---------------------------------------------------------------------- CUDA graphs
-def refresh_lr_tensors(opt: torch.optim.Optimizer) -> None:
-    """Write each param group's ``lr`` into FusedAdam's device-side LR tensors (outside the graph,
-    so a replay sees a changed learning rate)."""
-    opt.sync_lr()
-
-
 class GraphedStep:
     """``algo.step`` captured as one CUDA graph (see ``--cuda_graphs`` in the module doc).
 
@@ -269,7 +245,7 @@ class GraphedStep:
             return self._eager(batches)
         # before a capture too: an LR tensor filled inside the capture would be a constant of the graph
         for o in self.optimizers:
-            refresh_lr_tensors(o)
+            o.sync_lr()  # outside the graph: a replay reads the device lr tensors
         if self.graph is None:
             self._capture(batches)
         elif len(batches) != len(self.static_inputs) or any(

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 import os
-import time
 
 import torch
+
+from ..timing import mean_time, synchronize
 
 _ELEM = {"float": 4, "c10::BFloat16": 2, "c10::Half": 2, "double": 8, "unsigned char": 1, "long int": 8, "int": 4,
          "bool": 1, "signed char": 1, "short int": 2}
@@ -34,21 +35,6 @@ _CONV = ("aten::conv2d", "aten::convolution", "aten::_convolution", "aten::cudnn
 _OPT_BYTES = {"dil_fast::adam_step_": 28, "dil_fast::meta_step_": 32}
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device, repeat: int = 10) -> float:
-    fn()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / repeat
-
-
 def measure_ceilings(device, precision: str = "fp32") -> dict:
     """Measured copy bandwidth (bytes/s, read + write) and matmul FLOP/s at ``precision``."""
     device = torch.device(device)
@@ -56,7 +42,7 @@ def measure_ceilings(device, precision: str = "fp32") -> dict:
     n = (1 << 28) if cuda else (1 << 24)
     src = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
     dst = torch.empty_like(src)
-    bw = 2 * n / _timed(lambda: dst.copy_(src), device)
+    bw = 2 * n / mean_time(lambda: dst.copy_(src), device)
     m = 4096 if cuda else 384
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(m, m, device=device, dtype=dtype)
@@ -64,7 +50,7 @@ def measure_ceilings(device, precision: str = "fp32") -> dict:
     old = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
-        flops = 2 * m ** 3 / _timed(lambda: a @ b, device)
+        flops = 2 * m ** 3 / mean_time(lambda: a @ b, device)
     finally:
         torch.set_float32_matmul_precision(old)
     return {"bytes_per_s": bw, "flops_per_s": {precision: flops}}
@@ -159,13 +145,13 @@ def profile_meta_iteration(step, device, out_dir: str, *, warmup: int = 2, ceili
     cuda = device.type == "cuda"
     for _ in range(warmup):
         step()
-    _sync(device)
+    synchronize(device)
     if ceilings is None:
         ceilings = measure_ceilings(device, precision)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, record_shapes=True, with_flops=True) as prof:
         step()
-        _sync(device)
+        synchronize(device)
     os.makedirs(out_dir, exist_ok=True)
     trace = os.path.join(out_dir, "trace_meta_iteration.json")
     prof.export_chrome_trace(trace)

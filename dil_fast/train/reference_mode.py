@@ -1,6 +1,6 @@
 """``dil-fast train --reference_mode``: the released trainer's behaviour, re-created for comparison.
 
-What it re-creates (REFERENCE.md §3), deliberately including the released script's costs:
+What it re-creates (docs/released-trainer.md), deliberately including the released script's costs:
 
 * the data path: one shuffled DataLoader per confounder with ``--num_workers`` worker processes,
   OpenCV PNG reads, numpy crops/flips and float64 numpy noise (:class:`~dil_fast.data.reference.
@@ -16,32 +16,19 @@ What it re-creates (REFERENCE.md §3), deliberately including the released scrip
 
 The arithmetic is the same as ``--variant sf`` (checkpoints and training states are
 interchangeable); only the way it is computed differs. ``--reference_mode`` needs ``--variant sf``,
-a PNG folder as ``--trainset`` (``--loader auto`` or ``reference``) and no fast-path flags.
+a PNG folder as ``--trainset`` (``--loader auto`` or ``reference``) and no fast-path flags
+(checked with the config: :meth:`dil_fast.train.config.TrainConfig.validate`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..errors import FlagError
 from ..meta.base import Batch, MetaAlgorithm, as_float_betas, get_loss
-
-
-def check_flags(cfg) -> None:
-    """Refuse ``--reference_mode`` combined with anything the released trainer did not do."""
-    if cfg.variant != "sf":
-        raise FlagError(f"--reference_mode re-creates the released DIL_sf trainer; --variant {cfg.variant} "
-                        "has no reference")
-    if cfg.loader not in ("auto", "reference"):
-        raise FlagError(f"--reference_mode reads PNG patches as released; --loader {cfg.loader} is not allowed")
-    if cfg.precision not in (None, "fp32"):
-        raise FlagError(f"--reference_mode trains in fp32; --precision {cfg.precision} is not allowed")
-    for flag in ("channels_last", "compile", "cuda_graphs"):
-        if getattr(cfg, flag):
-            raise FlagError(f"--reference_mode cannot be combined with --{flag}")
 
 
 class ReferenceSF(MetaAlgorithm):
@@ -82,7 +69,7 @@ class ReferenceSF(MetaAlgorithm):
         around each phase ("fwd_bwd", "optimizer", "other"), for the benchmark's time split."""
         if len(batches) == 0:
             raise ValueError("step() needs at least one (input, target) pair")
-        phase = timer or (lambda _name: _NULL)
+        phase = timer or (lambda _name: contextlib.nullcontext())
         with phase("other"):
             self.task_model.load_state_dict(self.meta_model.state_dict())
             self._task_opt.load_state_dict(self._state_task)
@@ -108,14 +95,3 @@ class ReferenceSF(MetaAlgorithm):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._state_task = self._task_opt.state_dict()
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NULL = _Null()

@@ -1,0 +1,302 @@
+"""The run's configuration: the ``dil-fast train`` flags, parsed and validated once.
+
+:func:`add_train_arguments` defines every flag (the released trainer's keep their names and
+defaults); :meth:`TrainConfig.from_args` builds the config and :meth:`TrainConfig.validate`
+checks every value and every combination, raising one :class:`~dil_fast.errors.FlagError` that
+names the flag. Everything downstream trusts a validated config. :func:`resolve_device` is the one
+place that turns ``--device`` into a ``torch.device``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..errors import FlagError
+
+DEFAULT_RRDB = {"nf": 64, "nb": 23, "gc": 32}
+LOADERS = ("auto", "reference", "store", "dali")
+VARIANT_NAMES = ("sf", "pf", "ss", "ps", "ss-fo", "erm")
+BACKEND_CHOICES = ("auto", "torch", "triton", "cuda")
+PRECISIONS = ("fp32", "tf32", "bf16")
+GRAPH_VARIANTS = ("sf", "erm")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (the CLI flags, parsed and validated)."""
+
+    ckpt_save: str
+    trainset: str | None = None
+    testset: str = "default"
+    resume: str | None = None
+    variant: str = "sf"
+    levels: tuple[float, ...] = (5.0, 10.0, 15.0, 20.0)
+    patch_size: int = 64
+    batch_size: int = 32
+    total_epoch: int = 30
+    save_every: int = 1
+    test_every: int = 5
+    print_every: int = 100
+    num_workers: int = 8
+    seed: int = 1
+    gpus: int = 1
+    distributed: bool = False
+    local_rank: int = 0
+    device: str | None = None
+    nf: int | None = None
+    nb: int | None = None
+    gc: int | None = None
+    lr: float = 1e-4
+    meta_lr: float = 1e-4
+    lr_step: int = 20
+    test_level: float = 50.0
+    loss: str = "l1"
+    loader: str = "auto"
+    confounders: str | None = None
+    pairing: str = "independent"
+    memory_budget: str | None = None
+    backend: str | None = None  # forced kernel backend for every op of the run (None: the dispatcher's choice)
+    stop_after: int | None = None
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+    variant_options: dict = field(default_factory=dict)
+    # the fast path (dil_fast.train.fast); None = the device's default
+    precision: str | None = None  # fp32 | tf32 | bf16 (None: bf16 on CUDA, fp32 on CPU)
+    channels_last: bool | None = None  # None: on for CUDA, off for CPU
+    compile: bool = False
+    cuda_graphs: bool = False
+    deterministic: bool = False
+    reference_mode: bool = False  # the released trainer's behaviour (dil_fast.train.reference_mode)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        """The config of parsed ``dil-fast train`` arguments (not yet validated)."""
+        cfg = cls(
+            ckpt_save=args.ckpt_save, trainset=args.trainset, testset=args.testset, resume=args.resume,
+            variant=args.variant, levels=tuple(args.levels), patch_size=args.patch_size, batch_size=args.batch_size,
+            total_epoch=args.total_epoch, save_every=args.save_every, test_every=args.test_every,
+            print_every=args.print_every, num_workers=args.num_workers, seed=args.seed, gpus=args.gpus,
+            distributed=args.distributed, local_rank=args.local_rank, device=args.device, nf=args.nf, nb=args.nb,
+            gc=args.gc, lr=args.lr, meta_lr=args.meta_lr, lr_step=args.lr_step, test_level=args.test_level,
+            loss=args.loss, stop_after=args.stop_after, loader=args.loader, confounders=args.confounders,
+            pairing=args.pairing, memory_budget=args.memory_budget,
+            backend=None if args.backend == "auto" else args.backend, progress=False if args.no_progress else None,
+            precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+            cuda_graphs=args.cuda_graphs, deterministic=args.deterministic, reference_mode=args.reference_mode,
+        )
+        cfg.variant_options = variant_options(args)
+        return cfg
+
+    def to_dict(self) -> dict:
+        """The config as plain values (saved in the training state; ``None`` fields left out)."""
+        d = asdict(self)
+        d["levels"] = list(d["levels"])
+        return {k: v for k, v in d.items() if v is not None}
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "TrainConfig":
+        """Check every flag and every combination once; returns ``self``. :class:`FlagError` names the flag."""
+        for name in ("patch_size", "batch_size", "total_epoch", "save_every", "test_every", "print_every", "gpus",
+                     "nf", "nb", "gc", "lr", "meta_lr", "lr_step", "stop_after"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("num_workers", self.num_workers, allow_zero=True)
+        _check_positive("test_level", self.test_level, allow_zero=True)
+        if self.variant not in VARIANT_NAMES:
+            raise FlagError(f"--variant must be one of {', '.join(VARIANT_NAMES)}, got {self.variant!r}")
+        if not self.levels:
+            raise FlagError("--levels needs at least one noise level")
+        if any((not math.isfinite(s)) or s < 0 for s in self.levels):
+            raise FlagError(f"--levels must be non-negative numbers, got {','.join(map(str, self.levels))}")
+        if not self.ckpt_save:
+            raise FlagError("--ckpt_save is required (the output folder)")
+        if self.loader not in LOADERS:
+            raise FlagError(f"--loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
+        if self.backend not in (None, "torch", "triton", "cuda"):
+            raise FlagError(f"--backend must be auto, torch, triton or cuda, got {self.backend!r}")
+        if self.pairing not in ("independent", "shared"):
+            raise FlagError(f"--pairing must be independent or shared, got {self.pairing!r}")
+        if self.precision not in (None, *PRECISIONS):
+            raise FlagError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.confounders:
+            self.confounder_specs()
+        if self.reference_mode:
+            self._check_reference_mode()
+        device = resolve_device(self.device, local_rank=self.local_rank if self.distributed else None)
+        if self.cuda_graphs:
+            if device.type != "cuda":
+                raise FlagError(f"--cuda_graphs needs a CUDA device; this run trains on {device} "
+                                "(drop --cuda_graphs, or pass --device cuda on a machine with a GPU)")
+            if self.variant not in GRAPH_VARIANTS:
+                raise FlagError(f"--cuda_graphs captures the meta-iteration of --variant "
+                                f"{' or '.join(GRAPH_VARIANTS)}; --variant {self.variant} is not supported")
+            if self.distributed:
+                raise FlagError("--cuda_graphs is single-process for now: the per-step gradient all-reduce of "
+                                "--distributed is not captured; drop one of the two")
+        return self
+
+    def _check_reference_mode(self) -> None:
+        """Refuse ``--reference_mode`` combined with anything the released trainer did not do."""
+        if self.variant != "sf":
+            raise FlagError(f"--reference_mode re-creates the released DIL_sf trainer; --variant {self.variant} "
+                            "has no reference")
+        if self.loader not in ("auto", "reference"):
+            raise FlagError(f"--reference_mode reads PNG patches as released; --loader {self.loader} is not allowed")
+        if self.precision not in (None, "fp32"):
+            raise FlagError(f"--reference_mode trains in fp32; --precision {self.precision} is not allowed")
+        for flag in ("channels_last", "compile", "cuda_graphs"):
+            if getattr(self, flag):
+                raise FlagError(f"--reference_mode cannot be combined with --{flag}")
+
+    def confounder_specs(self):
+        """The confounders: ``--confounders`` parsed, else Gaussian noise at ``--levels``."""
+        from ..degrade import GaussianNoise, parse_confounders
+
+        if self.confounders:
+            try:
+                return parse_confounders(self.confounders)
+            except ValueError as exc:
+                raise FlagError(f"--confounders: {exc}") from None
+        return [GaussianNoise(float(s)) for s in self.levels]
+
+    def model_overrides(self) -> dict:
+        """``--nf/--nb/--gc`` given on the command line."""
+        return {k: getattr(self, k) for k in ("nf", "nb", "gc") if getattr(self, k) is not None}
+
+
+def _check_positive(name: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if (value < 0) if allow_zero else (value <= 0):
+        raise FlagError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def resolve_device(name: str | None, *, local_rank: int | None = None, flag: str = "--device") -> torch.device:
+    """``--device`` as a torch.device: default ``cuda`` (``cuda:LOCAL_RANK`` under DDP) when a GPU
+    is available, else ``cpu``; :class:`FlagError` naming the flag when it cannot be used."""
+    if name is None:
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local_rank) if local_rank is not None else torch.device("cuda")
+    if name == "cuda" and local_rank is not None:
+        name = f"cuda:{local_rank}"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise FlagError(f"{flag} {name}: not a device name (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FlagError(f"{flag} {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FlagError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise FlagError(f"{flag} {name}: unsupported device type (use cpu or cuda)")
+    return device
+
+
+# ---------------------------------------------------------------------------------- command line
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return vals
+
+
+def variant_options(args) -> dict:
+    """The constructor options of ``--variant`` beyond the learning rates and loss."""
+    if args.variant in ("ss", "ps", "ss-fo"):
+        return {"alpha": args.alpha, "inner_optimizer": args.inner_optimizer, "query": args.query,
+                "virtual_batching": args.virtual_batching}
+    if args.variant == "pf":
+        return {"query": args.query, "virtual_batching": args.virtual_batching}
+    return {}
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Every ``dil-fast train`` flag with its default."""
+    ref = p.add_argument_group("released trainer flags")
+    ref.add_argument("--gpus", type=int, default=1, help="number of GPUs (enters the iterations-per-epoch arithmetic)")
+    ref.add_argument("--seed", type=int, default=1, help="random seed")
+    ref.add_argument("--ckpt_save", type=str, default=None, help="output folder for checkpoints and train.log")
+    ref.add_argument("--resume", type=str, default=None,
+                     help="a released checkpoint (weights only) or a dil_fast training state (exact resume)")
+    ref.add_argument("--distributed", action="store_true", help="DDP under torchrun (NCCL on GPU, gloo on CPU)")
+    ref.add_argument("--local_rank", "--local-rank", type=int, default=0, help="accepted; torchrun's LOCAL_RANK wins")
+    ref.add_argument("--trainset", type=str, default=None, help="folder of PNG patches")
+    ref.add_argument("--patch_size", type=int, default=64)
+    ref.add_argument("--testset", type=str, default="default",
+                     help="test folder; 'default' = the built-in sample images (Set5 is not shipped)")
+    ref.add_argument("--save_every", type=int, default=1, help="write model_{epoch}.pt every N epochs")
+    ref.add_argument("--test_every", type=int, default=5, help="evaluate the meta model every N epochs")
+    ref.add_argument("--print_every", type=int, default=100, help="log every N meta-iterations")
+    ref.add_argument("--batch_size", type=int, default=32, help="batch size per confounder and GPU")
+    ref.add_argument("--num_workder", "--num_workers", dest="num_workers", type=int, default=8,
+                     help="data-loader workers per confounder (the released spelling is accepted)")
+    ref.add_argument("--total_epoch", type=int, default=30)
+    new = p.add_argument_group("dil_fast flags")
+    new.add_argument("--variant", default="sf", choices=VARIANT_NAMES,
+                     help="DIL variant: sf serial first-order (released), pf parallel first-order, ss serial "
+                          "second-order (Eq. 4), ps parallel second-order (Eq. 5), ss-fo Eq. 4 first-order, "
+                          "erm the plain baseline")
+    new.add_argument("--levels", type=_levels, default=(5.0, 10.0, 15.0, 20.0),
+                     help="training noise levels (sigma on 0..255), one confounder each")
+    new.add_argument("--nf", type=int, default=None, help="RRDB width (default 64, or inferred from --resume)")
+    new.add_argument("--nb", type=int, default=None, help="RRDB blocks (default 23, or inferred from --resume)")
+    new.add_argument("--gc", type=int, default=None, help="RRDB growth channels (default 32, or inferred)")
+    new.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    new.add_argument("--lr", "--inner_lr", dest="lr", type=float, default=1e-4,
+                     help="task (inner) Adam learning rate of sf/pf; ERM's learning rate")
+    new.add_argument("--alpha", type=float, default=1e-4,
+                     help="inner step size of the second-order variants ss, ps, ss-fo")
+    new.add_argument("--inner_optimizer", default="sgd", choices=("sgd", "adam"),
+                     help="inner step of ss/ps/ss-fo: a plain gradient step (sgd) or one Adam step")
+    new.add_argument("--query", default="mixture", choices=("mixture", "split"),
+                     help="outer (query) batch of pf/ss/ps/ss-fo: drawn from the given batches (mixture) or a "
+                          "held-out half of each batch (split)")
+    new.add_argument("--virtual_batching", default="auto", choices=("auto", "tune", "batched", "looped"),
+                     help="K virtual models of ss/ss-fo in one batched pass or one at a time; auto: looped on "
+                          "CPU, else batched unless it fails (deterministic); tune: time both once, keep the faster")
+    new.add_argument("--meta_lr", type=float, default=1e-4, help="meta learning rate")
+    new.add_argument("--lr_step", type=int, default=20, help="halve the meta LR every N epochs")
+    new.add_argument("--test_level", type=float, default=50.0, help="noise level of the periodic test")
+    new.add_argument("--loss", default="l1", help="l1 (released), l2 or charbonnier")
+    new.add_argument("--loader", default="auto", choices=LOADERS,
+                     help="training data: the released DataLoader path, a packed store (dil-fast pack) or DALI; "
+                          "auto = store when --trainset is a packed store, else reference")
+    new.add_argument("--confounders", default=None,
+                     help="confounder set for --loader store/dali, e.g. noise:5,10,15,20 or blur:1,2,3,4 "
+                          "(default: Gaussian noise at --levels)")
+    new.add_argument("--pairing", default="independent", choices=("independent", "shared"),
+                     help="independent: each confounder its own clean batch (released); shared: the same clean "
+                          "batch under every confounder (the paper's ideal); store/dali loaders only")
+    new.add_argument("--memory_budget", default=None,
+                     help="bytes the packed store may occupy on the device (e.g. 20G); default 75%% of free memory")
+    new.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                     help="force one implementation for every dil_fast op of the run (sampling, degradation, "
+                          "optimizers): torch = the pure-torch references; triton/cuda serve only some ops, and "
+                          "the run is refused, naming each op, when they cannot serve it (auto: the fastest)")
+    new.add_argument("--stop_after", type=int, default=None,
+                     help="stop after N meta-iterations, saving last.pt for --resume")
+    new.add_argument("--no_progress", action="store_true", help="no progress bar even on a terminal")
+    fast = p.add_argument_group("fast path (dil_fast.train.fast; defaults differ on CUDA and CPU)")
+    fast.add_argument("--precision", default=None, choices=PRECISIONS,
+                      help="training math: bf16 autocast with fp32 master weights, tf32, or strict fp32 "
+                           "(default: bf16 on CUDA, fp32 on CPU)")
+    fast.add_argument("--channels_last", dest="channels_last", action="store_true", default=None,
+                      help="NHWC activations (default on CUDA)")
+    fast.add_argument("--no_channels_last", dest="channels_last", action="store_false",
+                      help="NCHW activations (default on CPU)")
+    fast.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    fast.add_argument("--cuda_graphs", action="store_true",
+                      help="capture the whole meta-iteration in one CUDA graph (CUDA; --variant sf or erm)")
+    fast.add_argument("--deterministic", action="store_true",
+                      help="deterministic algorithms, no cuDNN autotuning (bitwise-repeatable runs on one GPU)")
+    fast.add_argument("--reference_mode", action="store_true",
+                      help="compute the way the released trainer does (DataLoader + OpenCV + numpy noise, "
+                           "per-tensor Adam, state_dict copies, loss.item() per step, fp32): for comparisons")
+    return p

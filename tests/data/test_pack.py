@@ -1,0 +1,137 @@
+"""dil-fast pack: round trip against OpenCV, the CLI hooks, and every bad input (tier T0)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from dil_fast.data.pack import add_pack_parser, pack_folder, run_pack
+from dil_fast.data.store import PatchStore
+from dil_fast.errors import FlagError, InputError
+
+
+def _cv2_rgb(path):
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+def _no_leftovers(tmp_path, name="store"):
+    return not [p for p in os.listdir(tmp_path) if p.startswith(name)]
+
+
+def test_round_trip_cut_grid(tmp_path, png_folder):
+    paths = png_folder(n=4, size=40)
+    index = pack_folder(tmp_path / "train", tmp_path / "store", size=16, stride=12, progress=False)
+    store = PatchStore(tmp_path / "store")
+    assert (store.count, store.height, store.width) == (4 * 9, 16, 16) == (index["count"], 16, 16)
+    i = 0
+    for p in paths:
+        img = _cv2_rgb(p)
+        for y in (0, 12, 24):
+            for x in (0, 12, 24):
+                assert np.array_equal(store.data[i].numpy(), img[y : y + 16, x : x + 16]), (p, y, x)
+                assert store.source_of(i) == (os.path.basename(p), y, x)
+                i += 1
+
+
+def test_round_trip_ready_patches_jpeg_and_workers(tmp_path, png_folder):
+    paths = png_folder(n=3, size=24)
+    others = [tmp_path / "train" / f"zz.{ext}" for ext in ("bmp", "jpg", "webp")]
+    for i, p in enumerate(others):
+        cv2.imwrite(str(p), np.ascontiguousarray(np.rot90(cv2.imread(paths[i]))))
+    pack_folder(tmp_path / "train", tmp_path / "s1", progress=False)
+    pack_folder(tmp_path / "train", tmp_path / "s2", workers=2, progress=False)
+    s1, s2 = PatchStore(tmp_path / "s1"), PatchStore(tmp_path / "s2")
+    assert s1.count == 6 and s1.sha256 == s2.sha256
+    for i, p in enumerate(paths + others):
+        assert np.array_equal(s1.data[i].numpy(), _cv2_rgb(p))
+
+
+def test_cli_hooks(tmp_path, png_folder, capsys):
+    png_folder(n=2, size=32)
+    parser = argparse.ArgumentParser()
+    add_pack_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["pack", "--input", str(tmp_path / "train"), "--output", str(tmp_path / "store"),
+                              "--size", "16", "--workers", "1", "--no_progress"])
+    assert run_pack(args) == 0
+    assert "packed 8 patches of 16x16 from 2 images" in capsys.readouterr().out
+    index = json.loads((tmp_path / "store" / "index.json").read_text())
+    assert index["stride"] == 16 and len(index["chunks"]) == 1
+    with pytest.raises(FlagError, match="already exists"):
+        run_pack(args)
+    args.overwrite = True
+    assert run_pack(args) == 0 and _no_leftovers(tmp_path, "store.")
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no image files"):
+        pack_folder(tmp_path / "empty", tmp_path / "store", progress=False)
+    assert _no_leftovers(tmp_path)
+
+
+def test_truncated_file_named_or_skipped(tmp_path, png_folder):
+    paths = png_folder(n=3, size=24)
+    with open(paths[1], "rb") as f:
+        data = f.read()
+    with open(paths[1], "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(InputError, match="000001.png.*--skip_bad"):
+        pack_folder(tmp_path / "train", tmp_path / "store", workers=2, progress=False)
+    assert _no_leftovers(tmp_path)
+    index = pack_folder(tmp_path / "train", tmp_path / "store", skip_bad=True, progress=False)
+    assert index["count"] == 2 and index["skipped"]["unreadable"] == ["000001.png"]
+
+
+def test_image_smaller_than_patch(tmp_path, png_folder):
+    png_folder(n=2, size=24)
+    with pytest.raises(InputError, match="smaller than the 32x32 patch"):
+        pack_folder(tmp_path / "train", tmp_path / "store", size=32, progress=False)
+    with pytest.raises(InputError, match="no usable image"):
+        pack_folder(tmp_path / "train", tmp_path / "store", size=32, skip_bad=True, progress=False)
+    assert _no_leftovers(tmp_path)
+
+
+def test_mixed_channel_counts(tmp_path, png_folder):
+    png_folder(n=2, size=24)
+    cv2.imwrite(str(tmp_path / "train" / "gray.png"), np.full((24, 24), 7, np.uint8))
+    with pytest.raises(InputError, match="mixed channel counts.*gray.png is gray"):
+        pack_folder(tmp_path / "train", tmp_path / "store", progress=False)
+    assert _no_leftovers(tmp_path)
+
+
+def test_ready_patches_of_different_sizes(tmp_path, png_folder):
+    png_folder(n=2, size=24)
+    cv2.imwrite(str(tmp_path / "train" / "big.png"), np.full((30, 24, 3), 7, np.uint8))
+    with pytest.raises(InputError, match="different sizes.*--size"):
+        pack_folder(tmp_path / "train", tmp_path / "store", progress=False)
+
+
+def test_bad_flags(tmp_path, png_folder):
+    png_folder(n=1, size=24)
+    with pytest.raises(FlagError, match="--stride needs --size"):
+        pack_folder(tmp_path / "train", tmp_path / "store", stride=4, progress=False)
+    with pytest.raises(FlagError, match="--size 0"):
+        pack_folder(tmp_path / "train", tmp_path / "store", size=0, progress=False)
+
+
+def test_damaged_store_checksum(tmp_path, png_folder):
+    png_folder(n=3, size=24)
+    pack_folder(tmp_path / "train", tmp_path / "store", progress=False, chunk_bytes=24 * 24 * 3)
+    data = tmp_path / "store" / "patches.u8"
+    raw = bytearray(data.read_bytes())
+    raw[24 * 24 * 3 + 5] ^= 0xFF  # inside patch 1
+    data.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"checksum does not match \(patches 1\.\.1 damaged\)"):
+        PatchStore(tmp_path / "store")
+    with pytest.raises(InputError, match="checksum"):
+        PatchStore(tmp_path / "store", memory_budget=0)  # memmap path verifies too
+    assert PatchStore(tmp_path / "store", verify=False).count == 3
+    data.write_bytes(bytes(raw[:-10]))
+    with pytest.raises(InputError, match="truncated"):
+        PatchStore(tmp_path / "store")
+    with pytest.raises(InputError, match="not a packed store"):
+        PatchStore(tmp_path / "train")

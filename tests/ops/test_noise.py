@@ -1,0 +1,106 @@
+"""The fused Gaussian-noise op: the reference's statistics, the Triton kernel against it (T1), registration."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dil_fast import backends, ops, rng
+from dil_fast.ops import reference as ref
+from tests.helpers import IDS, SHAPES, triton_tol
+
+
+def test_gaussian_noise_statistics_and_clip_round():
+    x = torch.full((4, 3, 24, 24), 0.5)
+    sigma = torch.tensor([5.0, 10.0, 20.0, 30.0]) / 255
+    y = ref.gaussian_noise_ref(x, sigma, seed=0, step=0, clip=False)
+    z = (y - x) / sigma.reshape(-1, 1, 1, 1)
+    n = z[0].numel()
+    assert (z.reshape(4, -1).mean(1).abs() < 5 / math.sqrt(n)).all()
+    assert ((z.reshape(4, -1).std(1) - 1).abs() < 5 / math.sqrt(2 * n)).all()
+    y8 = ref.gaussian_noise_ref(torch.rand(2, 3, 9, 7), torch.tensor([0.3, 0.3]), seed=0, step=0, round8=True)
+    assert y8.min() >= 0 and y8.max() <= 1
+    assert torch.equal(y8 * 255, (y8 * 255).round())
+
+
+def test_noise_op_registration_opcheck():
+    x = torch.rand(2, 3, 9, 11)
+    torch.library.opcheck(ops.noise._noise_op, (x, torch.rand(2, 2) * 0.1, None, 1, 2, 0, 0, 0, True, False,
+                                                torch.float32, "torch"))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_noise_kernel_matches_reference(dev, shape, dtype, close):
+    B, H, W = shape
+    x = torch.rand(B, 3, H, W, device=dev).to(dtype)
+    sigma = torch.rand(2, B, device=dev) * 0.2
+    got = ops.noise.gaussian_noise(x, sigma, seed=2**40 + 3, step=5, sample_offset=7, clip=False, out_dtype=dtype,
+                             backend="triton")
+    for k in range(2):
+        exp = ref.gaussian_noise_ref(x.float(), sigma[k], seed=2**40 + 3, step=5, k=k, sample_offset=7, clip=False)
+        close(got[k], exp.to(dtype), **triton_tol(dtype), name=f"noise k={k}")
+
+
+@pytest.mark.triton
+def test_noise_kernel_exact_given_the_same_normal_field(dev):
+    """The arithmetic after the draw (sigma * n, clip, round) is exact against the reference fed
+    the kernel's own normal field (recovered from an unclipped run on zeros with sigma 1)."""
+    B, C, H, W = 2, 3, 9, 13
+    field = ops.noise.gaussian_noise(torch.zeros(B, C, H, W, device=dev), torch.ones(1, B, device=dev), seed=9, step=1,
+                               clip=False, backend="triton")[0]
+    x = torch.rand(B, C, H, W, device=dev)
+    sigma = torch.tensor([[0.05, 0.3]], device=dev)
+    got = ops.noise.gaussian_noise(x, sigma, seed=9, step=1, round8=True, backend="triton")[0]
+    exp = ref.gaussian_noise_ref(x, sigma[0], seed=0, step=0, round8=True, normal=field.reshape(B, -1))
+    assert torch.equal(got, exp)
+
+
+@pytest.mark.triton
+def test_noise_kernel_gray_and_uint8_input(dev, close):
+    B, H, W = 3, 11, 7
+    x8 = torch.randint(0, 256, (B, 1, H, W), dtype=torch.uint8, device=dev).expand(B, 3, H, W)
+    sigma = torch.full((2, B), 0.1, device=dev)
+    gray = torch.tensor([[True, False, True], [False, True, False]], device=dev)
+    got = ops.noise.gaussian_noise(x8, sigma, seed=1, step=2, gray=gray, round8=True, backend="triton")
+    for k in range(2):
+        exp = ref.gaussian_noise_ref(x8.float() / 255, sigma[k], seed=1, step=2, k=k, gray=gray[k], round8=True)
+        close(got[k], exp, atol=1e-6, rtol=0, name=f"gray noise k={k}")
+    assert torch.equal(got[0, 0, 0], got[0, 0, 1])  # a gray sample: one field for all channels
+    assert not torch.equal(got[0, 1, 0], got[0, 1, 1])
+
+
+@pytest.mark.triton
+def test_noise_kernel_statistics(dev):
+    B, H, W = 4, 16, 16
+    x = torch.full((B, 3, H, W), 0.5, device=dev)
+    sigma = torch.tensor([[5.0, 10.0, 20.0, 30.0]], device=dev) / 255
+    z = (ops.noise.gaussian_noise(x, sigma, seed=3, step=0, clip=False, backend="triton")[0] - x) / sigma.reshape(B, 1, 1, 1)
+    z = z.reshape(B, -1).double().cpu()
+    n = z.shape[1]
+    assert (z.mean(1).abs() < 5 / math.sqrt(n)).all(), z.mean(1)
+    assert ((z.std(1) - 1).abs() < 5 / math.sqrt(2 * n)).all(), z.std(1)
+
+
+@pytest.mark.triton
+def test_kernel_philox_matches_triton_randint4x(dev):
+    """Our Philox (kernels/noise.py and the torch reference) is the standard one Triton ships."""
+    triton = backends.triton_status().module
+    tl = pytest.importorskip("triton.language")
+
+    @triton.jit
+    def _draw(out_ptr, seed, N: tl.constexpr):
+        o = tl.arange(0, N)
+        a, b, c, d = tl.randint4x(seed, o)
+        tl.store(out_ptr + o * 4, a)
+        tl.store(out_ptr + o * 4 + 1, b)
+        tl.store(out_ptr + o * 4 + 2, c)
+        tl.store(out_ptr + o * 4 + 3, d)
+
+    seed = 123456789012
+    out = torch.zeros(64, dtype=torch.int32, device=dev)
+    _draw[(1,)](out, seed, 16)
+    mine = torch.stack(rng.philox4x32(torch.arange(16), 0, 0, 0, *rng.seed_key(seed)), -1).reshape(-1)
+    assert torch.equal(out.cpu().long() & rng.M32, mine)

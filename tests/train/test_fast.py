@@ -1,0 +1,354 @@
+"""The fast path (dil_fast.train.fast) and --reference_mode (dil_fast.train.reference_mode):
+convergence of the fast path against the released computation step by step, the precision /
+layout / compile options, CUDA-graph refusal on CPU, and (tier T3) bf16 and graph replay on CUDA."""
+import copy
+import re
+
+import pytest
+import torch
+
+from dil_fast.cli import main
+from dil_fast.errors import FlagError
+from dil_fast.meta import SerialFirstOrder
+from dil_fast.models import RRDBNet
+from dil_fast.train import TrainConfig
+from dil_fast.train.fast import (
+    FastOptions,
+    FastPath,
+    GraphedStep,
+    LossLog,
+    resolve_options,
+)
+from dil_fast.train.reference_mode import ReferenceSF
+from tests.conftest import make_png_folder
+
+TINY = ["--nf", "8", "--nb", "1", "--gc", "4"]
+LOSS_RE = re.compile(r"Task loss: ([0-9.e-]+)")
+
+
+def _model(seed=0, device="cpu"):
+    torch.manual_seed(seed)
+    return RRDBNet(3, 3, nf=8, nb=1, gc=4).to(device)
+
+
+def _batches(n_iter, k=4, b=2, p=16, seed=1, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_iter):
+        pairs = []
+        for j in range(k):
+            clean = torch.rand(b, 3, p, p, generator=g)
+            noisy = (clean + torch.randn(b, 3, p, p, generator=g) * (5 * (j + 1) / 255)).clamp(0, 1)
+            pairs.append((noisy.to(device), clean.to(device)))
+        out.append(pairs)
+    return out
+
+
+def _max_rel_update_err(a: torch.nn.Module, b: torch.nn.Module, w0: dict) -> float:
+    """max |a - b| over max |b - w0|: disagreement relative to how far training moved the weights."""
+    num = max((pa.detach() - pb.detach()).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters()))
+    den = max((pb.detach() - w0[n]).abs().max().item() for n, pb in b.named_parameters())
+    return num / den
+
+
+# ---------------------------------------------------------------------- convergence (T0)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "per-tensor"])
+def test_fast_sf_matches_reference_mode_step_by_step(fused, close):
+    base = _model()
+    w0 = {n: p.detach().clone() for n, p in base.named_parameters()}
+    ref = ReferenceSF(copy.deepcopy(base))
+    fast = SerialFirstOrder(copy.deepcopy(base), fused=fused)
+    with FastPath(fast, resolve_options("cpu"), "cpu") as fp:
+        for i, pairs in enumerate(_batches(5)):
+            lr_ = ref.step(pairs)
+            lf = fp.step(pairs)
+            close(lf, lr_, atol=1e-6, rtol=1e-5, name=f"losses of meta-iteration {i}")
+            assert _max_rel_update_err(fast.meta_model, ref.meta_model, w0) < 1e-3, i
+    for n, p in fast.meta_model.named_parameters():
+        close(p, dict(ref.meta_model.named_parameters())[n], atol=1e-6, rtol=1e-4, name=n)
+    # the two keep the same optimizer state, in the same layout
+    sr, sf = ref.state_dict(), fast.state_dict()
+    assert int(sf["task_optimizer"]["state"][0]["step"]) == int(sr["task_optimizer"]["state"][0]["step"]) == 20
+    close(sf["meta_optimizer"]["state"][3]["exp_avg"], sr["meta_optimizer"]["state"][3]["exp_avg"], atol=1e-9,
+          rtol=1e-3, name="meta exp_avg")
+
+
+def test_reference_sf_state_round_trip():
+    a = ReferenceSF(_model())
+    pairs = _batches(3)
+    a.step(pairs[0])
+    b = ReferenceSF(_model(seed=5))
+    b.load_state_dict(copy.deepcopy(a.state_dict()))  # torch optimizers alias loaded tensors
+    la, lb = a.step(pairs[1]), b.step(pairs[1])
+    assert torch.equal(la, lb)
+    for pa, pb in zip(a.meta_model.parameters(), b.meta_model.parameters()):
+        assert torch.equal(pa, pb)
+    # a reference state resumes the fast algorithm (same variant name and layout)
+    c = SerialFirstOrder(_model(seed=6))
+    c.load_state_dict(copy.deepcopy(a.state_dict()))
+    torch.testing.assert_close(c.step(pairs[2]), a.step(pairs[2]), rtol=1e-5, atol=1e-6, check_dtype=False)
+
+
+# ---------------------------------------------------------------------- options (T0)
+def test_defaults_by_device_and_refusals():
+    cpu = resolve_options("cpu")
+    assert (cpu.precision, cpu.channels_last, cpu.compile, cpu.cuda_graphs) == ("fp32", False, False, False)
+    gpu = resolve_options("cuda")  # resolving needs no device
+    assert (gpu.precision, gpu.channels_last) == ("bf16", True)
+
+
+def test_config_refuses_what_the_fast_path_cannot_do(monkeypatch):
+    """The combinations are refused once, by the config (TrainConfig.validate)."""
+    def refused(match, **kw):
+        with pytest.raises(FlagError, match=match):
+            TrainConfig(ckpt_save="x", **kw).validate()
+
+    refused("--cuda_graphs needs a CUDA device", device="cpu", cuda_graphs=True)
+    refused("--precision", precision="fp16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only the config is asked: no device is used
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    refused("--variant pf", device="cuda", cuda_graphs=True, variant="pf")
+    refused("--distributed", device="cuda", cuda_graphs=True, distributed=True)
+
+
+@pytest.mark.parametrize("precision,channels_last,tol", [
+    ("fp32", True, 1e-5), ("tf32", False, 1e-5), ("bf16", False, 5e-2), ("bf16", True, 5e-2),
+], ids=["fp32-channels_last", "tf32", "bf16", "bf16-channels_last"])
+def test_precision_and_layout_options_train_close_to_fp32(precision, channels_last, tol):
+    base = _model()
+    pairs = _batches(2)
+    ref = SerialFirstOrder(copy.deepcopy(base))
+    ref_losses = torch.stack([ref.step(p) for p in pairs])
+    algo = SerialFirstOrder(copy.deepcopy(base))
+    opts = FastOptions(precision=precision, channels_last=channels_last)
+    with FastPath(algo, opts, "cpu") as fp:
+        losses = torch.stack([fp.step(p) for p in pairs])
+    assert torch.isfinite(losses).all()
+    assert ((losses - ref_losses).abs() / ref_losses).max() < tol
+    # fp32 master weights: parameters, gradients and optimizer moments stay fp32
+    assert all(p.dtype == torch.float32 for p in algo.meta_model.parameters())
+    assert all(p.grad.dtype == torch.float32 for p in algo.task_model.parameters())
+    if precision == "bf16":
+        assert not torch.equal(losses, ref_losses)  # autocast really ran
+    # evaluation (no grad) runs the plain fp32 forward
+    x = pairs[0][0][0]
+    with torch.no_grad():
+        assert torch.equal(algo.task_model(x), RRDBNet.forward(algo.task_model, x))
+
+
+def test_math_settings_are_restored():
+    before = (torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled())
+    algo = SerialFirstOrder(_model())
+    with FastPath(algo, FastOptions(precision="tf32", deterministic=True), "cpu"):
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.are_deterministic_algorithms_enabled()
+    assert (torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled()) == before
+
+
+def test_loss_log_on_cpu_writes_at_once_in_order():
+    got = []
+    log = LossLog()
+    log.submit(torch.tensor([1.0, 2.0]), got.append)
+    log.submit(torch.tensor([3.0]), got.append)
+    assert got == [[1.0, 2.0], [3.0]] and len(log) == 0
+    log.flush()
+
+
+def _compile_matches_eager(device, opts):
+    base = _model(device=device)
+    pairs = _batches(2, device=device)
+    eager = SerialFirstOrder(copy.deepcopy(base))
+    le = torch.stack([eager.step(p) for p in pairs])
+    algo = SerialFirstOrder(copy.deepcopy(base))
+    with FastPath(algo, opts, device) as fp:
+        lc = torch.stack([fp.step(p) for p in pairs])
+    torch.testing.assert_close(lc, le, rtol=1e-4, atol=1e-6)
+    for pa, pb in zip(algo.meta_model.parameters(), eager.meta_model.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_traces_the_training_forward(monkeypatch):
+    """--compile through dynamo + AOT autograd (the 'aot_eager' backend: the same graph capture as
+    inductor without its C++ build, which takes minutes on a CPU CI machine)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    calls = []
+    real = torch.compile
+
+    def compile_aot_eager(fn, **kw):
+        calls.append(fn)
+        return real(fn, backend="aot_eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
+    _compile_matches_eager("cpu", FastOptions(precision="fp32", channels_last=True, compile=True))
+    assert len(calls) == 1  # one compiled training forward (the task network's)
+
+
+# ---------------------------------------------------------------------- the trainer (T0)
+@pytest.fixture
+def data(tmp_path):
+    make_png_folder(tmp_path / "train", n=8, size=24, seed=1)
+    make_png_folder(tmp_path / "test", n=1, size=20, seed=2)
+    return tmp_path
+
+
+def _train(data, out, *extra):
+    args = ["train", "--trainset", str(data / "train"), "--testset", str(data / "test"), "--ckpt_save", str(out),
+            "--patch_size", "16", "--batch_size", "2", "--total_epoch", "1", "--num_workers", "0",
+            "--print_every", "1", "--test_every", "5", "--device", "cpu", "--no_progress", "--backend", "torch",
+            *TINY, *extra]
+    return main(args)
+
+
+def test_trainer_reference_mode_converges_with_default_path(data):
+    assert _train(data, data / "fast") == 0
+    assert _train(data, data / "ref", "--reference_mode") == 0
+    lf = [float(v) for v in LOSS_RE.findall((data / "fast" / "train.log").read_text())]
+    lr_ = [float(v) for v in LOSS_RE.findall((data / "ref" / "train.log").read_text())]
+    assert len(lf) == len(lr_) == 4 * 4  # 4 meta-iterations x 4 confounders, every one logged
+    torch.testing.assert_close(torch.tensor(lf), torch.tensor(lr_), rtol=1e-5, atol=1e-7)
+    assert "Reference mode" in (data / "ref" / "train.log").read_text()
+    a = torch.load(data / "fast" / "model_1.pt", weights_only=True)
+    b = torch.load(data / "ref" / "model_1.pt", weights_only=True)
+    assert set(b) == {"model_meta", "model_task"}
+    for name in a["model_meta"]:
+        torch.testing.assert_close(a["model_meta"][name], b["model_meta"][name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags", [["--precision", "bf16", "--channels_last"], ["--precision", "tf32",
+                                   "--deterministic"]], ids=["bf16-channels_last", "tf32-deterministic"])
+def test_trainer_fast_flags_run_on_cpu(data, flags):
+    assert _train(data, data / "run", *flags) == 0
+    losses = [float(v) for v in LOSS_RE.findall((data / "run" / "train.log").read_text())]
+    assert len(losses) == 16 and all(0 < v < 1 for v in losses)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--cuda_graphs"], "--cuda_graphs needs a CUDA device"),
+    (["--reference_mode", "--variant", "pf"], "--variant pf"),
+    (["--reference_mode", "--precision", "bf16"], "--precision bf16"),
+    (["--reference_mode", "--loader", "store"], "--loader store"),
+], ids=["graphs-on-cpu", "reference-pf", "reference-bf16", "reference-store"])
+def test_trainer_refuses_clearly(data, capsys, flags, needle):
+    assert _train(data, data / "bad", *flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+# ---------------------------------------------------------------------- profiling (T0)
+def test_profile_one_meta_iteration_on_cpu(tmp_path):
+    from dil_fast.train.profile import format_table, profile_meta_iteration
+
+    algo = SerialFirstOrder(_model())
+    pairs = _batches(1)[0]
+    result = profile_meta_iteration(lambda: algo.step(pairs), "cpu", str(tmp_path), warmup=1,
+                                    ceilings={"bytes_per_s": 1e10, "flops_per_s": {"fp32": 1e11}},
+                                    precision="fp32")
+    assert (tmp_path / "trace_meta_iteration.json").stat().st_size > 0
+    rows = result["rows"]
+    assert rows and abs(sum(r["share"] for r in rows) - 1.0) < 1e-6
+    conv = [r for r in rows if "conv" in r["op"]]
+    assert conv and all(r["tflops"] is not None and r["tflops"] > 0 for r in conv)
+    text = format_table(result)
+    assert "share" in text and "TFLOP/s" in text
+
+
+# ---------------------------------------------------------------------- CUDA (T3)
+def _cuda_pair(precision="fp32", graphs=False, seed=0):
+    base = _model(seed, "cuda")
+    algo = SerialFirstOrder(copy.deepcopy(base), fused=True)
+    opts = resolve_options("cuda", precision=precision, channels_last=True, cuda_graphs=graphs, deterministic=True)
+    return base, algo, opts
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_fast_path_tracks_reference_mode():
+    base = _model(0, "cuda")
+    w0 = {n: p.detach().clone() for n, p in base.named_parameters()}
+    ref = ReferenceSF(copy.deepcopy(base))
+    algo = SerialFirstOrder(copy.deepcopy(base), fused=True)
+    pairs = _batches(4, device="cuda")
+    with FastPath(algo, resolve_options("cuda"), "cuda") as fp:
+        for p in pairs:
+            lr_, lf = ref.step(p), fp.step(p).cpu()
+            assert ((lf - lr_).abs() / lr_).max() < 5e-2
+    da = torch.cat([(p.detach() - w0[n]).flatten() for n, p in algo.meta_model.named_parameters()])
+    db = torch.cat([(p.detach() - w0[n]).flatten() for n, p in ref.meta_model.named_parameters()])
+    assert torch.nn.functional.cosine_similarity(da, db, dim=0) > 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_replay_equals_eager(precision):
+    pairs = _batches(7, device="cuda")
+    base, eager, opts = _cuda_pair(precision)
+    graphed = SerialFirstOrder(copy.deepcopy(base), fused=True)
+    with FastPath(eager, opts, "cuda") as fe:
+        le = [fe.step(p).clone() for p in pairs[:4]]
+        eager.meta_lr = eager.meta_lr * 0.5  # a mid-run LR change must reach the replays
+        le += [fe.step(p).clone() for p in pairs[4:]]
+    gopts = resolve_options("cuda", precision=precision, channels_last=True, cuda_graphs=True, deterministic=True)
+    with FastPath(graphed, gopts, "cuda") as fg:
+        assert isinstance(fg.step, GraphedStep)
+        lg = [fg.step(p).clone() for p in pairs[:4]]
+        graphed.meta_lr = graphed.meta_lr * 0.5
+        lg += [fg.step(p).clone() for p in pairs[4:]]
+        assert fg.step.graph is not None and graphed.iteration == 7
+    for a, b in zip(lg, le):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for pa, pb in zip(graphed.meta_model.parameters(), eager.meta_model.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_cuda_fast_step_makes_no_host_sync():
+    _, algo, opts = _cuda_pair("bf16", graphs=True)
+    pairs = _batches(6, device="cuda")
+    with FastPath(algo, opts, "cuda") as fp:
+        for p in pairs[:5]:  # warm-up and capture
+            fp.step(p)
+        torch.cuda.synchronize()
+        log = LossLog()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            losses = fp.step(pairs[5])
+            log.submit(losses, lambda v: None)
+            log.poll()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        log.flush()
+
+
+@pytest.mark.gpu
+def test_cuda_compile_with_inductor_matches_eager():
+    _compile_matches_eager("cuda", FastOptions(precision="fp32", compile=True, deterministic=True))
+
+
+@pytest.mark.gpu
+def test_cuda_trainer_graphs_flag(tmp_path):
+    make_png_folder(tmp_path / "train", n=16, size=24, seed=1)
+    make_png_folder(tmp_path / "test", n=1, size=20, seed=2)
+    args = ["train", "--trainset", str(tmp_path / "train"), "--testset", str(tmp_path / "test"),
+            "--ckpt_save", str(tmp_path / "run"), "--patch_size", "16", "--batch_size", "2", "--total_epoch", "1",
+            "--num_workers", "0", "--print_every", "2", "--device", "cuda", "--no_progress", "--cuda_graphs", *TINY]
+    assert main(args) == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "CUDA graph" in log and len(LOSS_RE.findall(log)) == 4 * 4
+
+
+def test_math_settings_follow_the_new_tf32_api_when_the_process_uses_it(monkeypatch):
+    # once a program sets torch's newer fp32_precision switches, the legacy getters raise
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip("this torch has only the legacy TF32 switches")
+    old = matmul.fp32_precision
+    matmul.fp32_precision = "tf32"
+    try:
+        with FastPath(SerialFirstOrder(_model()), FastOptions(precision="fp32"), "cpu"):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = old
+    torch.get_float32_matmul_precision()  # the legacy view works again
