@@ -1,6 +1,7 @@
 """Build support for the native core ``dil_fast._C`` (used by setup.py; see docs/ENV.md).
 
-C++ sources are always compiled (g++ -O3). ``.cu`` sources are compiled with nvcc when it is
+C++ sources are always compiled (g++ -O3 plus :data:`CXX_FLAGS`, no -march: the CPU twins pick
+their ISA at run time, see csrc/cpu_isa.h). ``.cu`` sources are compiled with nvcc when it is
 found (``CUDA_HOME``/``CUDA_PATH``, then ``PATH``, then ``/usr/local/cuda``) for the archs in
 ``DIL_FAST_CUDA_ARCHS`` (SASS for each, PTX for the newest) and the CUDA runtime is linked
 statically. ``DIL_FAST_BUILD_CUDA=0|1`` forces either way; ``DIL_FAST_BUILD_EXT=0`` builds nothing.
@@ -16,6 +17,10 @@ import sys
 
 DEFAULT_ARCHS = "80;86;89;90"
 CSRC = "csrc"
+# -fno-math-errno: sqrt becomes one instruction (errno handling blocks vectorising the twins).
+# -ffp-contract=off: no FMA contraction, so vector, scalar and per-ISA code give the same bits.
+# -pthread: the twins keep a pool of std::threads (csrc/cpu_pool.h).
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-pthread"]
 
 
 def _env(name: str, default: str = "") -> str:
@@ -141,7 +146,8 @@ def make_extension():
         sources,
         include_dirs=[CSRC],
         cxx_std=17,
-        extra_compile_args=["-O3"],
+        extra_compile_args=CXX_FLAGS,
+        extra_link_args=["-pthread"],
         depends=glob.glob(f"{CSRC}/*.h") + glob.glob(f"{CSRC}/*.cu"),
     )
     if cuda is not None:

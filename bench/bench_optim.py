@@ -2,37 +2,55 @@
 
 1. Adam over P parameters (K = 1 or K stacked sets): dil_fast (one launch over [K, P]) against
    torch.optim.Adam for-loop, foreach and fused over the same parameters split into tensors the
-   way a network holds them. Reports time, achieved GB/s (28 bytes per parameter: read p, g, m, v,
-   write p, m, v) and its fraction of the measured device-to-device copy bandwidth.
+   way a network holds them. Reports the per-call time, ``ratio_vs_torch_fused`` (time / torch
+   fused time: below 1 is faster), achieved GB/s (28 bytes per parameter: read p, g, m, v, write
+   p, m, v) and its fraction of two measured bandwidths: the device copy (read + write counted)
+   and an in-place add ``a += b`` over the run's largest P (12 bytes per element, the same
+   read-modify-write pattern as Adam; on a CPU the copy also pays a hidden read of its output).
 2. The optimizer work of one DIL_sf meta-iteration on RRDB-23 (698 tensors, 16.6 M parameters):
    4 task-Adam steps (betas (0, 0.999)), meta gradient (meta - task), meta Adam step, task <- meta,
    fused (dil_fast flat buffers) against the reference trainer's way (per-tensor Adam, meta grads
    set tensor by tensor, ``load_state_dict`` of the task model and of the task optimizer, whose
-   state is saved with a deep copy at the end of each meta-iteration).
+   state is saved with a deep copy at the end of each meta-iteration); ``ratio_vs_reference`` is
+   dil_fast time / reference time.
+
+Providers of one case are timed side by side: each round runs every provider once, so the
+machine's condition (other jobs, clocks) hits them alike, and the median over rounds is reported.
+A sample is enough back-to-back calls to last ``--min-sample-ms`` (a small op is never timed as one
+call between events) and counts as the per-call mean of those calls. Rows are appended to the CSV as
+soon as their case is measured, with the 1-minute load average of the machine.
 
 No forward/backward runs: gradients are fixed random buffers (never zeros). Every provider is
 checked against torch.optim.Adam first; a failed check is reported and no speedup is given.
 
     python bench/bench_optim.py            # GPU sizes: P = 1 M, 16.6 M, 100 M; K = 1, 4
     python bench/bench_optim.py --quick    # small sizes, fine on a CPU
+    python bench/bench_optim.py --device cpu --sizes 16624131 --ks 1 --threads 1
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
+import statistics
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import copy_bandwidth, print_table, record, time_fn  # noqa: E402
+from bench._common import copy_bandwidth, print_table, record  # noqa: E402
 from dil_fast.optim import FlatParams  # noqa: E402
-from dil_fast.optim import functional as F  # noqa: E402
+from dil_fast import backends  # noqa: E402
+from dil_fast.ops import optim as F  # noqa: E402
 
 BYTES_PER_PARAM = 28  # fp32 Adam: read p, g, m, v (16) + write p, m, v (12)
 RRDB23 = 16_624_131
+ROW_KEYS = ["bench", "provider", "P", "K", "tensors", "dtype", "calls", "ms", "GBps", "frac_copy_bw", "frac_rmw_bw",
+            "ratio_vs_torch_fused", "ratio_vs_reference", "speedup_vs_for_loop", "correct", "copy_GBps", "rmw_GBps",
+            "load_1min"]
 
 
 def rrdb_shapes(nb: int = 23, nf: int = 64, gc: int = 32, in_nc: int = 3, out_nc: int = 3) -> list[tuple]:
@@ -71,8 +89,62 @@ def torch_adam_provider(params, kind: str, **kw):
 
 
 def provider_name(device, backend) -> str:
-    chosen = F.choose_backend(device, backend)
+    chosen = backends.backend_for("adam_step", device, None, backend)
     return "dil_fast[torch-ref]" if chosen == "torch" else f"dil_fast[native-{torch.device(device).type}]"
+
+
+def _sample_seconds(fn, calls: int, dev: torch.device) -> float:
+    """Seconds of `calls` back-to-back calls of fn: CUDA events around them, else the wall clock."""
+    if dev.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return time.perf_counter() - t0
+
+
+def time_side_by_side(providers: dict, device, *, warmup: int, repeat: int, min_sample_s: float):
+    """Per-call median seconds and calls per sample of each provider, timed in interleaved rounds.
+
+    A provider that raises during warm-up (e.g. fused Adam on a device without it) is reported on
+    stderr and left out.
+    """
+    dev = torch.device(device)
+    calls = {}
+    for name, fn in providers.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            single = _sample_seconds(fn, 1, dev)
+        except Exception as exc:  # noqa: BLE001 - one unsupported provider must not end the run
+            print(f"  {name}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+            continue
+        calls[name] = max(1, min(1000, math.ceil(min_sample_s / max(single, 1e-9))))
+    per_call = {name: [] for name in calls}
+    for _ in range(repeat):
+        for name in calls:
+            per_call[name].append(_sample_seconds(providers[name], calls[name], dev) / calls[name])
+    return {name: statistics.median(t) for name, t in per_call.items()}, calls
+
+
+def rmw_bandwidth(device, n: int, repeat: int) -> float:
+    """Bytes/s of ``a += b`` over n float32 elements (read a, b; write a: 12 bytes per element)."""
+    a, b = torch.ones(n, device=device), torch.ones(n, device=device)
+    t, _ = time_side_by_side({"add": lambda: a.add_(b)}, device, warmup=2, repeat=max(5, repeat // 2),
+                             min_sample_s=0.0)
+    return 12 * n / t["add"]
+
+
+def new_row(**fields) -> dict:
+    row = dict.fromkeys(ROW_KEYS, "")
+    row.update(fields, load_1min=round(os.getloadavg()[0], 2))
+    return row
 
 
 def check_adam(device, backend: str | None) -> tuple[bool, str]:
@@ -94,7 +166,7 @@ def check_adam(device, backend: str | None) -> tuple[bool, str]:
     return err < 1e-5, f"max |diff| {err:.2e}"
 
 
-def bench_adam(device, sizes, ks, repeat, bw, backend, ok_check):
+def bench_adam(device, sizes, ks, args, bw, backend, ok_check, emit):
     rows = []
     for p in sizes:
         shapes = shapes_for(p)
@@ -106,7 +178,7 @@ def bench_adam(device, sizes, ks, repeat, bw, backend, ok_check):
             step, lr = F.new_step(device, k), F.as_lr(1e-3, device)
 
             def fused_step():
-                F.adam_step_stacked_(data, grad, m, v, step, lr, backend=backend) if k > 1 else \
+                F.adam_step_(data, grad, m, v, step, lr, backend=backend) if k > 1 else \
                     F.adam_step_(data[0], grad[0], m[0], v[0], step, lr, backend=backend)
 
             providers = {provider_name(device, backend): fused_step}
@@ -115,28 +187,29 @@ def bench_adam(device, sizes, ks, repeat, bw, backend, ok_check):
             for kind in ("for-loop", "foreach", "fused"):
                 steps = [torch_adam_provider(ps, kind, lr=1e-3) for ps in sets]
                 providers[f"torch-{kind}"] = (lambda steps=steps: [s() for s in steps])
-            timings = {}
-            for name, fn in providers.items():
-                try:
-                    timings[name] = time_fn(fn, device=device, warmup=2, repeat=repeat)
-                except Exception as exc:  # noqa: BLE001 - e.g. fused Adam unsupported for a device
-                    print(f"  {name}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+            timings, calls = time_side_by_side(providers, device, warmup=2, repeat=args.repeat,
+                                               min_sample_s=args.min_sample_ms / 1e3)
             nbytes = BYTES_PER_PARAM * p * k
-            base = timings.get("torch-for-loop")
+            base, fused = timings.get("torch-for-loop"), timings.get("torch-fused")
+            case = []
             for name, t in timings.items():
                 correct = ok_check if name.startswith("dil_fast") else True
-                rows.append(dict(
-                    bench="adam", provider=name, P=p, K=k, tensors=len(shapes), dtype="float32", ms=round(t * 1e3, 4),
-                    GBps=round(nbytes / t / 1e9, 2), frac_copy_bw=round(nbytes / t / bw, 3), correct=correct,
-                    speedup_vs_for_loop=(round(base / t, 2) if base and correct else ""),
+                case.append(new_row(
+                    bench="adam", provider=name, P=p, K=k, tensors=len(shapes), dtype="float32", calls=calls[name],
+                    ms=round(t * 1e3, 4), GBps=round(nbytes / t / 1e9, 2),
+                    frac_copy_bw=round(nbytes / t / bw["copy"], 3), frac_rmw_bw=round(nbytes / t / bw["rmw"], 3),
+                    ratio_vs_torch_fused=(round(t / fused, 3) if fused and correct else ""),
+                    speedup_vs_for_loop=(round(base / t, 2) if base and correct else ""), correct=correct,
                 ))
+            emit(case)
+            rows += case
             del sets, providers, data, grad, m, v
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()
     return rows
 
 
-def bench_dil_sf(device, nb, repeat, backend, ok_check):
+def bench_dil_sf(device, nb, args, backend, ok_check, emit):
     """Optimizer work of one DIL_sf meta-iteration: fused flat buffers vs the reference's way."""
     shapes = rrdb_shapes(nb=nb)
     gen = torch.Generator(device=device).manual_seed(3)
@@ -173,19 +246,24 @@ def bench_dil_sf(device, nb, repeat, backend, ok_check):
     def fused_iteration():
         for _ in range(4):
             F.adam_step_(task, tgrad, tm, tv, ts, lr, 0.0, 0.999, backend=backend)
-        F.meta_step_(meta, task, mm, mv, ms, lr, 0.9, 0.999, reset_task=True, backend=backend)
+        F.meta_step_(meta, task, mm, mv, ms, lr, 0.9, 0.999, reset=True, backend=backend)
 
-    t_ref = time_fn(reference_iteration, device=device, warmup=2, repeat=max(3, repeat // 4))
-    t_fused = time_fn(fused_iteration, device=device, warmup=2, repeat=repeat)
-    nbytes = BYTES_PER_PARAM * p * 5 + 8 * p  # 5 Adam passes + the reset's write
-    return [
-        dict(bench="dil_sf_optimizer", provider="reference (per-tensor Adam + load_state_dict)", P=p, K=4,
-             tensors=len(shapes), dtype="float32", ms=round(t_ref * 1e3, 3), GBps="", frac_copy_bw="",
-             correct=True, speedup_vs_for_loop=""),
-        dict(bench="dil_sf_optimizer", provider=provider_name(device, backend), P=p, K=4,
-             tensors=len(shapes), dtype="float32", ms=round(t_fused * 1e3, 3), GBps=round(nbytes / t_fused / 1e9, 2),
-             frac_copy_bw="", correct=ok_check, speedup_vs_for_loop=(round(t_ref / t_fused, 2) if ok_check else "")),
+    reference = "reference (per-tensor Adam + load_state_dict)"
+    ours = provider_name(device, backend)
+    timings, calls = time_side_by_side({reference: reference_iteration, ours: fused_iteration}, device, warmup=2,
+                                       repeat=args.repeat, min_sample_s=args.min_sample_ms / 1e3)
+    t_ref, t_fused = timings[reference], timings[ours]
+    nbytes = BYTES_PER_PARAM * p * 5 + 4 * p  # 5 Adam passes + the reset's write of the task weights
+    rows = [
+        new_row(bench="dil_sf_optimizer", provider=reference, P=p, K=4, tensors=len(shapes), dtype="float32",
+                calls=calls[reference], ms=round(t_ref * 1e3, 3), correct=True),
+        new_row(bench="dil_sf_optimizer", provider=ours, P=p, K=4, tensors=len(shapes), dtype="float32",
+                calls=calls[ours], ms=round(t_fused * 1e3, 3), GBps=round(nbytes / t_fused / 1e9, 2),
+                correct=ok_check, ratio_vs_reference=(round(t_fused / t_ref, 3) if ok_check else ""),
+                speedup_vs_for_loop=(round(t_ref / t_fused, 2) if ok_check else "")),
     ]
+    emit(rows)
+    return rows
 
 
 def main(argv=None) -> None:
@@ -194,25 +272,39 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (CPU-friendly)")
     ap.add_argument("--sizes", type=int, nargs="*", help="parameter counts P")
     ap.add_argument("--ks", type=int, nargs="*", default=[1, 4])
-    ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=None, help="timed rounds per case (median reported)")
+    ap.add_argument("--min-sample-ms", type=float, default=2.0, help="least time one timed sample lasts")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch and the native twins)")
+    ap.add_argument("--skip-dil-sf", action="store_true", help="only the Adam cases")
     ap.add_argument("--backend", default=None, choices=[None, "torch", "cuda"])
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     sizes = args.sizes or ([100_003, 1_000_003] if args.quick else [1_000_000, RRDB23, 100_000_000])
-    repeat = args.repeat or (5 if args.quick else 50)
+    args.repeat = args.repeat or (5 if args.quick else 50)
     ok, why = check_adam(device, args.backend)
     print(f"correctness vs torch.optim.Adam: {'ok' if ok else 'FAILED'} ({why})")
-    bw = copy_bandwidth(device)
-    print(f"device-to-device copy bandwidth: {bw / 1e9:.1f} GB/s")
-    rows = bench_adam(device, sizes, args.ks, repeat, bw, args.backend, ok)
-    rows += bench_dil_sf(device, 1 if args.quick else 23, repeat, args.backend, ok)
-    for r in rows:
-        r["copy_GBps"] = round(bw / 1e9, 1)
-    keys = ["bench", "provider", "P", "K", "tensors", "ms", "GBps", "frac_copy_bw", "speedup_vs_for_loop", "correct"]
+    bw = {"copy": copy_bandwidth(device), "rmw": rmw_bandwidth(device, max(sizes), args.repeat)}
+    print(f"device copy bandwidth: {bw['copy'] / 1e9:.1f} GB/s; in-place add (a += b, P = {max(sizes)}): "
+          f"{bw['rmw'] / 1e9:.1f} GB/s; threads: {torch.get_num_threads() if device.type == 'cpu' else '-'}")
+    written = []
+
+    def emit(case_rows):
+        for r in case_rows:
+            r.update(copy_GBps=round(bw["copy"] / 1e9, 1), rmw_GBps=round(bw["rmw"] / 1e9, 1))
+        if not args.no_record:
+            written.append(record("optim", case_rows, device))
+
+    rows = bench_adam(device, sizes, args.ks, args, bw, args.backend, ok, emit)
+    if not args.skip_dil_sf:
+        rows += bench_dil_sf(device, 1 if args.quick else 23, args, args.backend, ok, emit)
+    keys = ["bench", "provider", "P", "K", "tensors", "calls", "ms", "GBps", "frac_copy_bw", "frac_rmw_bw",
+            "ratio_vs_torch_fused", "ratio_vs_reference", "speedup_vs_for_loop", "correct", "load_1min"]
     print_table(rows, keys)
-    if not args.no_record:
-        print("wrote", record("optim", rows, device))
+    if written:
+        print("wrote", written[-1])
 
 
 if __name__ == "__main__":

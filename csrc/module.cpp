@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu_isa.h"
 #include "optim.h"
 
 namespace py = pybind11;
@@ -60,6 +61,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_runtime_version", &cuda_runtime_version, "cudaRuntimeGetVersion of the static runtime (0 without CUDA).");
   m.def("cuda_driver_version", &cuda_driver_version, "cudaDriverGetVersion (0 without a driver or without CUDA).");
   m.def("cuda_device_count", &cuda_device_count, "Devices the static runtime sees; raises with the CUDA error.");
+
+  m.def("set_cpu_isa", &set_cpu_isa, py::arg("isa"),
+        "Choose the ISA of the CPU twins: auto, generic or avx2 (dil_fast passes DIL_FAST_CPU_ISA once).");
+  m.def("cpu_isa", &cpu_isa_name, "The ISA the CPU twins run: avx2 or generic.");
 
   py::class_<AdamArgs>(m, "AdamArgs", "Arguments of adam_cpu / adam_cuda (see optim.h).")
       .def(py::init<>())

@@ -4,7 +4,11 @@
 //   m  <- lerp(m, g, 1 - beta1)          (torch's two-sided lerp, exact at beta1 = 0)
 //   v  <- v*beta2 + (1 - beta2)*g*g
 //   p  <- p - (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - beta_i^step
-// Scalars (bias corrections, step size) are formed in double, elementwise work in T.
+// Scalars (bias corrections, step size) are formed in double, elementwise work in T. Every
+// elementwise operation is a correctly rounded IEEE add, multiply, divide or sqrt, so a compiler
+// that does not contract them into FMAs (-ffp-contract=off for the CPU twins) gives the same bits
+// in scalar and vector code on every ISA. nvcc contracts by default; an FMA only drops a rounding,
+// so the CUDA kernels stay within the bound of tests/ext/test_cpu_twins_simd.py.
 #pragma once
 
 #include <cmath>
@@ -39,10 +43,15 @@ DF_HD double load_scalar(const void* ptr, int dtype, int64_t index) {
 // True when the optional non-finite flag is set: the update is skipped.
 DF_HD bool flag_set(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.0f; }
 
+// Weight-decay form of an Adam update: none, L2 added to the gradient (torch.optim.Adam) or
+// decoupled from it (AdamW).
+enum class Decay : int { kNone = 0, kL2 = 1, kDecoupled = 2 };
+
 template <typename T>
 struct AdamCoef {
   T one_minus_beta1, beta2, one_minus_beta2, eps, wd, decay, neg_step_size, bc2_sqrt;
-  bool adamw, has_wd;
+  Decay decay_form;
+  bool lerp_from_m;  // torch's lerp starts from m when its weight 1 - beta1 is below 0.5
 };
 
 // Per-launch (per-row) coefficients; `step` is the count after this update (1 on the first).
@@ -60,25 +69,41 @@ DF_HD AdamCoef<T> adam_coef(double step, double lr, double beta1, double beta2, 
   c.eps = static_cast<T>(eps);
   c.wd = static_cast<T>(weight_decay);
   c.decay = static_cast<T>(1.0 - lr * weight_decay);
-  c.adamw = adamw;
-  c.has_wd = weight_decay != 0.0;
+  c.decay_form = weight_decay == 0.0 ? Decay::kNone : adamw ? Decay::kDecoupled : Decay::kL2;
+  c.lerp_from_m = c.one_minus_beta1 < T(0.5);
   return c;
 }
 
-template <typename T>
-DF_HD void adam_update(T& p, T g, T& m, T& v, const AdamCoef<T>& c) {
-  if (c.has_wd) {
-    if (c.adamw) {
-      p = p * c.decay;
-    } else {
-      g = g + c.wd * p;
-    }
-  }
+// One update with its form fixed at compile time: the CPU twins instantiate one branch-free loop
+// per form, the CUDA kernels reach it through adam_update below.
+template <typename T, Decay kDecay, bool kLerpFromM>
+DF_HD void adam_update_form(T& p, T g, T& m, T& v, const AdamCoef<T>& c) {
+  if (kDecay == Decay::kDecoupled) p = p * c.decay;
+  if (kDecay == Decay::kL2) g = g + c.wd * p;
   const T w = c.one_minus_beta1;
-  m = (w < T(0.5)) ? m + w * (g - m) : g - (g - m) * (T(1) - w);
+  m = kLerpFromM ? m + w * (g - m) : g - (g - m) * (T(1) - w);
   v = v * c.beta2 + c.one_minus_beta2 * g * g;
   const T denom = df_sqrt(v) / c.bc2_sqrt + c.eps;
   p = p + c.neg_step_size * m / denom;
+}
+
+// The same update with its form read from `c` (uniform over a launch: no divergence on the GPU).
+template <typename T>
+DF_HD void adam_update(T& p, T g, T& m, T& v, const AdamCoef<T>& c) {
+  switch (c.decay_form) {
+    case Decay::kNone:
+      c.lerp_from_m ? adam_update_form<T, Decay::kNone, true>(p, g, m, v, c)
+                    : adam_update_form<T, Decay::kNone, false>(p, g, m, v, c);
+      break;
+    case Decay::kL2:
+      c.lerp_from_m ? adam_update_form<T, Decay::kL2, true>(p, g, m, v, c)
+                    : adam_update_form<T, Decay::kL2, false>(p, g, m, v, c);
+      break;
+    case Decay::kDecoupled:
+      c.lerp_from_m ? adam_update_form<T, Decay::kDecoupled, true>(p, g, m, v, c)
+                    : adam_update_form<T, Decay::kDecoupled, false>(p, g, m, v, c);
+      break;
+  }
 }
 
 // torch.optim.SGD without momentum: x_new = x - lr * (g + wd * x).

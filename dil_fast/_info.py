@@ -78,7 +78,7 @@ def collect() -> dict:
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "triton": tri.reason if tri.available else f"unavailable: {tri.reason}",
-        "native_core": "loaded" if nat.available else f"not loaded: {nat.reason}",
+        "native_core": nat.reason if nat.available else f"not loaded: {nat.reason}",
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
     }
     if nat.available:

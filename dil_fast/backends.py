@@ -111,7 +111,11 @@ def native_status() -> Status:
             f"dil_fast._C did not load ({exc}); rebuild it with "
             "`pip install --no-build-isolation -e .` (see docs/ENV.md for DIL_FAST_BUILD_EXT)",
         )
-    return Status(True, "loaded", mod)
+    try:
+        mod.set_cpu_isa(os.environ.get("DIL_FAST_CPU_ISA", "auto").strip().lower())
+    except ValueError as exc:
+        return Status(False, str(exc))
+    return Status(True, f"loaded (CPU twins: {mod.cpu_isa()})", mod)
 
 
 def native():

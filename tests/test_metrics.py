@@ -1,4 +1,5 @@
-"""PSNR / SSIM against hand-computed values and an independent loop re-statement of BasicSR's SSIM."""
+"""PSNR / SSIM against hand-computed values, a re-statement of BasicSR's float32 Y path and an
+independent loop re-statement of BasicSR's SSIM."""
 from __future__ import annotations
 
 import math
@@ -7,13 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dil_fast.metrics import (
-    calculate_psnr,
-    calculate_ssim,
-    psnr_torch,
-    rgb2y,
-    ssim_torch,
-)
+from dil_fast.metrics import bgr2y, calculate_psnr, calculate_ssim, psnr_torch, rgb2y, ssim_torch
 
 
 def _rand(h, w, c=3, seed=0):
@@ -75,24 +70,92 @@ def test_psnr_chw_order():
         calculate_psnr(a, b, 0, input_order="WHC")
 
 
+def _y_float32_by_hand(dot_value: float) -> float:
+    """BasicSR's Y of one pixel whose [0, 1] BGR values dot the weights to ``dot_value``."""
+    return float(np.float32((dot_value + 16.0) / 255.0) * np.float32(255.0))
+
+
 def test_y_channel_by_hand():
-    assert rgb2y(np.array([255.0, 255.0, 255.0])) == pytest.approx(235.0, abs=1e-9)
-    assert rgb2y(np.array([0.0, 0.0, 0.0])) == pytest.approx(16.0, abs=1e-12)
-    # pure red vs black: Y differs by 65.481 everywhere (not rounded)
+    one = float(np.float32(255.0) / np.float32(255.0))
+    assert bgr2y(np.array([255.0, 255.0, 255.0])) == _y_float32_by_hand(24.966 * one + 128.553 * one + 65.481 * one)
+    assert bgr2y(np.array([255.0, 255.0, 255.0])) == pytest.approx(235.0, abs=1e-4)  # float32 Y, not exactly 235
+    assert bgr2y(np.array([0, 0, 0], np.uint8)) == _y_float32_by_hand(0.0)
+    assert bgr2y(np.zeros((2, 2, 3))).dtype == np.float32
+    y_black = _y_float32_by_hand(0.0)
+    # BGR by default: channel 2 is red, Y differs by ~65.481 (float32 path, not rounded)
     a = np.zeros((4, 4, 3), np.uint8)
-    b = a.copy()
-    b[..., 0] = 255
-    assert calculate_psnr(a, b, 0, test_y_channel=True) == pytest.approx(20 * math.log10(255 / 65.481), abs=1e-9)
-    # channel order matters: pure blue differs by 24.966 (RGB input, not BGR)
-    c = a.copy()
-    c[..., 2] = 255
-    assert calculate_psnr(a, c, 0, test_y_channel=True) == pytest.approx(20 * math.log10(255 / 24.966), abs=1e-9)
-    # a 1-level change of green: Y moves by 128.553/255, no rounding to integers
-    d = a.copy()
-    d[..., 1] = 1
-    assert calculate_psnr(a, d, 0, test_y_channel=True) == pytest.approx(
-        20 * math.log10(255 / (128.553 / 255)), abs=1e-9
+    red = a.copy()
+    red[..., 2] = 255
+    dy = _y_float32_by_hand(65.481) - y_black
+    assert calculate_psnr(a, red, 0, test_y_channel=True) == pytest.approx(10 * math.log10(255**2 / dy**2), abs=1e-10)
+    # channel 0 is blue in BGR (24.966) and red in RGB (65.481)
+    blue = a.copy()
+    blue[..., 0] = 255
+    dy = _y_float32_by_hand(24.966) - y_black
+    assert calculate_psnr(a, blue, 0, test_y_channel=True) == pytest.approx(10 * math.log10(255**2 / dy**2), abs=1e-10)
+    dy = _y_float32_by_hand(65.481) - y_black
+    assert calculate_psnr(a, blue, 0, test_y_channel=True, color_order="rgb") == pytest.approx(
+        10 * math.log10(255**2 / dy**2), abs=1e-10
     )
+    # a 1-level change of green: Y moves by about 128.553/255, no rounding to integers
+    green = a.copy()
+    green[..., 1] = 1
+    dy = _y_float32_by_hand(128.553 * float(np.float32(1.0) / np.float32(255.0))) - y_black
+    assert abs(dy - 128.553 / 255) < 1e-5
+    assert calculate_psnr(a, green, 0, test_y_channel=True) == pytest.approx(10 * math.log10(255**2 / dy**2), abs=1e-10)
+
+
+def _to_y_channel_basicsr(img):
+    """Re-statement of BasicSR's ``to_y_channel`` + ``bgr2ycbcr(y_only=True)`` on a BGR ``HxWx3`` image."""
+    u = img.astype(np.float32) / 255.0  # float32
+    y = np.dot(u, [24.966, 128.553, 65.481]) + 16.0  # float64
+    y = (y / 255.0).astype(np.float32)
+    return (y * 255.0)[..., None]  # float32 again
+
+
+@pytest.mark.parametrize("crop", [0, 3])
+def test_y_channel_matches_basicsr_bgr(crop):
+    bgr = _rand(29, 31, seed=11)
+    out = _noisy(bgr, 14, seed=12)
+    a, b = bgr[crop:29 - crop, crop:31 - crop], out[crop:29 - crop, crop:31 - crop]
+    ya = _to_y_channel_basicsr(a).astype(np.float64)
+    yb = _to_y_channel_basicsr(b).astype(np.float64)
+    assert _to_y_channel_basicsr(a).dtype == np.float32
+    np.testing.assert_array_equal(bgr2y(a), _to_y_channel_basicsr(a)[..., 0])
+    mse = float(np.sum((ya - yb) ** 2)) / ya.size
+    expected = 10 * math.log10(255.0**2 / mse)
+    assert calculate_psnr(bgr, out, crop, test_y_channel=True) == pytest.approx(expected, abs=1e-10)
+    assert calculate_ssim(bgr, out, crop, test_y_channel=True) == pytest.approx(_ssim_loops(ya, yb), abs=1e-10)
+    # the same pixels read as RGB give another luma: the channel order is not ignored
+    assert abs(calculate_psnr(bgr, out, crop, test_y_channel=True, color_order="rgb") - expected) > 1e-3
+
+
+@pytest.mark.parametrize("metric", [calculate_psnr, calculate_ssim], ids=["psnr", "ssim"])
+def test_color_order_rgb_is_the_reversed_bgr(metric):
+    bgr = _rand(23, 19, seed=21)
+    out = _noisy(bgr, 20, seed=22)
+    rgb, rgb_out = bgr[..., ::-1], out[..., ::-1]
+    for crop in (0, 2):
+        expected = metric(bgr, out, crop, test_y_channel=True)
+        assert metric(rgb, rgb_out, crop, test_y_channel=True, color_order="rgb") == expected
+        chw = metric(rgb.transpose(2, 0, 1), rgb_out.transpose(2, 0, 1), crop, input_order="CHW",
+                     test_y_channel=True, color_order="rgb")
+        assert chw == expected
+    # without the Y channel the order changes nothing
+    assert metric(bgr, out, 1, color_order="rgb") == metric(bgr, out, 1)
+    np.testing.assert_array_equal(rgb2y(rgb), bgr2y(bgr))
+
+
+def test_color_order_rejected():
+    a = _rand(12, 12)
+    for fn in (calculate_psnr, calculate_ssim):
+        with pytest.raises(ValueError, match="color_order must be 'bgr' or 'rgb', got 'RGB'") as info:
+            fn(a, a, 0, test_y_channel=True, color_order="RGB")
+        assert "\n" not in str(info.value)
+    x = torch.rand(1, 3, 12, 12)
+    for fn in (psnr_torch, ssim_torch):
+        with pytest.raises(ValueError, match="color_order must be 'bgr' or 'rgb', got 'yuv'"):
+            fn(x, x, color_order="yuv")
 
 
 def test_shape_mismatch():
@@ -163,8 +226,12 @@ def test_ssim_crop_y_chw():
     assert calculate_ssim(a.transpose(2, 0, 1), b.transpose(2, 0, 1), 3, input_order="CHW") == pytest.approx(
         expected, abs=1e-12
     )
-    ya, yb = rgb2y(a)[..., None], rgb2y(b)[..., None]
+    ya, yb = bgr2y(a)[..., None], bgr2y(b)[..., None]
     assert calculate_ssim(a, b, 0, test_y_channel=True) == pytest.approx(_ssim_loops(ya, yb), abs=1e-9)
+    ya, yb = rgb2y(a)[..., None], rgb2y(b)[..., None]
+    assert calculate_ssim(a, b, 0, test_y_channel=True, color_order="rgb") == pytest.approx(
+        _ssim_loops(ya, yb), abs=1e-9
+    )
 
 
 def test_ssim_too_small():
@@ -175,7 +242,8 @@ def test_ssim_too_small():
 # ------------------------------------------------------------------------------------------ torch
 
 
-def test_torch_versions_match_numpy():
+@pytest.mark.parametrize("color_order", ["rgb", "bgr"])
+def test_torch_versions_match_numpy(color_order):
     imgs = [_rand(21, 18, seed=s) for s in range(3)]
     outs = [_noisy(im, 10 + 5 * s, seed=s + 10) for s, im in enumerate(imgs)]
     outs[1] = imgs[1].copy()  # identical -> inf PSNR, SSIM 1
@@ -185,16 +253,31 @@ def test_torch_versions_match_numpy():
 
     x, y = batch(outs), batch(imgs)
     for crop, ych in [(0, False), (2, False), (0, True), (3, True)]:
-        p = psnr_torch(x, y, crop_border=crop, test_y_channel=ych)
-        s = ssim_torch(x, y, crop_border=crop, test_y_channel=ych)
+        p = psnr_torch(x, y, crop_border=crop, test_y_channel=ych, color_order=color_order)
+        s = ssim_torch(x, y, crop_border=crop, test_y_channel=ych, color_order=color_order)
         assert p.shape == (3,) and p.dtype == torch.float64
         for i in range(3):
-            ep = calculate_psnr(outs[i], imgs[i], crop, test_y_channel=ych)
-            es = calculate_ssim(outs[i], imgs[i], crop, test_y_channel=ych)
+            ep = calculate_psnr(outs[i], imgs[i], crop, test_y_channel=ych, color_order=color_order)
+            es = calculate_ssim(outs[i], imgs[i], crop, test_y_channel=ych, color_order=color_order)
             if math.isinf(ep):
                 assert math.isinf(p[i].item()) and p[i].item() > 0
             else:
-                assert p[i].item() == pytest.approx(ep, abs=1e-6), (crop, ych, i)
-            assert s[i].item() == pytest.approx(es, abs=1e-6), (crop, ych, i)
+                # the Y path is the same float32 one: only float64 summation order differs
+                assert p[i].item() == pytest.approx(ep, abs=1e-10 if ych else 1e-6), (crop, ych, i)
+            assert s[i].item() == pytest.approx(es, abs=1e-10 if ych else 1e-6), (crop, ych, i)
     # data_range 255 on the 0..255 scale gives the same
     assert torch.allclose(psnr_torch(x * 255, y * 255, data_range=255.0)[[0, 2]], psnr_torch(x, y)[[0, 2]])
+    assert torch.allclose(
+        psnr_torch(x * 255, y * 255, data_range=255.0, test_y_channel=True, color_order=color_order)[[0, 2]],
+        psnr_torch(x, y, test_y_channel=True, color_order=color_order)[[0, 2]],
+    )
+
+
+def test_torch_default_order_is_rgb():
+    rgb = [_rand(16, 17, seed=31)]
+    out = [_noisy(rgb[0], 18, seed=32)]
+    x = torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy()).float() / 255
+    y = torch.from_numpy(np.stack(rgb).transpose(0, 3, 1, 2).copy()).float() / 255
+    expected = calculate_psnr(out[0], rgb[0], 0, test_y_channel=True, color_order="rgb")
+    assert psnr_torch(x, y, test_y_channel=True).item() == pytest.approx(expected, abs=1e-10)
+    assert abs(psnr_torch(x, y, test_y_channel=True, color_order="bgr").item() - expected) > 1e-3

@@ -80,8 +80,8 @@ def evaluate_model(model: torch.nn.Module, images, level: float, seed: int, devi
                 raise InputError(f"{name}: the model output is {restored.shape[0]}x{restored.shape[1]}, the image {img.shape[0]}x{img.shape[1]}; "
                                  "eval needs a same-size (denoising) model")
             try:
-                psnr = calculate_psnr(img, restored, crop_border, test_y_channel=y)
-                ssim = calculate_ssim(img, restored, crop_border, test_y_channel=y)
+                psnr = calculate_psnr(img, restored, crop_border, test_y_channel=y, color_order="rgb")
+                ssim = calculate_ssim(img, restored, crop_border, test_y_channel=y, color_order="rgb")
             except ValueError as exc:
                 raise InputError(f"{name}: {exc}") from None
             results.append((name, psnr, ssim, restored))

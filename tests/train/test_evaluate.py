@@ -111,8 +111,8 @@ def test_eval_y_crop_and_size_flags(tiny_ckpt, testset, tmp_path):
     np.testing.assert_array_equal(sr, read_image_rgb(tmp_path / "rgb" / name))  # same noise, same output
     line = (tmp_path / "y" / "log.txt").read_text().split("\n")[0]
     m = LINE.match(line)
-    assert float(m["p"]) == pytest.approx(calculate_psnr(clean, sr, 4, test_y_channel=True), abs=1e-9)
-    assert float(m["s"]) == pytest.approx(calculate_ssim(clean, sr, 4, test_y_channel=True), abs=1e-9)
+    assert float(m["p"]) == pytest.approx(calculate_psnr(clean, sr, 4, test_y_channel=True, color_order="rgb"), abs=1e-9)
+    assert float(m["s"]) == pytest.approx(calculate_ssim(clean, sr, 4, test_y_channel=True, color_order="rgb"), abs=1e-9)
 
 
 def test_evaluate_model_api():
