@@ -53,7 +53,9 @@ class FunctionalModel:
         """K models in one pass. ``params_k``: ``[K, *shape]`` each; ``x``: ``[K, N, C, H, W]``
         (one batch per model) or ``[N, C, H, W]`` (``shared_input``, the same batch for all K).
         Returns ``[K, N, C', H', W']``."""
-        return vmap(self.__call__, in_dims=(0, None if shared_input else 0))(list(params_k), x)
+        # randomness="different": each virtual model draws its own masks (stochastic depth, dropout),
+        # as the looped path does one model at a time
+        return vmap(self.__call__, in_dims=(0, None if shared_input else 0), randomness="different")(list(params_k), x)
 
 
 def per_model_loss(loss_fn: Callable, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
