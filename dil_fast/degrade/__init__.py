@@ -20,8 +20,8 @@ from .jpeg import JPEG
 from .noise import GaussianNoise, PoissonNoise, RandomNoise
 from .pairs import CounterfactualPairs
 from .presets import (HYBRID_LEVELS, PAPER_DEBLUR_TRAIN, PAPER_DEBLUR_UNSEEN, PAPER_DENOISE_TRAIN,
-                      PAPER_DENOISE_UNSEEN, deblur_levels, denoise_levels, hybrid, parse_confounders,
-                      realesrgan_first_order, realesrgan_second_order)
+                      PAPER_DENOISE_UNSEEN, RAIN_LEVELS, bicubic, deblur_levels, denoise_levels, hybrid,
+                      parse_confounders, rain, realesrgan_first_order, realesrgan_second_order, realsr_confounders)
 from .rain import Rain
 from .resize import RandomResize, Resize
 
@@ -30,5 +30,6 @@ __all__ = [
     "PoissonNoise", "GaussianBlur", "JPEG", "Resize", "Rain", "Compose", "Choice", "RandomKernelBlur",
     "RandomResize", "RandomNoise", "SPEC_TYPES", "spec_from_dict", "HYBRID_LEVELS", "PAPER_DENOISE_TRAIN",
     "PAPER_DENOISE_UNSEEN", "PAPER_DEBLUR_TRAIN", "PAPER_DEBLUR_UNSEEN", "hybrid", "realesrgan_first_order",
-    "realesrgan_second_order", "denoise_levels", "deblur_levels", "parse_confounders",
+    "realesrgan_second_order", "denoise_levels", "deblur_levels", "parse_confounders", "RAIN_LEVELS", "rain",
+    "realsr_confounders", "bicubic",
 ]

@@ -8,6 +8,7 @@ from .blur import GaussianBlur, RandomKernelBlur
 from .compose import Choice, Compose
 from .jpeg import JPEG
 from .noise import GaussianNoise, PoissonNoise, RandomNoise
+from .rain import Rain
 from .resize import RandomResize, Resize
 
 __all__ = [
@@ -16,7 +17,12 @@ __all__ = [
     "PAPER_DEBLUR_TRAIN",
     "PAPER_DEBLUR_UNSEEN",
     "HYBRID_LEVELS",
+    "RAIN_LEVELS",
+    "REALSR_TYPES",
     "hybrid",
+    "rain",
+    "realsr_confounders",
+    "bicubic",
     "realesrgan_first_order",
     "realesrgan_second_order",
     "denoise_levels",
@@ -36,6 +42,43 @@ HYBRID_LEVELS = {
     "mild": dict(blur=(0.1, 5 / 3), noise=(0.0, 50 / 3), quality=(70, 100)),
     "moderate": dict(blur=(5 / 3, 10 / 3), noise=(50 / 3, 100 / 3), quality=(40, 70)),
     "severe": dict(blur=(10 / 3, 5.0), noise=(100 / 3, 50.0), quality=(10, 40)),
+}
+
+
+def _thirds(level: dict) -> dict:
+    """A level's ranges cut in three sub-levels, the harshest last (quality falls as the rest rise)."""
+    out = {}
+    for i, name in enumerate(("low", "mid", "high")):
+        cut = {}
+        for key, (lo, hi) in level.items():
+            a, b = (lo + (hi - lo) * i / 3, lo + (hi - lo) * (i + 1) / 3)
+            if key == "quality":  # a harsher third has the lower qualities
+                a, b = hi - (hi - lo) * (i + 1) / 3, hi - (hi - lo) * i / 3
+                a, b = int(round(a)), int(round(b))
+            cut[key] = (a, b)
+        out[name] = cut
+    return out
+
+
+# decision: the hybrid task's training confounders are the severe level cut in thirds
+HYBRID_LEVELS.update({f"severe-{k}": v for k, v in _thirds(HYBRID_LEVELS["severe"]).items()})
+
+# decision: synthetic rain at three training densities and a denser unseen one (the paper's
+# confounders are three rain datasets; these stand in when no paired folders are given)
+RAIN_LEVELS = {
+    "light": dict(density=(0.001, 0.004), length=(6.0, 12.0), intensity=(0.3, 0.6)),
+    "medium": dict(density=(0.004, 0.008), length=(10.0, 18.0), intensity=(0.5, 0.8)),
+    "heavy": dict(density=(0.008, 0.014), length=(14.0, 24.0), intensity=(0.6, 0.9)),
+    "storm": dict(density=(0.014, 0.022), length=(20.0, 32.0), intensity=(0.7, 1.0)),
+}
+
+# decision: Real-ESRGAN's first-order degradation split by blur family and noise type: four
+# confounders of the realsr task (each with its JPEG and the final 1/scale resize)
+REALSR_TYPES = {
+    "gaussian": dict(blur=dict(family_probs=(0.5, 0.5, 0.0, 0.0, 0.0, 0.0), sinc_prob=0.0), gaussian_prob=1.0),
+    "generalized": dict(blur=dict(family_probs=(0.0, 0.0, 0.5, 0.5, 0.0, 0.0), sinc_prob=0.0), gaussian_prob=0.0),
+    "plateau": dict(blur=dict(family_probs=(0.0, 0.0, 0.0, 0.0, 0.5, 0.5), sinc_prob=0.0), gaussian_prob=1.0),
+    "sinc": dict(blur=dict(sinc_only=True), gaussian_prob=0.0),
 }
 
 
@@ -79,6 +122,40 @@ def realesrgan_second_order(scale: int = 4) -> Compose:
     ), label=f"realesrgan2-x{scale}")
 
 
+def rain(level: str = "medium") -> Rain:
+    """Synthetic rain streaks at ``level`` (:data:`RAIN_LEVELS`)."""
+    if level not in RAIN_LEVELS:
+        raise ValueError(f"rain level must be one of {', '.join(RAIN_LEVELS)}, got {level!r}")
+    return Rain(**RAIN_LEVELS[level])
+
+
+def realsr_confounders(order: int = 1, scale: int = 4) -> list[Compose]:
+    """The realsr task's confounders: one per :data:`REALSR_TYPES` entry, Real-ESRGAN's pipeline
+    with that blur family and noise type; ``order=2`` adds the second-order stage."""
+    if order not in (1, 2):
+        raise ValueError(f"realsr order must be 1 or 2, got {order!r}")
+    final = Resize(scale=1.0 / scale, mode="bicubic", relative_to="original")
+    out = []
+    for name, t in REALSR_TYPES.items():
+        noise = dict(gaussian_prob=t["gaussian_prob"])
+        stages = [RandomKernelBlur(**t["blur"]), RandomResize(), RandomNoise(**noise), JPEG((30, 95))]
+        if order == 2:
+            jpeg, sinc = JPEG((30, 95)), RandomKernelBlur(sinc_only=True, prob=0.8)
+            stages += [RandomKernelBlur(sigma=(0.2, 1.5), prob=0.8, **t["blur"]),
+                       RandomResize(probs=(0.3, 0.4, 0.3), up=(1.0, 1.2), down=(0.3, 1.0)),
+                       RandomNoise(sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5), **noise),
+                       Choice((Compose((final, sinc, jpeg)), Compose((jpeg, final, sinc))))]
+        else:
+            stages.append(final)
+        out.append(Compose(tuple(stages), label=f"realsr{order}-{name}-x{scale}"))
+    return out
+
+
+def bicubic(scale: float) -> Resize:
+    """Bicubic downsampling by ``scale`` (the clean LR of a super-resolution test)."""
+    return Resize(scale=1.0 / float(scale), mode="bicubic", relative_to="original")
+
+
 def denoise_levels(sigmas=PAPER_DENOISE_TRAIN, **kw) -> list[Confounder]:
     """The paper's denoising confounders: AWGN at each sigma (0..255 scale), clipped."""
     return [GaussianNoise(float(s), **kw) for s in sigmas]
@@ -96,9 +173,18 @@ _FAMILIES = {
     "blur": lambda v: GaussianBlur(_num(v)),
     "jpeg": lambda v: JPEG(_int(v)),
     "hybrid": lambda v: hybrid(v),
+    "rain": lambda v: rain(v),
+    "bicubic": lambda v: bicubic(_scale(v)),
     "realesrgan": lambda v: {"1": realesrgan_first_order, "first": realesrgan_first_order,
                              "2": realesrgan_second_order, "second": realesrgan_second_order}[v](),
 }
+
+
+def _scale(v: str) -> float:
+    x = float(v)
+    if not math.isfinite(x) or not 1 <= x <= 16:
+        raise ValueError(f"{v!r} is not a scale factor in [1, 16]")
+    return x
 
 
 def _num(v: str) -> float:
@@ -117,8 +203,10 @@ def _int(v: str) -> int:
 
 def parse_confounders(spec: str) -> list[Confounder]:
     """'noise:5,10,15,20' | 'blur:1,2,3,4' | '5,10,15,20' (bare numbers: Gaussian noise levels) |
-    'jpeg:10,30' | 'poisson:1,2' | 'hybrid:mild,severe' | 'realesrgan:first,second'; groups may
-    be joined with ';' ('noise:15;blur:2'). Raises ValueError with a one-line message."""
+    'jpeg:10,30' | 'poisson:1,2' | 'hybrid:mild,severe,severe-low' | 'rain:light,heavy' |
+    'bicubic:4' | 'realesrgan:first,second' | 'realsr:1' (the four realsr confounders; 'realsr:2'
+    second order); groups may be joined with ';' ('noise:15;blur:2'). Raises ValueError with a
+    one-line message."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError("empty confounder list; expected e.g. 'noise:5,10,15,20' or 'blur:1,2,3,4'")
     out: list[Confounder] = []
@@ -128,14 +216,20 @@ def parse_confounders(spec: str) -> list[Confounder]:
         if not sep:
             family, values = "noise", group
         family = family.strip().lower()
-        if family not in _FAMILIES:
-            raise ValueError(f"unknown confounder family {family!r} in {spec!r}; use one of {', '.join(_FAMILIES)}")
+        if family not in _FAMILIES and family != "realsr":
+            raise ValueError(f"unknown confounder family {family!r} in {spec!r}; use one of "
+                             f"{', '.join([*_FAMILIES, 'realsr'])}")
         items = [v.strip() for v in values.split(",")]
         if not values.strip() or any(not v for v in items):
             raise ValueError(f"confounder group {group!r} in {spec!r} has an empty value")
+        if family == "realsr":  # one value (the order) expands to the four confounders
+            if items not in (["1"], ["2"]):
+                raise ValueError(f"realsr takes one order, 1 or 2, got {values!r} in {spec!r}")
+            out += realsr_confounders(int(items[0]))
+            continue
         for v in items:
             try:
-                out.append(_FAMILIES[family](v.lower() if family in ("hybrid", "realesrgan") else v))
+                out.append(_FAMILIES[family](v.lower() if family in ("hybrid", "realesrgan", "rain") else v))
             except (ValueError, KeyError) as exc:
                 msg = str(exc) if isinstance(exc, ValueError) else f"unknown variant {v!r}"
                 raise ValueError(f"bad {family} confounder {v!r} in {spec!r}: {msg}") from None
