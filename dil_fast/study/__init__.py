@@ -71,7 +71,7 @@ def run_generalization(args) -> int:
     import torch
 
     from .. import __version__
-    from ..train import resolve_device
+    from ..devices import resolve_device
 
     task = TASKS[args.task]
     preset = PRESETS[args.scale]

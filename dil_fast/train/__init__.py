@@ -4,7 +4,8 @@ the training state (save / restore / resume), the fast path, evaluation and logg
     from dil_fast.train import Trainer, TrainConfig
     Trainer(TrainConfig(ckpt_save="runs/x", trainset="patches/"), model=my_net).run()
 """
-from .config import TrainConfig, resolve_device
+from ..devices import resolve_device  # noqa: F401 - re-exported
+from .config import TrainConfig
 from .loop import ConfounderOrder, Trainer
 
 __all__ = ["Trainer", "TrainConfig", "ConfounderOrder", "resolve_device"]

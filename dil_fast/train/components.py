@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..checkpoints import is_train_state, model_weights
 from ..errors import CheckpointError, FlagError
 from ..meta import VARIANTS, MetaAlgorithm
 from ..models import build_rrdb, infer_rrdb_config
-from . import state as state_io
 from .config import DEFAULT_RRDB, TrainConfig
 
 # the dispatcher ops each algorithm runs on its fused path (a forced backend must serve them)
@@ -22,11 +22,11 @@ def model_config(cfg: TrainConfig, resume_ckpt: dict | None) -> dict:
     config = {"in_nc": 3, "out_nc": 3, **DEFAULT_RRDB, "x4": False}
     if resume_ckpt is not None:
         try:
-            config = infer_rrdb_config(state_io.model_weights(resume_ckpt, cfg.resume))
+            config = infer_rrdb_config(model_weights(resume_ckpt, cfg.resume))
         except ValueError as exc:
             raise CheckpointError(f"{cfg.resume}: {exc}") from None
     config.update(cfg.model_overrides())
-    if state_io.is_train_state(resume_ckpt):
+    if is_train_state(resume_ckpt):
         saved = resume_ckpt.get("model_config") or {}
         if saved and saved != config:
             raise CheckpointError(f"{cfg.resume}: saved for model {saved}, not {config}")

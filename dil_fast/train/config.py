@@ -3,8 +3,8 @@
 :func:`add_train_arguments` defines every flag (the released trainer's keep their names and
 defaults); :meth:`TrainConfig.from_args` builds the config and :meth:`TrainConfig.validate`
 checks every value and every combination, raising one :class:`~dil_fast.errors.FlagError` that
-names the flag. Everything downstream trusts a validated config. :func:`resolve_device` is the one
-place that turns ``--device`` into a ``torch.device``.
+names the flag. Everything downstream trusts a validated config; :func:`dil_fast.devices.resolve_device`
+turns ``--device`` into a ``torch.device``.
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import argparse
 import math
 from dataclasses import asdict, dataclass, field
 
-import torch
-
+from ..devices import resolve_device
 from ..errors import FlagError
 
 DEFAULT_RRDB = {"nf": 64, "nb": 23, "gc": 32}
@@ -171,29 +170,6 @@ def _check_positive(name: str, value, allow_zero: bool = False) -> None:
         return
     if (value < 0) if allow_zero else (value <= 0):
         raise FlagError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def resolve_device(name: str | None, *, local_rank: int | None = None, flag: str = "--device") -> torch.device:
-    """``--device`` as a torch.device: default ``cuda`` (``cuda:LOCAL_RANK`` under DDP) when a GPU
-    is available, else ``cpu``; :class:`FlagError` naming the flag when it cannot be used."""
-    if name is None:
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", local_rank) if local_rank is not None else torch.device("cuda")
-    if name == "cuda" and local_rank is not None:
-        name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise FlagError(f"{flag} {name}: not a device name (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FlagError(f"{flag} {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise FlagError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise FlagError(f"{flag} {name}: unsupported device type (use cpu or cuda)")
-    return device
 
 
 # ---------------------------------------------------------------------------------- command line

@@ -40,8 +40,8 @@ from ..data.images import IMAGE_EXTS, list_images, read_image_rgb, tensor_to_uin
 from ..errors import CheckpointError, FlagError, InputError
 from ..metrics import calculate_psnr, calculate_ssim
 from ..fileio import atomic_write_bytes
-from .config import resolve_device
-from .state import load_file, load_into, model_weights
+from ..checkpoints import load_file, load_into, model_weights
+from ..devices import resolve_device
 
 
 def noise_rng(seed: int, index: int) -> np.random.Generator:

@@ -35,13 +35,15 @@ from torch import nn
 
 from .. import backends
 from .._progress import tqdm_available
+from ..checkpoints import load_file
 from ..data.base import YIELDS
 from ..degrade import CounterfactualPairs
 from ..errors import FlagError
 from ..meta import MetaAlgorithm
 from . import components, distributed
 from . import state as state_io
-from .config import TrainConfig, resolve_device
+from ..devices import resolve_device
+from .config import TrainConfig
 from .fast import FastOptions, FastPath, LossLog, resolve_options
 from .log import make_logger
 
@@ -138,7 +140,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if torch.cuda.is_available():
             torch.cuda.manual_seed_all(cfg.seed)
-        resume_ckpt = state_io.load_file(cfg.resume) if cfg.resume else None
+        resume_ckpt = load_file(cfg.resume) if cfg.resume else None
         algo, loader, degrade = self._build(resume_ckpt)
         self.algorithm, self.loader, self.degrade = algo, loader, degrade
         if self.world_size > 1:

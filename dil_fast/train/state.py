@@ -1,4 +1,4 @@
-"""Checkpoint files and the training state: save, load, restore, resume.
+"""The training state: save, restore, resume (reading checkpoint files: :mod:`dil_fast.checkpoints`).
 
 Two formats:
 
@@ -13,77 +13,15 @@ checkpoint that carries code is refused.
 """
 from __future__ import annotations
 
-import io
-import os
-
 import torch
 
+from ..checkpoints import TRAIN_STATE_FORMAT, is_train_state, load_into, model_weights, strip_module_prefix
 from ..errors import CheckpointError
 from ..fileio import atomic_save
 
-__all__ = [
-    "TRAIN_STATE_FORMAT", "atomic_save", "load_file", "strip_module_prefix", "is_state_dict", "model_weights",
-    "load_into", "is_train_state", "capture", "restore",
-]
+__all__ = ["atomic_save", "capture", "restore", "restore_loader"]
 
-TRAIN_STATE_FORMAT = "dil_fast.train_state"
 STATE_VERSION = 1
-
-
-def load_file(path: str) -> dict:
-    """Load a checkpoint file safely (``weights_only=True``); one-line :class:`CheckpointError` on failure."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:160]})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, expected a dict)")
-    return obj
-
-
-def strip_module_prefix(sd: dict) -> dict:
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-
-
-def is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    )
-
-
-def is_train_state(ckpt: dict | None) -> bool:
-    return bool(ckpt) and ckpt.get("format") == TRAIN_STATE_FORMAT
-
-
-def model_weights(ckpt: dict, path: str, key: str = "model_meta") -> dict:
-    """The state_dict of one network from any supported checkpoint layout.
-
-    Accepts the reference layout (``model_meta``/``model_task``), our training state (whose
-    ``models`` entry holds the same keys) and a bare state_dict.
-    """
-    if is_train_state(ckpt):
-        ckpt = ckpt["models"]
-    if key in ckpt and is_state_dict(ckpt[key]):
-        return strip_module_prefix(ckpt[key])
-    if is_state_dict(ckpt):
-        return strip_module_prefix(ckpt)
-    raise CheckpointError(
-        f"{path}: not a model checkpoint (no '{key}' state_dict; keys: {', '.join(map(str, list(ckpt)[:6]))})"
-    )
-
-
-def load_into(model: torch.nn.Module, sd: dict, path: str, what: str = "model") -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming the file when it does not fit."""
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        msg = " ".join(str(exc).split())
-        raise CheckpointError(f"{path}: the {what} weights do not fit the model ({msg[:200]})") from None
 
 
 # ------------------------------------------------------------------------------ the training state
