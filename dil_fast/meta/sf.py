@@ -30,6 +30,8 @@ class SerialFirstOrder(MetaAlgorithm):
     rounding, and the state_dict is the same in both modes. The fused path assumes the task weights
     still equal the meta weights it reset them to; after changing ``meta_model``'s weights by hand,
     call :meth:`sync_task`. ``backend`` forces the optimizer ops' implementation (:mod:`dil_fast.backends`).
+    ``task_model``: the task network (same architecture; default a copy of ``model``); its weights
+    are replaced by the meta weights at the first step, as released.
     """
 
     name = "sf"
@@ -45,6 +47,7 @@ class SerialFirstOrder(MetaAlgorithm):
         loss: str = "l1",
         fused: bool | None = None,
         backend: str | None = None,
+        task_model: nn.Module | None = None,
     ):
         super().__init__()
         self.fused = resolve_fused(fused, model, backend)
@@ -54,7 +57,8 @@ class SerialFirstOrder(MetaAlgorithm):
         self.inner_betas = as_float_betas(inner_betas, "inner_betas")
         self.meta_betas = as_float_betas(meta_betas, "meta_betas")
         self.meta_model = model
-        self.task_model = copy.deepcopy(model)
+        # the task network: a copy of the model, or one built apart (the released construction order)
+        self.task_model = copy.deepcopy(model) if task_model is None else task_model.to(next(model.parameters()).device)
         self._task_opt = make_adam(self.task_model.parameters(), inner_lr, self.inner_betas, self.fused, backend)
         self._meta_opt = make_adam(self.meta_model.parameters(), meta_lr, self.meta_betas, self.fused, backend)
         self._meta_params = [p for p in self.meta_model.parameters()]

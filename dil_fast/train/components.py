@@ -1,102 +1,217 @@
 """The stages a validated :class:`~dil_fast.train.config.TrainConfig` asks for: the model, the DIL
-algorithm, the loader, the degradation stage and the test images. The loop
+algorithm, the loader, the confounders and the test images. The loop
 (:mod:`dil_fast.train.loop`) composes them; API users may hand it their own model and loader."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ..checkpoints import is_train_state, model_weights
+from ..checkpoints import is_train_state
 from ..errors import CheckpointError, FlagError
 from ..meta import VARIANTS, MetaAlgorithm
-from ..models import build_rrdb, infer_rrdb_config
-from .config import DEFAULT_RRDB, TrainConfig
+from ..models.registry import (RRDB_DEFAULTS, arch_from_state_dict, build_model, is_custom_arch, model_scale,
+                               model_spec, parse_arch_kwargs)
+from .config import TrainConfig
 
 # the dispatcher ops each algorithm runs on its fused path (a forced backend must serve them)
 ALGORITHM_OPS = {"sf": ("adam_step", "meta_step"), "pf": ("adam_step", "meta_step"), "erm": ("adam_step",),
                  "ss-fo": ("sgd_step",), "ss": (), "ps": ()}
 
 
-def model_config(cfg: TrainConfig, resume_ckpt: dict | None) -> dict:
-    """The RRDB configuration: inferred from ``--resume`` when given, ``--nf/--nb/--gc`` on top."""
-    config = {"in_nc": 3, "out_nc": 3, **DEFAULT_RRDB, "x4": False}
-    if resume_ckpt is not None:
-        try:
-            config = infer_rrdb_config(model_weights(resume_ckpt, cfg.resume))
-        except ValueError as exc:
-            raise CheckpointError(f"{cfg.resume}: {exc}") from None
-    config.update(cfg.model_overrides())
+def model_spec_for(cfg: TrainConfig, resume_ckpt: dict | None) -> tuple[dict, dict | None]:
+    """``(spec, weights)``: the architecture and keyword arguments to build (the training state's
+    when resuming one, inferred from a released / BasicSR / SwinIR checkpoint's keys, else
+    ``--arch`` / ``--arch_kwargs`` / ``--nf --nb --gc``), and the weights a weights-only
+    checkpoint gives (in dil_fast's names), or None."""
+    arch = cfg.arch_name()
+    kwargs = parse_arch_kwargs(cfg.arch_kwargs)
+    if arch.startswith("rrdb"):
+        kwargs = {**RRDB_DEFAULTS, **kwargs, **cfg.model_overrides()}
+    if resume_ckpt is None:
+        return model_spec(arch, kwargs), None
     if is_train_state(resume_ckpt):
         saved = resume_ckpt.get("model_config") or {}
-        if saved and saved != config:
-            raise CheckpointError(f"{cfg.resume}: saved for model {saved}, not {config}")
-    return config
+        if saved and "arch" not in saved:  # a training state from before --arch: an RRDB config
+            saved = {"arch": "rrdb_x4" if saved.get("x4") else "rrdb",
+                     "kwargs": {k: v for k, v in saved.items() if k != "x4"}}
+        wanted = model_spec(arch, kwargs)
+        if saved and (cfg.arch or cfg.arch_kwargs or cfg.model_overrides()) and saved != wanted:
+            raise CheckpointError(f"{cfg.resume}: saved for model {saved}, not {wanted}")
+        if saved and is_custom_arch(saved["arch"]) and not cfg.arch:
+            raise CheckpointError(f"{cfg.resume} was trained with --arch {saved['arch']}; pass it again to resume "
+                                  "(dil_fast does not import code a checkpoint names)")
+        return (saved or wanted), None
+    body = resume_ckpt.get("params_ema") or resume_ckpt.get("params") or resume_ckpt
+    meta = body.get("model_meta") if isinstance(body.get("model_meta"), dict) else body
+    try:
+        found, found_kwargs, weights = arch_from_state_dict(meta)
+    except ValueError as exc:
+        raise CheckpointError(f"{cfg.resume}: {exc}") from None
+    if cfg.arch and cfg.arch != found:
+        raise CheckpointError(f"{cfg.resume}: holds a {found} network, not --arch {cfg.arch}")
+    found_kwargs.update(cfg.model_overrides() if found.startswith("rrdb") else {})
+    return model_spec(found, found_kwargs), weights
 
 
-def build_model(config: dict) -> nn.Module:
-    return build_rrdb(config)
+def build_models(spec: dict, cfg: TrainConfig) -> tuple[nn.Module, nn.Module | None]:
+    """``(meta model, task model or None)``. As the released trainer, the task network is built
+    first and the meta network second from the seeded RNG, so the same ``--seed`` gives the same
+    initial weights of both; variants without a task network use the second draw alike."""
+    try:
+        task = build_model(spec["arch"], spec["kwargs"])
+        meta = build_model(spec["arch"], spec["kwargs"])
+    except ValueError as exc:
+        raise FlagError(str(exc)) from None
+    return meta, task
 
 
-def build_algorithm(cfg: TrainConfig, model: nn.Module) -> MetaAlgorithm:
+def check_scale(model: nn.Module, cfg: TrainConfig) -> None:
+    scale = cfg.effective_scale()
+    if model_scale(model) != scale:
+        raise FlagError(f"--arch {cfg.arch_name()} outputs x{model_scale(model)} its input; the data is x{scale} "
+                        f"(--scale / --task {cfg.task}): use an architecture that upsamples by {scale}")
+
+
+def build_algorithm(cfg: TrainConfig, model: nn.Module, task_model: nn.Module | None = None) -> MetaAlgorithm:
     """The ``--variant`` algorithm around ``model`` (the released computation with ``--reference_mode``)."""
     if cfg.reference_mode:
         from .reference_mode import ReferenceSF
 
-        return ReferenceSF(model, inner_lr=cfg.lr, meta_lr=cfg.meta_lr, loss=cfg.loss)
+        return ReferenceSF(model, inner_lr=cfg.lr, meta_lr=cfg.meta_lr, loss=cfg.loss, task_model=task_model)
     cls = VARIANTS[cfg.variant]
     common = dict(loss=cfg.loss, backend=cfg.backend, **cfg.variant_options)
     if cfg.variant == "erm":
         return cls(model, lr=cfg.lr, **common)
     if cfg.variant in ("sf", "pf"):
-        return cls(model, inner_lr=cfg.lr, meta_lr=cfg.meta_lr, **common)
+        return cls(model, inner_lr=cfg.lr, meta_lr=cfg.meta_lr, task_model=task_model, **common)
     return cls(model, meta_lr=cfg.meta_lr, **common)
 
 
+def sr_confounders(specs, scale: int, size: tuple[int, int]):
+    """The confounders of an x``scale`` run end with the 1/scale resize: kept when a spec already
+    does (Real-ESRGAN's pipelines), appended (bicubic) when it keeps the size."""
+    from ..degrade import Compose, bicubic
+
+    if scale == 1:
+        return list(specs)
+    h, w = size
+    lr = (h // scale, w // scale)
+    out = []
+    for s in specs:
+        got = s.output_size(h, w)
+        if got == lr:
+            out.append(s)
+        elif got == (h, w):
+            out.append(Compose((s, bicubic(scale)), label=f"{s.name}+x1/{scale}"))
+        else:
+            raise FlagError(f"--confounders: {s.name} gives {got} from {w}x{h} images; an x{scale} run needs "
+                            f"{lr[1]}x{lr[0]} (or the size kept, to append the 1/{scale} resize)")
+    return out
+
+
 def loader_kind(cfg: TrainConfig) -> str:
-    """``--loader`` with ``auto`` decided: a packed store if ``--trainset`` is one, else the reference path."""
+    """``--loader`` with ``auto`` decided (see the flag's help)."""
+    from ..data.folders import is_paired_folder
     from ..data.store import is_store
 
-    if not cfg.trainset:
-        raise FlagError("--trainset is required (a folder of PNG patches or a packed store)")
+    sets = cfg.trainsets()
+    if not sets:
+        raise FlagError("--trainset is required (a folder of images, a packed store, or paired folders)")
     kind = cfg.loader
     if kind == "auto":
-        kind = "store" if is_store(cfg.trainset) else "reference"
+        if all(is_paired_folder(s) for s in sets):
+            kind = "paired"
+        elif is_store(sets[0]):
+            kind = "store"
+        else:
+            kind = "reference" if cfg.uses_released_noise() else "folder"
+    if len(sets) > 1 and kind != "paired":
+        raise FlagError(f"several --trainset folders are read as paired folders (GT/ and LQ/ each); "
+                        f"{sets[0]} is not one")
     if cfg.reference_mode and kind != "reference":
-        raise FlagError(f"--reference_mode reads a folder of PNG patches as released; --trainset {cfg.trainset} "
-                        "is a packed store")
+        raise FlagError(f"--reference_mode reads a folder of PNG patches as released; --trainset {sets[0]} is "
+                        f"read by --loader {kind}")
     if kind == "reference":
-        if cfg.confounders:
-            raise FlagError("--confounders needs --loader store or dali (the reference path only adds noise "
-                            "at --levels, as released)")
+        if not cfg.uses_released_noise():
+            raise FlagError("--loader reference is the released path: Gaussian noise at --levels at scale 1; "
+                            "other confounders or scales need --loader folder, store or dali")
         if cfg.pairing != "independent":
-            raise FlagError("--pairing shared needs --loader store or dali")
+            raise FlagError("--pairing shared needs a clean loader (--loader folder, store or dali)")
+    if kind in ("store", "dali", "folder") and is_paired_folder(sets[0]):
+        raise FlagError(f"--trainset {sets[0]} is a paired folder (GT/, LQ/): it is read by --loader paired "
+                        f"(the default for it); --loader {kind} takes clean images")
     return kind
 
 
-def build_loader(cfg: TrainConfig, device: torch.device, rank: int, world_size: int, num_confounders: int):
-    """The ``--loader`` data source (``num_confounders`` clean batches per meta-iteration, or the
-    released path's K noisy pairs)."""
+def build_loader(cfg: TrainConfig, device, rank: int, world_size: int, num_confounders: int):
+    """The data source: clean batches for ``num_confounders`` confounders, or pairs (the released
+    path's noisy pairs; paired folders, one confounder each)."""
     kind = loader_kind(cfg)
+    sets = cfg.trainsets()
+    shard = dict(device=device, rank=rank, world_size=world_size)
     if kind == "reference":
         from ..data.reference import ReferencePairLoader
 
-        return ReferencePairLoader(
-            cfg.trainset, cfg.levels, patch_size=cfg.patch_size, batch_size=cfg.batch_size, seed=cfg.seed,
-            num_workers=cfg.num_workers, device=device, rank=rank, world_size=world_size, gpus=cfg.gpus,
-        )
+        return ReferencePairLoader(sets[0], cfg.levels, patch_size=cfg.patch_size, batch_size=cfg.batch_size,
+                                   seed=cfg.seed, num_workers=cfg.num_workers, gpus=cfg.gpus, **shard)
+    if kind == "paired":
+        from ..data.folders import PairedLoader
+
+        return PairedLoader(sets, patch_size=cfg.patch_size, batch_size=cfg.batch_size, seed=cfg.seed,
+                            scale=cfg.effective_scale(), num_workers=cfg.num_workers, gpus=cfg.gpus, **shard)
+    if kind == "folder":
+        from ..data.folders import FolderCleanLoader
+
+        return FolderCleanLoader(sets[0], num_confounders, patch_size=cfg.patch_size, batch_size=cfg.batch_size,
+                                 seed=cfg.seed, num_workers=cfg.num_workers, gpus=cfg.gpus, **shard)
     if kind == "store":
         from ..data.store import PatchStore, StoreLoader, is_store
 
-        if not is_store(cfg.trainset):
-            raise FlagError(f"--loader store: --trainset {cfg.trainset} is not a packed store (make one with "
-                            "dil-fast pack)")
-        store = PatchStore(cfg.trainset, device, cfg.memory_budget)
+        if not is_store(sets[0]):
+            raise FlagError(f"--loader store: --trainset {sets[0]} is not a packed store (make one with dil-fast pack)")
+        store = PatchStore(sets[0], device, cfg.memory_budget)
         return StoreLoader(store, cfg.batch_size, cfg.patch_size, num_confounders, seed=cfg.seed, rank=rank,
                            world_size=world_size, backend=cfg.backend)
     from ..data.dali import DaliLoader
 
-    return DaliLoader(cfg.trainset, cfg.batch_size, cfg.patch_size, num_confounders, device=device, seed=cfg.seed,
+    return DaliLoader(sets[0], cfg.batch_size, cfg.patch_size, num_confounders, device=device, seed=cfg.seed,
                       rank=rank, world_size=world_size, num_threads=max(cfg.num_workers, 1))
+
+
+def test_results(model: nn.Module, images, spec, *, seed: int, device, y: bool, crop_border: int, scale: int):
+    """The periodic test at one degradation ``spec``: ``[(name, psnr, ssim, restored)]``. Gaussian
+    noise at scale 1 takes the released evaluation's numpy path (seeded per image); every other
+    degradation is :func:`dil_fast.degrade.counterfactual` of the image with step = its index."""
+    import numpy as np
+    import torch
+
+    from ..data.images import image_to_tensor, tensor_to_uint8
+    from ..degrade import GaussianNoise, counterfactual
+    from ..metrics import calculate_psnr, calculate_ssim
+    from .evaluate import evaluate_model
+
+    if isinstance(spec, GaussianNoise) and not isinstance(spec.sigma, (tuple, list)) and scale == 1:
+        return evaluate_model(model, images, level=float(spec.sigma), seed=seed, device=device, y=y,
+                              crop_border=crop_border)
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for index, (name, img) in enumerate(images):
+            h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
+            clean = np.ascontiguousarray(img[:h, :w])
+            (s,) = sr_confounders([spec], scale, (h, w))
+            x = counterfactual(image_to_tensor(clean)[None], [s], seed=seed, step=index, mode="shared")[0]
+            with torch.no_grad():
+                restored = tensor_to_uint8(model(x.to(device)).float().cpu())
+            if restored.shape != clean.shape:
+                raise FlagError(f"{name}: the model restores {restored.shape[1]}x{restored.shape[0]} from the "
+                                f"{s.name} input of a {w}x{h} image")
+            results.append((name, calculate_psnr(clean, restored, crop_border, test_y_channel=y, color_order="rgb"),
+                            calculate_ssim(clean, restored, crop_border, test_y_channel=y, color_order="rgb"),
+                            restored))
+    finally:
+        model.train(was_training)
+    return results
 
 
 def load_testset(testset: str) -> list[tuple[str, "object"]]:

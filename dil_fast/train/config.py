@@ -16,10 +16,12 @@ from ..devices import resolve_device
 from ..errors import FlagError
 
 DEFAULT_RRDB = {"nf": 64, "nb": 23, "gc": 32}
-LOADERS = ("auto", "reference", "store", "dali")
+LOADERS = ("auto", "reference", "folder", "paired", "store", "dali")
+LOSS_NAMES = ("l1", "l2", "mse", "charbonnier")
 VARIANT_NAMES = ("sf", "pf", "ss", "ps", "ss-fo", "erm")
 BACKEND_CHOICES = ("auto", "torch", "triton", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
+TASK_NAMES = ("denoise", "deblur", "hybrid", "jpeg", "realsr", "derain", "realnoise")
 GRAPH_VARIANTS = ("sf", "erm")
 
 
@@ -28,7 +30,7 @@ class TrainConfig:
     """Everything that defines a run (the CLI flags, parsed and validated)."""
 
     ckpt_save: str
-    trainset: str | None = None
+    trainset: str | list[str] | None = None  # one folder/store, or several paired folders (one confounder each)
     testset: str = "default"
     resume: str | None = None
     variant: str = "sf"
@@ -68,6 +70,15 @@ class TrainConfig:
     cuda_graphs: bool = False
     deterministic: bool = False
     reference_mode: bool = False  # the released trainer's behaviour (dil_fast.train.reference_mode)
+    # the paper's experiments (dil_fast.tasks) and the model
+    task: str = "denoise"
+    test_confounders: str | None = None  # None: the task's periodic test (denoise: noise at --test_level)
+    order: int = 1  # realsr: Real-ESRGAN's first (1) or second-order (2) degradation
+    arch: str | None = None  # None: the task's (rrdb / rrdb_x4)
+    arch_kwargs: str | None = None  # JSON keyword arguments of the architecture
+    scale: int | None = None  # None: the task's (the network's output / input size)
+    y: bool | None = None  # metrics on Y; None: the task's convention
+    crop_border: int | None = None  # None: the task's
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -85,6 +96,8 @@ class TrainConfig:
             backend=None if args.backend == "auto" else args.backend, progress=False if args.no_progress else None,
             precision=args.precision, channels_last=args.channels_last, compile=args.compile,
             cuda_graphs=args.cuda_graphs, deterministic=args.deterministic, reference_mode=args.reference_mode,
+            task=args.task, test_confounders=args.test_confounders, order=args.order, arch=args.arch,
+            arch_kwargs=args.arch_kwargs, scale=args.scale, y=args.y, crop_border=args.crop_border,
         )
         cfg.variant_options = variant_options(args)
         return cfg
@@ -93,6 +106,8 @@ class TrainConfig:
         """The config as plain values (saved in the training state; ``None`` fields left out)."""
         d = asdict(self)
         d["levels"] = list(d["levels"])
+        if isinstance(d["trainset"], tuple):
+            d["trainset"] = list(d["trainset"])
         return {k: v for k, v in d.items() if v is not None}
 
     # ------------------------------------------------------------------ validation
@@ -103,6 +118,15 @@ class TrainConfig:
             _check_positive(name, getattr(self, name))
         _check_positive("num_workers", self.num_workers, allow_zero=True)
         _check_positive("test_level", self.test_level, allow_zero=True)
+        for name in ("lr", "meta_lr", "test_level"):
+            _check_finite(name, getattr(self, name))
+        alpha = self.variant_options.get("alpha")
+        if alpha is not None:
+            _check_finite("alpha", alpha)
+            _check_positive("alpha", alpha)
+        if self.loss not in LOSS_NAMES:
+            raise FlagError(f"--loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
+        self._validate_task()
         if self.variant not in VARIANT_NAMES:
             raise FlagError(f"--variant must be one of {', '.join(VARIANT_NAMES)}, got {self.variant!r}")
         if not self.levels:
@@ -136,6 +160,70 @@ class TrainConfig:
                                 "--distributed is not captured; drop one of the two")
         return self
 
+    def _validate_task(self) -> None:
+        from ..models.registry import ARCHS, is_custom_arch, parse_arch_kwargs
+        from ..tasks import TASKS
+
+        if self.task not in TASKS:
+            raise FlagError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.order not in (1, 2):
+            raise FlagError(f"--order must be 1 or 2, got {self.order}")
+        if self.order == 2 and self.task != "realsr":
+            raise FlagError(f"--order 2 selects Real-ESRGAN's second-order degradation of --task realsr, not --task {self.task}")
+        arch = self.arch_name()
+        if arch not in ARCHS and not is_custom_arch(arch):
+            raise FlagError(f"--arch must be one of {', '.join(ARCHS)} or package.module:Class, got {arch!r}")
+        try:
+            parse_arch_kwargs(self.arch_kwargs)
+        except ValueError as exc:
+            raise FlagError(str(exc)) from None
+        if self.model_overrides() and not arch.startswith("rrdb"):
+            raise FlagError(f"--nf/--nb/--gc size an RRDB; --arch {arch} takes --arch_kwargs")
+        _check_positive("scale", self.scale)
+        _check_positive("crop_border", self.crop_border, allow_zero=True)
+        if self.patch_size % self.effective_scale():
+            raise FlagError(f"--patch_size {self.patch_size} must be a multiple of the scale {self.effective_scale()} "
+                            "(the HR crop is patch_size, the LR crop patch_size / scale)")
+        self.test_specs()
+        if len(self.trainsets()) > 1 and self.loader not in ("auto", "paired"):
+            raise FlagError(f"several --trainset folders are paired folders, one confounder each (--loader paired); "
+                            f"--loader {self.loader} takes one")
+
+    def task_spec(self):
+        from ..tasks import TASKS
+
+        return TASKS[self.task]
+
+    def trainsets(self) -> list[str]:
+        if self.trainset is None:
+            return []
+        return [self.trainset] if isinstance(self.trainset, str) else list(self.trainset)
+
+    def arch_name(self) -> str:
+        return self.arch or self.task_spec().arch
+
+    def effective_scale(self) -> int:
+        return int(self.scale or self.task_spec().scale)
+
+    def metric_y(self) -> bool:
+        return self.task_spec().y if self.y is None else bool(self.y)
+
+    def metric_crop_border(self) -> int:
+        return self.task_spec().crop_border if self.crop_border is None else int(self.crop_border)
+
+    def test_specs(self):
+        """The periodic test's degradations: ``--test_confounders``, else the task's (denoise:
+        Gaussian noise at ``--test_level``, the released test)."""
+        from ..degrade import GaussianNoise, parse_confounders
+
+        if self.test_confounders is None and self.task == "denoise":
+            return [GaussianNoise(float(self.test_level))]
+        text = self.test_confounders or self.task_spec().test
+        try:
+            return parse_confounders(text)
+        except ValueError as exc:
+            raise FlagError(f"--test_confounders: {exc}") from None
+
     def _check_reference_mode(self) -> None:
         """Refuse ``--reference_mode`` combined with anything the released trainer did not do."""
         if self.variant != "sf":
@@ -150,19 +238,32 @@ class TrainConfig:
                 raise FlagError(f"--reference_mode cannot be combined with --{flag}")
 
     def confounder_specs(self):
-        """The confounders: ``--confounders`` parsed, else Gaussian noise at ``--levels``."""
+        """The training confounders: ``--confounders`` parsed, else the task's (denoise: Gaussian
+        noise at ``--levels``, the released set; realsr: ``--order``)."""
         from ..degrade import GaussianNoise, parse_confounders
 
-        if self.confounders:
-            try:
-                return parse_confounders(self.confounders)
-            except ValueError as exc:
-                raise FlagError(f"--confounders: {exc}") from None
-        return [GaussianNoise(float(s)) for s in self.levels]
+        text = self.confounders
+        if not text and self.task == "denoise":
+            return [GaussianNoise(float(s)) for s in self.levels]
+        if not text:
+            text = self.task_spec().confounders.replace("realsr:1", f"realsr:{self.order}")
+        try:
+            return parse_confounders(text)
+        except ValueError as exc:
+            raise FlagError(f"--confounders: {exc}") from None
+
+    def uses_released_noise(self) -> bool:
+        """True when the run is the released trainer's data: Gaussian noise at ``--levels`` at scale 1."""
+        return not self.confounders and self.task == "denoise" and self.effective_scale() == 1
 
     def model_overrides(self) -> dict:
         """``--nf/--nb/--gc`` given on the command line."""
         return {k: getattr(self, k) for k in ("nf", "nb", "gc") if getattr(self, k) is not None}
+
+
+def _check_finite(name: str, value) -> None:
+    if value is not None and not math.isfinite(value):
+        raise FlagError(f"--{name} must be a finite number, got {value}")
 
 
 def _check_positive(name: str, value, allow_zero: bool = False) -> None:
@@ -203,7 +304,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="a released checkpoint (weights only) or a dil_fast training state (exact resume)")
     ref.add_argument("--distributed", action="store_true", help="DDP under torchrun (NCCL on GPU, gloo on CPU)")
     ref.add_argument("--local_rank", "--local-rank", type=int, default=0, help="accepted; torchrun's LOCAL_RANK wins")
-    ref.add_argument("--trainset", type=str, default=None, help="folder of PNG patches")
+    ref.add_argument("--trainset", type=str, nargs="+", default=None,
+                     help="a folder of PNG/JPEG patches, a packed store (dil-fast pack), or paired folders (GT/ + LQ/, "
+                          "one confounder each, e.g. three rain datasets)")
     ref.add_argument("--patch_size", type=int, default=64)
     ref.add_argument("--testset", type=str, default="default",
                      help="test folder; 'default' = the built-in sample images (Set5 is not shipped)")
@@ -240,10 +343,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     new.add_argument("--meta_lr", type=float, default=1e-4, help="meta learning rate")
     new.add_argument("--lr_step", type=int, default=20, help="halve the meta LR every N epochs")
     new.add_argument("--test_level", type=float, default=50.0, help="noise level of the periodic test")
-    new.add_argument("--loss", default="l1", help="l1 (released), l2 or charbonnier")
+    new.add_argument("--loss", default="l1", choices=LOSS_NAMES, help="l1 (released), l2 (mse) or charbonnier")
     new.add_argument("--loader", default="auto", choices=LOADERS,
-                     help="training data: the released DataLoader path, a packed store (dil-fast pack) or DALI; "
-                          "auto = store when --trainset is a packed store, else reference")
+                     help="training data: reference (the released DataLoader path: noise at --levels), folder (clean "
+                          "patches read in workers, any confounders), paired (GT/LQ folders), store (dil-fast pack) or "
+                          "dali; auto: paired folders -> paired, a store -> store, the released denoising -> "
+                          "reference, else folder")
     new.add_argument("--confounders", default=None,
                      help="confounder set for --loader store/dali, e.g. noise:5,10,15,20 or blur:1,2,3,4 "
                           "(default: Gaussian noise at --levels)")
@@ -259,6 +364,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     new.add_argument("--stop_after", type=int, default=None,
                      help="stop after N meta-iterations, saving last.pt for --resume")
     new.add_argument("--no_progress", action="store_true", help="no progress bar even on a terminal")
+    task = p.add_argument_group("tasks and models (dil_fast.tasks; a task sets the rest, these override it)")
+    task.add_argument("--task", default="denoise", choices=TASK_NAMES,
+                      help="the paper's experiment: training confounders, periodic test, model, scale, metric")
+    task.add_argument("--test_confounders", default=None,
+                      help="the periodic test's degradation (default: the task's; denoise: noise at --test_level)")
+    task.add_argument("--order", type=int, default=1, choices=(1, 2),
+                      help="--task realsr: Real-ESRGAN's first- or second-order degradation")
+    task.add_argument("--arch", default=None,
+                      help="rrdb, rrdb_x4, swinir, or package.module:Class for one's own nn.Module (default: the task's)")
+    task.add_argument("--arch_kwargs", default=None, help="JSON keyword arguments of --arch, e.g. '{\"embed_dim\": 60}'")
+    task.add_argument("--scale", type=int, default=None, help="super-resolution factor (default: the task's; 1 restores)")
+    task.add_argument("--y", dest="y", action="store_true", default=None, help="metrics on the Y channel")
+    task.add_argument("--rgb", dest="y", action="store_false", help="metrics on RGB")
+    task.add_argument("--crop_border", type=int, default=None, help="pixels removed per side before the metrics")
     fast = p.add_argument_group("fast path (dil_fast.train.fast; defaults differ on CUDA and CPU)")
     fast.add_argument("--precision", default=None, choices=PRECISIONS,
                       help="training math: bf16 autocast with fp32 master weights, tf32, or strict fp32 "

@@ -102,13 +102,15 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _build(self, resume_ckpt: dict | None):
         cfg = self.cfg
+        self._resume_weights = None
         if self._user_model is not None:
             self.model_config = None
-            model = self._user_model
+            model, task_model = self._user_model, None
         else:
-            self.model_config = components.model_config(cfg, resume_ckpt)
-            model = components.build_model(self.model_config)
-        algo = components.build_algorithm(cfg, model.to(self.device))
+            self.model_config, self._resume_weights = components.model_spec_for(cfg, resume_ckpt)
+            model, task_model = components.build_models(self.model_config, cfg)
+            components.check_scale(model, cfg)
+        algo = components.build_algorithm(cfg, model.to(self.device), task_model)
         confounders = self._user_confounders
         loader = self._user_loader
         if loader is None:
@@ -117,6 +119,7 @@ class Trainer:
         degrade = None
         if loader.yields == "clean":
             specs = confounders if confounders is not None else cfg.confounder_specs()
+            specs = components.sr_confounders(specs, cfg.effective_scale(), (cfg.patch_size, cfg.patch_size))
             degrade = CounterfactualPairs(specs, seed=cfg.seed, rank=self.rank, pairing=cfg.pairing,
                                           backend=cfg.backend)
             if degrade.num_confounders != loader.num_confounders:
@@ -147,7 +150,8 @@ class Trainer:
             distributed.share_weights(algo, self.world_size)
         self.start = (0, 0)
         if resume_ckpt is not None:
-            self.start = state_io.restore(algo, resume_ckpt, cfg.resume, world_size=self.world_size)
+            self.start = state_io.restore(algo, resume_ckpt, cfg.resume, world_size=self.world_size,
+                                          weights=self._resume_weights)
             logger.info(f"Resumed from {cfg.resume} at epoch {self.start[0]}, iteration {self.start[1]}")
             state_io.restore_loader(loader, resume_ckpt, cfg.resume)
         self.order = ConfounderOrder(loader.num_confounders)
@@ -282,16 +286,20 @@ class Trainer:
             self._evaluate(algo, epoch, testset, logger)
 
     def _evaluate(self, algo: MetaAlgorithm, epoch: int, testset, logger) -> None:
-        from .evaluate import evaluate_model
-
-        results = evaluate_model(algo.meta_model, testset, level=self.cfg.test_level, seed=self.cfg.seed,
-                                 device=self.device)
-        for name, psnr, ssim, _ in results:
-            logger.info("{}: {}, {}".format(name, psnr, ssim))
-        p = sum(r[1] for r in results) / len(results)
-        s = sum(r[2] for r in results) / len(results)
-        logger.info("Epoch: {}, psnr: {}. ssim: {}.".format(epoch, p, s))
-        self.last_eval = (p, s)
+        cfg = self.cfg
+        specs = cfg.test_specs()
+        for spec in specs:
+            results = components.test_results(algo.meta_model, testset, spec, seed=cfg.seed, device=self.device,
+                                              y=cfg.metric_y(), crop_border=cfg.metric_crop_border(),
+                                              scale=cfg.effective_scale())
+            if len(specs) > 1:
+                logger.info(f"Test: {spec.name}")
+            for name, psnr, ssim, _ in results:
+                logger.info("{}: {}, {}".format(name, psnr, ssim))
+            p = sum(r[1] for r in results) / len(results)
+            s = sum(r[2] for r in results) / len(results)
+            logger.info("Epoch: {}, psnr: {}. ssim: {}.".format(epoch, p, s))
+            self.last_eval = (p, s)
 
     def _interrupt(self, algo: MetaAlgorithm, epoch: int, iteration: int, logger) -> int:
         if self.is_main:

@@ -38,14 +38,14 @@ class ReferenceSF(MetaAlgorithm):
     name = "sf"
 
     def __init__(self, model: nn.Module, *, inner_lr: float = 1e-4, inner_betas=(0.0, 0.999), meta_lr: float = 1e-4,
-                 meta_betas=(0.9, 0.999), loss: str = "l1"):
+                 meta_betas=(0.9, 0.999), loss: str = "l1", task_model: nn.Module | None = None):
         super().__init__()
         self.loss_name = loss
         self.loss_fn = get_loss(loss)
         self.inner_betas = as_float_betas(inner_betas, "inner_betas")
         self.meta_betas = as_float_betas(meta_betas, "meta_betas")
         self.meta_model = model
-        self.task_model = copy.deepcopy(model)
+        self.task_model = copy.deepcopy(model) if task_model is None else task_model.to(next(model.parameters()).device)
         self._task_opt = torch.optim.Adam(self.task_model.parameters(), lr=inner_lr, betas=self.inner_betas,
                                           foreach=False, fused=False)
         self._meta_opt = torch.optim.Adam(self.meta_model.parameters(), lr=meta_lr, betas=self.meta_betas,

@@ -46,12 +46,13 @@ def capture(*, config: dict, model_config: dict | None, algo, loader, epoch: int
     return state
 
 
-def restore(algo, ckpt: dict, path: str, *, world_size: int) -> tuple[int, int]:
+def restore(algo, ckpt: dict, path: str, *, world_size: int, weights: dict | None = None) -> tuple[int, int]:
     """Load a resume checkpoint into ``algo``; returns the (epoch, iteration) to continue from.
 
     A training state restores everything (the loader's position separately: :func:`restore_loader`);
     the released layout (or a bare state_dict) restores the weights only, as the released
-    ``--resume`` does, and the run starts at epoch 0.
+    ``--resume`` does, and the run starts at epoch 0. ``weights``: the meta network's weights
+    already in dil_fast's names (a BasicSR / SwinIR checkpoint, renamed by the model registry).
     """
     if is_train_state(ckpt):
         saved = ckpt.get("algorithm", {})
@@ -74,10 +75,10 @@ def restore(algo, ckpt: dict, path: str, *, world_size: int) -> tuple[int, int]:
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         return int(ckpt["epoch"]), int(ckpt["iteration"])
-    meta_sd = model_weights(ckpt, path, "model_meta")
+    meta_sd = weights if weights is not None else model_weights(ckpt, path, "model_meta")
     load_into(algo.meta_model, meta_sd, path, "model_meta")
     if algo.task_model is not algo.meta_model:
-        task_sd = model_weights(ckpt, path, "model_task") if "model_task" in ckpt else meta_sd
+        task_sd = model_weights(ckpt, path, "model_task") if isinstance(ckpt.get("model_task"), dict) else meta_sd
         load_into(algo.task_model, task_sd, path, "model_task")
     return 0, 0
 

@@ -1,0 +1,62 @@
+"""``dil-fast convert``: write a checkpoint of any supported layout in another one.
+
+``--to dil`` writes the released layout (``{"model_meta": sd, "model_task": sd}``, loadable by the
+released scripts and by ``--resume``); ``--to basicsr`` writes ``{"params": sd}`` in BasicSR /
+Real-ESRGAN names (RRDBNetX4 only: BasicSR has no same-size RRDBNet). The input may be a dil_fast
+training state, a released checkpoint, a bare state_dict or a BasicSR / Real-ESRGAN checkpoint
+(``params_ema`` preferred); the layout is detected from the keys.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..checkpoints import load_file
+from ..errors import CheckpointError, FlagError
+from ..fileio import atomic_save
+from .interchange import write_checkpoint
+from .registry import model_from_checkpoint
+
+__all__ = ["convert", "add_convert_parser", "run_convert"]
+
+FORMATS = ("dil", "basicsr")
+
+
+def convert(src: str, dst: str, fmt: str, key: str = "model_meta") -> str:
+    """Convert ``src`` to ``fmt`` at ``dst``; returns the architecture converted."""
+    if fmt not in FORMATS:
+        raise FlagError(f"--to must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise FlagError(f"--out {dst}: must differ from --ckpt")
+    try:
+        model, arch, _ = model_from_checkpoint(load_file(src), src, key=key)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    sd = model.state_dict()
+    if fmt == "basicsr" and arch != "rrdb_x4":
+        raise CheckpointError(f"{src}: holds a {arch} network; BasicSR's layout serves the x4 RRDBNet only")
+    try:
+        obj = write_checkpoint(sd, fmt) if arch.startswith("rrdb") else {"model_meta": sd, "model_task": sd}
+    except ValueError as exc:
+        raise CheckpointError(f"{src}: {exc}") from None
+    atomic_save(obj, dst)
+    return arch
+
+
+def add_convert_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("convert", help="write a checkpoint in dil_fast's (released) or BasicSR's layout",
+                              description="Detects the input layout (dil_fast training state, released model_N.pt, "
+                                          "BasicSR / Real-ESRGAN params or params_ema) and writes it as --to says.")
+    p.add_argument("--ckpt", required=True, help="the checkpoint to convert")
+    p.add_argument("--to", required=True, choices=FORMATS, help="dil: {model_meta, model_task}; basicsr: {params}")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--key", default="model_meta", choices=("model_meta", "model_task"),
+                   help="which network of a two-network checkpoint")
+    p.set_defaults(func=run_convert)
+    return p
+
+
+def run_convert(args) -> int:
+    arch = convert(args.ckpt, args.out, args.to, args.key)
+    print(f"wrote {args.out}: {arch} in the {args.to} layout")
+    return 0
