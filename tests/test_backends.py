@@ -15,7 +15,7 @@ from dil_fast.ops.sample_crops import sample_crops
 from dil_fast.optim import FusedAdam
 from dil_fast.train import TrainConfig, Trainer
 
-ALL_OPS = ("noise", "blur_separable", "blur2d", "resize", "jpeg", "poisson", "sample_crops", "adam_step",
+ALL_OPS = ("noise", "blur_separable", "blur2d", "resize", "jpeg", "poisson", "isp", "sample_crops", "adam_step",
            "meta_step", "sgd_step", "nonfinite_check")
 
 

@@ -23,6 +23,7 @@ from .presets import (HYBRID_LEVELS, PAPER_DEBLUR_TRAIN, PAPER_DEBLUR_UNSEEN, PA
                       PAPER_DENOISE_UNSEEN, RAIN_LEVELS, bicubic, deblur_levels, denoise_levels, hybrid,
                       parse_confounders, rain, realesrgan_first_order, realesrgan_second_order, realsr_confounders)
 from .rain import Rain
+from .realnoise import CameraNoise
 from .resize import RandomResize, Resize
 
 __all__ = [
@@ -31,5 +32,5 @@ __all__ = [
     "RandomResize", "RandomNoise", "SPEC_TYPES", "spec_from_dict", "HYBRID_LEVELS", "PAPER_DENOISE_TRAIN",
     "PAPER_DENOISE_UNSEEN", "PAPER_DEBLUR_TRAIN", "PAPER_DEBLUR_UNSEEN", "hybrid", "realesrgan_first_order",
     "realesrgan_second_order", "denoise_levels", "deblur_levels", "parse_confounders", "RAIN_LEVELS", "rain",
-    "realsr_confounders", "bicubic",
+    "realsr_confounders", "bicubic", "CameraNoise",
 ]

@@ -9,6 +9,7 @@ from .compose import Choice, Compose
 from .jpeg import JPEG
 from .noise import GaussianNoise, PoissonNoise, RandomNoise
 from .rain import Rain
+from .realnoise import CameraNoise
 from .resize import RandomResize, Resize
 
 __all__ = [
@@ -174,6 +175,7 @@ _FAMILIES = {
     "jpeg": lambda v: JPEG(_int(v)),
     "hybrid": lambda v: hybrid(v),
     "rain": lambda v: rain(v),
+    "isp": lambda v: CameraNoise(v.lower()),
     "bicubic": lambda v: bicubic(_scale(v)),
     "realesrgan": lambda v: {"1": realesrgan_first_order, "first": realesrgan_first_order,
                              "2": realesrgan_second_order, "second": realesrgan_second_order}[v](),
@@ -205,7 +207,7 @@ def parse_confounders(spec: str) -> list[Confounder]:
     """'noise:5,10,15,20' | 'blur:1,2,3,4' | '5,10,15,20' (bare numbers: Gaussian noise levels) |
     'jpeg:10,30' | 'poisson:1,2' | 'hybrid:mild,severe,severe-low' | 'rain:light,heavy' |
     'bicubic:4' | 'realesrgan:first,second' | 'realsr:1' (the four realsr confounders; 'realsr:2'
-    second order); groups may be joined with ';' ('noise:15;blur:2'). Raises ValueError with a
+    second order) | 'isp:raw,linear,srgb,jpeg' (camera-pipeline noise by stage; 'isp:mixed'); groups may be joined with ';' ('noise:15;blur:2'). Raises ValueError with a
     one-line message."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError("empty confounder list; expected e.g. 'noise:5,10,15,20' or 'blur:1,2,3,4'")

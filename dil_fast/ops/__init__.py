@@ -10,6 +10,7 @@ resize          resize                         kernels/resize.py (Triton)   refe
 jpeg            jpeg                           kernels/jpeg.py (Triton)     reference/jpeg.py
 poisson         poisson_noise                  (none)                       reference/poisson.py
 rain            add_rain                       blur2d's                     reference/rain.py
+isp             camera_noise                   (none; JPEG stage: jpeg's)   reference/isp.py
 sample_crops    sample_crops                   kernels/sample_crops.py      reference/sample_crops.py
 optim           adam_step_, meta_step_,        csrc/optim*.{h,cpp,cu}       reference/optim.py
                 sgd_step_, nonfinite_check_    (native CUDA + C++ twins)
@@ -17,6 +18,6 @@ optim           adam_step_, meta_step_,        csrc/optim*.{h,cpp,cu}       refe
 
 Importing this package declares every op (the explicit list below).
 """
-from . import blur, jpeg, noise, optim, poisson, rain, resize, sample_crops  # noqa: F401
+from . import blur, isp, jpeg, noise, optim, poisson, rain, resize, sample_crops  # noqa: F401
 
-__all__ = ["blur", "jpeg", "noise", "optim", "poisson", "rain", "resize", "sample_crops"]
+__all__ = ["blur", "isp", "jpeg", "noise", "optim", "poisson", "rain", "resize", "sample_crops"]

@@ -2,6 +2,7 @@
 One module per op, named as the op (:mod:`dil_fast.ops`); everything is re-exported here so tests
 and benchmarks have one import: ``from dil_fast.ops import reference as ref``."""
 from .blur import *  # noqa: F401,F403
+from .isp import *  # noqa: F401,F403
 from .jpeg import *  # noqa: F401,F403
 from .noise import *  # noqa: F401,F403
 from .optim import *  # noqa: F401,F403
