@@ -31,7 +31,8 @@ struct AdamArgs {
 
 // Meta step: one Adam update of `meta` [cols] whose gradient is reduced from `sources` [rows, cols]:
 // mode 0 ("diff"): g = mean_k(meta - sources[k]); mode 1 ("mean"): g = mean_k(sources[k]).
-// reset (mode 0 only): sources[k] <- updated meta, in the same pass. step numel 1 or more (all
+// reset (mode 0 only): sources[k] <- updated meta, in the same pass (under found_inf: the unchanged
+// meta; nothing else is written). step numel 1 or more (all
 // incremented), lr numel 1.
 struct MetaArgs {
   AdamArgs adam;  // rows/cols/param/grad describe meta and sources; grad_scale unused

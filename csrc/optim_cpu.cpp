@@ -228,7 +228,14 @@ template <typename T>
 void meta_rows(const MetaArgs& ma, int threads) {
   const AdamArgs& a = ma.adam;
   const float* found_inf = reinterpret_cast<const float*>(a.found_inf);
-  if (flag_set(found_inf)) return;
+  if (flag_set(found_inf)) {  // no update; the sources still restart from the (unchanged) meta
+    if (ma.reset) {
+      const T* meta_in = reinterpret_cast<const T*>(a.param);
+      T* sources = reinterpret_cast<T*>(a.grad);
+      for (int64_t k = 0; k < a.rows; ++k) std::copy(meta_in, meta_in + a.cols, sources + k * a.cols);
+    }
+    return;
+  }
   float* step = reinterpret_cast<float*>(a.step);
   const double s = static_cast<double>(step[0]) + 1.0;
   const double lr = load_scalar(reinterpret_cast<const void*>(a.lr), a.lr_dtype, 0);

@@ -135,7 +135,15 @@ __global__ void advance_steps_kernel(float* step, int64_t n, const float* found_
 template <typename T, bool VEC>
 __global__ void meta_adam_kernel(MetaArgs ma) {
   const AdamArgs& a = ma.adam;
-  if (flag_set(reinterpret_cast<const float*>(a.found_inf))) return;
+  if (flag_set(reinterpret_cast<const float*>(a.found_inf))) {  // no update; reset the sources to meta
+    if (!ma.reset) return;
+    const T* meta_in = reinterpret_cast<const T*>(a.param);
+    T* sources = reinterpret_cast<T*>(a.grad);
+    const int64_t n = a.rows * a.cols;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+      sources[i] = meta_in[i % a.cols];
+    return;
+  }
   __shared__ AdamCoef<T> coef;
   if (threadIdx.x == 0) {
     const double s = static_cast<double>(reinterpret_cast<const float*>(a.step)[0]) + 1.0;

@@ -1,15 +1,27 @@
 """Atomic file writes: every file dil_fast writes goes to a temporary name in the target folder and
 is renamed over the final name, so a crash leaves either the old file or the new one, never half
-of one. Used by every stage (data, train, eval), so it sits below all of them."""
+of one. The file gets the mode a plain ``open`` would give (0666 less the umask: collaborators
+read the results), not ``mkstemp``'s 0600. Our temporary names start with a dot and end with
+:data:`TMP_SUFFIX`, so an interrupted write's leftover is recognisable (the run folder removes
+them at start). Used by every stage (data, train, eval), so it sits below all of them."""
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_save", "TMP_SUFFIX"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_save", "file_mode", "TMP_SUFFIX"]
 
 TMP_SUFFIX = ".dil_fast.tmp"  # our temporary files end so (hidden: they also start with a dot)
+
+
+@functools.lru_cache(maxsize=1)
+def file_mode() -> int:
+    """0666 less the process umask (read once: the umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write(path: str, write: Callable[[BinaryIO], None], *, fsync: bool = False) -> None:
@@ -18,6 +30,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], *, fsync: bool = 
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TMP_SUFFIX, dir=folder)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             if fsync:

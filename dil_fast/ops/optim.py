@@ -320,7 +320,8 @@ def meta_step_(meta: Tensor, sources: Tensor, exp_avg: Tensor, exp_avg_sq: Tenso
     """Meta Adam step of ``meta`` [P] with the gradient reduced over ``sources`` [K, P] (or [P]):
     ``reduction="diff"``: mean_k(meta - sources[k]) (task weights, the Reptile step); ``"mean"``:
     mean_k(sources[k]) (task gradients). ``reset`` (diff only): every source row <- the new meta,
-    in the same pass (the task weights of the next meta-iteration)."""
+    in the same pass (the task weights of the next meta-iteration). With ``found_inf`` set nothing
+    is updated, but ``reset`` still copies the unchanged meta into the sources."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"meta_step_: reduction must be 'diff' or 'mean', got {reduction!r}")
     lr = as_lr(lr, meta.device)

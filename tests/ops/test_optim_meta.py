@@ -73,14 +73,20 @@ def test_meta_step_stacked_matches_loop(backend, reduction, size, close):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_meta_step_found_inf_skips_everything(backend):
+def test_meta_step_found_inf_skips_the_update_but_still_resets(backend):
+    """A skipped meta step changes nothing but the sources, which restart from the unchanged meta
+    (the task weights of the next meta-iteration must equal meta on the fused path)."""
     require(backend)
     meta, task = torch.randn(1023), torch.randn(2, 1023)
     m, v, step = torch.rand(1023), torch.rand(1023), torch.tensor([3.0])
     before = [t.clone() for t in (meta, task, m, v, step)]
-    F.meta_step_(meta, task, m, v, step, 1e-3, reset=True, found_inf=torch.ones(1), backend=backend)
+    F.meta_step_(meta, task, m, v, step, 1e-3, reset=False, found_inf=torch.ones(1), backend=backend)
     for a, b in zip((meta, task, m, v, step), before):
         assert torch.equal(a, b)
+    F.meta_step_(meta, task, m, v, step, 1e-3, reset=True, found_inf=torch.ones(1), backend=backend)
+    for a, b in zip((meta, m, v, step), (before[0], *before[2:])):
+        assert torch.equal(a, b)
+    assert torch.equal(task, meta.expand(2, -1))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -122,8 +122,8 @@ def meta_step_ref_(
     exp_avg.copy_(_keep(found_inf, exp_avg, m))
     exp_avg_sq.copy_(_keep(found_inf, exp_avg_sq, v))
     meta.copy_(new_meta)
-    if reset:
-        src.copy_(_keep(found_inf, src, new_meta.expand_as(src)))
+    if reset:  # also under found_inf: the sources restart from the (then unchanged) meta
+        src.copy_(new_meta.expand_as(src))
     step.add_(1 if found_inf is None else (found_inf.reshape(()) == 0).to(step.dtype))
 
 

@@ -1,0 +1,150 @@
+"""The run folder (``--ckpt_save``): work is never lost or mixed.
+
+* A lock file (``.dil_fast.lock``: PID and host) refuses a second live run in the same folder with
+  one line naming the holder's PID; a stale lock (its PID is dead on this host) is taken over.
+* A folder that already holds a run (``last.pt``, ``train.log`` or ``model_*.pt``) is archived
+  first: renamed ``NAME_archived_YYYYmmdd_HHMMSS`` (as BasicSR does) and the log says so;
+  ``--auto_resume`` instead continues from its ``last.pt``.
+* Our own orphaned temporary files (``.*.dil_fast.tmp``: a write cut by a crash or ``kill -9``) are
+  removed at start, once the lock is held.
+* Files follow the umask (:mod:`dil_fast.fileio`).
+
+Only rank 0 touches the folder; every rank takes the same ``--auto_resume`` decision from it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from ..errors import FlagError, InputError
+from ..fileio import TMP_SUFFIX
+
+__all__ = ["RunFolder", "LOCK_NAME", "holds_a_run", "check_writable"]
+
+LOCK_NAME = ".dil_fast.lock"
+RUN_FILES = ("last.pt", "train.log")
+
+
+def holds_a_run(folder: str) -> bool:
+    """True when ``folder`` holds the files of a run (so a new one must not mix with it)."""
+    if not os.path.isdir(folder):
+        return False
+    names = os.listdir(folder)
+    return any(n in RUN_FILES for n in names) or any(n.startswith("model_") and n.endswith(".pt") for n in names)
+
+
+def check_writable(folder: str, flag: str = "--ckpt_save") -> None:
+    """One-line :class:`FlagError` unless ``folder`` is, or can be created as, a writable folder."""
+    folder = os.path.abspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise FlagError(f"{flag} {folder}: is a file, not a folder")
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise FlagError(f"{flag} {folder}: {probe} is not writable")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _read_lock(path: str) -> tuple[int, str] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            pid, _, host = f.read().strip().partition(" ")
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+class RunFolder:
+    """Set up ``folder`` for a run: lock, archive or resume, clean (see the module docstring)."""
+
+    def __init__(self, folder: str, *, auto_resume: bool = False):
+        self.folder = os.path.abspath(folder)
+        self.auto_resume = auto_resume
+        self.archived: str | None = None
+        self.took_over: int | None = None
+        self.removed: list[str] = []
+        self._lock = os.path.join(self.folder, LOCK_NAME)
+        self._held = False
+
+    def resume_path(self) -> str | None:
+        """``last.pt`` to continue from (``--auto_resume`` and the folder holds one), else None."""
+        last = os.path.join(self.folder, "last.pt")
+        return last if self.auto_resume and os.path.isfile(last) else None
+
+    def _refuse_live_lock(self) -> None:
+        held = _read_lock(self._lock)
+        if held is None:
+            return
+        pid, host = held
+        if host == socket.gethostname() and not _pid_alive(pid):
+            self.took_over = pid
+            return
+        if pid == os.getpid():
+            return
+        raise FlagError(f"--ckpt_save {self.folder}: a run (PID {pid} on {host or 'this host'}) is using it; "
+                        "wait for it, stop it, or give another folder")
+
+    def acquire(self) -> "RunFolder":
+        check_writable(self.folder)
+        if os.path.isdir(self.folder):
+            self._refuse_live_lock()
+            if not self.auto_resume and holds_a_run(self.folder):
+                stamp = time.strftime("%Y%m%d_%H%M%S")
+                self.archived = f"{self.folder}_archived_{stamp}"
+                try:
+                    os.rename(self.folder, self.archived)
+                except OSError as exc:
+                    raise InputError(f"--ckpt_save {self.folder}: cannot archive the earlier run "
+                                     f"({exc.strerror or exc})") from None
+                self.took_over = None
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            if self.took_over is not None:
+                os.unlink(self._lock)
+            fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            self._refuse_live_lock()  # another run took it between our check and our create
+            raise FlagError(f"--ckpt_save {self.folder}: another run took the folder while this one started") from None
+        except OSError as exc:
+            raise InputError(f"--ckpt_save {self.folder}: cannot create the folder or its lock "
+                             f"({exc.strerror or exc})") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        self._held = True
+        for name in os.listdir(self.folder):
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                os.unlink(os.path.join(self.folder, name))
+                self.removed.append(name)
+        return self
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            try:
+                if _read_lock(self._lock) == (os.getpid(), socket.gethostname()):
+                    os.unlink(self._lock)
+            except OSError:
+                pass
+
+    def report(self) -> list[str]:
+        """The log lines of what was done to the folder."""
+        lines = []
+        if self.archived:
+            lines.append(f"The earlier run in {self.folder} was archived to {self.archived} (pass --auto_resume to "
+                         "continue it instead)")
+        if self.took_over is not None:
+            lines.append(f"Took over the stale lock of PID {self.took_over} (not running)")
+        if self.removed:
+            lines.append(f"Removed {len(self.removed)} orphaned temporary file(s) of an interrupted write")
+        return lines
