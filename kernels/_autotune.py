@@ -9,8 +9,13 @@ from dil_fast import backends
 
 
 def configs(gpu: list[dict], interpreter: dict, num_warps=(4,)) -> list:
-    """``triton.Config`` list: every gpu meta-dict x num_warps, or the single fallback config."""
+    """``triton.Config`` list: every gpu meta-dict x num_warps (a dict with its own ``num_warps``
+    entry gives that one config), or the single fallback config."""
     if backends.triton_interpret():
         return [triton.Config(dict(interpreter), num_warps=4)]
-    out = [triton.Config(dict(m), num_warps=w) for m in gpu for w in num_warps]
+    out = []
+    for meta in gpu:
+        meta = dict(meta)
+        warps = (meta.pop("num_warps"),) if "num_warps" in meta else num_warps
+        out += [triton.Config(dict(meta), num_warps=w) for w in warps]
     return out[:1] if backends.skip_autotune() else out

@@ -1,5 +1,6 @@
 """Blur: separable per-sample passes (fused over K confounders) and per-sample 2-D correlation,
-both with reflect-101 borders (OpenCV BORDER_REFLECT_101, torch 'reflect')."""
+both with reflect-101 borders (OpenCV BORDER_REFLECT_101, torch 'reflect'). Reference:
+dil_fast/ops/reference/blur.py."""
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,9 @@ def _blur_sep_fwd_kernel(
 ):
     """out[k, b, c, h, w] = sum_t w[k, b, t] * x[k, b, c, reflect(h + t - T//2), w]   (AXIS 0)
                           = sum_t w[k, b, t] * x[k, b, c, h, reflect(w + t - T//2)]   (AXIS 1),
-    taps summed in order t = 0..T-1 in float32; stride_xk = 0 reads one clean batch for all K."""
+    taps summed in order t = 0..T-1 in float32; stride_xk = 0 reads one clean batch for all K.
+    The taps are a loop, not unrolled: unrolled, ptxas keeps every tap's addresses and values of a
+    tile in flight and spills (Triton 3.6, up to 620 B per thread at T = 21)."""
     pid_t = tl.program_id(0)
     bc = tl.program_id(1).to(tl.int64)
     b = bc // C
@@ -42,12 +45,14 @@ def _blur_sep_fwd_kernel(
     h = (pid_t // n_tw) * BH + tl.arange(0, BH)
     w = (pid_t % n_tw) * BW + tl.arange(0, BW)
     mask = (h[:, None] < H) & (w[None, :] < W)
-    plane = b * stride_xb + c * H * W
+    plane = c * H * W
     for k in range(K):
+        kk = tl.cast(k, tl.int64)  # k * stride reaches K * B * C * H * W, past int32
+        src = x_ptr + kk * stride_xk + b * stride_xb + plane
+        taps = w_ptr + (kk * B + b) * T
         acc = tl.zeros((BH, BW), dtype=tl.float32)
-        src = x_ptr + k * stride_xk + plane
-        for t in tl.static_range(T):
-            wt = tl.load(w_ptr + (k * B + b) * T + t).to(tl.float32)
+        for t in tl.range(0, T, loop_unroll_factor=1):
+            wt = tl.load(taps + t).to(tl.float32)
             if AXIS == 0:
                 hh = _reflect101(h + (t - T // 2), H)
                 offs = hh[:, None].to(tl.int64) * W + w[None, :]
@@ -56,7 +61,7 @@ def _blur_sep_fwd_kernel(
                 offs = h[:, None].to(tl.int64) * W + ww[None, :]
             v = tl.load(src + offs, mask=mask, other=0.0).to(tl.float32) * IN_SCALE
             acc += wt * v
-        dst = out_ptr + k * stride_ok + b * stride_ob + c * H * W
+        dst = out_ptr + kk * stride_ok + b * stride_ob + plane
         tl.store(dst + h[:, None].to(tl.int64) * W + w[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -67,7 +72,8 @@ def _blur2d_fwd_kernel(
     C, H, W,
     IN_SCALE: tl.constexpr, T: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
 ):
-    """out[n, c, h, w] = sum_{i,j} kern[n, i, j] * x[n, c, reflect(h + i - T//2), reflect(w + j - T//2)]."""
+    """out[n, c, h, w] = sum_{i,j} kern[n, i, j] * x[n, c, reflect(h + i - T//2), reflect(w + j - T//2)],
+    taps summed row by row in float32; both tap loops stay loops (see _blur_sep_fwd_kernel)."""
     pid_t = tl.program_id(0)
     nc = tl.program_id(1).to(tl.int64)
     n = nc // C
@@ -76,15 +82,17 @@ def _blur2d_fwd_kernel(
     w = (pid_t % n_tw) * BW + tl.arange(0, BW)
     mask = (h[:, None] < H) & (w[None, :] < W)
     src = x_ptr + nc * H * W
+    taps = kern_ptr + n * T * T
     acc = tl.zeros((BH, BW), dtype=tl.float32)
-    for i in range(T):
-        hh = _reflect101(h + (i - T // 2), H).to(tl.int64)
-        for j in tl.static_range(T):
+    for i in tl.range(0, T, loop_unroll_factor=1):
+        rows = src + _reflect101(h + (i - T // 2), H).to(tl.int64)[:, None] * W
+        for j in tl.range(0, T, loop_unroll_factor=1):
             ww = _reflect101(w + (j - T // 2), W)
-            wt = tl.load(kern_ptr + n * T * T + i * T + j).to(tl.float32)
-            v = tl.load(src + hh[:, None] * W + ww[None, :], mask=mask, other=0.0).to(tl.float32) * IN_SCALE
+            wt = tl.load(taps + i * T + j).to(tl.float32)
+            v = tl.load(rows + ww[None, :], mask=mask, other=0.0).to(tl.float32) * IN_SCALE
             acc += wt * v
-    tl.store(out_ptr + nc * H * W + h[:, None].to(tl.int64) * W + w[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+    dst = out_ptr + nc * H * W + h[:, None].to(tl.int64) * W + w[None, :]
+    tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _scale(x):

@@ -1,5 +1,6 @@
 """JPEG simulation: encoder colour stage, the 8x8 block stage (DCT, quantisation, dequantisation,
-inverse DCT; one program per group of blocks), decoder colour stage. The math: ops/ref_degrade.py."""
+inverse DCT; one program per group of blocks), decoder colour stage. The math and the reference:
+dil_fast/ops/reference/jpeg.py."""
 from __future__ import annotations
 
 import torch
@@ -23,11 +24,12 @@ def _jpeg_blocks_fwd_kernel(
     bmask = blk < n_blocks
     p = blk // blocks_per_plane
     r = blk % blocks_per_plane
-    base = p * blocks_per_plane * 64 + (r // blocks_per_row) * 8 * Wp + (r % blocks_per_row) * 8
+    pitch = tl.cast(Wp, tl.int64)
+    base = p * blocks_per_plane * 64 + (r // blocks_per_row) * 8 * pitch + (r % blocks_per_row) * 8
     u = tl.arange(0, 64)
     coef = tl.zeros((NB, 64), dtype=tl.float32)
     for k in range(64):  # runtime loops: 64-way unrolling compiles for minutes
-        xk = tl.load(x_ptr + base + (k // 8) * Wp + (k % 8), mask=bmask, other=128.0).to(tl.float32) - 128.0
+        xk = tl.load(x_ptr + base + (k // 8) * pitch + (k % 8), mask=bmask, other=128.0).to(tl.float32) - 128.0
         dk = tl.load(d_ptr + k * 64 + u)
         coef += xk[:, None] * dk[None, :]
     q = tl.load(q_ptr + p[:, None] * 64 + u[None, :], mask=bmask[:, None], other=1.0)
@@ -38,12 +40,12 @@ def _jpeg_blocks_fwd_kernel(
         dk = tl.load(d_ptr + k * 64 + u)
         y = tl.sum(deq * dk[None, :], axis=1) + 128.0
         y = tl.minimum(tl.maximum(tl.floor(y + 0.5), 0.0), 255.0)
-        tl.store(out_ptr + base + (k // 8) * Wp + (k % 8), y, mask=bmask)
+        tl.store(out_ptr + base + (k // 8) * pitch + (k % 8), y, mask=bmask)
 
 
 def jpeg_blocks_fwd(plane: torch.Tensor, qtable: torch.Tensor, dct: torch.Tensor) -> torch.Tensor:
     """plane ``[P, Hp, Wp]`` float32 (0..255, Hp and Wp multiples of 8), qtable ``[P, 64]``,
-    dct ``[64, 64]`` (ref_degrade.dct8_matrix) -> ``[P, Hp, Wp]`` float32."""
+    dct ``[64, 64]`` (dct8_matrix of dil_fast/ops/reference/jpeg.py) -> ``[P, Hp, Wp]`` float32."""
     P, Hp, Wp = plane.shape
     plane = plane.to(torch.float32).contiguous()
     out = torch.empty_like(plane)
@@ -85,7 +87,8 @@ def _jpeg_pre_fwd_kernel(
     i = (pid // n_tw) * BH + tl.arange(0, BH)
     j = (pid % n_tw) * BW + tl.arange(0, BW)
     m = (i[:, None] < Hc) & (j[None, :] < Wc)
-    src = x_ptr + b * 3 * H * W
+    plane = tl.cast(H, tl.int64) * W
+    src = x_ptr + b * 3 * plane
     cb_sum = tl.zeros((BH, BW), dtype=tl.float32)
     cr_sum = tl.zeros((BH, BW), dtype=tl.float32)
     for d in tl.static_range(4):
@@ -95,8 +98,8 @@ def _jpeg_pre_fwd_kernel(
         ws = tl.minimum(ww, W - 1)
         offs = hs[:, None] * W + ws[None, :]
         r = _rnd(tl.minimum(tl.maximum(tl.load(src + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0) * 255.0)
-        g = _rnd(tl.minimum(tl.maximum(tl.load(src + H * W + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0) * 255.0)
-        bl = _rnd(tl.minimum(tl.maximum(tl.load(src + 2 * H * W + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0) * 255.0)
+        g = _rnd(tl.minimum(tl.maximum(tl.load(src + plane + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0) * 255.0)
+        bl = _rnd(tl.minimum(tl.maximum(tl.load(src + 2 * plane + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0) * 255.0)
         yv = 0.299 * r + 0.587 * g + 0.114 * bl
         cb = -0.168735892 * r - 0.331264108 * g + 0.5 * bl + 128.0
         cr = 0.5 * r - 0.418687589 * g - 0.081312411 * bl + 128.0
@@ -147,10 +150,11 @@ def _jpeg_post_fwd_kernel(
     r = yv + 1.402 * cr
     g = yv - 0.344136286 * cb - 0.714136286 * cr
     bl = yv + 1.772 * cb
-    dst = out_ptr + b * 3 * H * W + h[:, None].to(tl.int64) * W + w[None, :]
+    plane = tl.cast(H, tl.int64) * W
+    dst = out_ptr + b * 3 * plane + h[:, None].to(tl.int64) * W + w[None, :]
     tl.store(dst, (tl.minimum(tl.maximum(_rnd(r), 0.0), 255.0) / 255.0).to(out_ptr.dtype.element_ty), mask=m)
-    tl.store(dst + H * W, (tl.minimum(tl.maximum(_rnd(g), 0.0), 255.0) / 255.0).to(out_ptr.dtype.element_ty), mask=m)
-    tl.store(dst + 2 * H * W, (tl.minimum(tl.maximum(_rnd(bl), 0.0), 255.0) / 255.0).to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(dst + plane, (tl.minimum(tl.maximum(_rnd(g), 0.0), 255.0) / 255.0).to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(dst + 2 * plane, (tl.minimum(tl.maximum(_rnd(bl), 0.0), 255.0) / 255.0).to(out_ptr.dtype.element_ty), mask=m)
 
 
 def jpeg_fwd(x: torch.Tensor, luma_q: torch.Tensor, chroma_q: torch.Tensor, dct: torch.Tensor, *,

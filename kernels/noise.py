@@ -1,7 +1,8 @@
 """Additive Gaussian noise (+ clip + 8-bit rounding), single and fused K-way.
 
-Counter scheme and normal transform: dil_fast/ops/ref_degrade.py (the reference draws the same
-uint32 words; values agree up to the float rounding of log/cos/sin).
+Counter scheme: dil_fast/rng.py (Philox-4x32-10); normal transform and the pure-torch reference:
+dil_fast/ops/reference/noise.py (it draws the same uint32 words; values agree up to the float
+rounding of log/cos/sin).
 """
 from __future__ import annotations
 
@@ -49,8 +50,21 @@ def _normal4(j, c1, c2, c3, k0, k1):
     return r0 * tl.cos(t1), r0 * tl.sin(t1), r2 * tl.cos(t3), r2 * tl.sin(t3)
 
 
-@triton.autotune(configs=configs([{"BLOCK": 1024}, {"BLOCK": 2048}, {"BLOCK": 4096}], {"BLOCK": 8192}, (4, 8)),
-                 key=["CHW", "K", "HAS_GRAY"])
+@triton.jit
+def _interleave4(v0, v1, v2, v3):
+    """[Q] x 4 -> [4Q] with out[4q + l] = v_l[q]; each thread keeps its q's four values together."""
+    return tl.interleave(tl.interleave(v0, v2), tl.interleave(v1, v3))
+
+
+# BLOCK elements per program, walked in TILEs of 1024: a program's share of a sample can be large
+# while the live state (8 or 4 elements and 2 or 1 Philox counters per thread) fits in registers.
+# ptxas spills a value or two at BLOCK 4096 with 8 warps (Triton 3.9) or TILE 2048 (3.6/3.9):
+# bench/bench_compile.py measures every config.
+_BLOCKS = [{"BLOCK": 1024, "TILE": 1024}, {"BLOCK": 2048, "TILE": 1024},
+           {"BLOCK": 4096, "TILE": 1024, "num_warps": 4}]
+
+
+@triton.autotune(configs=configs(_BLOCKS, {"BLOCK": 8192, "TILE": 8192}, (4, 8)), key=["CHW", "K", "HAS_GRAY"])
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "step_lo", "sample_offset", "k_base", "stream"])
 def _noise_fwd_kernel(
     x_ptr, out_ptr, sigma_ptr, gray_ptr,
@@ -58,58 +72,63 @@ def _noise_fwd_kernel(
     stride_xk, stride_xb, stride_ok, stride_ob,
     seed_lo, seed_hi, step_lo, sample_offset, k_base, stream,
     IN_SCALE: tl.constexpr, CLIP: tl.constexpr, ROUND8: tl.constexpr, HAS_GRAY: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, TILE: tl.constexpr,
 ):
     """out[k, b, e] = round8(clip(x[k, b, e] * IN_SCALE + sigma[k, b] * n_{k,b}(e))) for k < K.
 
     e is the NCHW element index inside a sample; n_{k,b}(e) is normal number e (e mod HW when
-    gray[k, b]) of the counter stream (seed, step, k_base + k, sample_offset + b, stream). The
-    clean tile is loaded once and reused for all K confounders (stride_xk = 0: shared batch).
+    gray[k, b]) of the counter stream (seed, step, k_base + k, sample_offset + b, stream): normal
+    4j + l is Box-Muller output l of Philox counter j. Program (p, b) covers elements
+    [p * BLOCK, (p + 1) * BLOCK) of sample b in tiles of TILE; the clean tile is loaded once and
+    reused for all K confounders (stride_xk = 0: shared batch). The four normals of a counter are
+    interleaved into element order, so every counter is computed once.
     """
     pid = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
-    Q: tl.constexpr = BLOCK // 4
-    j = pid * Q + tl.arange(0, Q)
-    lane = tl.arange(0, 4)
-    e = j[:, None] * 4 + lane[None, :]
     k0 = seed_lo.to(tl.uint32)
     k1 = seed_hi.to(tl.uint32)
     c1 = (sample_offset + b).to(tl.uint32)
     c3 = step_lo.to(tl.uint32)
-    ju = j.to(tl.uint32)
-    if not HAS_GRAY:
-        mask = e < CHW
-        x = tl.load(x_ptr + b * stride_xb + e, mask=mask, other=0.0).to(tl.float32) * IN_SCALE
-    for k in range(K):
-        c2 = (((k_base + k) & 0xFFFF) | (stream << 16)).to(tl.uint32)
-        n0, n1, n2, n3 = _normal4(ju, c1, c2, c3, k0, k1)
-        n = tl.where(lane[None, :] == 0, n0[:, None],
-                     tl.where(lane[None, :] == 1, n1[:, None],
-                              tl.where(lane[None, :] == 2, n2[:, None], n3[:, None])))
-        sigma = tl.load(sigma_ptr + k * B + b).to(tl.float32)
-        if HAS_GRAY:
-            gray = tl.load(gray_ptr + k * B + b) != 0
-            n_field = tl.where(gray, HW, CHW)
-            n_rep = tl.where(gray, C, 1)
-            for c in range(0, n_rep):
-                offs = e + c * HW
+    x_b = x_ptr + b * stride_xb
+    out_b = out_ptr + b * stride_ob
+    # a constant trip count: tiles past CHW are masked off (autotuning picks a small BLOCK for small
+    # images); a runtime bound makes ptxas spill a few bytes in the odd-size variants
+    for tile in tl.range(0, BLOCK // TILE, loop_unroll_factor=1):
+        e0 = pid * BLOCK + tile * TILE
+        e = e0 + tl.arange(0, TILE)
+        j = (e0 // 4 + tl.arange(0, TILE // 4)).to(tl.uint32)
+        if not HAS_GRAY:
+            mask = e < CHW
+            x = tl.load(x_b + e, mask=mask, other=0.0).to(tl.float32) * IN_SCALE
+        for k in range(K):
+            kk = tl.cast(k, tl.int64)  # k * stride reaches K * B * C * H * W, past int32
+            c2 = (((k_base + k) & 0xFFFF) | (stream << 16)).to(tl.uint32)
+            n0, n1, n2, n3 = _normal4(j, c1, c2, c3, k0, k1)
+            n = _interleave4(n0, n1, n2, n3)
+            sigma = tl.load(sigma_ptr + kk * B + b).to(tl.float32)
+            if HAS_GRAY:
+                gray = tl.load(gray_ptr + kk * B + b) != 0
+                n_field = tl.where(gray, HW, CHW)
+                n_rep = tl.where(gray, C, 1)
                 m = e < n_field
-                xv = tl.load(x_ptr + k * stride_xk + b * stride_xb + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE
-                y = xv + sigma * n
+                for c in range(0, n_rep):
+                    offs = e + tl.cast(c, tl.int64) * HW
+                    xv = tl.load(x_b + kk * stride_xk + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE
+                    y = xv + sigma * n
+                    if CLIP:
+                        y = tl.minimum(tl.maximum(y, 0.0), 1.0)
+                    if ROUND8:
+                        y = tl.floor(y * 255.0 + 0.5) / 255.0
+                    tl.store(out_b + kk * stride_ok + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+            else:
+                if stride_xk != 0:
+                    x = tl.load(x_b + kk * stride_xk + e, mask=mask, other=0.0).to(tl.float32) * IN_SCALE
+                y = x + sigma * n
                 if CLIP:
                     y = tl.minimum(tl.maximum(y, 0.0), 1.0)
                 if ROUND8:
                     y = tl.floor(y * 255.0 + 0.5) / 255.0
-                tl.store(out_ptr + k * stride_ok + b * stride_ob + offs, y.to(out_ptr.dtype.element_ty), mask=m)
-        else:
-            if stride_xk != 0:
-                x = tl.load(x_ptr + k * stride_xk + b * stride_xb + e, mask=mask, other=0.0).to(tl.float32) * IN_SCALE
-            y = x + sigma * n
-            if CLIP:
-                y = tl.minimum(tl.maximum(y, 0.0), 1.0)
-            if ROUND8:
-                y = tl.floor(y * 255.0 + 0.5) / 255.0
-            tl.store(out_ptr + k * stride_ok + b * stride_ob + e, y.to(out_ptr.dtype.element_ty), mask=mask)
+                tl.store(out_b + kk * stride_ok + e, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def noise_fwd(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k_base: int = 0,

@@ -1,5 +1,5 @@
 """Separable resampling by index/weight tables (the tables fix the convention: see
-dil_fast/ops/ref_degrade.py:resample_tables)."""
+resample_tables in dil_fast/ops/reference/resize.py, also the reference)."""
 from __future__ import annotations
 
 import torch

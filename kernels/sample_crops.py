@@ -1,10 +1,10 @@
 """Patch sampler: random p×p crops with the 8 dihedral modes from a uint8 patch store, one launch.
 
-Math (identical to :func:`dil_fast.ops.ref_sample.sample_crops_ref`, bit for bit): for sample
-``s = k * B + j`` of the launch,
+Math (identical to :func:`dil_fast.ops.reference.sample_crops.sample_crops_ref`, bit for bit):
+for sample ``s = k * B + j`` of the launch,
 
     i            = perm[k, start + j]                          (patch index in the store)
-    (y, x, mode) = hash(key, k, counter_base + j)              (counter-based, see ref_sample)
+    (y, x, mode) = hash(key, k, counter_base + j)              (counter-based, dil_fast/rng.py)
     T, FR, FC    = mode & 1, mode >> 1 & 1, mode >> 2 & 1
     (a, b)       = (c, r) if T else (r, c);  a = p-1-a if FR;  b = p-1-b if FC
     out[k, j, ch, r, c] = store[i, y + a, x + b, ch]  (/ 255 in fp32 for float outputs)
