@@ -8,12 +8,15 @@ Confounder families: noise1 / blur1 (one confounder, K = 1), noise (sigma 5..20)
   torch       the pure-torch reference (backend="torch") on the same device
   numpy-cpu   the released code's way: numpy / OpenCV per image on the CPU (noise: float64 randn,
               clip; blur: cv2.filter2D; JPEG: cv2.imencode/imdecode), one image at a time
-Reported: ms per call, images/s (B*K distorted images per call), GB/s (clean read once + K outputs
+Reported: ms per call (median over samples of back-to-back calls) beside ``ms_single`` (one call
+timed alone), images/s (B*K distorted images per call), GB/s (clean read once + K outputs
 written, float32) and its fraction of the measured device copy bandwidth, and the per-image speedup
-of dil_fast over numpy-cpu. A provider whose output disagrees with the reference gets no speedup.
+of dil_fast over numpy-cpu. A provider whose output disagrees with the reference gets no speedup;
+``autotune`` says whether the Triton kernels tried all their configs. The rows of each (size, family) case are appended to ``<--out>/degrade.csv`` as soon as it is measured.
 
     python bench/bench_degrade.py            # B=32, 64x64 and 256x256, K=4, on CUDA if present
     python bench/bench_degrade.py --quick    # small CPU run (CI smoke test)
+    python bench/bench_degrade.py --families noise --sizes 256    # the GPU check's fused-noise step
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import copy_bandwidth, print_table, record, time_fn  # noqa: E402
+from bench._common import add_out_argument, copy_bandwidth, print_table, record, time_fn  # noqa: E402
+from dil_fast import backends  # noqa: E402
 from dil_fast.degrade import JPEG, Ctx, counterfactual, deblur_levels, denoise_levels, hybrid  # noqa: E402
 from dil_fast.degrade import blur_kernels as bk  # noqa: E402
 
@@ -38,6 +42,9 @@ FAMILIES = {
     "jpeg": lambda: [JPEG(q) for q in (10, 20, 30, 40)],
     "hybrid": lambda: [hybrid(level) for level in ("mild", "moderate", "severe", "severe")],
 }
+PROVIDERS = ("dil_fast", "dil_fast-loop", "torch", "numpy-cpu")
+COLUMNS = ["family", "size", "B", "K", "provider", "ms", "ms_single", "img_per_s", "GB_s", "frac_copy_bw", "correct",
+           "speedup_vs_numpy", "autotune"]
 
 
 def numpy_reference(family: str, imgs_u8: np.ndarray, specs) -> list:
@@ -69,17 +76,28 @@ def check(family, fast, refr) -> bool:
     return bool(diff.max() < 1e-4)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small CPU-sized run")
     ap.add_argument("--device", default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--sizes", default=None, help="comma-separated square sizes (default 64,256)")
-    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {','.join(FAMILIES)}")
+    ap.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma-separated, of {','.join(PROVIDERS)}")
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: 1 with --quick, as a shared CI box oversubscribes)")
+    add_out_argument(ap)
     args = ap.parse_args(argv)
+    for flag, given, known in (("--families", args.families, FAMILIES), ("--providers", args.providers, PROVIDERS)):
+        unknown = [v for v in given.split(",") if v and v not in known]
+        if unknown:
+            ap.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
@@ -89,10 +107,13 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in (args.sizes or ("32" if args.quick else "64,256")).split(",")]
     repeat = args.repeat or (3 if args.quick else 20)
     families = [f for f in args.families.split(",") if f]
+    providers = {p for p in args.providers.split(",") if p}
+    # the Triton kernels' configs: all tried, or the first only (DIL_FAST_SKIP_AUTOTUNE=1, the interpreter)
+    autotune = "first config only" if backends.skip_autotune() else "tuned"
     bw = copy_bandwidth(device)
-    print(f"device {device}, copy bandwidth {bw / 1e9:.1f} GB/s, B={B}, sizes {sizes}")
+    print(f"device {device}, copy bandwidth {bw / 1e9:.1f} GB/s, B={B}, sizes {sizes}", flush=True)
 
-    rows = []
+    path = None
     for size in sizes:
         gen = torch.Generator().manual_seed(size)
         clean_u8 = torch.randint(0, 256, (B, 3, size, size), dtype=torch.uint8, generator=gen)
@@ -105,33 +126,37 @@ def main(argv=None) -> int:
             fast = lambda: counterfactual(clean, specs, seed=1, step=0)  # noqa: E731
             refr = lambda: counterfactual(clean, specs, seed=1, step=0, backend="torch")  # noqa: E731
             ok = check(family, fast(), refr())
-            t_fast = time_fn(fast, device=device, warmup=2, repeat=repeat)
-            t_ref = time_fn(refr, device=device, warmup=1, repeat=max(2, repeat // 4))
-            t_loop = None
-            if family in ("noise", "blur"):  # the same K confounders as K separate launches
-                def loop():
+            timings = {}
+            if "dil_fast" in providers:
+                timings["dil_fast"] = time_fn(fast, device=device, warmup=2, repeat=repeat)
+            if "dil_fast-loop" in providers and family in ("noise", "blur"):
+                def loop():  # the same K confounders as K separate launches
                     return torch.stack([s.apply(clean, Ctx(seed=1, step=0, k=k, batch=B, device=device))
                                         for k, s in enumerate(specs)])
-                t_loop = time_fn(loop, device=device, warmup=2, repeat=repeat)
-            t_np = None
-            if numpy_reference(family, imgs[:1], specs[:1]) is not None:
-                t_np = time_fn(lambda: numpy_reference(family, imgs, specs), device="cpu", warmup=1,
-                               repeat=max(2, repeat // 4))
-            for provider, t in (("dil_fast", t_fast), ("dil_fast-loop", t_loop), ("torch", t_ref), ("numpy-cpu", t_np)):
-                if t is None:
-                    continue
-                row = {
+                timings["dil_fast-loop"] = time_fn(loop, device=device, warmup=2, repeat=repeat)
+            if "torch" in providers:
+                timings["torch"] = time_fn(refr, device=device, warmup=1, repeat=max(2, repeat // 4))
+            if "numpy-cpu" in providers and numpy_reference(family, imgs[:1], specs[:1]) is not None:
+                timings["numpy-cpu"] = time_fn(lambda: numpy_reference(family, imgs, specs), device="cpu", warmup=1,
+                                               repeat=max(2, repeat // 4))
+            t_np = timings.get("numpy-cpu")
+            rows = []
+            for provider, t in timings.items():
+                on_device = provider != "numpy-cpu"
+                rows.append({
                     "family": family, "size": size, "B": B, "K": K, "provider": provider,
-                    "ms": round(t * 1e3, 3), "img_per_s": round(B * K / t, 1),
-                    "GB_s": round(nbytes / t / 1e9, 2) if provider != "numpy-cpu" else "",
-                    "frac_copy_bw": round(nbytes / t / bw, 3) if provider != "numpy-cpu" else "",
+                    "ms": round(t * 1e3, 3), "ms_single": round(t.single * 1e3, 3), "img_per_s": round(B * K / t, 1),
+                    "GB_s": round(nbytes / t / 1e9, 2) if on_device else "",
+                    "frac_copy_bw": round(nbytes / t / bw, 3) if on_device else "",
                     "correct": ok if provider.startswith("dil_fast") else "",
-                    "speedup_vs_numpy": (round(t_np / t, 1) if (t_np and ok and provider != "numpy-cpu") else ""),
-                }
-                rows.append(row)
-    print_table(rows)
-    path = record("degrade", rows, device)
-    print(f"appended to {path}")
+                    "speedup_vs_numpy": (round(t_np / t, 1) if (t_np and ok and on_device) else ""),
+                    "autotune": autotune if on_device else "",
+                })
+            path = record("degrade", rows, device, out=args.out, columns=COLUMNS)
+            print_table(rows)
+            print(flush=True)
+    if path:
+        print(f"appended to {path}")
     return 0
 
 

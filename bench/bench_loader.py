@@ -10,10 +10,12 @@ Providers (one meta-iteration = K batches of B patches; patches/s = K·B·iterat
 
 Input: ``--images`` synthetic structured PNGs written to a temporary folder (and packed), unless
 ``--folder`` names a real one. Wall clock over ``--iters`` meta-iterations after ``--warmup``,
-CUDA synchronised at the end, median of ``--repeat`` runs. Results go to bench/results/loader.csv.
+CUDA synchronised at the end, median of ``--repeat`` runs. Each provider's row is appended to
+``<--out>/loader.csv`` as soon as it is measured.
 
     python bench/bench_loader.py --quick      # CPU, tiny, under a minute
     python bench/bench_loader.py              # on a GPU machine: all providers
+    python bench/bench_loader.py --providers store-gpu --images 256 --iters 20   # the GPU check's step
 """
 from __future__ import annotations
 
@@ -29,10 +31,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import print_table, record  # noqa: E402
+from bench._common import add_out_argument, print_table, record  # noqa: E402
 from dil_fast.data.dali import DaliLoader, dali_available  # noqa: E402
 from dil_fast.data.pack import pack_folder  # noqa: E402
 from dil_fast.data.store import PatchStore, StoreLoader  # noqa: E402
+
+PROVIDERS = ("reference", "dali-cpu", "dali-gpu", "store-cpu", "store-gpu")
+COLUMNS = ["provider", "on", "config", "K", "B", "p", "source", "iters", "patches_per_s"]
 
 
 def write_pngs(folder: str, n: int, size: int, seed: int = 0) -> None:
@@ -81,8 +86,13 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--workers", type=int, default=8, help="reference DataLoader workers")
     ap.add_argument("--dali_threads", type=int, default=8)
-    ap.add_argument("--providers", default="reference,dali-cpu,dali-gpu,store-cpu,store-gpu")
+    ap.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma-separated, of {','.join(PROVIDERS)}")
+    ap.add_argument("--repeat", type=int, default=None, help="timed runs per provider, median reported (3; 1 quick)")
+    add_out_argument(ap)
     args = ap.parse_args(argv)
+    unknown = [v for v in args.providers.split(",") if v and v not in PROVIDERS]
+    if unknown:
+        ap.error(f"--providers: unknown {', '.join(unknown)}; choose from {', '.join(PROVIDERS)}")
     cuda = torch.cuda.is_available()
     if args.quick:
         args.images = args.images or 96
@@ -101,8 +111,8 @@ def main(argv=None) -> int:
             write_pngs(folder, max(images, need), 256)
         store_path = os.path.join(tmp, "store")
         pack_folder(folder, store_path, workers=min(8, os.cpu_count() or 1), progress=False)
-        rows = []
-        for prov in args.providers.split(","):
+        path = None
+        for prov in [v for v in args.providers.split(",") if v]:
             kind, _, where = prov.partition("-")
             dev = torch.device("cuda" if where == "gpu" else "cpu")
             if where == "gpu" and not cuda:
@@ -111,32 +121,30 @@ def main(argv=None) -> int:
             if kind == "dali" and not dali_available()[0]:
                 print(f"skip {prov}: {dali_available()[1]}")
                 continue
-            threads = ""
             if kind == "reference":
                 from dil_fast.data.reference import ReferencePairLoader
 
                 dev = torch.device("cuda" if cuda else "cpu")
-                threads = f"{args.workers} workers"
+                config = f"{args.workers} DataLoader workers"
                 make = lambda: ReferencePairLoader(  # noqa: E731
                     folder, [5 * (i + 1) for i in range(k)], patch_size=p, batch_size=b,
                     num_workers=args.workers, device=dev)
             elif kind == "dali":
-                threads = f"{args.dali_threads} threads"
+                config = f"{args.dali_threads} DALI threads"
                 make = lambda dev=dev: DaliLoader(folder, b, p, k, device=dev, num_threads=args.dali_threads)  # noqa: E731
             elif kind == "store":
                 store = PatchStore(store_path, dev)
-                threads = f"{torch.get_num_threads()} torch threads" if dev.type == "cpu" else store.placement
+                config = f"{torch.get_num_threads()} torch threads" if dev.type == "cpu" else store.placement
                 make = lambda store=store: StoreLoader(store, b, p, k)  # noqa: E731
-            else:
-                print(f"skip {prov}: unknown provider")
-                continue
-            warm, rep = (1, 1) if args.quick else (3, 3)
-            rate = throughput(make, k, b, iters, warm, rep, dev)
-            rows.append({"provider": prov, "on": str(dev), "threads": threads, "K": k, "B": b, "p": p,
-                         "source": f"{256}x{256} png", "patches_per_s": round(rate)})
-    path = record("loader", rows, torch.device("cuda" if cuda else "cpu"))
-    print_table(rows, ["provider", "on", "threads", "K", "B", "p", "patches_per_s"])
-    print(f"appended to {path}")
+            warm = 1 if args.quick else 3
+            rate = throughput(make, k, b, iters, warm, args.repeat or (1 if args.quick else 3), dev)
+            row = {"provider": prov, "on": str(dev), "config": config, "K": k, "B": b, "p": p,
+                   "source": "256x256 png", "iters": iters, "patches_per_s": round(rate)}
+            path = record("loader", [row], torch.device("cuda" if cuda else "cpu"), out=args.out, columns=COLUMNS)
+            print_table([row], ["provider", "on", "config", "K", "B", "p", "iters", "patches_per_s"])
+            print(flush=True)
+    if path:
+        print(f"appended to {path}")
     return 0
 
 

@@ -5,10 +5,12 @@ confounder, a small RRDB (nf=32, nb=2, gc=16) and RRDB-23 (nf=64, nb=23, gc=32).
 variant with ``virtual_batching="batched"`` and ``"looped"`` (for ``pf``/``ps``, which have one
 virtual model, that is one forward over the concatenated batches vs one per confounder). ``sf``
 (no virtual batching) is timed as the reference point. Peak memory is CUDA
-``max_memory_allocated`` during one meta-iteration (not measured on CPU).
+``max_memory_allocated`` during one meta-iteration (not measured on CPU). The rows of each
+(model, K, variant) group are appended to ``<--out>/meta.csv`` as soon as the group is measured.
 
     python bench/bench_meta.py                # full grid (use a GPU)
     python bench/bench_meta.py --quick        # tiny sizes, runs on CPU in well under a minute
+    python bench/bench_meta.py --models rrdb-23 --ks 4 --variants ss-fo pf sf   # a slice of the grid
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import print_table, record, time_fn  # noqa: E402
+from bench._common import add_out_argument, print_table, record, time_fn  # noqa: E402
 from dil_fast.meta import VARIANTS  # noqa: E402
 from dil_fast.models import RRDBNet  # noqa: E402
 
@@ -30,6 +32,7 @@ MODELS = {
     "rrdb-tiny": {"nf": 8, "nb": 1, "gc": 4},
 }
 VIRTUAL = ("ss", "ss-fo", "ps", "pf")
+COLUMNS = ["model", "size", "batch", "variant", "K", "path", "ms", "peak_mib", "batched/looped"]
 
 
 def build(variant: str, model: torch.nn.Module, path: str | None):
@@ -93,7 +96,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per round")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds; the best round is reported")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed meta-iterations per path first (3; 1 quick)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 on CPU, for stable timings)")
+    add_out_argument(ap)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if args.threads or device.type == "cpu":
@@ -104,9 +109,9 @@ def main(argv=None) -> None:
     batch = args.batch or (2 if args.quick else 8)
     repeat = args.repeat or (1 if args.quick else 5)
     rounds = args.rounds or 3
-    warmup = 1 if args.quick else 3
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
 
-    rows = []
+    rows, path = [], None
     for name in models:
         for k in ks:
             for variant in args.variants:
@@ -116,11 +121,11 @@ def main(argv=None) -> None:
                     r.update(model=name, size=size, batch=batch)
                 if len(group) == 2 and all(isinstance(r["ms"], float) for r in group):
                     group[0]["batched/looped"] = round(group[0]["ms"] / group[1]["ms"], 3)
+                path = record("meta", group, device, out=args.out, columns=COLUMNS)
                 rows.extend(group)
                 print_table(group, ["model", "variant", "K", "path", "ms", "peak_mib", "batched/looped"])
-    path = record("meta", rows, device)
-    print()
-    print_table(rows, ["model", "size", "batch", "variant", "K", "path", "ms", "peak_mib", "batched/looped"])
+                print(flush=True)
+    print_table(rows, COLUMNS)
     print(f"\nwritten to {path}")
 
 

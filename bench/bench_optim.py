@@ -17,8 +17,9 @@
 Providers of one case are timed side by side: each round runs every provider once, so the
 machine's condition (other jobs, clocks) hits them alike, and the median over rounds is reported.
 A sample is enough back-to-back calls to last ``--min-sample-ms`` (a small op is never timed as one
-call between events) and counts as the per-call mean of those calls. Rows are appended to the CSV as
-soon as their case is measured, with the 1-minute load average of the machine.
+call between events) and counts as the per-call mean of those calls; ``ms_single`` beside it is the
+median of single calls timed alone. Rows are appended to ``<--out>/optim.csv`` as soon as their case
+is measured, with the 1-minute load average of the machine.
 
 No forward/backward runs: gradients are fixed random buffers (never zeros). Every provider is
 checked against torch.optim.Adam first; a failed check is reported and no speedup is given.
@@ -26,31 +27,31 @@ checked against torch.optim.Adam first; a failed check is reported and no speedu
     python bench/bench_optim.py            # GPU sizes: P = 1 M, 16.6 M, 100 M; K = 1, 4
     python bench/bench_optim.py --quick    # small sizes, fine on a CPU
     python bench/bench_optim.py --device cpu --sizes 16624131 --ks 1 --threads 1
+    python bench/bench_optim.py --sizes 16624131 --ks 1 4 --repeat 20   # the GPU check's step
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import copy_bandwidth, print_table, record  # noqa: E402
+from bench._common import add_out_argument, copy_bandwidth, print_table, record, time_side_by_side  # noqa: E402
 from dil_fast.optim import FlatParams  # noqa: E402
 from dil_fast import backends  # noqa: E402
 from dil_fast.ops import optim as F  # noqa: E402
 
 BYTES_PER_PARAM = 28  # fp32 Adam: read p, g, m, v (16) + write p, m, v (12)
 RRDB23 = 16_624_131
-ROW_KEYS = ["bench", "provider", "P", "K", "tensors", "dtype", "calls", "ms", "GBps", "frac_copy_bw", "frac_rmw_bw",
-            "ratio_vs_torch_fused", "ratio_vs_reference", "speedup_vs_for_loop", "correct", "copy_GBps", "rmw_GBps",
-            "load_1min"]
+ROW_KEYS = ["bench", "provider", "P", "K", "tensors", "dtype", "calls", "ms", "ms_single", "GBps", "frac_copy_bw",
+            "frac_rmw_bw", "ratio_vs_torch_fused", "ratio_vs_reference", "speedup_vs_for_loop", "correct", "copy_GBps",
+            "rmw_GBps"]
+PRINT_KEYS = ["bench", "provider", "P", "K", "tensors", "calls", "ms", "ms_single", "GBps", "frac_copy_bw",
+              "frac_rmw_bw", "ratio_vs_torch_fused", "ratio_vs_reference", "speedup_vs_for_loop", "correct"]
 
 
 def rrdb_shapes(nb: int = 23, nf: int = 64, gc: int = 32, in_nc: int = 3, out_nc: int = 3) -> list[tuple]:
@@ -93,57 +94,16 @@ def provider_name(device, backend) -> str:
     return "dil_fast[torch-ref]" if chosen == "torch" else f"dil_fast[native-{torch.device(device).type}]"
 
 
-def _sample_seconds(fn, calls: int, dev: torch.device) -> float:
-    """Seconds of `calls` back-to-back calls of fn: CUDA events around them, else the wall clock."""
-    if dev.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return time.perf_counter() - t0
-
-
-def time_side_by_side(providers: dict, device, *, warmup: int, repeat: int, min_sample_s: float):
-    """Per-call median seconds and calls per sample of each provider, timed in interleaved rounds.
-
-    A provider that raises during warm-up (e.g. fused Adam on a device without it) is reported on
-    stderr and left out.
-    """
-    dev = torch.device(device)
-    calls = {}
-    for name, fn in providers.items():
-        try:
-            for _ in range(warmup):
-                fn()
-            single = _sample_seconds(fn, 1, dev)
-        except Exception as exc:  # noqa: BLE001 - one unsupported provider must not end the run
-            print(f"  {name}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
-            continue
-        calls[name] = max(1, min(1000, math.ceil(min_sample_s / max(single, 1e-9))))
-    per_call = {name: [] for name in calls}
-    for _ in range(repeat):
-        for name in calls:
-            per_call[name].append(_sample_seconds(providers[name], calls[name], dev) / calls[name])
-    return {name: statistics.median(t) for name, t in per_call.items()}, calls
-
-
 def rmw_bandwidth(device, n: int, repeat: int) -> float:
     """Bytes/s of ``a += b`` over n float32 elements (read a, b; write a: 12 bytes per element)."""
     a, b = torch.ones(n, device=device), torch.ones(n, device=device)
-    t, _ = time_side_by_side({"add": lambda: a.add_(b)}, device, warmup=2, repeat=max(5, repeat // 2),
-                             min_sample_s=0.0)
+    t = time_side_by_side({"add": lambda: a.add_(b)}, device, warmup=2, repeat=max(5, repeat // 2), min_sample_s=0.0)
     return 12 * n / t["add"]
 
 
 def new_row(**fields) -> dict:
     row = dict.fromkeys(ROW_KEYS, "")
-    row.update(fields, load_1min=round(os.getloadavg()[0], 2))
+    row.update(fields)
     return row
 
 
@@ -187,16 +147,16 @@ def bench_adam(device, sizes, ks, args, bw, backend, ok_check, emit):
             for kind in ("for-loop", "foreach", "fused"):
                 steps = [torch_adam_provider(ps, kind, lr=1e-3) for ps in sets]
                 providers[f"torch-{kind}"] = (lambda steps=steps: [s() for s in steps])
-            timings, calls = time_side_by_side(providers, device, warmup=2, repeat=args.repeat,
-                                               min_sample_s=args.min_sample_ms / 1e3)
+            timings = time_side_by_side(providers, device, warmup=2, repeat=args.repeat,
+                                        min_sample_s=args.min_sample_ms / 1e3, max_calls=1000)
             nbytes = BYTES_PER_PARAM * p * k
             base, fused = timings.get("torch-for-loop"), timings.get("torch-fused")
             case = []
             for name, t in timings.items():
                 correct = ok_check if name.startswith("dil_fast") else True
                 case.append(new_row(
-                    bench="adam", provider=name, P=p, K=k, tensors=len(shapes), dtype="float32", calls=calls[name],
-                    ms=round(t * 1e3, 4), GBps=round(nbytes / t / 1e9, 2),
+                    bench="adam", provider=name, P=p, K=k, tensors=len(shapes), dtype="float32", calls=t.calls,
+                    ms=round(t * 1e3, 4), ms_single=round(t.single * 1e3, 4), GBps=round(nbytes / t / 1e9, 2),
                     frac_copy_bw=round(nbytes / t / bw["copy"], 3), frac_rmw_bw=round(nbytes / t / bw["rmw"], 3),
                     ratio_vs_torch_fused=(round(t / fused, 3) if fused and correct else ""),
                     speedup_vs_for_loop=(round(base / t, 2) if base and correct else ""), correct=correct,
@@ -250,15 +210,16 @@ def bench_dil_sf(device, nb, args, backend, ok_check, emit):
 
     reference = "reference (per-tensor Adam + load_state_dict)"
     ours = provider_name(device, backend)
-    timings, calls = time_side_by_side({reference: reference_iteration, ours: fused_iteration}, device, warmup=2,
-                                       repeat=args.repeat, min_sample_s=args.min_sample_ms / 1e3)
+    timings = time_side_by_side({reference: reference_iteration, ours: fused_iteration}, device, warmup=2,
+                                repeat=args.repeat, min_sample_s=args.min_sample_ms / 1e3, max_calls=1000)
     t_ref, t_fused = timings[reference], timings[ours]
     nbytes = BYTES_PER_PARAM * p * 5 + 4 * p  # 5 Adam passes + the reset's write of the task weights
     rows = [
         new_row(bench="dil_sf_optimizer", provider=reference, P=p, K=4, tensors=len(shapes), dtype="float32",
-                calls=calls[reference], ms=round(t_ref * 1e3, 3), correct=True),
+                calls=t_ref.calls, ms=round(t_ref * 1e3, 3), ms_single=round(t_ref.single * 1e3, 3),
+                correct=True),
         new_row(bench="dil_sf_optimizer", provider=ours, P=p, K=4, tensors=len(shapes), dtype="float32",
-                calls=calls[ours], ms=round(t_fused * 1e3, 3), GBps=round(nbytes / t_fused / 1e9, 2),
+                calls=t_fused.calls, ms=round(t_fused * 1e3, 3), ms_single=round(t_fused.single * 1e3, 3), GBps=round(nbytes / t_fused / 1e9, 2),
                 correct=ok_check, ratio_vs_reference=(round(t_fused / t_ref, 3) if ok_check else ""),
                 speedup_vs_for_loop=(round(t_ref / t_fused, 2) if ok_check else "")),
     ]
@@ -278,6 +239,7 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-dil-sf", action="store_true", help="only the Adam cases")
     ap.add_argument("--backend", default=None, choices=[None, "torch", "cuda"])
     ap.add_argument("--no-record", action="store_true")
+    add_out_argument(ap)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -295,14 +257,13 @@ def main(argv=None) -> None:
         for r in case_rows:
             r.update(copy_GBps=round(bw["copy"] / 1e9, 1), rmw_GBps=round(bw["rmw"] / 1e9, 1))
         if not args.no_record:
-            written.append(record("optim", case_rows, device))
+            written.append(record("optim", case_rows, device, out=args.out, columns=ROW_KEYS))
+        print_table(case_rows, PRINT_KEYS)
+        print(flush=True)
 
-    rows = bench_adam(device, sizes, args.ks, args, bw, args.backend, ok, emit)
+    bench_adam(device, sizes, args.ks, args, bw, args.backend, ok, emit)
     if not args.skip_dil_sf:
-        rows += bench_dil_sf(device, 1 if args.quick else 23, args, args.backend, ok, emit)
-    keys = ["bench", "provider", "P", "K", "tensors", "calls", "ms", "GBps", "frac_copy_bw", "frac_rmw_bw",
-            "ratio_vs_torch_fused", "ratio_vs_reference", "speedup_vs_for_loop", "correct", "load_1min"]
-    print_table(rows, keys)
+        bench_dil_sf(device, 1 if args.quick else 23, args, args.backend, ok, emit)
     if written:
         print("wrote", written[-1])
 

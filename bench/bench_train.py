@@ -17,8 +17,9 @@ Printed per case: meta-iterations/s, images/s (K x batch per meta-iteration), pe
 and a time split (data, degradation, fwd_bwd, optimizer, other) from a separate instrumented run
 that synchronises at every phase boundary (so its total exceeds the pipelined time). Ratios:
 ``b/a`` and ``c/a`` are speedups (meta-iterations/s over the reference's); ``b/d`` and ``c/d`` are
-times per meta-iteration over the floor's (1.0 = no overhead over the bare model). Rows go to
-``bench/results/train.csv`` (or ``$DIL_FAST_BENCH_OUT``).
+times per meta-iteration over the floor's (1.0 = no overhead over the bare model). The cases run in
+the order d, a, b, c, and each row is appended to ``<--out>/train.csv`` as soon as its case is
+measured, with its ratios (a run cut short keeps every finished case).
 
 Correctness gate (:func:`check_agreement`): before timing, the fast path ((b), and (c) when it runs)
 and the reference computation train from the same weights on the same batches for a few
@@ -30,6 +31,7 @@ prints why, reports no speedup for that case (ratios 'refused') and exits with s
     python bench/bench_train.py --compile       # (c) also compiles the model
     python bench/bench_train.py --profile       # + per-op profile of one meta-iteration of (b)/(c)
     python bench/bench_train.py --quick         # tiny model on CPU: the CI correctness gate
+    python bench/bench_train.py --shapes 8x4    # one shape (the GPU check's step)
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import HERE, print_table, record  # noqa: E402
+from bench._common import add_out_argument, default_out_dir, print_table, record  # noqa: E402
 from dil_fast.meta import SerialFirstOrder  # noqa: E402
 from dil_fast.models import RRDBNet  # noqa: E402
 from dil_fast.timing import synchronize  # noqa: E402
@@ -62,6 +64,10 @@ FULL_SHAPES = [(8, 4), (32, 4), (8, 8)]  # (batch per confounder, K)
 QUICK_SHAPES = [(2, 4)]
 SIGMAS = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0)
 SPLIT = ("data", "degradation", "fwd_bwd", "optimizer", "other")
+COLUMNS = ["shape", "model", "batch", "k", "patch", "case", "precision", "meta_it_s", "images_s", "ms_per_it",
+           "peak_mib", *[f"split_{n}_ms" for n in SPLIT], "speedup_vs_a", "time_vs_floor", "correct"]
+PRINT_KEYS = ["case", "precision", "meta_it_s", "images_s", "ms_per_it", "peak_mib", *[f"split_{n}_ms" for n in SPLIT],
+              "speedup_vs_a", "time_vs_floor", "correct"]
 
 
 # ---------------------------------------------------------------------- plumbing
@@ -250,7 +256,8 @@ def _fmt(v, spec=".3g"):
     return "n/a" if v is None else format(v, spec)
 
 
-def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, store, out) -> tuple[list[dict], bool]:
+def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, store, out) -> bool:
+    """Gate, measure and record the cases of one shape; True when every correctness gate passed."""
     base = make_model(model_cfg, device)
     opts_b = resolve_options(device, precision=args.precision)
     cuda = device.type == "cuda"
@@ -270,48 +277,47 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
         if not ok:
             print(f"CORRECTNESS GATE FAILED for case ({name}): refusing to report a speedup for it")
 
-    results = {}
     def trainer_case(kind, opts):
         return TrainerCase(base, case_config(kind, folder, store, device, batch, k, patch, opts, args.backend,
                                              args.num_workers, os.path.join(out, kind)))
 
-    cases = [("a", "reference", lambda: trainer_case("reference", None)),
-             ("b", "default", lambda: trainer_case("fast", opts_b))]
+    # the floor and the reference first, so every row has its ratios when it is measured and recorded
+    cases = [("d", "floor", opts_b, lambda: FloorCase(base, device, batch, k, patch, opts_b)),
+             ("a", "reference", None, lambda: trainer_case("reference", None)),
+             ("b", "default", opts_b, lambda: trainer_case("fast", opts_b))]
     if opts_c is not None:
         label = "+".join(x for x, on in (("cuda_graphs", opts_c.cuda_graphs), ("compile", opts_c.compile)) if on)
-        cases.append(("c", label, lambda: trainer_case("fast", opts_c)))
-    cases.append(("d", "floor", lambda: FloorCase(base, device, batch, k, patch, opts_b)))
-    for key, label, make in cases:
+        cases.append(("c", label, opts_c, lambda: trainer_case("fast", opts_c)))
+    results, rows = {}, []
+    for key, label, opts, make in cases:
         case = make()
         try:
-            results[key] = measure(case, device, args.warmup, args.iters, args.split_iters)
-            results[key]["label"] = label
+            r = results[key] = measure(case, device, args.warmup, args.iters, args.split_iters)
         finally:
             case.close()
             del case
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
-
-    ta, td = results["a"]["t"], results["d"]["t"]
-    rows = []
-    for key, r in results.items():
         refused = key in gates and not gates[key]
-        speedup = None if key in ("a", "d") else ta / r["t"]
-        vs_floor = None if key in ("a", "d") else r["t"] / td
-        o = {"a": None, "b": opts_b, "c": opts_c, "d": opts_b}[key]
-        rows.append({
+        speedup = None if key in ("a", "d") else results["a"]["t"] / r["t"]
+        vs_floor = None if key in ("a", "d") else r["t"] / results["d"]["t"]
+        row = {
             "shape": shape, "model": model_name, "batch": batch, "k": k, "patch": patch,
-            "case": f"({key}) {r['label']}", "precision": "fp32 (torch defaults)" if o is None else o.precision,
+            "case": f"({key}) {label}", "precision": "fp32 (torch defaults)" if opts is None else opts.precision,
             "meta_it_s": round(1 / r["t"], 4), "images_s": round(k * batch / r["t"], 2),
             "ms_per_it": round(r["t"] * 1e3, 3), "peak_mib": None if r["peak_mib"] is None else round(r["peak_mib"]),
             **{f"split_{n}_ms": round(r["split"][n] * 1e3, 3) for n in SPLIT},
             "speedup_vs_a": "refused" if refused else (None if speedup is None else round(speedup, 3)),
             "time_vs_floor": "refused" if refused else (None if vs_floor is None else round(vs_floor, 3)),
             "correct": gates.get(key, ""),
-        })
-    print_table(rows, ["case", "precision", "meta_it_s", "images_s", "ms_per_it", "peak_mib",
-                       *[f"split_{n}_ms" for n in SPLIT], "speedup_vs_a", "time_vs_floor", "correct"])
+        }
+        record("train", [row], device, out=args.out, columns=COLUMNS)
+        rows.append(row)
+        print_table([row], PRINT_KEYS)
+        print(flush=True)
+    ta, td = results["a"]["t"], results["d"]["t"]
+    print_table(rows, PRINT_KEYS)
     for key in ("b", "c"):
         if key not in results:
             print(f"{key}/a, {key}/d: n/a (case ({key}) not run: CUDA graphs need CUDA; pass --compile to time "
@@ -326,13 +332,13 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
               f"data+degradation+optimizer = {pipe / max(r['split_total'], 1e-12):.1%} of the instrumented step")
     if args.profile and (model_name, batch, k) == args.profile_shape:
         _profile(args, device, base, batch, k, patch, folder, store, out, opts_b, opts_c)
-    return rows, all(gates.values())
+    return all(gates.values())
 
 
 def _profile(args, device, base, batch, k, patch, folder, store, out, opts_b, opts_c):
     from dil_fast.train.profile import format_table, measure_ceilings, profile_meta_iteration
 
-    out_root = os.environ.get("DIL_FAST_BENCH_OUT", os.path.join(HERE, "results"))
+    out_root = args.out or default_out_dir()
     for key, o in (("b", opts_b), ("c", opts_c)):
         if o is None:
             continue
@@ -387,6 +393,7 @@ def parse_args(argv=None):
     p.add_argument("--no_graphs", action="store_true", help="case (c) without CUDA graphs")
     p.add_argument("--backend", default=None, choices=("torch", "triton", "cuda"), help="sampling/degradation kernels")
     p.add_argument("--profile", action="store_true", help="profile one meta-iteration of (b)/(c) at the first shape")
+    add_out_argument(p)
     args = p.parse_args(argv)
     q = args.quick
     args.device = torch.device(args.device or ("cpu" if q or not torch.cuda.is_available() else "cuda"))
@@ -417,20 +424,17 @@ def main(argv=None) -> int:
     per_case = args.warmup + args.iters + args.split_iters
     max_batch = max(b for b, _ in args.shape_list)
     tmp = tempfile.mkdtemp(prefix="dil_fast_bench_train_")
-    all_rows, all_ok = [], True
+    all_ok = True
     try:
         # enough patches that no case starts a second epoch (the reference restarts its workers then)
         size = max(args.patch + 8, 24) if args.quick else 256
         folder, store_path = make_dataset(tmp, n=max_batch * (per_case + 1), size=size)
         for batch, k in args.shape_list:
-            rows, ok = run_shape(args, device, args.model, model_cfg, batch, k, args.patch, folder, store_path,
-                                 os.path.join(tmp, "runs"))
-            all_rows += rows
-            all_ok &= ok
+            all_ok &= run_shape(args, device, args.model, model_cfg, batch, k, args.patch, folder, store_path,
+                                os.path.join(tmp, "runs"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    path = record("train", all_rows, device)
-    print(f"\nrows appended to {path}")
+    print(f"\nrows appended to {os.path.join(args.out or default_out_dir(), 'train.csv')}")
     if not all_ok:
         print("correctness gate FAILED: no speedup reported for the failing case(s)")
         return 1
