@@ -1,27 +1,40 @@
-"""``dil-fast bench TOPIC [args]``: run ``bench/bench_<TOPIC>.py`` of a source checkout.
+"""``dil-fast bench TOPIC [args]``: run the benchmark ``bench_<TOPIC>.py``.
 
-The benchmarks live in the repository's ``bench/`` folder (they are not installed with the wheel);
-this command finds it beside the package (editable / source installs) or through ``--bench_dir``.
+The benchmarks' source is the repository's ``bench/`` folder, installed with the package as
+``dil_fast.benchmarks``; this command finds them through ``--bench_dir``, else in the source
+checkout beside the package (editable installs), else installed, else in ``./bench``.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import runpy
 import sys
 
 from .errors import FlagError
 
+CHECKOUT_BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+INSTALLED_BENCH_PACKAGE = "dil_fast.benchmarks"
+
+
+def _installed_bench_dir() -> str | None:
+    spec = importlib.util.find_spec(INSTALLED_BENCH_PACKAGE)
+    return spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else None
+
 
 def _bench_dir(explicit: str | None) -> str:
-    candidates = [explicit] if explicit else [
-        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"),
-        os.path.join(os.getcwd(), "bench"),
-    ]
+    installed = None if explicit else _installed_bench_dir()
+    candidates = [explicit] if explicit else [CHECKOUT_BENCH_DIR, installed, os.path.join(os.getcwd(), "bench")]
     for c in candidates:
         if c and os.path.isfile(os.path.join(c, "_common.py")):
+            if c == installed:
+                # the scripts import their helpers as bench._common, the name they have in a checkout
+                sys.modules.setdefault("bench", importlib.import_module(INSTALLED_BENCH_PACKAGE))
             return c
-    raise FlagError("--bench_dir: no bench/ folder found; run from a dil_fast source checkout or pass --bench_dir")
+    raise FlagError("--bench_dir: no benchmarks found (neither installed with dil_fast nor in a source checkout); "
+                    "pass --bench_dir")
 
 
 def topics(bench_dir: str) -> list[str]:

@@ -6,8 +6,10 @@ exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
+from ._version import __version__
 from .errors import DilFastError
 
 
@@ -48,8 +50,35 @@ def add_demo_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """``--help`` that ends every option's text with ``(default: X)``, also for options defined
+    without a help text, unless the text already states a default or there is none to state
+    (``None``, a switch's ``False``)."""
+
+    @staticmethod
+    def _states_no_default(action) -> bool:
+        d = action.default
+        return (not action.option_strings or d is None or d is argparse.SUPPRESS or isinstance(d, bool)
+                or "default" in (action.help or "").lower())
+
+    def _get_help_string(self, action):
+        if self._states_no_default(action):
+            return action.help
+        return f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
+
+    def add_argument(self, action):
+        if not action.help and not self._states_no_default(action):
+            action = copy.copy(action)  # argparse prints no help column for an option without help
+            action.help = self._get_help_string(action)
+        super().add_argument(action)
+
+
 class _OneLineErrors(argparse.ArgumentParser):
-    """Usage errors as one line (``error: dil-fast train: argument --x: ...``), exit status 2."""
+    """Usage errors as one line (``error: dil-fast train: argument --x: ...``), exit status 2; the
+    parser class of every sub-command too, so they all get :class:`_HelpWithDefaults`."""
+
+    def __init__(self, *args, formatter_class=_HelpWithDefaults, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
@@ -57,11 +86,12 @@ class _OneLineErrors(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
 
-    parser = _OneLineErrors(prog="dil-fast", description=__doc__.splitlines()[0])
+    parser = _OneLineErrors(prog="dil-fast", description=__doc__.splitlines()[0], formatter_class=_HelpWithDefaults)
+    parser.add_argument("--version", action="version", version=f"dil-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrors)
     sub.required = True
     add_train_parser(sub)
-    for command, module in (("eval", "dil_fast.train.evaluate"), ("crop", "dil_fast.data.crop"),
+    for command, module in (("eval", "dil_fast.eval"), ("crop", "dil_fast.data.crop"),
                             ("pack", "dil_fast.data.pack"), ("bench", "dil_fast.bench_cli"),
                             ("study", "dil_fast.study")):
         _command_parser(sub, command, module)

@@ -40,7 +40,7 @@ def run_demo(args) -> int:
     from .data.builtin import builtin_testset, builtin_train_patches
     from .data.images import list_images, read_image_rgb
     from .metrics import calculate_psnr
-    from .train.evaluate import evaluate_model
+    from .eval import evaluate_model
     from .train import Trainer, TrainConfig
 
     if args.threads < 1:
@@ -87,7 +87,7 @@ def _noisy_uint8(clean, level: float, seed: int, index: int):
     """The noisy input the evaluation feeds the model, quantised for an input-PSNR baseline."""
     import numpy as np
 
-    from .train.evaluate import add_noise, noise_rng
+    from .eval import add_noise, noise_rng
 
     noisy = add_noise(clean, level, noise_rng(seed, index))
     return np.clip(np.round(noisy * 255.0), 0, 255).astype(np.uint8)

@@ -39,7 +39,7 @@ import os
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, SamplesUnavailable
 from ..fileio import atomic_write_bytes
 from .crop import crop_grid
 from .images import read_image_rgb, write_image_rgb
@@ -52,18 +52,24 @@ _LAYOUT_VERSION = 1
 
 
 def skimage_data_dir() -> str:
-    """The folder of scikit-image's bundled sample images; :class:`InputError` with the fix if absent."""
+    """The folder of scikit-image's bundled sample images.
+
+    Raises :class:`~dil_fast.errors.SamplesUnavailable` (one line with the fix) when scikit-image
+    (the ``samples`` extra) is not installed or lacks the images, so a caller that can do without
+    them (the trainer's periodic test) catches exactly that.
+    """
     try:
         from importlib.resources import files
 
         folder = str(files("skimage.data"))
-    except (ImportError, ModuleNotFoundError, TypeError):
-        raise InputError(
-            "the built-in sample data needs scikit-image; install it with: pip install dil-fast[samples]"
+    except (ImportError, TypeError):
+        raise SamplesUnavailable(
+            "the built-in sample images need scikit-image, which is not installed; install them with: "
+            "pip install dil-fast[samples]"
         ) from None
     missing = [n for n in TRAIN_IMAGES + TEST_IMAGES if not os.path.isfile(os.path.join(folder, n))]
     if missing:
-        raise InputError(
+        raise SamplesUnavailable(
             f"scikit-image at {folder} lacks the sample images {', '.join(missing)}; "
             "reinstall it with: pip install --force-reinstall scikit-image"
         )

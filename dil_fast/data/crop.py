@@ -12,6 +12,10 @@ into a hidden staging folder inside ``--output``; when every image has been cut,
 renames them to their final numbers (a rename is atomic, so a final name never holds half a file).
 If anything fails, the staging folder is removed and no new patch appears in ``--output``.
 Existing files in ``--output`` with the same names are replaced; other files are left alone.
+The staging folder, ``.dil_fast_crop.<pid>.<random>``, is locked while the crop runs; a crop
+killed outright (``kill -9``) leaves it behind, and the next crop into the same ``--output``
+removes every stale one when it starts (:func:`dil_fast.data.pack.stale_folders` says which).
+Progress follows :mod:`dil_fast._progress`: a bar on a terminal, plain lines in a pipe or a log.
 
 Bad input (one-line error, exit 2): a missing or empty ``--input`` folder, a corrupt or
 unsupported file (named), ``--size``/``--stride``/``--workers`` not positive, ``--output`` equal to
@@ -26,13 +30,16 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 
-from .._progress import progress_bar
+from .. import _progress
 from ..errors import FlagError, InputError
 from .images import encode_png, list_images, read_image_rgb
+from .pack import lock_folder, release_folder_lock, stale_folders
 
 CROP_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+STAGING_PREFIX = ".dil_fast_crop."
 
 
 def grid_positions(height: int, width: int, size: int, stride: int) -> list[tuple[int, int]]:
@@ -74,12 +81,13 @@ def _positive(flag: str, value) -> int:
 
 
 def crop_folder(input_dir, output_dir, size: int = 256, stride: int = 256, workers: int = 1,
-                progress: bool | None = None) -> dict:
+                progress: bool = True) -> dict:
     """Cut every image of ``input_dir`` into patches in ``output_dir`` (see the module docstring).
 
     Returns ``{"patches": n, "images": m, "skipped": [names of images smaller than size]}``.
-    ``progress=None`` shows a tqdm bar only when stderr is a terminal.
+    ``progress=False`` reports no progress.
     """
+    started = time.time()
     size = _positive("--size", size)
     stride = _positive("--stride", stride)
     workers = _positive("--workers", workers)
@@ -87,21 +95,22 @@ def crop_folder(input_dir, output_dir, size: int = 256, stride: int = 256, worke
     paths = list_images(input_dir, exts=CROP_EXTS, flag="--input")
     if os.path.realpath(input_dir) == os.path.realpath(output_dir):
         raise FlagError(f"--output {output_dir}: must differ from --input")
+    for path in stale_folders(output_dir, STAGING_PREFIX, started):
+        shutil.rmtree(path, ignore_errors=True)
     try:
         os.makedirs(output_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".dil_fast_crop.", dir=output_dir)
+        staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}.", dir=output_dir)
     except OSError as exc:
         raise InputError(f"--output {output_dir}: cannot create or write the folder ({exc.strerror or exc})") from None
 
+    lock = None
     try:
+        lock = lock_folder(staging)
         tasks = [(i, p, size, stride, staging) for i, p in enumerate(paths)]
         counts = [0] * len(paths)
-        bar = progress_bar(sys.stderr.isatty() if progress is None else progress, total=len(paths), unit="img",
-                           desc="crop", leave=False)
-        try:
+        with _progress.progress(len(paths), desc="crop", unit="img", enabled=progress) as bar:
             if workers == 1 or len(paths) == 1:
-                results = map(_cut_one, tasks)
-                for index, n, _, _ in results:
+                for index, n, _, _ in map(_cut_one, tasks):
                     counts[index] = n
                     bar.update(1)
             else:
@@ -113,8 +122,6 @@ def crop_folder(input_dir, output_dir, size: int = 256, stride: int = 256, worke
                 finally:
                     # on an error, do not wait for the images still queued
                     pool.shutdown(wait=True, cancel_futures=True)
-        finally:
-            bar.close()
 
         skipped = [os.path.basename(p) for p, n in zip(paths, counts) if n == 0]
         total = sum(counts)
@@ -132,6 +139,7 @@ def crop_folder(input_dir, output_dir, size: int = 256, stride: int = 256, worke
         raise InputError(f"--output {output_dir}: cannot write patches ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        release_folder_lock(lock)
 
     if skipped:
         shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
@@ -148,16 +156,20 @@ def add_crop_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--input", required=True, help="folder of images (PNG, JPEG, BMP, WebP)")
     p.add_argument("--output", required=True, help="folder for the patches (created if missing)")
-    p.add_argument("--size", type=int, default=256, help="patch side in pixels (default 256)")
-    p.add_argument("--stride", type=int, default=256, help="grid step in pixels (default 256)")
+    p.add_argument("--size", type=int, default=256, help="patch side in pixels")
+    p.add_argument("--stride", type=int, default=256, help="grid step in pixels")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="worker processes (default min(8, CPU count))")
+                   help="worker processes (at most 8, at most the CPU count)")
+    p.add_argument("--no_progress", action="store_true",
+                   help="no progress report (default: a bar on a terminal, a line every "
+                        f"{_progress.LOG_INTERVAL_S:.0f} s in a pipe or a log)")
     p.set_defaults(func=run_crop)
     return p
 
 
 def run_crop(args) -> int:
-    summary = crop_folder(args.input, args.output, size=args.size, stride=args.stride, workers=args.workers)
+    summary = crop_folder(args.input, args.output, size=args.size, stride=args.stride, workers=args.workers,
+                          progress=not args.no_progress)
     print(f"wrote {summary['patches']} patches of {args.size}x{args.size} from {summary['images']} images "
           f"to {args.output}")
     return 0

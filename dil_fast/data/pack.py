@@ -13,8 +13,15 @@ Full images are cut on a grid (``--size S --stride T``: top-left corners ``0, T,
 the patch fits; the DF2K recipe is ``--size 256 --stride 256``); without ``--size`` every file is
 taken as one ready patch and all must have the same shape. Decoding goes through
 :func:`dil_fast.data.images.read_image_rgb` (one reader for the whole package), in worker
-processes, with a tqdm progress bar. The store is written under ``OUTPUT.tmp-<pid>`` and renamed
-at the end, so an interrupted run never leaves a half store under the final name.
+processes, with progress by the rule of :mod:`dil_fast._progress` (a bar on a terminal, plain
+lines in a pipe or a log).
+
+The store is written under ``OUTPUT.tmp-<pid>`` and renamed at the end, so an interrupted run never
+leaves a half store under the final name; a failed run removes that folder, and a run killed
+outright (``kill -9``, a lost node) leaves it for the next ``pack`` to the same ``OUTPUT``, which
+removes every stale one when it starts (see :func:`stale_folders`). Replacing a store
+(``--overwrite``) moves the old one to ``OUTPUT.old-<pid>`` for the moment of the swap; a run
+killed inside that moment is repaired likewise (the old store is put back when no new one arrived).
 """
 from __future__ import annotations
 
@@ -24,17 +31,20 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .._progress import progress_bar
+from .. import _progress
 from ..errors import FlagError, InputError
 from .images import list_images, read_image_rgb
 
-__all__ = ["PACK_EXTS", "STORE_FORMAT", "add_pack_parser", "run_pack", "pack_folder", "chunk_digests"]
+__all__ = ["PACK_EXTS", "STORE_FORMAT", "add_pack_parser", "run_pack", "pack_folder", "chunk_digests",
+           "lock_folder", "release_folder_lock", "stale_folders"]
 
 PACK_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 STORE_FORMAT = "dil_fast.patchstore"
@@ -72,6 +82,103 @@ def _header_channels(path: str) -> int | None:
                 return 1 if head[i + 9] == 1 else 3
             i += 2 + seg
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Temporary folders of a running command (pack's OUTPUT.tmp-<pid>, crop's staging folder): named
+# with the creator's PID and locked (flock on the folder itself) while it works, so a later run can
+# tell a folder in use from one a killed run left behind.
+
+
+def lock_folder(path: str) -> int | None:
+    """Hold an exclusive lock on the folder ``path`` until :func:`release_folder_lock`; returns the
+    descriptor, or None where folders cannot be locked (no ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass  # a file system without locks (some NFS): the PID in the name still tells it apart
+    return fd
+
+
+def release_folder_lock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _lock_state(path: str) -> bool | None:
+    """True when another process holds the folder's lock, False when nobody does, None when unknown."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no cheap, safe test: treat it as running
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OverflowError:
+        return False  # larger than any PID
+    return True
+
+
+def stale_folders(parent: str, prefix: str, started: float, *, by_age: bool = True) -> list[str]:
+    """The folders ``parent/<prefix><pid>...`` that no running command owns (to remove or repair).
+
+    A folder is stale when nobody holds its lock and either its creator's PID (the digits right
+    after ``prefix``) is not running or, with ``by_age``, it was last modified before ``started``
+    (the time, as ``time.time()``, the calling command started: a folder that recent may be one a
+    command has just created and not locked yet). Where the lock cannot be tested, only a dead PID
+    makes a folder stale. Entries that vanish or cannot be read are skipped.
+    """
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        return []
+    stale = []
+    for name in names:
+        path = os.path.join(parent, name)
+        if not name.startswith(prefix) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        match = re.match(r"(\d+)(?:\.|$)", name[len(prefix):])
+        pid_dead = match is not None and not _pid_alive(int(match.group(1)))
+        locked = _lock_state(path)
+        if locked is True:
+            continue
+        if pid_dead:
+            stale.append(path)
+        elif by_age and locked is False:
+            try:
+                if os.path.getmtime(path) < started:
+                    stale.append(path)
+            except OSError:
+                continue
+    return stale
 
 
 @dataclass
@@ -156,9 +263,8 @@ def chunk_digests(path: str, chunk_bytes: int, threads: int = 8) -> list[str]:
         return list(pool.map(one, starts))
 
 
-def _results(jobs, workers: int, progress: bool):
-    bar = progress_bar(progress, total=len(jobs), unit="img", desc="pack", file=sys.stderr)
-    try:
+def _results(jobs, workers: int, show_progress: bool):
+    with _progress.progress(len(jobs), desc="pack", unit="img", enabled=show_progress) as bar:
         if workers <= 1:
             for job in jobs:
                 yield _work(job)
@@ -169,8 +275,6 @@ def _results(jobs, workers: int, progress: bool):
             for res in pool.imap(_work, jobs, chunksize=4):
                 yield res
                 bar.update()
-    finally:
-        bar.close()
 
 
 def pack_folder(
@@ -197,40 +301,67 @@ def pack_folder(
         stride = size if stride is None else stride
         if stride < 1:
             raise FlagError(f"--stride {stride}: must be a positive number of pixels")
+    started = time.time()
     output = os.path.abspath(output)
-    if os.path.exists(output) and not overwrite:
-        raise FlagError(f"--output {output}: already exists (pass --overwrite to replace it)")
     parent = os.path.dirname(output)
     if not os.path.isdir(parent):
         raise InputError(f"--output {output}: parent folder {parent} does not exist")
+    _repair_killed_runs(output, started)
+    if os.path.exists(output) and not overwrite:
+        raise FlagError(f"--output {output}: already exists (pass --overwrite to replace it)")
     paths = list_images(input_dir, PACK_EXTS, flag="--input")
 
     tmp = f"{output}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
-        index = _write_store(paths, tmp, size, stride, workers, skip_bad, progress, chunk_bytes, input_dir)
-        if os.path.exists(output):
-            old = f"{output}.old-{os.getpid()}"
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
+        os.mkdir(tmp)
+        lock = lock_folder(tmp)
+    except OSError as exc:
+        raise InputError(f"--output {output}: cannot create the store folder {tmp} ({exc.strerror or exc})") from None
+    try:
+        try:
+            index = _write_store(paths, tmp, size, stride, workers, skip_bad, progress, chunk_bytes, input_dir)
+            if os.path.exists(output):
+                old = f"{output}.old-{os.getpid()}"
+                os.replace(output, old)
+                os.replace(tmp, output)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, output)
+        except OSError as exc:  # the inputs' read errors are InputErrors already: this is the output side
+            raise InputError(f"--output {output}: cannot write the store ({exc.strerror or exc})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        release_folder_lock(lock)
     return index
 
 
-def _write_store(paths, tmp, size, stride, workers, skip_bad, progress, chunk_bytes, input_dir) -> dict:
+def _repair_killed_runs(output: str, started: float) -> None:
+    """Clean up after earlier packs to ``output`` that were killed: remove their ``.tmp-<pid>`` folders
+    and put back a store that a killed ``--overwrite`` had moved aside without replacing it."""
+    parent, base = os.path.split(output)
+    for path in stale_folders(parent, base + ".tmp-", started):
+        shutil.rmtree(path, ignore_errors=True)
+    # an .old- folder exists only between two renames, so only a dead PID makes it stale
+    for path in stale_folders(parent, base + ".old-", started, by_age=False):
+        if os.path.exists(output):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.replace(path, output)
+            except OSError:
+                pass  # left as it is; the folder name says what it holds
+
+
+def _write_store(paths, tmp, size, stride, workers, skip_bad, show_progress, chunk_bytes, input_dir) -> dict:
     jobs = [(i, p, size, stride) for i, p in enumerate(paths)]
     hasher = _ChunkHasher(chunk_bytes)
     sources, skipped = [], {"bad": [], "small": []}
     shape = None  # (H, W) of every patch
     channels_from = None  # (channels, name) of the first image with a known header
     count = 0
-    results = _results(jobs, workers, progress)
+    results = _results(jobs, workers, show_progress)
     with open(os.path.join(tmp, DATA_FILE), "wb") as out, contextlib.closing(results):
         for res in results:
             if res.error is not None:
@@ -302,12 +433,15 @@ def add_pack_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--input", required=True, help="folder of images (not recursive)")
     p.add_argument("--output", required=True, help="store folder to create")
-    p.add_argument("--size", type=int, default=None, help="cut full images into SIZE x SIZE patches")
+    p.add_argument("--size", type=int, default=None,
+                   help="cut full images into SIZE x SIZE patches (default: every file is one ready patch)")
     p.add_argument("--stride", type=int, default=None, help="grid step of the cut (default: --size)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
     p.add_argument("--skip_bad", action="store_true", help="skip unreadable or too-small images (counted)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--no_progress", action="store_true",
+                   help="no progress report (default: a bar on a terminal, a line every "
+                        f"{_progress.LOG_INTERVAL_S:.0f} s in a pipe or a log)")
     return p
 
 

@@ -30,7 +30,7 @@ of weight updates. Learning rates are the same for every method (``lr`` = ERM's 
 learning rate, ``meta_lr`` = the meta learning rate); the released meta-LR halving every 20 epochs
 is switched off so a short run has one schedule for everyone.
 
-Evaluation: Gaussian noise through :func:`dil_fast.train.evaluate.evaluate_model` (noise seeded per
+Evaluation: Gaussian noise through :func:`dil_fast.eval.evaluate_model` (noise seeded per
 image, identical for every method); blur through :class:`dil_fast.degrade.GaussianBlur` (21 taps,
 deterministic), the blurred input kept in float as in training. The ``input`` row is the PSNR of the
 degraded input itself (quantised to 8 bits), the do-nothing baseline.

@@ -129,7 +129,7 @@ def prepare_trainset(out: str, preset: Preset, trainset: str | None, progress: b
 
 def load_test_images(testset: str | None, max_side: int) -> list[tuple[str, np.ndarray]]:
     from ..data.builtin import center_crop
-    from ..train.evaluate import load_test_images as _load
+    from ..eval import load_test_images as _load
 
     images = _load(testset or "default")
     if max_side:
@@ -193,7 +193,7 @@ def degrade_input(task: Task, images, level: float, seed: int) -> list[np.ndarra
     """The degraded inputs (float32 ``[1, 3, H, W]`` tensors) the models see at ``level``."""
     import torch
 
-    from ..train.evaluate import add_noise, noise_rng
+    from ..eval import add_noise, noise_rng
 
     if task.name == "denoise":
         noisy = [add_noise(img, level, noise_rng(seed, i)) for i, (_, img) in enumerate(images)]
@@ -209,7 +209,7 @@ def evaluate_level(model, task: Task, images, level: float, seed: int, device) -
     from ..metrics import calculate_psnr, calculate_ssim
 
     if model is not None and task.name == "denoise":
-        from ..train.evaluate import evaluate_model
+        from ..eval import evaluate_model
 
         res = evaluate_model(model, images, level=level, seed=seed, device=device)
         return float(np.mean([r[1] for r in res])), float(np.mean([r[2] for r in res]))

@@ -1,15 +1,27 @@
-"""`dil-fast crop`: counts, global numbering, pixel equality with a manual crop, bad inputs."""
+"""`dil-fast crop`: counts, global numbering, pixel equality with a manual crop, bad inputs, the
+staging folders of failed and killed runs."""
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 
-from dil_fast.data.crop import add_crop_parser, crop_folder, grid_positions, run_crop
+from dil_fast import cli
+from dil_fast.data.crop import (
+    STAGING_PREFIX,
+    add_crop_parser,
+    crop_folder,
+    grid_positions,
+    run_crop,
+)
 from dil_fast.data.images import read_image_rgb, write_image_rgb
+from dil_fast.data.pack import lock_folder, release_folder_lock
 from dil_fast.errors import FlagError, InputError
 
 
@@ -122,3 +134,35 @@ def test_unwritable_output(tmp_path):
     blocker.write_text("x")
     with pytest.raises(InputError, match="--output"):
         crop_folder(tmp_path / "in", blocker / "out", size=8, stride=8)
+
+
+def test_unwritable_output_is_one_line_through_the_cli(tmp_path, capfd):
+    _images(tmp_path / "in", [(16, 16)])
+    (tmp_path / "file").write_text("x")
+    rc = cli.main(["crop", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "file" / "out"),
+                   "--size", "8", "--stride", "8"])
+    err = capfd.readouterr().err
+    assert rc == 2 and err.splitlines() == [
+        f"error: --output {tmp_path / 'file' / 'out'}: cannot create or write the folder (Not a directory)"]
+
+
+def test_stale_staging_folders_are_removed_at_the_next_start(tmp_path):
+    _images(tmp_path / "in", [(16, 16)])
+    out = tmp_path / "out"
+    out.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    past = time.time() - 60
+    dead = out / f"{STAGING_PREFIX}{child.pid}.k9x2ab"  # killed (kill -9) crop: its PID is gone
+    old_style = out / f"{STAGING_PREFIX}q1w2e3r4"  # no PID in the name, older than this crop, unlocked
+    in_use = out / f"{STAGING_PREFIX}{os.getpid()}.other"  # another crop running now: locked
+    for folder in (dead, old_style, in_use):
+        folder.mkdir()
+        (folder / "0000000_000000.png").write_bytes(b"half")
+        os.utime(folder, (past, past))
+    lock = lock_folder(str(in_use))
+    try:
+        crop_folder(tmp_path / "in", out, size=8, stride=8, progress=False)
+    finally:
+        release_folder_lock(lock)
+    assert sorted(os.listdir(out)) == [in_use.name, "000001.png", "000002.png", "000003.png", "000004.png"]

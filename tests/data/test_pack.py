@@ -1,15 +1,28 @@
-"""dil-fast pack: round trip against OpenCV, the CLI hooks, and every bad input (tier T0)."""
+"""dil-fast pack: round trip against OpenCV, the CLI hooks, every bad input, and the temporary
+folders of failed and killed runs (tier T0)."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 
-from dil_fast.data.pack import add_pack_parser, pack_folder, run_pack
+from dil_fast import cli
+from dil_fast.data.pack import (
+    add_pack_parser,
+    lock_folder,
+    pack_folder,
+    release_folder_lock,
+    run_pack,
+    stale_folders,
+)
 from dil_fast.data.store import PatchStore
 from dil_fast.errors import FlagError, InputError
 
@@ -135,3 +148,127 @@ def test_damaged_store_checksum(tmp_path, png_folder):
         PatchStore(tmp_path / "store")
     with pytest.raises(InputError, match="not a packed store"):
         PatchStore(tmp_path / "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Unwritable outputs, and the temporary folders of failed and killed runs
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: the PID names no process now
+    return child.pid
+
+
+def _cli_error(capfd, argv) -> str:
+    rc = cli.main(argv)
+    err = capfd.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), (rc, err)
+    return err
+
+
+def test_uncreatable_output_is_one_line_and_leaves_nothing(tmp_path, png_folder, capfd):
+    png_folder(n=2, size=16)
+    name = "s" * 250  # the temporary folder's name (+ ".tmp-<pid>") is too long even for root
+    err = _cli_error(capfd, ["pack", "--input", str(tmp_path / "train"), "--output", str(tmp_path / name)])
+    assert f"--output {tmp_path / name}: cannot create the store folder" in err and "too long" in err
+    assert sorted(os.listdir(tmp_path)) == ["train"]
+
+
+def test_read_only_parent_is_one_line(tmp_path, png_folder, capfd):
+    png_folder(n=2, size=16)
+    parent = tmp_path / "read_only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        if os.access(parent, os.W_OK):
+            pytest.skip("running as root: a read-only folder is writable (the name-too-long test covers this path)")
+        err = _cli_error(capfd, ["pack", "--input", str(tmp_path / "train"), "--output", str(parent / "store")])
+        assert "cannot create the store folder" in err and "Permission denied" in err
+        assert os.listdir(parent) == []
+    finally:
+        parent.chmod(0o755)
+
+
+def test_failed_pack_removes_its_folder(tmp_path, png_folder, capfd):
+    png_folder(n=3, size=16)
+    (tmp_path / "train" / "000001.png").write_bytes(b"")
+    err = _cli_error(capfd, ["pack", "--input", str(tmp_path / "train"), "--output", str(tmp_path / "store")])
+    assert "000001.png: empty file" in err
+    assert _no_leftovers(tmp_path)
+
+
+def test_stale_folders_rule(tmp_path):
+    started = time.time()
+    past = started - 60
+
+    def folder(name, mtime=past):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "patches.u8").write_bytes(b"x" * 10)
+        os.utime(path, (mtime, mtime))
+        return str(path)
+
+    dead = folder(f"store.tmp-{_dead_pid()}")
+    old_unlocked = folder(f"store.tmp-{os.getppid()}")  # a live PID reused by another process
+    fresh = folder("store.tmp-1", mtime=started + 5)  # a live PID's folder made after we started: not locked yet
+    running = folder(f"store.tmp-{os.getpid()}")
+    other_output = folder(f"other.tmp-{_dead_pid()}")
+    lock = lock_folder(running)
+    try:
+        assert stale_folders(str(tmp_path), "store.tmp-", started) == sorted([dead, old_unlocked])
+        assert stale_folders(str(tmp_path), "store.tmp-", started, by_age=False) == [dead]
+    finally:
+        release_folder_lock(lock)
+    assert running in stale_folders(str(tmp_path), "store.tmp-", started)  # unlocked and old now
+    assert fresh not in stale_folders(str(tmp_path), "store.tmp-", started) and os.path.isdir(other_output)
+
+
+def test_next_pack_removes_a_dead_runs_folder(tmp_path, png_folder):
+    png_folder(n=2, size=16)
+    stale = tmp_path / f"store.tmp-{_dead_pid()}"
+    stale.mkdir()
+    (stale / "patches.u8").write_bytes(b"\0" * 4096)
+    pack_folder(tmp_path / "train", tmp_path / "store", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["store", "train"]
+
+
+def test_killed_overwrite_puts_the_old_store_back(tmp_path, png_folder):
+    png_folder(n=2, size=16)
+    pack_folder(tmp_path / "train", tmp_path / "store", progress=False)
+    moved = tmp_path / f"store.old-{_dead_pid()}"
+    os.replace(tmp_path / "store", moved)  # killed between the two renames of --overwrite
+    with pytest.raises(FlagError, match="already exists"):
+        pack_folder(tmp_path / "train", tmp_path / "store", progress=False)
+    assert PatchStore(tmp_path / "store").count == 2 and not moved.exists()
+    moved.mkdir()  # killed after the second rename: the new store is in place, the old one is garbage
+    pack_folder(tmp_path / "train", tmp_path / "store", overwrite=True, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["store", "train"]
+
+
+_SLOW_PACK = """
+import sys, time
+import dil_fast.data.pack as pack
+
+read = pack.read_image_rgb
+def slow_read(path):
+    time.sleep(0.05)
+    return read(path)
+pack.read_image_rgb = slow_read
+pack.pack_folder(sys.argv[1], sys.argv[2], workers=1, progress=False)
+"""
+
+
+def test_killed_pack_leaves_its_folder_and_the_next_pack_removes_it(tmp_path, png_folder):
+    png_folder(n=200, size=16)
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_PACK, str(tmp_path / "train"), str(tmp_path / "store")])
+    data = tmp_path / f"store.tmp-{child.pid}" / "patches.u8"
+    deadline = time.monotonic() + 60
+    while not (data.exists() and data.stat().st_size > 0):  # mid-run: some patches written
+        assert child.poll() is None and time.monotonic() < deadline, "the slow pack ended before it was killed"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert data.exists() and not (tmp_path / "store").exists()
+    pack_folder(tmp_path / "train", tmp_path / "store", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["store", "train"] and PatchStore(tmp_path / "store").count == 200

@@ -1,4 +1,6 @@
-"""The reference data path: the released sampling, with per-sample counter-based seeding."""
+"""The reference data path: the released sampling, with per-sample counter-based seeding; bad images
+read in workers; the worker cap."""
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,14 @@ from dil_fast.data.reference import (
     NoisyPatchDataset,
     ReferencePairLoader,
     augment,
+    available_cpus,
+    cap_workers,
+    make_dataloader,
+    next_batch,
+    shutdown_workers,
 )
-from dil_fast.errors import InputError
+from dil_fast.errors import InputError, SamplesUnavailable
+from tests.conftest import make_png_folder
 
 
 def test_dihedral_modes_follow_the_released_numbering():
@@ -126,3 +134,125 @@ def test_bad_trainsets(tmp_path, png_folder):
     ds = NoisyPatchDataset(files, 5, 16, seed=0, confounder=0)
     with pytest.raises(InputError, match="smaller than --patch_size 16"):
         ds[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad images read in DataLoader workers: one line in the main process, as without workers
+
+
+def _truncated(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _rgba_translucent(path):
+    img = np.full((24, 24, 4), 120, np.uint8)
+    img[3, 5, 3] = 40
+    cv2.imwrite(str(path), img)
+
+
+BAD_IMAGES = {  # every class read_image_rgb (or the patch size) refuses, with the words of its message
+    "truncated_png": (_truncated, "truncated or corrupt PNG"),
+    "zero_bytes": (lambda p: p.write_bytes(b""), "empty file"),
+    "not_an_image": (lambda p: p.write_bytes(b"plain text, not a PNG"), "not an image"),
+    "16bit_png": (lambda p: cv2.imwrite(str(p), np.full((24, 24, 3), 1000, np.uint16)), "16-bit image"),
+    "rgba_translucent": (_rgba_translucent, "transparent alpha channel"),
+    "smaller_than_patch": (lambda p: cv2.imwrite(str(p), np.full((10, 30, 3), 9, np.uint8)),
+                           "image is 30x10, smaller than --patch_size 16"),
+}
+
+
+def _bad_folder(tmp_path, kind):
+    folder = tmp_path / kind
+    make_png_folder(folder, n=2, size=24)
+    bad = folder / "000001.png"
+    BAD_IMAGES[kind][0](bad)
+    return folder, bad
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in_process", "2workers"])
+@pytest.mark.parametrize("kind", list(BAD_IMAGES))
+def test_bad_image_is_one_line_through_the_cli(tmp_path, kind, workers, monkeypatch, capfd):
+    from dil_fast import cli
+    from dil_fast.data import reference
+
+    folder, bad = _bad_folder(tmp_path, kind)
+    make_png_folder(tmp_path / "test", n=1, size=16)
+    monkeypatch.setattr(reference, "available_cpus", lambda: 8)  # the 2 workers start on any machine
+    rc = cli.main(["train", "--trainset", str(folder), "--ckpt_save", str(tmp_path / "run"),
+                   "--num_workers", str(workers), "--levels", "5", "--nf", "4", "--nb", "1", "--gc", "2",
+                   "--patch_size", "16", "--batch_size", "1", "--total_epoch", "1", "--device", "cpu",
+                   "--testset", str(tmp_path / "test")])
+    lines = capfd.readouterr().err.splitlines()
+    assert rc == 2 and len(lines) == 1, lines  # no worker traceback, no "Caught InputError in DataLoader worker"
+    assert lines[0].startswith(f"error: {bad}: ") and BAD_IMAGES[kind][1] in lines[0]
+
+
+def test_bad_image_in_a_worker_raises_its_own_error(tmp_path):
+    folder, bad = _bad_folder(tmp_path, "16bit_png")
+    loader = ReferencePairLoader(str(folder), (5, 10), patch_size=16, batch_size=1, num_workers=1, cpus=2)
+    assert loader.num_workers == 1
+    with pytest.raises(InputError) as info:
+        for _ in loader:
+            pass
+    assert str(info.value) == f"{bad}: 16-bit image; convert it to 8-bit first (e.g. round(x / 257))"
+
+
+def test_user_errors_cross_the_worker_boundary_unchanged():
+    class Refusing(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, idx):
+            if idx == 2:
+                raise SamplesUnavailable("pip install dil-fast[samples]")
+            return torch.full((2,), float(idx))
+
+    batches = iter(make_dataloader(Refusing(), batch_size=2, num_workers=1))
+    try:
+        assert torch.equal(next_batch(batches), torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+        with pytest.raises(SamplesUnavailable, match=r"^pip install dil-fast\[samples\]$"):
+            next_batch(batches)
+    finally:
+        shutdown_workers(batches)
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker cap: K confounders x workers per confounder never exceed the CPUs
+
+
+@pytest.mark.parametrize("requested,confounders,cpus,expected", [
+    (8, 4, 2, 0), (8, 4, 16, 4), (8, 4, 32, 8), (2, 1, 2, 2), (3, 2, 5, 2), (0, 4, 1, 0),
+], ids=["released_default_on_2_cores", "halved", "fits", "exact", "floor", "none_asked"])
+def test_cap_workers(requested, confounders, cpus, expected):
+    count, note = cap_workers(requested, confounders, cpus)
+    assert count == expected and count * confounders <= cpus
+    if count == requested:
+        assert note is None
+    else:
+        assert note.startswith(f"--num_workers {requested}: {confounders} confounders x {requested} workers = "
+                               f"{requested * confounders} processes for {cpus} CPUs; using {expected} per confounder")
+        assert "\n" not in note
+    if expected == 0 and requested:
+        assert "main process" in note
+
+
+def test_available_cpus_follows_the_affinity(monkeypatch):
+    from dil_fast.data import reference
+
+    monkeypatch.setattr(reference.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert available_cpus() == 3
+    monkeypatch.delattr(reference.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(reference.os, "cpu_count", lambda: 6)
+    assert available_cpus() == 6
+
+
+def test_loader_uses_the_capped_count_and_says_so(png_folder, tmp_path):
+    png_folder(n=4, size=16)
+    capped = ReferencePairLoader(str(tmp_path / "train"), (5, 10, 15, 20), patch_size=16, batch_size=1,
+                                 num_workers=8, cpus=2)
+    assert capped.num_workers == 0 and "32 processes for 2 CPUs" in capped.worker_note
+    pairs = next(iter(capped))
+    assert len(pairs) == 4 and all(noisy.shape == clean.shape == (1, 3, 16, 16) for noisy, clean in pairs)
+    kept = ReferencePairLoader(str(tmp_path / "train"), (5, 10), patch_size=16, batch_size=1, num_workers=2, cpus=4)
+    assert kept.num_workers == 2 and kept.worker_note is None

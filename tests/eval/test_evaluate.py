@@ -1,4 +1,5 @@
-"""`dil-fast eval` end to end with a tiny RRDBNet: log format, files, seeded noise, bad inputs."""
+"""`dil-fast eval` at the released --level with a tiny RRDBNet: log format, files, the released noise
+arithmetic (seeded), bad inputs."""
 from __future__ import annotations
 
 import argparse
@@ -12,15 +13,9 @@ import torch
 
 from dil_fast.data.images import read_image_rgb, write_image_rgb
 from dil_fast.errors import CheckpointError, FlagError, InputError
+from dil_fast.eval import add_eval_parser, add_noise, evaluate_model, noise_rng, run_eval
 from dil_fast.metrics import calculate_psnr, calculate_ssim
 from dil_fast.models.rrdb import RRDBNet
-from dil_fast.train.evaluate import (
-    add_eval_parser,
-    add_noise,
-    evaluate_model,
-    noise_rng,
-    run_eval,
-)
 
 LINE = re.compile(r"^(?P<name>[^:]+): PSNR, (?P<p>[-+0-9.e]+|inf); SSIM, (?P<s>[-+0-9.e]+)\.$")
 LAST = re.compile(r"^avg PSNR: (?P<p>[-+0-9.e]+|inf), avg SSIM: (?P<s>[-+0-9.e]+)\.$")
@@ -42,21 +37,16 @@ def tiny_ckpt(tmp_path):
     return str(path), meta
 
 
-@pytest.fixture
-def testset(png_folder):
-    paths = png_folder(n=3, size=24, seed=3, name="test")
-    return os.path.dirname(paths[0])
-
-
 def test_eval_end_to_end(tiny_ckpt, testset, tmp_path):
     ckpt, meta = tiny_ckpt
     save = tmp_path / "out"
     args = _parse(["--ckpt", ckpt, "--testset", testset, "--save", str(save), "--device", "cpu"])
-    assert args.level == 50 and args.seed == 0 and args.crop_border == 0 and not args.y
+    # unset: Gaussian noise 50, RGB, no crop (a --task would set them)
+    assert args.level is None and args.seed == 0 and args.crop_border is None and args.y is None
     assert run_eval(args) == 0
 
     names = sorted(os.listdir(testset))
-    assert sorted(os.listdir(save)) == sorted(names + ["log.txt"])
+    assert sorted(os.listdir(save)) == sorted(names + ["log.txt", "results.csv"])
     lines = (save / "log.txt").read_text().split("\n")
     assert len(lines) == len(names) + 1
     psnrs, ssims = [], []
@@ -85,6 +75,11 @@ def test_eval_end_to_end(tiny_ckpt, testset, tmp_path):
         np.testing.assert_array_equal(read_image_rgb(save / name), sr)
         assert p == pytest.approx(calculate_psnr(clean, sr, 0), abs=1e-9)
         assert s == pytest.approx(calculate_ssim(clean, sr, 0), abs=1e-9)
+
+    explicit = tmp_path / "explicit"  # the default is the released --level 50
+    run_eval(_parse(["--ckpt", ckpt, "--testset", testset, "--save", str(explicit), "--device", "cpu",
+                     "--level", "50"]))
+    assert (explicit / "log.txt").read_text() == (save / "log.txt").read_text()
 
 
 def test_eval_seeded_reproducible(tiny_ckpt, testset, tmp_path):
@@ -139,8 +134,8 @@ def test_eval_default_testset(tiny_ckpt, tmp_path):
     pytest.importorskip("skimage")
     ckpt, _ = tiny_ckpt
     save = tmp_path / "d"
-    assert run_eval(_parse(["--ckpt", ckpt, "--save", str(save), "--device", "cpu"])) == 0
-    assert sorted(os.listdir(save)) == ["chelsea.png", "coffee.png", "log.txt"]
+    assert run_eval(_parse(["--ckpt", ckpt, "--testset", "default", "--save", str(save), "--device", "cpu"])) == 0
+    assert sorted(os.listdir(save)) == ["chelsea.png", "coffee.png", "log.txt", "results.csv"]
     assert read_image_rgb(save / "coffee.png").shape == (256, 256, 3)
 
 
@@ -153,7 +148,7 @@ def test_eval_non_png_input_saved_as_png(tiny_ckpt, tmp_path):
     img = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     cv2.imwrite(str(folder / "a.bmp"), img)
     run_eval(_parse(["--ckpt", ckpt, "--testset", str(folder), "--save", str(tmp_path / "o"), "--device", "cpu"]))
-    assert sorted(os.listdir(tmp_path / "o")) == ["a.png", "log.txt"]
+    assert sorted(os.listdir(tmp_path / "o")) == ["a.png", "log.txt", "results.csv"]
     assert (tmp_path / "o" / "log.txt").read_text().startswith("a.bmp: PSNR, ")
 
 
@@ -196,7 +191,7 @@ def test_bad_testset_and_save(tiny_ckpt, testset, tmp_path):
     out = tmp_path / "o2"
     with pytest.raises(InputError, match="tiny.png.*11x11"):
         run_eval(_parse(["--ckpt", ckpt, "--testset", str(small), "--save", str(out), "--device", "cpu"]))
-    assert os.listdir(out) == []  # nothing half-written: no image, no log
+    assert not out.exists()  # checked before anything is written: no folder, no image, no log
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.png").write_bytes(b"garbage")
