@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.optim import fused_optimizer
+from ..ops.optim import fused_optimizer, nonfinite_check_
 from ..optim import FusedAdam
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (input [N, C, H, W], target [N, C, H', W'])
@@ -72,10 +73,11 @@ def copy_weights_(dst: nn.Module, src: nn.Module) -> None:
 
 
 class GradSync:
-    """All-reduces (averages) the gradients of a module across the default process group.
-
-    One flat bucket per call: the reference's DDP all-reduced the task gradients at every inner step.
-    """
+    """All-reduces (averages) the gradients of a module across the default process group, in one
+    flat bucket per call. Only the virtual-model variants (ss, ss-fo, ps) use it, for their one
+    meta-gradient per iteration (computed through ``torch.func``, outside any module's backward);
+    the variants with a task network average their inner-step gradients through
+    ``DistributedDataParallel`` (:meth:`MetaAlgorithm.distribute`)."""
 
     def __init__(self, world_size: int):
         self.world_size = world_size
@@ -103,10 +105,45 @@ class MetaAlgorithm(abc.ABC):
     name: str = "base"
     meta_model: nn.Module
     task_model: nn.Module
+    #: the inner steps run a module's forward/backward (DDP can wrap ``task_model``); the virtual-model
+    #: variants compute their gradients functionally and average them with :class:`GradSync`
+    ddp_task_model: bool = True
 
     def __init__(self) -> None:
         self.iteration = 0
         self.grad_sync: Callable[[nn.Module], None] | None = None
+        self._ddp: nn.Module | None = None  # DistributedDataParallel around task_model (--distributed)
+        self._flag_sync: Callable[[torch.Tensor], None] | None = None  # max of the skip flag over ranks
+        self.last_skipped: torch.Tensor | None = None  # [1] float32 on the device: 1 when the last step was skipped
+        self.keep_task_weights = False  # the next meta step leaves the task network as the inner steps left it
+
+    # -- non-finite steps: flagged on the device, skipped through the optimizers' found_inf path --
+    def _begin_checks(self, device) -> torch.Tensor:
+        """The step's non-finite flag, zeroed (a device op: no host sync)."""
+        if self.last_skipped is None or self.last_skipped.device != torch.device(device):
+            self.last_skipped = torch.zeros(1, dtype=torch.float32, device=device)
+        else:
+            self.last_skipped.zero_()
+        return self.last_skipped
+
+    @staticmethod
+    def _flag_nonfinite(flag: torch.Tensor, loss: torch.Tensor | None = None, grads=None, flat_grad=None) -> None:
+        """Set ``flag`` when the loss or any gradient holds a NaN/inf (on the device)."""
+        if loss is not None:
+            torch.maximum(flag, (~torch.isfinite(loss.detach())).any().float().reshape(1), out=flag)
+        if flat_grad is not None:
+            nonfinite_check_(flat_grad, flag)
+        elif grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(list(grads), flag, torch.ones(1, device=flag.device))
+
+    @staticmethod
+    def _optimizer_step(opt: torch.optim.Optimizer, flag: torch.Tensor) -> None:
+        """One step unless ``flag`` is set: FusedAdam decides on the device; a per-tensor
+        ``torch.optim`` optimizer (the reference path) needs the flag on the host (a sync)."""
+        if isinstance(opt, FusedAdam):
+            opt.step(found_inf=flag)
+        elif not bool(flag.item()):
+            opt.step()
 
     @abc.abstractmethod
     def step(self, batches: Sequence[Batch]) -> torch.Tensor: ...
@@ -136,6 +173,36 @@ class MetaAlgorithm(abc.ABC):
     def _sync_grads(self, module: nn.Module) -> None:
         if self.grad_sync is not None:
             self.grad_sync(module)
+
+    # -- distributed training --
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module], grad_sync: Callable[[nn.Module], None],
+                   flag_sync: Callable[[torch.Tensor], None]) -> None:
+        """Train across ranks: ``wrap(task_model)`` (a ``DistributedDataParallel``) runs the inner
+        steps' forward and averages their gradients during backward; variants without a task-network
+        backward (:attr:`ddp_task_model` False) average with ``grad_sync`` instead. ``flag_sync``
+        makes the skip flag the maximum over ranks before any step that must agree (a NaN on one rank
+        skips the step on all)."""
+        if self.ddp_task_model:
+            self._ddp = wrap(self.task_model)
+        else:
+            self.grad_sync = grad_sync
+        self._flag_sync = flag_sync
+
+    @property
+    def task_forward(self) -> nn.Module:
+        """The module the inner steps call: ``task_model``, or its DDP wrapper when distributed."""
+        return self.task_model if self._ddp is None else self._ddp
+
+    def no_grad_sync(self):
+        """A context in which backward accumulates locally (DDP's ``no_sync``); the next backward
+        outside it averages the accumulated gradients. A no-op on one process."""
+        return contextlib.nullcontext() if self._ddp is None else self._ddp.no_sync()
+
+    def _agree(self, flag: torch.Tensor) -> torch.Tensor:
+        """``flag`` made the maximum over ranks (in place, on the device); unchanged on one process."""
+        if self._flag_sync is not None:
+            self._flag_sync(flag)
+        return flag
 
     def hparams(self) -> dict:
         return {}

@@ -48,13 +48,17 @@ class ERM(MetaAlgorithm):
         inp = torch.cat([b[0] for b in batches])
         target = torch.cat([b[1] for b in batches])
         self._opt.zero_grad(set_to_none=False)
-        out = self.meta_model(inp)
+        out = self.task_forward(inp)  # task_model is meta_model
         per_elem = self.loss_fn(out, target, reduction="none")
         sizes = [b[0].shape[0] for b in batches]
         per_pair = torch.stack([chunk.mean() for chunk in per_elem.split(sizes)])
         loss = per_elem.mean()
         loss.backward()
-        self._sync_grads(self.meta_model)
-        self._opt.step()
+        bad = self._begin_checks(inp.device)
+        if self.fused:
+            self._flag_nonfinite(bad, loss, flat_grad=self._opt.flat_params().grad)
+        else:
+            self._flag_nonfinite(bad, loss, grads=[p.grad for p in self.meta_model.parameters() if p.grad is not None])
+        self._optimizer_step(self._opt, self._agree(bad))
         self.iteration += 1
         return per_pair.detach()

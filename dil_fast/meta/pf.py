@@ -1,6 +1,8 @@
 """DIL_pf: parallel first-order DIL (Reptile on the averaged confounder loss)."""
 from __future__ import annotations
 
+import contextlib
+
 from typing import Sequence
 
 import torch
@@ -57,14 +59,16 @@ class ParallelFirstOrder(SerialFirstOrder):
         if batched:
             x = torch.cat([b[0] for b in support])
             y = torch.cat([b[1] for b in support])
-            per_elem = self.loss_fn(self.task_model(x), y, reduction="none")
+            per_elem = self.loss_fn(self.task_forward(x), y, reduction="none")
             per_elem.mean().backward()
             return torch.stack([c.mean() for c in per_elem.detach().split(sizes)])
         total = float(sum(sizes))
         losses = []
-        for (x, y), n in zip(support, sizes):
-            loss = self.loss_fn(self.task_model(x), y)
-            (loss * (n / total)).backward()
+        for i, ((x, y), n) in enumerate(zip(support, sizes)):
+            # distributed: accumulate locally, average once with the last backward
+            with self.no_grad_sync() if i + 1 < len(support) else contextlib.nullcontext():
+                loss = self.loss_fn(self.task_forward(x), y)
+                (loss * (n / total)).backward()
             losses.append(loss.detach())
         return torch.stack(losses)
 
@@ -72,14 +76,14 @@ class ParallelFirstOrder(SerialFirstOrder):
         support, (xq, yq) = support_and_query(batches, self.query, query)
         if not (self.fused and self._task_in_sync):
             self.sync_task()
+        bad = self._begin_checks(xq.device)
         self._task_opt.zero_grad(set_to_none=False)
         losses = self._union_backward(support)
-        self._sync_grads(self.task_model)
-        self._task_opt.step()
+        self._inner_update(losses, bad)
         self._task_opt.zero_grad(set_to_none=False)
-        self.loss_fn(self.task_model(xq), yq).backward()
-        self._sync_grads(self.task_model)
-        self._task_opt.step()
-        self.meta_step()
+        loss_q = self.loss_fn(self.task_forward(xq), yq)
+        loss_q.backward()
+        self._inner_update(loss_q, bad)
+        self.meta_step(bad)
         self.iteration += 1
         return losses

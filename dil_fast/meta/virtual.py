@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .base import Batch, MetaAlgorithm, as_float_betas, get_loss
+from .base import Batch, MetaAlgorithm, as_float_betas, get_loss, make_adam, resolve_fused
 from .batched import QUERY_MODES, VIRTUAL_BATCHING, FunctionalModel, InnerAdamState, PathChooser, check_choice, \
     support_and_query
 
@@ -26,6 +26,8 @@ class VirtualModelDIL(MetaAlgorithm):
 
     The keyword arguments and defaults of ``__init__`` are those every variant below takes
     (documented on :class:`SerialSecondOrder`); the variants add their own."""
+
+    ddp_task_model = False  # the meta-gradient comes from torch.func, averaged by GradSync
 
     def __init__(
         self,
@@ -57,7 +59,7 @@ class VirtualModelDIL(MetaAlgorithm):
         self.task_model = model
         self._fmodel = FunctionalModel(model)
         self._params = [p for p in model.parameters()]
-        self._meta_opt = torch.optim.Adam(self._params, lr=meta_lr, betas=self.meta_betas)
+        self._meta_opt = make_adam(self._params, meta_lr, self.meta_betas, resolve_fused(None, model, backend), backend)
         self._inner_state = InnerAdamState(self.inner_betas) if self.inner_optimizer == "adam" else None
         self._chooser = PathChooser()
 
@@ -172,9 +174,16 @@ class VirtualModelDIL(MetaAlgorithm):
             else:  # in place: keeps gradient views (e.g. a flat gradient buffer) intact
                 p.grad.copy_(g)
         self._sync_grads(self.meta_model)
-        self._meta_opt.step()
-        if self._inner_state is not None:
-            self._inner_state.exp_avg, self._inner_state.exp_avg_sq = moments
-            self._inner_state.step += 1
+        bad = self._begin_checks(self._params[0].device)
+        self._flag_nonfinite(bad, inner_losses, grads=[p.grad for p in self._params])
+        self._optimizer_step(self._meta_opt, self._agree(bad))
+        if self._inner_state is not None:  # a skipped step keeps the old moments (decided on the device)
+            st, skip = self._inner_state, bad.bool()
+            if st.exp_avg is None:
+                st.exp_avg, st.exp_avg_sq = moments
+            else:
+                st.exp_avg = [torch.where(skip, old, new) for old, new in zip(st.exp_avg, moments[0])]
+                st.exp_avg_sq = [torch.where(skip, old, new) for old, new in zip(st.exp_avg_sq, moments[1])]
+            st.step += 1
         self.iteration += 1
         return inner_losses

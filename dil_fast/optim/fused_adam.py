@@ -242,11 +242,12 @@ class FusedAdam(torch.optim.Optimizer):
         return self._flats[group]
 
     @torch.no_grad()
-    def meta_step_(self, task: FlatParams, *, reset_task: bool = False) -> None:
+    def meta_step_(self, task: FlatParams, *, reset_task: bool = False, found_inf: Tensor | None = None) -> None:
         """The Reptile meta step in one launch per bucket: the gradient of this optimizer's parameters
         is (param - task weights), then the Adam update; with ``reset_task`` the task weights become
         the new parameters in the same pass. ``task`` holds the same architecture's parameters in the
-        same order (e.g. another FusedAdam's :meth:`flat_params`)."""
+        same order (e.g. another FusedAdam's :meth:`flat_params`). ``found_inf`` (float32 [1] on the
+        device): when non-zero nothing is updated, but the reset still copies the meta weights."""
         if len(self._flats) != 1:
             raise ValueError("meta_step_ needs an optimizer with a single param group")
         group, flat, states = self.param_groups[0], self._flats[0], self._bstates[0]
@@ -256,21 +257,30 @@ class FusedAdam(torch.optim.Optimizer):
         hyper = self._hyper(group)
         for mb, tb, st in zip(flat.buckets, task.buckets, states):
             lr = self._sync_lr(st, group["lr"])
+            flag = None if found_inf is None else found_inf.to(mb.data.device, torch.float32).reshape(1)
             if lr is not st.lr:  # a tensor lr of the group's own: nothing to cache
-                self._meta_launch(mb, tb, st, lr, hyper, reset_task)()
+                self._meta_launch(mb, tb, st, lr, hyper, reset_task)(flag)
                 continue
             key = (id(task), bool(reset_task), hyper)
             launch = st.meta_launches.get(key)
             if launch is None:
                 launch = st.meta_launches[key] = self._meta_launch(mb, tb, st, lr, hyper, reset_task)
-            launch()
+            launch(flag)
 
     def _meta_launch(self, mb: FlatBucket, tb: FlatBucket, st: _BucketState, lr: Tensor, hyper: tuple, reset: bool):
         backend = backends.backend_for("meta_step", mb.data.device, mb.data.dtype, self.backend)
         if backend == "cuda":
             args = optim_ops.meta_args(mb.data, tb.data, st.exp_avg, st.exp_avg_sq, st.steps, lr, *hyper, 0, reset)
-            return optim_ops.NativeLaunch("meta_adam", args, mb.data.device)
-        return lambda: meta_step_ref_(mb.data, tb.data, st.exp_avg, st.exp_avg_sq, st.steps, lr, *hyper, 0, reset)
+            launch = optim_ops.NativeLaunch("meta_adam", args, mb.data.device)
+
+            def native(flag=None):
+                adam = launch.args.adam  # the nested struct is read and written back whole
+                adam.found_inf = 0 if flag is None else flag.data_ptr()
+                launch.args.adam = adam
+                launch()
+            return native
+        return lambda flag=None: meta_step_ref_(mb.data, tb.data, st.exp_avg, st.exp_avg_sq, st.steps, lr, *hyper, 0,
+                                                reset, flag)
 
     @torch.no_grad()
     def sync_lr(self) -> None:

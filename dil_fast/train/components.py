@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..checkpoints import is_train_state
-from ..errors import CheckpointError, FlagError
+from ..errors import CheckpointError, FlagError, InputError
 from ..meta import VARIANTS, MetaAlgorithm
 from ..models.registry import (RRDB_DEFAULTS, arch_from_state_dict, build_model, is_custom_arch, model_scale,
                                model_spec, parse_arch_kwargs)
@@ -187,7 +187,7 @@ def test_results(model: nn.Module, images, spec, *, seed: int, device, y: bool, 
     from ..data.images import image_to_tensor, tensor_to_uint8
     from ..degrade import GaussianNoise, counterfactual
     from ..metrics import calculate_psnr, calculate_ssim
-    from .evaluate import evaluate_model
+    from ..eval import evaluate_model
 
     if isinstance(spec, GaussianNoise) and not isinstance(spec.sigma, (tuple, list)) and scale == 1:
         return evaluate_model(model, images, level=float(spec.sigma), seed=seed, device=device, y=y,
@@ -214,8 +214,19 @@ def test_results(model: nn.Module, images, spec, *, seed: int, device, y: bool, 
     return results
 
 
+def check_test_images(images, cfg: TrainConfig) -> None:
+    """Refuse, before anything is written, a test image the periodic test could not score: SSIM's
+    11x11 window must fit after the crop border, and an SR image must hold one LR pixel per side."""
+    scale, crop = cfg.effective_scale(), cfg.metric_crop_border()
+    need = max(11 + 2 * crop, 2 * scale)
+    for name, img in images:
+        if min(img.shape[:2]) < need:
+            raise InputError(f"--testset {cfg.testset}: {name} is {img.shape[1]}x{img.shape[0]}; the periodic test "
+                             f"needs at least {need}x{need} (SSIM's 11x11 window after --crop_border {crop})")
+
+
 def load_testset(testset: str) -> list[tuple[str, "object"]]:
     """``[(file name, HxWx3 uint8)]`` sorted by name; ``"default"``: the built-in test images."""
-    from .evaluate import load_test_images
+    from ..eval import load_test_images
 
     return load_test_images(testset)

@@ -46,6 +46,7 @@ class TrainConfig:
     gpus: int = 1
     distributed: bool = False
     local_rank: int = 0
+    ddp_timeout: float = 300.0  # seconds any collective may wait for a peer (--distributed)
     device: str | None = None
     nf: int | None = None
     nb: int | None = None
@@ -79,6 +80,10 @@ class TrainConfig:
     scale: int | None = None  # None: the task's (the network's output / input size)
     y: bool | None = None  # metrics on Y; None: the task's convention
     crop_border: int | None = None  # None: the task's
+    # operations
+    auto_resume: bool = False  # continue from the run folder's last.pt (else an earlier run is archived)
+    max_bad_steps: int = 10  # consecutive non-finite meta-iterations before the run stops (0: never)
+    tensorboard: bool = True  # event files beside metrics.csv when torch.utils.tensorboard imports
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -89,7 +94,7 @@ class TrainConfig:
             variant=args.variant, levels=tuple(args.levels), patch_size=args.patch_size, batch_size=args.batch_size,
             total_epoch=args.total_epoch, save_every=args.save_every, test_every=args.test_every,
             print_every=args.print_every, num_workers=args.num_workers, seed=args.seed, gpus=args.gpus,
-            distributed=args.distributed, local_rank=args.local_rank, device=args.device, nf=args.nf, nb=args.nb,
+            distributed=args.distributed, local_rank=args.local_rank, ddp_timeout=args.ddp_timeout, device=args.device, nf=args.nf, nb=args.nb,
             gc=args.gc, lr=args.lr, meta_lr=args.meta_lr, lr_step=args.lr_step, test_level=args.test_level,
             loss=args.loss, stop_after=args.stop_after, loader=args.loader, confounders=args.confounders,
             pairing=args.pairing, memory_budget=args.memory_budget,
@@ -98,6 +103,7 @@ class TrainConfig:
             cuda_graphs=args.cuda_graphs, deterministic=args.deterministic, reference_mode=args.reference_mode,
             task=args.task, test_confounders=args.test_confounders, order=args.order, arch=args.arch,
             arch_kwargs=args.arch_kwargs, scale=args.scale, y=args.y, crop_border=args.crop_border,
+            auto_resume=args.auto_resume, max_bad_steps=args.max_bad_steps, tensorboard=not args.no_tensorboard,
         )
         cfg.variant_options = variant_options(args)
         return cfg
@@ -118,7 +124,8 @@ class TrainConfig:
             _check_positive(name, getattr(self, name))
         _check_positive("num_workers", self.num_workers, allow_zero=True)
         _check_positive("test_level", self.test_level, allow_zero=True)
-        for name in ("lr", "meta_lr", "test_level"):
+        _check_positive("ddp_timeout", self.ddp_timeout)
+        for name in ("lr", "meta_lr", "test_level", "ddp_timeout"):
             _check_finite(name, getattr(self, name))
         alpha = self.variant_options.get("alpha")
         if alpha is not None:
@@ -135,6 +142,12 @@ class TrainConfig:
             raise FlagError(f"--levels must be non-negative numbers, got {','.join(map(str, self.levels))}")
         if not self.ckpt_save:
             raise FlagError("--ckpt_save is required (the output folder)")
+        from .run_folder import check_writable
+
+        check_writable(self.ckpt_save)
+        if self.auto_resume and self.resume:
+            raise FlagError("--auto_resume continues from --ckpt_save's last.pt; drop --resume (or --auto_resume)")
+        _check_positive("max_bad_steps", self.max_bad_steps, allow_zero=True)
         if self.loader not in LOADERS:
             raise FlagError(f"--loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
         if self.backend not in (None, "torch", "triton", "cuda"):
@@ -303,6 +316,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ref.add_argument("--resume", type=str, default=None,
                      help="a released checkpoint (weights only) or a dil_fast training state (exact resume)")
     ref.add_argument("--distributed", action="store_true", help="DDP under torchrun (NCCL on GPU, gloo on CPU)")
+    ref.add_argument("--ddp_timeout", type=float, default=300.0,
+                     help="--distributed: seconds a rank waits for its peers in any collective before it stops "
+                          "with an error (a peer that crashed is noticed at once)")
     ref.add_argument("--local_rank", "--local-rank", type=int, default=0, help="accepted; torchrun's LOCAL_RANK wins")
     ref.add_argument("--trainset", type=str, nargs="+", default=None,
                      help="a folder of PNG/JPEG patches, a packed store (dil-fast pack), or paired folders (GT/ + LQ/, "
@@ -364,6 +380,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     new.add_argument("--stop_after", type=int, default=None,
                      help="stop after N meta-iterations, saving last.pt for --resume")
     new.add_argument("--no_progress", action="store_true", help="no progress bar even on a terminal")
+    ops = p.add_argument_group("run folder and tracking")
+    ops.add_argument("--auto_resume", action="store_true",
+                     help="continue from --ckpt_save's last.pt (without it, a folder holding a run is archived)")
+    ops.add_argument("--max_bad_steps", type=int, default=10,
+                     help="stop after this many consecutive meta-iterations with non-finite losses or gradients "
+                          "(they are skipped; 0: never stop)")
+    ops.add_argument("--no_tensorboard", action="store_true",
+                     help="no TensorBoard event files (metrics.csv is always written)")
+    ops.add_argument("--config", default=None,
+                     help="a JSON or YAML file of flag values (the command line wins)")
     task = p.add_argument_group("tasks and models (dil_fast.tasks; a task sets the rest, these override it)")
     task.add_argument("--task", default="denoise", choices=TASK_NAMES,
                       help="the paper's experiment: training confounders, periodic test, model, scale, metric")

@@ -241,7 +241,9 @@ class GraphedStep:
 
     def __call__(self, batches):
         self.calls += 1
-        if self.calls <= self.warmup:
+        if self.calls <= self.warmup or self.algo.keep_task_weights:
+            # the captured meta step resets the task network: an epoch's last step (which keeps it
+            # for model_N.pt) runs eagerly on the same buffers
             return self._eager(batches)
         # before a capture too: an LR tensor filled inside the capture would be a constant of the graph
         for o in self.optimizers:

@@ -38,7 +38,7 @@ from .._progress import tqdm_available
 from ..checkpoints import load_file
 from ..data.base import YIELDS
 from ..degrade import CounterfactualPairs
-from ..errors import FlagError
+from ..errors import FlagError, InputError, SamplesUnavailable, TrainingStopped
 from ..meta import MetaAlgorithm
 from . import components, distributed
 from . import state as state_io
@@ -46,6 +46,8 @@ from ..devices import resolve_device
 from .config import TrainConfig
 from .fast import FastOptions, FastPath, LossLog, resolve_options
 from .log import make_logger
+from .run_folder import RunFolder
+from .tracking import Monitor, RunClock, Tracker, write_options
 
 __all__ = ["Trainer", "ConfounderOrder"]
 
@@ -66,7 +68,8 @@ class ConfounderOrder:
 
     def next(self) -> list[int]:
         self._rs.shuffle(self._order)
-        return list(self._order)
+        self.last = list(self._order)
+        return self.last
 
 
 class Trainer:
@@ -90,6 +93,8 @@ class Trainer:
                                              deterministic=cfg.deterministic))
         self.algorithm: MetaAlgorithm | None = None
         self.last_eval: tuple[float, float] | None = None
+        self._test_note: str | None = None
+        self._tracker = None
         self._stop_signal: int | None = None
 
     @property
@@ -147,7 +152,7 @@ class Trainer:
         algo, loader, degrade = self._build(resume_ckpt)
         self.algorithm, self.loader, self.degrade = algo, loader, degrade
         if self.world_size > 1:
-            distributed.share_weights(algo, self.world_size)
+            distributed.attach(algo, self.world_size, self.device)
         self.start = (0, 0)
         if resume_ckpt is not None:
             self.start = state_io.restore(algo, resume_ckpt, cfg.resume, world_size=self.world_size,
@@ -164,10 +169,13 @@ class Trainer:
             self.fast.close()
             self.fast = None
 
-    def epoch_iterations(self, epoch: int, skip: int = 0, timer=None):
+    def epoch_iterations(self, epoch: int, skip: int = 0, timer=None, *, keep_task_at_end: bool = False):
         """The meta-iterations of ``epoch`` from iteration ``skip``: yields ``(iteration, losses)``
-        (losses ``[K]`` on the device). ``timer(phase)`` (optional) is a context manager around the
-        "data" and "degradation" stages and is handed to the algorithm's step for its own phases."""
+        (losses ``[K]`` on the device; ``self.order.last`` is the order they were visited in).
+        ``timer(phase)`` (optional) is a context manager around the "data" and "degradation"
+        stages and is handed to the algorithm's step for its own phases. ``keep_task_at_end``: the
+        epoch's last meta step leaves the task network as its inner steps left it (the released
+        ``model_N.pt`` holds that network)."""
         loader, degrade, order = self.loader, self.degrade, self.order
         phase = timer or _no_phase
         n_iter = len(loader)
@@ -184,6 +192,8 @@ class Trainer:
                 # the meta-iteration this batch belongs to keys the degradation's randomness
                 pairs = batch if degrade is None else degrade(batch, loader.epoch * n_iter + loader.position - 1)
             batches = [pairs[k] for k in order.next()]
+            if keep_task_at_end and loader.position == n_iter:
+                self.algorithm.keep_task_weights = True
             if timer is None:
                 losses = self.fast.step(batches)
             elif self._step_times_phases:
@@ -204,26 +214,119 @@ class Trainer:
             epoch, skip = epoch + 1, 0
 
     def run(self) -> int:
+        """Train to ``--total_epoch`` (or a stop); 0 on success. Distributed: a failed collective
+        (a peer died, or hangs past ``--ddp_timeout``) ends this rank with one line naming it."""
+        if self.world_size == 1:
+            return self._run()
+        with distributed.collective_errors(self.rank, self.world_size, self.cfg.ddp_timeout):
+            return self._run()
+
+    def _run(self) -> int:
         cfg = self.cfg
+        continues = bool(cfg.resume) and os.path.dirname(os.path.abspath(cfg.resume)) == os.path.abspath(cfg.ckpt_save)
+        folder = RunFolder(cfg.ckpt_save, auto_resume=cfg.auto_resume, continues=continues)
+        if cfg.auto_resume and cfg.resume is None:
+            cfg.resume = folder.resume_path()
+        # everything that can be refused is checked before anything is written
+        testset = self._testset() if self.is_main else None
+        notes: list[str] = []
+        self.open(_NoteLogger(notes))
         if self.is_main:
-            os.makedirs(cfg.ckpt_save, exist_ok=True)
+            folder.acquire()
+        if self.world_size > 1:
+            distributed.barrier()
         use_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         use_bar = use_bar and self.is_main and tqdm_available()
         logger = make_logger("train", os.path.join(cfg.ckpt_save, "train.log") if self.is_main else None,
                              console=self.is_main, progress_bar=use_bar)
-        logger.info("Set random seed to {}".format(cfg.seed))
-        self.open(logger)
-        algo, loader = self.algorithm, self.loader
-        start_epoch, start_iter = self.start
-        testset = components.load_testset(cfg.testset) if self.is_main else None
-        n_iter = len(loader)
-        stop_left = cfg.stop_after
-        if self.device.type == "cuda" or cfg.reference_mode:
-            logger.info(("Reference mode (the released trainer's computation): " if cfg.reference_mode
-                         else "Fast path: ") + self.fast.describe())
-        loss_log = LossLog()
+        tracker = None
+        try:
+            logger.info("Set random seed to {}".format(cfg.seed))
+            for line in (folder.report() if self.is_main else []) + notes + self._setup_notes():
+                logger.info(line)
+            if self.is_main:
+                tracker = Tracker(cfg.ckpt_save, tensorboard=cfg.tensorboard)
+                if tracker.tb_reason and cfg.tensorboard:
+                    logger.info(tracker.tb_reason)
+                write_options(cfg.ckpt_save, self.options())
+            return self._train(logger, tracker, testset, use_bar)
+        finally:
+            if tracker is not None:
+                tracker.close()
+            folder.release()
+
+    def _setup_notes(self) -> list[str]:
+        notes = []
+        if self.device.type == "cuda" or self.cfg.reference_mode:
+            notes.append(("Reference mode (the released trainer's computation): " if self.cfg.reference_mode
+                          else "Fast path: ") + self.fast.describe())
+        note = getattr(self.loader, "worker_note", None)
+        if note:
+            notes.append(note)
+        if self._test_note:
+            notes.append(self._test_note)
+        return notes
+
+    def _testset(self):
+        """The test images, validated now (None, with a note, when the built-in ones are not installed)."""
+        self._test_note = None
+        try:
+            images = components.load_testset(self.cfg.testset)
+        except SamplesUnavailable as exc:
+            self._test_note = f"warning: the periodic test is skipped: {exc}"
+            return None
+        components.check_test_images(images, self.cfg)
+        return images
+
+    def options(self) -> dict:
+        """The resolved options of the run (``options.json``)."""
+        cfg = self.cfg
+        return {"config": cfg.to_dict(), "resolved": {
+            "task": cfg.task, "confounders": [c.name for c in self.degrade.confounders] if self.degrade else None,
+            "test": [c.name for c in cfg.test_specs()], "model": self.model_config or type(self.meta_model).__name__,
+            "scale": cfg.effective_scale(), "metric": {"y": cfg.metric_y(), "crop_border": cfg.metric_crop_border()},
+            "loader": type(self.loader).__name__, "device": str(self.device), "world_size": self.world_size,
+            "backends": self.backend_plan, "fast_path": self.fast.describe()},
+            "versions": _versions(), "command": " ".join(sys.argv)}
+
+    def _confounder_labels(self) -> list[str]:
+        if self.degrade is not None:
+            return [c.name for c in self.degrade.confounders]
+        if type(self.loader).__name__ == "ReferencePairLoader":
+            return [f"noise{s:g}" for s in self.cfg.levels]
+        folders = getattr(self.loader, "folders", None)
+        if folders:
+            return [os.path.basename(os.path.normpath(f)) for f in folders]
+        return [f"k{k}" for k in range(self.loader.num_confounders)]
+
+    def _train(self, logger, tracker, testset, use_bar) -> int:
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
             if threading.current_thread() is threading.main_thread() else {}
+        try:
+            rc = self._epochs(logger, tracker, testset, use_bar)
+        finally:
+            self.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        if self.world_size > 1:  # not after an error: a peer that is gone would make it wait
+            distributed.barrier()
+        return rc
+
+    def _epochs(self, logger, tracker, testset, use_bar) -> int:
+        cfg = self.cfg
+        algo, loader = self.algorithm, self.loader
+        start_epoch, start_iter = self.start
+        n_iter = len(loader)
+        stop_left = cfg.stop_after
+        batch = cfg.batch_size if self._user_loader is None else 1
+        done = start_epoch * n_iter + start_iter
+        clock = RunClock(cfg.total_epoch * n_iter, done)
+        monitor = Monitor(logger, tracker, clock, self._confounder_labels(),
+                          images_per_it=loader.num_confounders * batch * self.world_size,
+                          max_bad_steps=cfg.max_bad_steps)
+        self._monitor, self._tracker = monitor, tracker
+        bad = torch.zeros(2, dtype=torch.float32, device=self.device)  # [skipped in all, skipped in a row]
+        loss_log = LossLog()
         try:
             for epoch in range(start_epoch, cfg.total_epoch):
                 first = epoch == start_epoch
@@ -233,15 +336,27 @@ class Trainer:
                     algo.meta_lr = lr * 0.5 if lr > 1e-6 else 1e-6
                 task_lr, meta_lr = algo.task_lr, algo.meta_lr
                 bar = _progress(n_iter, skip, epoch, use_bar)
-                for it, losses in self.epoch_iterations(epoch, skip):
+                keep_task = self.is_main and epoch % cfg.save_every == 0  # model_N.pt's model_task
+                for it, losses in self.epoch_iterations(epoch, skip, keep_task_at_end=keep_task):
+                    done += 1
+                    skipped = algo.last_skipped
+                    if skipped is not None:  # device arithmetic: no sync
+                        bad[0] += skipped[0].to(bad.device)
+                        bad[1] = (bad[1] + skipped[0].to(bad.device)) * skipped[0].to(bad.device)
                     if it % cfg.print_every == 0:
                         # CPU: written now; CUDA: copied asynchronously, written once on the host
-                        loss_log.submit(losses, _log_losses(logger, bar, epoch, it, n_iter, task_lr, meta_lr))
+                        loss_log.submit(torch.cat([losses.detach().float().to(bad.device), bad]),
+                                        monitor.log_point(bar, epoch, it, n_iter, done, done, self.order.last, task_lr,
+                                                          meta_lr))
+                    elif cfg.max_bad_steps and it % cfg.max_bad_steps == 0:
+                        loss_log.submit(bad.clone(), monitor.bad_check())
                     loss_log.poll()
                     if bar is not None:
                         bar.update(1)
                     if stop_left is not None:
                         stop_left -= 1
+                    if monitor.stop_reason is not None:
+                        raise TrainingStopped(monitor.stop_reason)
                     if self._stop_signal is not None or stop_left == 0:
                         loss_log.flush()
                         if bar is not None:
@@ -252,6 +367,8 @@ class Trainer:
                 loss_log.flush()
                 if bar is not None:
                     bar.close()
+                if monitor.stop_reason is not None:
+                    raise TrainingStopped(monitor.stop_reason)
                 self._end_of_epoch(algo, epoch, testset, logger)
                 if self._stop_signal is not None or stop_left == 0:
                     return self._interrupt(algo, epoch + 1, 0, logger) if epoch + 1 < cfg.total_epoch else 0
@@ -261,11 +378,6 @@ class Trainer:
             return 0
         finally:
             loss_log.flush()
-            self.close()
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-            if self.world_size > 1:
-                distributed.barrier()
 
     # ------------------------------------------------------------------ epoch ends
     def _state(self, algo: MetaAlgorithm, epoch: int, iteration: int) -> dict:
@@ -276,14 +388,29 @@ class Trainer:
         cfg = self.cfg
         if not self.is_main:
             return
+        self._check_finite_weights(algo)
         if epoch % cfg.save_every == 0:
-            state_io.atomic_save(
-                {"model_meta": algo.meta_model.state_dict(), "model_task": algo.task_model.state_dict()},
-                os.path.join(cfg.ckpt_save, f"model_{epoch + 1}.pt"),
-            )
-        state_io.atomic_save(self._state(algo, epoch + 1, 0), os.path.join(cfg.ckpt_save, "last.pt"))
-        if epoch % cfg.test_every == 0:
+            self._save({"model_meta": algo.meta_model.state_dict(), "model_task": algo.task_model.state_dict()},
+                       f"model_{epoch + 1}.pt")
+        self._save(self._state(algo, epoch + 1, 0), "last.pt")
+        if epoch % cfg.test_every == 0 and testset is not None:
             self._evaluate(algo, epoch, testset, logger)
+
+    def _save(self, obj, name: str) -> None:
+        path = os.path.join(self.cfg.ckpt_save, name)
+        try:
+            state_io.atomic_save(obj, path)
+        except OSError as exc:
+            raise InputError(f"--ckpt_save {self.cfg.ckpt_save}: cannot write {name} ({exc.strerror or exc}); "
+                             "the last checkpoint written is kept") from None
+
+    def _check_finite_weights(self, algo: MetaAlgorithm) -> None:
+        """No checkpoint is written with a non-finite weight (one host sync, at a checkpoint)."""
+        tensors = [t for m in {id(algo.meta_model): algo.meta_model, id(algo.task_model): algo.task_model}.values()
+                   for t in m.parameters()]
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            raise TrainingStopped(f"the weights became non-finite; no checkpoint was written with them (the last good "
+                                  f"one in {self.cfg.ckpt_save} is kept); lower --lr / --meta_lr")
 
     def _evaluate(self, algo: MetaAlgorithm, epoch: int, testset, logger) -> None:
         cfg = self.cfg
@@ -300,15 +427,38 @@ class Trainer:
             s = sum(r[2] for r in results) / len(results)
             logger.info("Epoch: {}, psnr: {}. ssim: {}.".format(epoch, p, s))
             self.last_eval = (p, s)
+            if self._tracker is not None:
+                step = (epoch + 1) * len(self.loader)
+                self._tracker.scalars(step, epoch, 0, {f"test/{spec.name}/psnr": p, f"test/{spec.name}/ssim": s})
 
     def _interrupt(self, algo: MetaAlgorithm, epoch: int, iteration: int, logger) -> int:
         if self.is_main:
             path = os.path.join(self.cfg.ckpt_save, "last.pt")
-            state_io.atomic_save(self._state(algo, epoch, iteration), path)
+            self._check_finite_weights(algo)
+            self._save(self._state(algo, epoch, iteration), "last.pt")
             logger.info(f"Stopped at epoch {epoch}, iteration {iteration}; resume with --resume {path}")
         if self._stop_signal is not None:
             return 128 + int(self._stop_signal)
         return 0
+
+
+class _NoteLogger:
+    """Collects what :meth:`Trainer.open` reports before the run's log file exists."""
+
+    def __init__(self, notes: list[str]):
+        self.notes = notes
+
+    def info(self, msg: str) -> None:
+        self.notes.append(msg)
+
+
+def _versions() -> dict:
+    import platform
+
+    from .. import __version__
+
+    return {"dil_fast": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.version.cuda}
 
 
 def _no_phase(_name):
@@ -323,18 +473,6 @@ def _check_loader(loader) -> None:
         raise TypeError(f"the loader {type(loader).__name__} lacks {', '.join(missing)} of dil_fast.data.base.Loader")
     if loader.yields not in YIELDS:
         raise TypeError(f"loader.yields must be one of {YIELDS}, got {loader.yields!r}")
-
-
-def _log_losses(logger, bar, epoch: int, it: int, n_iter: int, task_lr: float, meta_lr: float):
-    """The released log lines of one --print_every iteration, for :class:`~dil_fast.train.fast.LossLog`."""
-    def emit(values: list[float]) -> None:
-        for loss in values:
-            logger.info("Epoch: {}\tIter: {}/{}\tTask loss: {}\tTask LR: {:.6f}\tMeta LR: {:.6f}"
-                        .format(epoch, it, n_iter, loss, task_lr, meta_lr))
-        logger.info("Meta net updated!")
-        if bar is not None and values:
-            bar.set_postfix(loss=f"{sum(values) / len(values):.4f}")
-    return emit
 
 
 def _progress(total: int, initial: int, epoch: int, enabled: bool):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from typing import Sequence
 
 import torch
@@ -74,15 +75,24 @@ class ReferenceSF(MetaAlgorithm):
             self.task_model.load_state_dict(self.meta_model.state_dict())
             self._task_opt.load_state_dict(self._state_task)
         losses = []
+        finite = True  # the loss is on the host anyway (as released): a non-finite one skips the rest
         for inp, target in batches:
             with phase("fwd_bwd"):
-                loss = self.loss_fn(self.task_model(inp), target)
+                loss = self.loss_fn(self.task_forward(inp), target)
                 losses.append(loss.item())
+                finite = finite and math.isfinite(losses[-1])
+                if self._flag_sync is not None:  # all ranks skip or none (a lone backward would wait forever)
+                    finite = not bool(self._agree(torch.tensor([0.0 if finite else 1.0], device=loss.device)).item())
+                if not finite:
+                    continue
                 self._task_opt.zero_grad()
                 loss.backward()
-                self._sync_grads(self.task_model)
             with phase("optimizer"):
                 self._task_opt.step()
+        self.last_skipped = torch.tensor([0.0 if finite else 1.0])
+        if not finite:
+            self.iteration += 1
+            return torch.tensor(losses, dtype=torch.float64)
         with phase("other"):
             self._state_task = self._task_opt.state_dict()
         with phase("optimizer"):

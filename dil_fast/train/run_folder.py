@@ -4,7 +4,8 @@
   one line naming the holder's PID; a stale lock (its PID is dead on this host) is taken over.
 * A folder that already holds a run (``last.pt``, ``train.log`` or ``model_*.pt``) is archived
   first: renamed ``NAME_archived_YYYYmmdd_HHMMSS`` (as BasicSR does) and the log says so;
-  ``--auto_resume`` instead continues from its ``last.pt``.
+  ``--auto_resume`` instead continues from its ``last.pt``, and ``--resume NAME/last.pt`` continues
+  in the folder too (train.log and metrics.csv are appended to).
 * Our own orphaned temporary files (``.*.dil_fast.tmp``: a write cut by a crash or ``kill -9``) are
   removed at start, once the lock is held.
 * Files follow the umask (:mod:`dil_fast.fileio`).
@@ -68,9 +69,12 @@ def _read_lock(path: str) -> tuple[int, str] | None:
 class RunFolder:
     """Set up ``folder`` for a run: lock, archive or resume, clean (see the module docstring)."""
 
-    def __init__(self, folder: str, *, auto_resume: bool = False):
+    def __init__(self, folder: str, *, auto_resume: bool = False, continues: bool = False):
+        """``continues``: the run resumes a state of this folder (``--resume FOLDER/last.pt``), so the
+        folder is kept, as with ``--auto_resume``."""
         self.folder = os.path.abspath(folder)
         self.auto_resume = auto_resume
+        self.continues = continues or auto_resume
         self.archived: str | None = None
         self.took_over: int | None = None
         self.removed: list[str] = []
@@ -99,9 +103,13 @@ class RunFolder:
         check_writable(self.folder)
         if os.path.isdir(self.folder):
             self._refuse_live_lock()
-            if not self.auto_resume and holds_a_run(self.folder):
+            if not self.continues and holds_a_run(self.folder):
                 stamp = time.strftime("%Y%m%d_%H%M%S")
                 self.archived = f"{self.folder}_archived_{stamp}"
+                n = 1
+                while os.path.exists(self.archived):  # two archives within a second
+                    n += 1
+                    self.archived = f"{self.folder}_archived_{stamp}_{n}"
                 try:
                     os.rename(self.folder, self.archived)
                 except OSError as exc:

@@ -3,6 +3,7 @@ against an independent double backward and gradcheck, ss-fo vs ss without the He
 against a plain torch.optim.Adam re-statement, exact resume, and a convergence smoke."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 
@@ -368,13 +369,57 @@ def test_tune_times_both_paths_and_keeps_the_faster():
     assert set(times) == {"batched", "looped"} and choice == min(times, key=times.get)
 
 
-@pytest.mark.parametrize("variant,calls", [("pf", 2), ("ss", 1), ("ps", 1), ("ss-fo", 1)])
-def test_grad_sync_hook(variant, calls):
+@pytest.mark.parametrize("variant", ["ss", "ps", "ss-fo"])
+def test_virtual_variants_average_their_meta_gradient_with_grad_sync(variant):
     algo = build(variant, TinyConvNet())
-    seen = []
-    algo.grad_sync = lambda m: seen.append(all(p.grad is not None for p in m.parameters()))
+    seen, flags = [], []
+    algo.distribute(lambda m: pytest.fail("no DDP around a virtual model"),
+                    lambda m: seen.append(all(p.grad is not None for p in m.parameters())), flags.append)
     algo.step(make_batches(2))
-    assert seen == [True] * calls
+    assert seen == [True] and len(flags) == 1
+
+
+class _CountingWrapper(nn.Module):
+    """Stands in for DistributedDataParallel: counts forwards and no_sync scopes."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.forwards, self.no_sync_scopes = module, 0, 0
+
+    def forward(self, x):
+        self.forwards += 1
+        return self.module(x)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.no_sync_scopes += 1
+        yield
+
+
+@pytest.mark.parametrize("variant,forwards,no_sync", [("sf", 3, 0), ("erm", 1, 0), ("pf", 2, 0)])
+def test_task_network_variants_run_their_inner_steps_through_the_ddp_wrapper(variant, forwards, no_sync):
+    kw = {"lr": 1e-3} if variant == "erm" else {"inner_lr": 1e-3, "meta_lr": 1e-3}
+    algo = VARIANTS[variant](TinyConvNet(), **kw)
+    wrapped, flags = [], []
+
+    def wrap(m):
+        assert m is algo.task_model
+        wrapped.append(_CountingWrapper(m))
+        return wrapped[-1]
+
+    algo.distribute(wrap, lambda m: pytest.fail("DDP variants do not use GradSync"), flags.append)
+    algo.step(make_batches(3))
+    assert wrapped[0].forwards == forwards and wrapped[0].no_sync_scopes == no_sync
+    assert len(flags) == 1  # the skip flag agreed across ranks once, before the step that must match
+
+
+def test_pf_looped_union_averages_once_with_the_last_backward():
+    algo = build("pf", TinyConvNet(), virtual_batching="looped")
+    box = []
+    algo.distribute(lambda m: box.append(_CountingWrapper(m)) or box[-1], None, lambda f: None)
+    algo.step(make_batches(3))
+    # 3 support forwards (the first two inside no_sync) + the query
+    assert box[0].forwards == 4 and box[0].no_sync_scopes == 2
 
 
 def test_interface_defaults():

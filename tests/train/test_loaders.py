@@ -42,10 +42,13 @@ def test_shared_pairing_and_auto_loader(store):
 
 def test_loader_flag_errors(store, capsys):
     assert _run(store, "x", "--loader", "reference") == 2  # a store is not a PNG folder
+    # any confounders on a plain folder: the clean folder loader serves them; the released path refuses them
     assert main(["train", "--trainset", str(store / "png"), "--testset", str(store / "test"), "--ckpt_save",
-                 str(store / "y"), "--confounders", "blur:1", *COMMON]) == 2
+                 str(store / "y"), "--confounders", "blur:1", *COMMON]) == 0
+    assert main(["train", "--trainset", str(store / "png"), "--testset", str(store / "test"), "--ckpt_save",
+                 str(store / "y2"), "--confounders", "blur:1", "--loader", "reference", *COMMON]) == 2
     err = capsys.readouterr().err
-    assert "--confounders needs --loader store or dali" in err
+    assert "--loader reference is the released path" in err
     assert _run(store, "z", "--confounders", "noise:abc") == 2
     assert "--confounders" in capsys.readouterr().err
 
