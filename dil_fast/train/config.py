@@ -94,7 +94,8 @@ class TrainConfig:
             variant=args.variant, levels=tuple(args.levels), patch_size=args.patch_size, batch_size=args.batch_size,
             total_epoch=args.total_epoch, save_every=args.save_every, test_every=args.test_every,
             print_every=args.print_every, num_workers=args.num_workers, seed=args.seed, gpus=args.gpus,
-            distributed=args.distributed, local_rank=args.local_rank, ddp_timeout=args.ddp_timeout, device=args.device, nf=args.nf, nb=args.nb,
+            distributed=args.distributed, local_rank=args.local_rank, ddp_timeout=args.ddp_timeout,
+            device=args.device, nf=args.nf, nb=args.nb,
             gc=args.gc, lr=args.lr, meta_lr=args.meta_lr, lr_step=args.lr_step, test_level=args.test_level,
             loss=args.loss, stop_after=args.stop_after, loader=args.loader, confounders=args.confounders,
             pairing=args.pairing, memory_budget=args.memory_budget,
@@ -323,7 +324,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ref.add_argument("--trainset", type=str, nargs="+", default=None,
                      help="a folder of PNG/JPEG patches, a packed store (dil-fast pack), or paired folders (GT/ + LQ/, "
                           "one confounder each, e.g. three rain datasets)")
-    ref.add_argument("--patch_size", type=int, default=64)
+    ref.add_argument("--patch_size", type=int, default=64,
+                     help="training crop side in pixels (the ground truth's, for super-resolution)")
     ref.add_argument("--testset", type=str, default="default",
                      help="test folder; 'default' = the built-in sample images (Set5 is not shipped)")
     ref.add_argument("--save_every", type=int, default=1, help="write model_{epoch}.pt every N epochs")
@@ -332,7 +334,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ref.add_argument("--batch_size", type=int, default=32, help="batch size per confounder and GPU")
     ref.add_argument("--num_workder", "--num_workers", dest="num_workers", type=int, default=8,
                      help="data-loader workers per confounder (the released spelling is accepted)")
-    ref.add_argument("--total_epoch", type=int, default=30)
+    ref.add_argument("--total_epoch", type=int, default=30, help="epochs to train (an epoch reads every patch once)")
     new = p.add_argument_group("dil_fast flags")
     new.add_argument("--variant", default="sf", choices=VARIANT_NAMES,
                      help="DIL variant: sf serial first-order (released), pf parallel first-order, ss serial "
