@@ -79,7 +79,7 @@ def measure_group(variant, paths, cfg, k, batch, size, device, warmup, repeat, r
             if path in algos:
                 t = time_fn(lambda a=algos[path]: a.step(batches), device=device, warmup=0, repeat=repeat)
                 row["ms"] = min(row["ms"], round(1e3 * t, 2))
-    del algos, batches
+    algos.clear()  # free the models before the next case (the lambdas above captured `batches`)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows

@@ -41,9 +41,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import add_out_argument, copy_bandwidth, print_table, record, time_side_by_side  # noqa: E402
-from dil_fast.optim import FlatParams  # noqa: E402
 from dil_fast import backends  # noqa: E402
 from dil_fast.ops import optim as F  # noqa: E402
+from dil_fast.optim import FlatParams  # noqa: E402
 
 BYTES_PER_PARAM = 28  # fp32 Adam: read p, g, m, v (16) + write p, m, v (12)
 RRDB23 = 16_624_131
@@ -137,7 +137,7 @@ def bench_adam(device, sizes, ks, args, bw, backend, ok_check, emit):
             m, v = torch.zeros_like(data), torch.zeros_like(data)
             step, lr = F.new_step(device, k), F.as_lr(1e-3, device)
 
-            def fused_step():
+            def fused_step(data=data, grad=grad, m=m, v=v, step=step, lr=lr):
                 F.adam_step_(data, grad, m, v, step, lr, backend=backend) if k > 1 else \
                     F.adam_step_(data[0], grad[0], m[0], v[0], step, lr, backend=backend)
 

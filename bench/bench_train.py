@@ -54,9 +54,15 @@ from bench._common import add_out_argument, default_out_dir, print_table, record
 from dil_fast.meta import SerialFirstOrder  # noqa: E402
 from dil_fast.models import RRDBNet  # noqa: E402
 from dil_fast.timing import synchronize  # noqa: E402
-from dil_fast.train import Trainer, TrainConfig  # noqa: E402
-from dil_fast.train.fast import (GRAPH_WARMUP, FastOptions, FastPath, install_training_forward,  # noqa: E402
-                                 math_settings, resolve_options)
+from dil_fast.train import TrainConfig, Trainer  # noqa: E402
+from dil_fast.train.fast import (  # noqa: E402
+    GRAPH_WARMUP,
+    FastOptions,
+    FastPath,
+    install_training_forward,
+    math_settings,
+    resolve_options,
+)
 from dil_fast.train.reference_mode import ReferenceSF  # noqa: E402
 
 MODELS = {"rrdb-23": {"nf": 64, "nb": 23, "gc": 32}, "rrdb-tiny": {"nf": 8, "nb": 1, "gc": 4}}

@@ -70,7 +70,3 @@ def load_into(model: torch.nn.Module, sd: dict, path: str, what: str = "model") 
     except RuntimeError as exc:
         msg = " ".join(str(exc).split())
         raise CheckpointError(f"{path}: the {what} weights do not fit the model ({msg[:200]})") from None
-
-
-def is_train_state(ckpt: dict | None) -> bool:
-    return bool(ckpt) and ckpt.get("format") == TRAIN_STATE_FORMAT

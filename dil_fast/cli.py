@@ -24,7 +24,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_train(args) -> int:
-    from .train import Trainer, TrainConfig
+    from .train import TrainConfig, Trainer
 
     return Trainer(TrainConfig.from_args(args)).run()
 

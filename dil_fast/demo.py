@@ -39,9 +39,9 @@ def run_demo(args) -> int:
 
     from .data.builtin import builtin_testset, builtin_train_patches
     from .data.images import list_images, read_image_rgb
-    from .metrics import calculate_psnr
     from .eval import evaluate_model
-    from .train import Trainer, TrainConfig
+    from .metrics import calculate_psnr
+    from .train import TrainConfig, Trainer
 
     if args.threads < 1:
         from .errors import FlagError

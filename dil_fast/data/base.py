@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Iterator, Literal, Protocol, runtime_checkable
 
-
 from ..errors import CheckpointError, FlagError
 
 YIELDS = ("clean", "pairs")

@@ -27,9 +27,13 @@ and renamed, so a crash never leaves half a file under the final name.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 from ..errors import InputError
 from ..fileio import atomic_write_bytes

@@ -19,9 +19,23 @@ from .ctx import Ctx
 from .jpeg import JPEG
 from .noise import GaussianNoise, PoissonNoise, RandomNoise
 from .pairs import CounterfactualPairs
-from .presets import (HYBRID_LEVELS, PAPER_DEBLUR_TRAIN, PAPER_DEBLUR_UNSEEN, PAPER_DENOISE_TRAIN,
-                      PAPER_DENOISE_UNSEEN, RAIN_LEVELS, bicubic, deblur_levels, denoise_levels, hybrid,
-                      parse_confounders, rain, realesrgan_first_order, realesrgan_second_order, realsr_confounders)
+from .presets import (
+                      HYBRID_LEVELS,
+                      PAPER_DEBLUR_TRAIN,
+                      PAPER_DEBLUR_UNSEEN,
+                      PAPER_DENOISE_TRAIN,
+                      PAPER_DENOISE_UNSEEN,
+                      RAIN_LEVELS,
+                      bicubic,
+                      deblur_levels,
+                      denoise_levels,
+                      hybrid,
+                      parse_confounders,
+                      rain,
+                      realesrgan_first_order,
+                      realesrgan_second_order,
+                      realsr_confounders,
+)
 from .rain import Rain
 from .realnoise import CameraNoise
 from .resize import RandomResize, Resize

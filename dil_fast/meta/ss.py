@@ -7,8 +7,15 @@ import torch
 from torch import nn
 
 from .base import Batch, resolve_fused
-from .batched import (check_choice, flat_views, meta_reduce, per_model_loss, stackable, stacked_virtual_sgd,
-                      virtual_update)
+from .batched import (
+    check_choice,
+    flat_views,
+    meta_reduce,
+    per_model_loss,
+    stackable,
+    stacked_virtual_sgd,
+    virtual_update,
+)
 from .virtual import VirtualModelDIL
 
 __all__ = ["SerialSecondOrder", "SerialFirstOrderApprox"]

@@ -13,8 +13,15 @@ import torch
 from torch import nn
 
 from .base import Batch, MetaAlgorithm, as_float_betas, get_loss, make_adam, resolve_fused
-from .batched import QUERY_MODES, VIRTUAL_BATCHING, FunctionalModel, InnerAdamState, PathChooser, check_choice, \
-    support_and_query
+from .batched import (
+    QUERY_MODES,
+    VIRTUAL_BATCHING,
+    FunctionalModel,
+    InnerAdamState,
+    PathChooser,
+    check_choice,
+    support_and_query,
+)
 
 __all__ = ["VirtualModelDIL", "INNER_OPTIMIZERS"]
 

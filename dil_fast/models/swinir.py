@@ -40,11 +40,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .swinir_blocks import (MASK_VALUE, RECONSTRUCTION_FEATURES, RESI_CONNECTIONS, RGB_MEAN,  # noqa: F401
-                            UPSAMPLERS, DropPath, Mlp, PatchEmbed, ResidualSwinTransformerBlock,
-                            SwinTransformerBlock, SwinTransformerLayer, WindowAttention, dropout, pair_size,
-                            residual_conv, to_image, relative_position_index, shifted_window_mask,
-                            window_partition, window_reverse)
+from .swinir_blocks import (  # noqa: F401
+    MASK_VALUE,
+    RECONSTRUCTION_FEATURES,
+    RESI_CONNECTIONS,
+    RGB_MEAN,
+    UPSAMPLERS,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    ResidualSwinTransformerBlock,
+    SwinTransformerBlock,
+    SwinTransformerLayer,
+    WindowAttention,
+    dropout,
+    pair_size,
+    relative_position_index,
+    residual_conv,
+    shifted_window_mask,
+    to_image,
+    window_partition,
+    window_reverse,
+)
+
 
 class SwinIR(nn.Module):
     """SwinIR with the official constructor. ``[N, in_chans, H, W] -> [N, in_chans, s*H, s*W]``

@@ -47,8 +47,16 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import FlagError
-from .methods import PRESETS, TASKS, MethodRun, evaluate_level, load_test_images, parse_methods, prepare_trainset, \
-    train_method
+from .methods import (
+    PRESETS,
+    TASKS,
+    MethodRun,
+    evaluate_level,
+    load_test_images,
+    parse_methods,
+    prepare_trainset,
+    train_method,
+)
 from .report import fmt_level, markdown_tables, plot_generalization, write_csv
 
 __all__ = ["TASKS", "PRESETS", "add_study_parser", "run_study", "run_generalization", "main"]

@@ -144,7 +144,7 @@ def train_method(method: str, task: Task, preset: Preset, store: str, trainer_te
     import torch
 
     from ..data.store import PatchStore
-    from ..train import Trainer, TrainConfig
+    from ..train import TrainConfig, Trainer
 
     k = len(task.seen)
     batch, iterations, variant = preset.batch_size, budget, method

@@ -8,8 +8,15 @@ from torch import nn
 from ..checkpoints import is_train_state
 from ..errors import CheckpointError, FlagError, InputError
 from ..meta import VARIANTS, MetaAlgorithm
-from ..models.registry import (RRDB_DEFAULTS, arch_from_state_dict, build_model, is_custom_arch, model_scale,
-                               model_spec, parse_arch_kwargs)
+from ..models.registry import (
+    RRDB_DEFAULTS,
+    arch_from_state_dict,
+    build_model,
+    is_custom_arch,
+    model_scale,
+    model_spec,
+    parse_arch_kwargs,
+)
 from .config import TrainConfig
 
 # the dispatcher ops each algorithm runs on its fused path (a forced backend must serve them)
@@ -186,8 +193,8 @@ def test_results(model: nn.Module, images, spec, *, seed: int, device, y: bool, 
 
     from ..data.images import image_to_tensor, tensor_to_uint8
     from ..degrade import GaussianNoise, counterfactual
-    from ..metrics import calculate_psnr, calculate_ssim
     from ..eval import evaluate_model
+    from ..metrics import calculate_psnr, calculate_ssim
 
     if isinstance(spec, GaussianNoise) and not isinstance(spec.sigma, (tuple, list)) and scale == 1:
         return evaluate_model(model, images, level=float(spec.sigma), seed=seed, device=device, y=y,

@@ -38,11 +38,11 @@ from .._progress import tqdm_available
 from ..checkpoints import load_file
 from ..data.base import YIELDS
 from ..degrade import CounterfactualPairs
+from ..devices import resolve_device
 from ..errors import FlagError, InputError, SamplesUnavailable, TrainingStopped
 from ..meta import MetaAlgorithm
 from . import components, distributed
 from . import state as state_io
-from ..devices import resolve_device
 from .config import TrainConfig
 from .fast import FastOptions, FastPath, LossLog, resolve_options
 from .log import make_logger

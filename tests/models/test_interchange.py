@@ -21,7 +21,6 @@ from dil_fast.models.interchange import (
     write_checkpoint,
 )
 from dil_fast.models.rrdb import RRDBNet, RRDBNetX4, build_rrdb, infer_rrdb_config
-
 from tests.conftest import assert_close_verbose
 
 NF, NB, GC = 8, 2, 4

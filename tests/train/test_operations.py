@@ -14,7 +14,7 @@ import torch
 from dil_fast.cli import main
 from dil_fast.errors import FlagError, TrainingStopped
 from dil_fast.models import RRDBNet
-from dil_fast.train import Trainer, TrainConfig
+from dil_fast.train import TrainConfig, Trainer
 from dil_fast.train.run_folder import LOCK_NAME
 from tests.conftest import make_png_folder
 

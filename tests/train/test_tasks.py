@@ -12,7 +12,7 @@ import torch
 from dil_fast.errors import CheckpointError, FlagError, InputError
 from dil_fast.models import RRDBNetX4, dil_to_basicsr
 from dil_fast.tasks import TASKS
-from dil_fast.train import Trainer, TrainConfig
+from dil_fast.train import TrainConfig, Trainer
 from tests.conftest import make_png_folder
 
 TINY = dict(patch_size=16, batch_size=1, total_epoch=1, num_workers=0, progress=False, print_every=1)
