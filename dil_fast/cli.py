@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dil-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrors)
     sub.required = True
-    add_train_parser(sub)
+    parser.train_parser = add_train_parser(sub)
     for command, module in (("eval", "dil_fast.eval"), ("crop", "dil_fast.data.crop"),
                             ("pack", "dil_fast.data.pack"), ("bench", "dil_fast.bench_cli"),
                             ("study", "dil_fast.study")):
@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_info_parser(sub)
     add_demo_parser(sub)
     return parser
+
+
+def _with_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``train --config FILE``: parsed again with the file's flags first (the command line wins)."""
+    from .train.config_file import with_config_file
+
+    at = argv.index("train") + 1
+    return parser.parse_args(argv[:at] + with_config_file(argv[at:], parser.train_parser))
 
 
 def _command_parser(sub, command: str, module: str) -> None:
@@ -111,8 +119,11 @@ def _command_parser(sub, command: str, module: str) -> None:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
+        if args.command == "train" and getattr(args, "config", None):
+            args = _with_config_file(parser, argv)
         rc = args.func(args)
     except DilFastError as exc:
         print(f"error: {exc}", file=sys.stderr)
