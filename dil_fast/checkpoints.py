@@ -25,7 +25,13 @@ def load_file(path: str) -> dict:
             data = f.read()
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if "Weights only load failed" in text:
+            raise CheckpointError(
+                f"{path}: refused: the file carries Python objects beyond tensors and plain containers, and "
+                "loading it would run their code; dil_fast loads only weights (save the model's state_dict, "
+                "or convert the file in a Python session you trust)") from None
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({first[:160]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, expected a dict)")

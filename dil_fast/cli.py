@@ -1,4 +1,4 @@
-"""``dil-fast`` (also ``python -m dil_fast``): train, eval, crop, pack, bench, info, demo.
+"""``dil-fast`` (also ``python -m dil_fast``): train, eval, crop, pack, bench, study, convert, info, demo.
 
 Errors caused by the user's input print one line, ``error: <what, naming the file or flag>``, and
 exit with status 2; no traceback.
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.train_parser = add_train_parser(sub)
     for command, module in (("eval", "dil_fast.eval"), ("crop", "dil_fast.data.crop"),
                             ("pack", "dil_fast.data.pack"), ("bench", "dil_fast.bench_cli"),
-                            ("study", "dil_fast.study")):
+                            ("study", "dil_fast.study"), ("convert", "dil_fast.models.convert")):
         _command_parser(sub, command, module)
     add_info_parser(sub)
     add_demo_parser(sub)

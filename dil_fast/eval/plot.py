@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import InputError
 from ..fileio import atomic_write_bytes
 
-__all__ = ["PLOT_SIZE", "plot_generalization"]
+__all__ = ["PLOT_SIZE", "draw_lines", "plot_generalization", "write_png"]
 
 PLOT_SIZE = (960, 600)  # width, height of the PNG
 
@@ -46,8 +46,32 @@ def plot_generalization(path: str, series: dict[str, list[tuple[float, float]]],
     (None: no shading), write a PNG of ``size`` (width, height) atomically.
 
     Pure OpenCV. Non-finite points are skipped; series named in ``dashed`` are drawn grey and
-    dashed. Returns the ``H x W x 3`` BGR image written.
+    dashed; x ticks sit at the evaluated levels. Returns the ``H x W x 3`` BGR image written.
     """
+    img = draw_lines(series, train_range, title, xlabel, ylabel, size=size, dashed=dashed)
+    write_png(img, path)
+    return img
+
+
+def write_png(img: np.ndarray, path: str) -> None:
+    """``img`` (BGR) as a PNG at ``path``, atomically; one-line :class:`InputError` on failure."""
+    import cv2
+
+    ok, png = cv2.imencode(".png", img)
+    if not ok:
+        raise InputError(f"{path}: cannot encode the plot as PNG")
+    try:
+        atomic_write_bytes(png.tobytes(), path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
+
+
+def draw_lines(series: dict[str, list[tuple[float, float]]], train_range: tuple[float, float] | None, title: str,
+               xlabel: str, ylabel: str, *, size: tuple[int, int] = PLOT_SIZE, dashed: tuple[str, ...] = (),
+               x_ticks: str = "levels", markers: bool = True) -> np.ndarray:
+    """The plot of :func:`plot_generalization` as an ``H x W x 3`` BGR array. ``x_ticks``:
+    ``"levels"`` (a tick at every x present) or ``"even"`` (evenly spaced round values, for long
+    curves); ``markers``: a dot at every point."""
     import cv2
 
     W, H = size
@@ -87,9 +111,14 @@ def plot_generalization(path: str, series: dict[str, list[tuple[float, float]]],
         cv2.line(img, (left - 5, yy), (left, yy), (0, 0, 0), 1)
         cv2.putText(img, label, (left - 8 - tw, yy + th // 2), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         y += ystep
-    # x ticks at the evaluated levels, skipping labels that would overlap
+    # x ticks at the evaluated levels (or evenly spaced), skipping labels that would overlap
     last_right = -10 ** 9
-    for x in sorted({p[0] for p in pts}):
+    if x_ticks == "even":
+        xstep = _nice_step(max(x1 - x0, 1e-6))
+        tick_xs = [xstep * i for i in range(math.ceil(x0 / xstep), math.floor(x1 / xstep) + 1)]
+    else:
+        tick_xs = sorted({p[0] for p in pts})
+    for x in tick_xs:
         xx, _ = px(x, y0)
         cv2.line(img, (xx, H - bottom), (xx, H - bottom + 5), (0, 0, 0), 1)
         label = f"{x:g}"
@@ -118,7 +147,7 @@ def plot_generalization(path: str, series: dict[str, list[tuple[float, float]]],
                 _dashed(img, p, q, color, 2)
             else:
                 cv2.line(img, p, q, color, 2, cv2.LINE_AA)
-        for p in good:
+        for p in good if markers else ():
             cv2.circle(img, p, 4, color, -1, cv2.LINE_AA)
     # legend (top right)
     names = list(series)
@@ -137,11 +166,4 @@ def plot_generalization(path: str, series: dict[str, list[tuple[float, float]]],
                 cv2.line(img, (lx + 8, yy - 4), (lx + 40, yy - 4), color, 2, cv2.LINE_AA)
             cv2.circle(img, (lx + 24, yy - 4), 4, color, -1, cv2.LINE_AA)
             cv2.putText(img, name, (lx + 48, yy), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    ok, png = cv2.imencode(".png", img)
-    if not ok:
-        raise InputError(f"{path}: cannot encode the plot as PNG")
-    try:
-        atomic_write_bytes(png.tobytes(), path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
     return img

@@ -9,6 +9,9 @@
   ``skipped/nonfinite`` and ``test/<degradation>/psnr|ssim``.
 * TensorBoard event files under ``tb/`` too, when ``torch.utils.tensorboard`` can be imported (the
   ``tensorboard`` extra).
+* ``curves.png``, redrawn at the end of every epoch from those scalars (a resumed run continues
+  them): the training loss per confounder against the meta-iteration, and the periodic test's
+  PSNR per test degradation.
 * :class:`RunClock`: meta-iterations/s over the last log interval and the whole run's ETA, from
   host wall time only (no device synchronisation).
 """
@@ -60,6 +63,9 @@ class Tracker:
         if new:
             self._csv.writerow(self.FIELDS)
         self._t0 = time.time()
+        self.history: dict[str, list[tuple[float, float]]] = {}  # tag -> [(step, value)], for curves.png
+        if not new:
+            self._read_history(path)
         self.tb = None
         self.tb_reason = "disabled"
         if tensorboard:
@@ -75,9 +81,43 @@ class Tracker:
         seconds = round(time.time() - self._t0, 3)
         for tag, value in values.items():
             self._csv.writerow((step, epoch, iteration, seconds, tag, value))
+            if tag.startswith(("loss/", "test/")):
+                self.history.setdefault(tag, []).append((float(step), float(value)))
             if self.tb is not None:
                 self.tb.add_scalar(tag, value, step)
         self._file.flush()
+
+    def _read_history(self, path: str) -> None:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                tag = row.get("tag") or ""
+                if tag.startswith(("loss/", "test/")):
+                    try:
+                        self.history.setdefault(tag, []).append((float(row["step"]), float(row["value"])))
+                    except (TypeError, ValueError):
+                        continue  # a row cut short by a killed run
+
+    def draw_curves(self, title: str = "") -> str | None:
+        """``curves.png``: loss per confounder (top) and test PSNR (bottom) against the
+        meta-iteration; returns its path (``None`` before the first scalar)."""
+        import numpy as np
+
+        from ..eval.plot import draw_lines, write_png
+
+        losses = {t[len("loss/"):]: v for t, v in self.history.items() if t.startswith("loss/")}
+        psnr = {t[len("test/"):-len("/psnr")]: v for t, v in self.history.items()
+                if t.startswith("test/") and t.endswith("/psnr")}
+        if not losses and not psnr:
+            return None
+        size = (960, 420)
+        panels = [draw_lines(losses, None, f"{title}training loss per confounder".strip(), "meta-iteration", "loss",
+                             size=size, x_ticks="even", markers=False)]
+        if psnr:
+            panels.append(draw_lines(psnr, None, "periodic test", "meta-iteration", "PSNR (dB)", size=size,
+                                     x_ticks="even"))
+        path = os.path.join(self.folder, "curves.png")
+        write_png(np.vstack(panels), path)
+        return path
 
     def close(self) -> None:
         self._file.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dil_fast.cli import main
 from dil_fast.errors import CheckpointError
 from dil_fast.models import RRDBNet, RRDBNetX4, SwinIR
 from dil_fast.models.convert import convert
@@ -40,3 +41,27 @@ def test_official_swinir_params_rebuild_the_model():
                  upsampler="pixelshuffle")
     model, arch, kw = model_from_checkpoint({"params": net.state_dict()}, "swin.pth")
     assert arch == "swinir" and kw["upscale"] == 2 and _same(model, net)
+
+
+def test_the_convert_command_writes_and_refuses_with_one_line(tmp_path, capsys):
+    net = RRDBNetX4(nf=4, nb=1, gc=2)
+    torch.save({"model_meta": net.state_dict(), "model_task": net.state_dict()}, tmp_path / "m.pt")
+    assert main(["convert", "--ckpt", str(tmp_path / "m.pt"), "--to", "basicsr", "--out", str(tmp_path / "b.pth")]) == 0
+    assert "rrdb_x4 in the basicsr layout" in capsys.readouterr().out
+    assert set(torch.load(tmp_path / "b.pth", weights_only=True)) == {"params"}
+    rc = main(["convert", "--ckpt", str(tmp_path / "none.pt"), "--to", "dil", "--out", str(tmp_path / "o.pt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "none.pt" in err and not (tmp_path / "o.pt").exists()
+
+
+class _Gadget:  # an object a weights-only load refuses
+    pass
+
+
+def test_a_checkpoint_that_carries_code_is_refused_in_a_sentence(tmp_path, capsys):
+    torch.save({"model_meta": RRDBNet(nf=4, nb=1, gc=2).state_dict(), "extra": _Gadget()}, tmp_path / "code.pt")
+    rc = main(["convert", "--ckpt", str(tmp_path / "code.pt"), "--to", "dil", "--out", str(tmp_path / "o.pt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "refused: the file carries Python objects beyond tensors and plain containers" in err
+    assert not (tmp_path / "o.pt").exists()

@@ -3,11 +3,13 @@ non-finite steps, files readable by collaborators, the released construction ord
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import cv2
 import pytest
 import torch
 
@@ -112,8 +114,7 @@ def test_killed_run_then_restart_leaves_no_orphan(data):
     assert "Removed 1 orphaned temporary file" in (data / "run" / "train.log").read_text()
 
 
-def test_tracking_writes_options_metrics_and_labelled_lines(data):
-    pytest.importorskip("torch.utils.tensorboard")
+def test_tracking_writes_options_metrics_curves_and_labelled_lines(data):
     assert Trainer(_cfg(data, confounders="noise:5,15", loader="folder")).run() == 0
     folder = data / "run"
     opts = json.loads((folder / "options.json").read_text())
@@ -125,7 +126,15 @@ def test_tracking_writes_options_metrics_and_labelled_lines(data):
             "skipped/nonfinite", "test/noise50/psnr", "test/noise50/ssim"} <= tags
     log = (folder / "train.log").read_text()
     assert "Losses: noise" in log and "it/s" in log and "ETA" in log and "elapsed" in log
-    assert [n for n in os.listdir(folder / "tb") if n.startswith("events.out.tfevents")]
+    curves = cv2.imread(str(folder / "curves.png"))
+    assert curves.shape == (840, 960, 3)  # loss panel over the test-PSNR panel
+    # the loss lines are drawn in colour on the top panel, the PSNR line on the bottom one
+    coloured = (curves.max(axis=2).astype(int) - curves.min(axis=2)) > 60
+    assert coloured[:420].sum() > 200 and coloured[420:].sum() > 50
+    if importlib.util.find_spec("tensorboard") is None:  # the tensorboard extra
+        assert not (folder / "tb").exists()
+    else:
+        assert [n for n in os.listdir(folder / "tb") if n.startswith("events.out.tfevents")]
 
 
 def test_a_diverging_run_stops_with_one_line_and_only_finite_checkpoints(data, capsys):
