@@ -16,7 +16,8 @@ owns in it. The minimum is 10 rounds x 2 products per counter / 4 normals per co
 thread with n counters does 18 n + 2 (4.75 per element for n = 2) because the products of rounds
 1 and 2 that see only the counter words shared by all counters of a program are computed once.
 
-Rows are appended to ``bench/results/compile.csv`` (or ``$DIL_FAST_BENCH_OUT``) one by one as they
+Rows are appended to ``<--out>/compile.csv`` (default ``$DIL_FAST_BENCH_OUT``, else
+``~/.cache/dil_fast/bench``; the curated copy is ``--out bench/results``) one by one as they
 are measured: kernel, variant, config, triton, target, registers, spill_bytes (ptxas "bytes spill
 stores" per thread), stack_bytes (the stack frame: spills plus local arrays, such as the 28-byte
 table of libdevice's sinf/cosf range reduction), shared_bytes, int32_products,
@@ -39,7 +40,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import print_table, record  # noqa: E402
+from bench._common import add_out_argument, print_table, record  # noqa: E402
 from dil_fast import backends  # noqa: E402
 
 TARGET_ARCH = 90
@@ -216,9 +217,14 @@ def problems(row: dict) -> list[str]:
     return out
 
 
+COLUMNS = ["kernel", "variant", "config", "triton", "target", "registers", "spill_bytes", "stack_bytes",
+           "shared_bytes", "mulhi_per_element", "int32_products", "compile_s"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernel", default="", help="only the kernels whose name contains this text")
+    add_out_argument(ap)
     args = ap.parse_args(argv)
     if backends.triton_interpret() or backends.skip_autotune():
         print("bench_compile: unset TRITON_INTERPRET and DIL_FAST_SKIP_AUTOTUNE; the report compiles every "
@@ -235,7 +241,7 @@ def main(argv=None) -> int:
     for launch in chosen:
         for config in configs_of(launch):
             row = measure(launch, config)
-            path = record("compile", [row], "cpu")
+            path = record("compile", [row], "cpu", out=args.out, columns=COLUMNS)
             rows.append(row)
             failures += [f"{row['kernel']} {row['variant']} {row['config']}: {p}" for p in problems(row)]
     print_table(rows, ["kernel", "variant", "config", "registers", "spill_bytes", "stack_bytes", "shared_bytes",

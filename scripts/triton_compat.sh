@@ -2,7 +2,7 @@
 # The Triton kernels against another Triton release (default 3.6.0, the lent GPUs' version; CI and
 # our machines run 3.9): a side environment with that Triton and the CPU torch, then the compile
 # report (bench/bench_compile.py: every kernel x autotune config compiled for sm_90 by Triton's real
-# compiler, no GPU needed; rows appended to bench/results/compile.csv) and the Triton tier under
+# compiler, no GPU needed; rows appended to the benchmarks' --out folder) and the Triton tier under
 # the interpreter, whose tests/ops/test_compile.py fails on any spill, int32 offset product or
 # excess Philox work.
 # Usage: bash scripts/triton_compat.sh [TRITON_VERSION]
