@@ -1,8 +1,13 @@
 """Shared fixtures. Nothing here touches a GPU or global state at import time."""
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import random
+import select
+import struct
+import termios
 
 import numpy as np
 import pytest
@@ -114,3 +119,24 @@ def png_folder(tmp_path):
     return lambda n=6, size=48, seed=0, name="train", channels=3: make_png_folder(
         tmp_path / name, n=n, size=size, seed=seed, channels=channels
     )
+
+
+@pytest.fixture
+def terminal():
+    """A pseudo-terminal: ``(stream written by the code under test, read() of what reached it)``."""
+    main_fd, term_fd = pty.openpty()
+    fcntl.ioctl(term_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 x 0
+    stream = os.fdopen(term_fd, "w")
+
+    def read() -> str:
+        stream.flush()
+        chunks = []
+        while True:
+            ready, _, _ = select.select([main_fd], [], [], 0.2)
+            if not ready:
+                return "".join(chunks)
+            chunks.append(os.read(main_fd, 1 << 16).decode(errors="replace"))
+
+    yield stream, read
+    stream.close()
+    os.close(main_fd)

@@ -2,14 +2,9 @@
 without tqdm, crop, pack and train run all the same."""
 from __future__ import annotations
 
-import fcntl
 import io
 import os
-import pty
-import select
-import struct
 import sys
-import termios
 
 import pytest
 
@@ -30,27 +25,6 @@ class _Clock:
 
     def __call__(self):
         return self.now
-
-
-@pytest.fixture
-def terminal():
-    """A pseudo-terminal: ``(stream written by the code under test, read() of what reached it)``."""
-    main_fd, term_fd = pty.openpty()
-    fcntl.ioctl(term_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 x 0
-    stream = os.fdopen(term_fd, "w")
-
-    def read() -> str:
-        stream.flush()
-        chunks = []
-        while True:
-            ready, _, _ = select.select([main_fd], [], [], 0.2)
-            if not ready:
-                return "".join(chunks)
-            chunks.append(os.read(main_fd, 1 << 16).decode(errors="replace"))
-
-    yield stream, read
-    stream.close()
-    os.close(main_fd)
 
 
 def test_log_lines_every_interval_with_rate_and_eta():

@@ -2,12 +2,17 @@
 then distort them on the device) and paired folders (LQ/GT, e.g. three rain datasets as three
 confounders, or real LR/HR pairs).
 
-Both are built on :class:`ShardedLoader`, which the released path's
-:class:`~dil_fast.data.reference.ReferencePairLoader` shares: K datasets, one per confounder, each
+Both are built on :class:`ShardedLoader`, which reads data as the released path's
+:class:`~dil_fast.data.reference.ReferencePairLoader` does: K datasets, one per confounder, each
 visited in its own seeded per-epoch order (:class:`~dil_fast.data.reference.EpochShardSampler`,
 sharded over DDP ranks), one batch of each per meta-iteration; every sample's crop and dihedral
 mode come from ``numpy.random.default_rng([seed, epoch, confounder, index])``, so they depend only
 on those four numbers (not on workers, batch split or ranks) and a resume continues exactly.
+The workers are the reference loader's too: ``--num_workers`` per confounder capped to the CPUs
+(:func:`~dil_fast.data.reference.cap_workers`, said in ``worker_note``), a bad image raised in the
+main process as its own one-line error (:func:`~dil_fast.data.reference.make_dataloader`,
+:func:`~dil_fast.data.reference.next_batch`), and the workers stopped as soon as an iteration
+ends, fails or is abandoned (:func:`~dil_fast.data.reference.shutdown_workers`).
 
 * :class:`FolderCleanLoader` (``yields = "clean"``): ``--trainset`` a folder of PNG/JPEG/BMP/WebP
   images of any sizes >= the patch; crops drawn over every valid corner ``0 .. H-p`` inclusive (as
@@ -25,11 +30,18 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import FlagError, InputError
 from .images import list_images, read_image_rgb
-from .reference import EpochShardSampler, augment
+from .reference import (
+    EpochShardSampler,
+    augment,
+    cap_workers,
+    make_dataloader,
+    next_batch,
+    shutdown_workers,
+)
 
 __all__ = ["IMAGE_EXTS", "ShardedLoader", "FolderCleanLoader", "PairedLoader", "is_paired_folder", "paired_files"]
 
@@ -50,19 +62,22 @@ class ShardedLoader:
 
     ``len``: ``min_k len(dataset_k) // (batch_size * gpus)`` meta-iterations per epoch (``drop_last``;
     the released arithmetic). Subclasses set ``yields`` and turn the K collated batches into their
-    output (:meth:`_emit`).
+    output (:meth:`_emit`). ``num_workers`` (per confounder) is capped by
+    :func:`~dil_fast.data.reference.cap_workers` (``cpus`` overrides the CPU count);
+    ``num_workers`` holds the count in use and ``worker_note`` the line saying it was lowered
+    (None when it was not).
     """
 
     yields = "pairs"
 
     def __init__(self, datasets, *, batch_size: int, seed: int, num_workers: int = 0, device="cpu", rank: int = 0,
-                 world_size: int = 1, gpus: int | None = None, source: str = "--trainset"):
+                 world_size: int = 1, gpus: int | None = None, source: str = "--trainset", cpus: int | None = None):
         self.datasets = list(datasets)
         self.num_confounders = len(self.datasets)
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.gpus = gpus or world_size
-        self.num_workers = int(num_workers)
+        self.num_workers, self.worker_note = cap_workers(int(num_workers), self.num_confounders, cpus)
         self.samplers = [EpochShardSampler(len(ds), seed=seed, confounder=k, rank=rank, world_size=world_size)
                          for k, ds in enumerate(self.datasets)]
         self.epoch = 0
@@ -91,23 +106,28 @@ class ShardedLoader:
         return batches
 
     def __iter__(self):
-        loaders = []
-        for ds, sampler in zip(self.datasets, self.samplers):
-            ds.set_epoch(self.epoch)
-            sampler.set_epoch(self.epoch)
-            sampler.start = self.position * self.batch_size
-            loaders.append(iter(DataLoader(ds, batch_size=self.batch_size, sampler=sampler,
-                                           num_workers=self.num_workers, drop_last=True,
-                                           pin_memory=self.device.type == "cuda")))
         non_blocking = self.device.type == "cuda"
-        while self.position < len(self):
-            batches = []
+        loaders = []
+        try:  # the workers stop when the epoch ends, a sample fails or the caller drops the iterator
+            for ds, sampler in zip(self.datasets, self.samplers):
+                ds.set_epoch(self.epoch)
+                sampler.set_epoch(self.epoch)
+                sampler.start = self.position * self.batch_size
+                loaders.append(iter(make_dataloader(ds, batch_size=self.batch_size, sampler=sampler,
+                                                    num_workers=self.num_workers, drop_last=True,
+                                                    pin_memory=self.device.type == "cuda")))
+            while self.position < len(self):
+                batches = []
+                for it in loaders:
+                    batch = next_batch(it)
+                    batches.append(tuple(t.to(self.device, non_blocking=non_blocking) for t in batch)
+                                   if isinstance(batch, (tuple, list))
+                                   else batch.to(self.device, non_blocking=non_blocking))
+                self.position += 1
+                yield self._emit(batches)
+        finally:
             for it in loaders:
-                batch = next(it)
-                batches.append(tuple(t.to(self.device, non_blocking=non_blocking) for t in batch)
-                               if isinstance(batch, (tuple, list)) else batch.to(self.device, non_blocking=non_blocking))
-            self.position += 1
-            yield self._emit(batches)
+                shutdown_workers(it)
 
 
 # --------------------------------------------------------------------------------------- clean

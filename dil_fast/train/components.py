@@ -185,40 +185,15 @@ def build_loader(cfg: TrainConfig, device, rank: int, world_size: int, num_confo
 
 
 def test_results(model: nn.Module, images, spec, *, seed: int, device, y: bool, crop_border: int, scale: int):
-    """The periodic test at one degradation ``spec``: ``[(name, psnr, ssim, restored)]``. Gaussian
-    noise at scale 1 takes the released evaluation's numpy path (seeded per image); every other
-    degradation is :func:`dil_fast.degrade.counterfactual` of the image with step = its index."""
-    import numpy as np
-    import torch
+    """The periodic test at one degradation ``spec``: ``[(name, psnr, ssim, restored)]``.
 
-    from ..data.images import image_to_tensor, tensor_to_uint8
-    from ..degrade import GaussianNoise, counterfactual
-    from ..eval import evaluate_model
-    from ..metrics import calculate_psnr, calculate_ssim
+    It is :func:`dil_fast.eval.evaluate` itself, so the training log's numbers are those of
+    ``dil-fast eval`` on the written checkpoint at the same level, seed, metric and scale (plain
+    Gaussian noise through the released numpy path; an x``scale`` test resizes the degraded image
+    to ``1/scale`` in a call of its own)."""
+    from ..eval import evaluate
 
-    if isinstance(spec, GaussianNoise) and not isinstance(spec.sigma, (tuple, list)) and scale == 1:
-        return evaluate_model(model, images, level=float(spec.sigma), seed=seed, device=device, y=y,
-                              crop_border=crop_border)
-    was_training = model.training
-    model.eval()
-    results = []
-    try:
-        for index, (name, img) in enumerate(images):
-            h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
-            clean = np.ascontiguousarray(img[:h, :w])
-            (s,) = sr_confounders([spec], scale, (h, w))
-            x = counterfactual(image_to_tensor(clean)[None], [s], seed=seed, step=index, mode="shared")[0]
-            with torch.no_grad():
-                restored = tensor_to_uint8(model(x.to(device)).float().cpu())
-            if restored.shape != clean.shape:
-                raise FlagError(f"{name}: the model restores {restored.shape[1]}x{restored.shape[0]} from the "
-                                f"{s.name} input of a {w}x{h} image")
-            results.append((name, calculate_psnr(clean, restored, crop_border, test_y_channel=y, color_order="rgb"),
-                            calculate_ssim(clean, restored, crop_border, test_y_channel=y, color_order="rgb"),
-                            restored))
-    finally:
-        model.train(was_training)
-    return results
+    return evaluate(model, images, spec, seed=seed, device=device, y=y, crop_border=crop_border, scale=scale)
 
 
 def check_test_images(images, cfg: TrainConfig) -> None:

@@ -90,7 +90,8 @@ class Trainer:
         self.fast_options = (FastOptions(precision=None, deterministic=cfg.deterministic) if cfg.reference_mode else
                              resolve_options(self.device, precision=cfg.precision, channels_last=cfg.channels_last,
                                              compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
-                                             deterministic=cfg.deterministic))
+                                             deterministic=cfg.deterministic, distributed=cfg.distributed,
+                                             backend=cfg.backend))
         self.algorithm: MetaAlgorithm | None = None
         self.last_eval: tuple[float, float] | None = None
         self._test_note: str | None = None
@@ -335,38 +336,34 @@ class Trainer:
                     lr = algo.meta_lr
                     algo.meta_lr = lr * 0.5 if lr > 1e-6 else 1e-6
                 task_lr, meta_lr = algo.task_lr, algo.meta_lr
-                bar = _progress(n_iter, skip, epoch, use_bar)
                 keep_task = self.is_main and epoch % cfg.save_every == 0  # model_N.pt's model_task
-                for it, losses in self.epoch_iterations(epoch, skip, keep_task_at_end=keep_task):
-                    done += 1
-                    skipped = algo.last_skipped
-                    if skipped is not None:  # device arithmetic: no sync
-                        bad[0] += skipped[0].to(bad.device)
-                        bad[1] = (bad[1] + skipped[0].to(bad.device)) * skipped[0].to(bad.device)
-                    if it % cfg.print_every == 0:
-                        # CPU: written now; CUDA: copied asynchronously, written once on the host
-                        loss_log.submit(torch.cat([losses.detach().float().to(bad.device), bad]),
-                                        monitor.log_point(bar, epoch, it, n_iter, done, done, self.order.last, task_lr,
-                                                          meta_lr))
-                    elif cfg.max_bad_steps and it % cfg.max_bad_steps == 0:
-                        loss_log.submit(bad.clone(), monitor.bad_check())
-                    loss_log.poll()
-                    if bar is not None:
+                with _progress(n_iter, skip, epoch, use_bar) as bar:  # a failing epoch erases its bar
+                    for it, losses in self.epoch_iterations(epoch, skip, keep_task_at_end=keep_task):
+                        done += 1
+                        skipped = algo.last_skipped
+                        if skipped is not None:  # device arithmetic: no sync
+                            bad[0] += skipped[0].to(bad.device)
+                            bad[1] = (bad[1] + skipped[0].to(bad.device)) * skipped[0].to(bad.device)
+                        if it % cfg.print_every == 0:
+                            # CPU: written now; CUDA: copied asynchronously, written once on the host
+                            loss_log.submit(torch.cat([losses.detach().float().to(bad.device), bad]),
+                                            monitor.log_point(bar, epoch, it, n_iter, done, done, self.order.last,
+                                                              task_lr, meta_lr))
+                        elif cfg.max_bad_steps and it % cfg.max_bad_steps == 0:
+                            loss_log.submit(bad.clone(), monitor.bad_check())
+                        loss_log.poll()
                         bar.update(1)
-                    if stop_left is not None:
-                        stop_left -= 1
-                    if monitor.stop_reason is not None:
-                        raise TrainingStopped(monitor.stop_reason)
-                    if self._stop_signal is not None or stop_left == 0:
-                        loss_log.flush()
-                        if bar is not None:
+                        if stop_left is not None:
+                            stop_left -= 1
+                        if monitor.stop_reason is not None:
+                            raise TrainingStopped(monitor.stop_reason)
+                        if self._stop_signal is not None or stop_left == 0:
+                            loss_log.flush()
                             bar.close()
-                        if it + 1 < n_iter:
-                            return self._interrupt(algo, epoch, it + 1, logger)
-                        break
-                loss_log.flush()
-                if bar is not None:
-                    bar.close()
+                            if it + 1 < n_iter:
+                                return self._interrupt(algo, epoch, it + 1, logger)
+                            break
+                    loss_log.flush()
                 if monitor.stop_reason is not None:
                     raise TrainingStopped(monitor.stop_reason)
                 self._end_of_epoch(algo, epoch, testset, logger)
@@ -395,6 +392,8 @@ class Trainer:
         self._save(self._state(algo, epoch + 1, 0), "last.pt")
         if epoch % cfg.test_every == 0 and testset is not None:
             self._evaluate(algo, epoch, testset, logger)
+        if self._tracker is not None:
+            self._tracker.draw_curves(f"{cfg.task}, {algo.name}: ")
 
     def _save(self, obj, name: str) -> None:
         path = os.path.join(self.cfg.ckpt_save, name)
@@ -476,8 +475,13 @@ def _check_loader(loader) -> None:
 
 
 def _progress(total: int, initial: int, epoch: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
+    """The reporter of one epoch's meta-iterations ``initial .. total`` by the rule of
+    :func:`dil_fast._progress.progress`: a tqdm bar on a terminal, erased when the epoch ends.
+    ``enabled`` is False with ``--no_progress``, on ranks other than 0, and by default when stderr
+    is no terminal: there the Monitor's lines already say progress (iteration, it/s, elapsed and
+    ETA every ``--print_every``), so a plain line every 30 s would only repeat them. Forced on
+    (``TrainConfig.progress=True``) without a terminal, the plain lines go to stderr, never to
+    train.log."""
+    from .._progress import progress
 
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="it", dynamic_ncols=True, leave=False)
+    return progress(total, desc=f"epoch {epoch}", unit="it", enabled=enabled, initial=initial, leave=False)

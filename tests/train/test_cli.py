@@ -172,13 +172,15 @@ def test_every_variant_trains_and_resumes_exactly(data, variant):
     assert "Task loss" in (straight / "train.log").read_text()
 
 
-def test_progress_bar_shows_rate_and_loss(data, capsys):
+def test_progress_bar_shows_rate_and_loss_on_a_terminal(data, terminal, monkeypatch):
     pytest.importorskip("tqdm")  # optional at run time (tests/test_progress.py covers its absence)
     from dil_fast.train import TrainConfig, Trainer
 
+    stream, read = terminal
+    monkeypatch.setattr(sys, "stderr", stream)
     cfg = TrainConfig(ckpt_save=str(data / "bar"), trainset=str(data / "train"), testset=str(data / "test"),
                       patch_size=16, batch_size=2, total_epoch=1, num_workers=0, device="cpu", nf=8, nb=1, gc=4,
-                      print_every=1, test_every=9, progress=True)
+                      print_every=1, test_every=9)
     assert Trainer(cfg).run() == 0
-    err = capsys.readouterr().err
-    assert "epoch 0" in err and "it/s" in err and "loss=" in err
+    shown = read()
+    assert "epoch 0" in shown and "it/s" in shown and "loss=" in shown

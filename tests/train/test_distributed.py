@@ -39,4 +39,4 @@ def test_torchrun_two_gloo_processes(tmp_path):
     ck = torch.load(out / "model_2.pt", weights_only=True)
     assert set(ck) == {"model_meta", "model_task"}
     listed = set(os.listdir(out)) - {"tb", "options.yaml"}  # TensorBoard and PyYAML when installed
-    assert listed == {"last.pt", "metrics.csv", "model_1.pt", "model_2.pt", "options.json", "train.log"}
+    assert listed == {"curves.png", "last.pt", "metrics.csv", "model_1.pt", "model_2.pt", "options.json", "train.log"}

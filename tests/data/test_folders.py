@@ -1,0 +1,155 @@
+"""The folder loaders (clean folder, paired GT/LQ folders) read in DataLoader workers: a bad image
+ends a run with its one line, the workers are capped to the CPUs and stop when an iteration ends."""
+import gc
+import multiprocessing
+import time
+
+import pytest
+import torch
+
+from dil_fast import cli
+from dil_fast.data import reference
+from dil_fast.data.folders import FolderCleanLoader, PairedLoader
+from dil_fast.errors import InputError
+from tests.conftest import make_png_folder
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _paired_folder(root, n=2, size=24):
+    make_png_folder(root / "GT", n=n, size=size, seed=1)
+    make_png_folder(root / "LQ", n=n, size=size, seed=2)
+    return root
+
+
+def _worker_processes():
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+# ---------------------------------------------------------------------------------------------
+# A bad image read in a worker: one stderr line naming the file, exit status 2
+
+
+@pytest.mark.parametrize("layout", ["folder", "paired"])
+def test_bad_image_in_a_worker_is_one_line_through_the_cli(tmp_path, layout, monkeypatch, capfd):
+    if layout == "folder":
+        trainset = tmp_path / "train"
+        make_png_folder(trainset, n=2, size=24)
+        bad = trainset / "000001.png"
+        loader_flags = ["--loader", "folder"]
+    else:
+        trainset = _paired_folder(tmp_path / "pairs")
+        bad = trainset / "LQ" / "000001.png"
+        loader_flags = []  # a paired folder is read by --loader paired by default
+    _truncate(bad)
+    make_png_folder(tmp_path / "test", n=1, size=16)
+    monkeypatch.setattr(reference, "available_cpus", lambda: 8)  # the 2 workers start on any machine
+    rc = cli.main(["train", "--trainset", str(trainset), "--testset", str(tmp_path / "test"), "--ckpt_save",
+                   str(tmp_path / "run"), *loader_flags, "--num_workers", "2", "--levels", "5", "--nf", "4",
+                   "--nb", "1", "--gc", "2", "--patch_size", "16", "--batch_size", "1", "--total_epoch", "1",
+                   "--device", "cpu", "--backend", "torch"])
+    lines = capfd.readouterr().err.splitlines()
+    assert rc == 2 and len(lines) == 1, lines  # no "Caught InputError in DataLoader worker process" traceback
+    assert lines[0] == f"error: {bad}: truncated or corrupt PNG (no IEND chunk at the end)"
+
+
+def test_bad_image_in_a_worker_raises_its_own_error(tmp_path):
+    trainset = _paired_folder(tmp_path / "pairs")
+    _truncate(trainset / "GT" / "000000.png")
+    loader = PairedLoader([trainset], patch_size=16, batch_size=1, seed=3, num_workers=1, cpus=2)
+    assert loader.num_workers == 1
+    with pytest.raises(InputError) as info:
+        for _ in loader:
+            pass
+    assert type(info.value) is InputError
+    assert str(info.value) == f"{trainset / 'GT' / '000000.png'}: truncated or corrupt PNG (no IEND chunk at the end)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers change nothing in the data; they are capped to the CPUs, and the trainer says so
+
+
+def _batches(loader):
+    return [b for b in loader]
+
+
+def test_workers_do_not_change_the_batches(tmp_path):
+    make_png_folder(tmp_path / "train", n=6, size=20, seed=4)
+    pairs = _paired_folder(tmp_path / "pairs", n=4, size=20)
+    clean = {w: _batches(FolderCleanLoader(str(tmp_path / "train"), 2, patch_size=16, batch_size=2, seed=7,
+                                           num_workers=w, cpus=8)) for w in (0, 2)}
+    assert len(clean[0]) == 3 and clean[0][0].shape == (2, 2, 3, 16, 16)
+    assert all(torch.equal(a, b) for a, b in zip(clean[0], clean[2], strict=True))
+    paired = {w: _batches(PairedLoader([pairs, pairs], patch_size=16, batch_size=2, seed=7, num_workers=w, cpus=8))
+              for w in (0, 2)}
+    assert len(paired[0]) == 2 and [t.shape for t in paired[0][0][1]] == [(2, 3, 16, 16)] * 2
+    for a, b in zip(paired[0], paired[2], strict=True):
+        assert all(torch.equal(x, y) for (lq_a, gt_a), (lq_b, gt_b) in zip(a, b, strict=True)
+                   for x, y in ((lq_a, lq_b), (gt_a, gt_b)))
+
+
+def test_workers_are_capped_to_the_cpus(tmp_path):
+    make_png_folder(tmp_path / "train", n=4, size=16)
+    pairs = _paired_folder(tmp_path / "pairs", n=2, size=16)
+    capped = FolderCleanLoader(str(tmp_path / "train"), 4, patch_size=16, batch_size=1, seed=1, num_workers=8, cpus=2)
+    assert capped.num_workers == 0
+    assert capped.worker_note == ("--num_workers 8: 4 confounders x 8 workers = 32 processes for 2 CPUs; using 0 per "
+                                  "confounder (samples are read in the main process)")
+    assert next(iter(capped)).shape == (4, 1, 3, 16, 16)
+    halved = PairedLoader([pairs, pairs], patch_size=16, batch_size=1, seed=1, num_workers=3, cpus=4)
+    assert halved.num_workers == 2 and "6 processes for 4 CPUs; using 2 per confounder" in halved.worker_note
+    kept = FolderCleanLoader(str(tmp_path / "train"), 2, patch_size=16, batch_size=1, seed=1, num_workers=2, cpus=4)
+    assert kept.num_workers == 2 and kept.worker_note is None
+
+
+def test_the_trainer_logs_the_worker_cap(tmp_path, monkeypatch):
+    make_png_folder(tmp_path / "train", n=2, size=16)
+    make_png_folder(tmp_path / "test", n=1, size=16)
+    monkeypatch.setattr(reference, "available_cpus", lambda: 1)
+    rc = cli.main(["train", "--trainset", str(tmp_path / "train"), "--testset", str(tmp_path / "test"),
+                   "--ckpt_save", str(tmp_path / "run"), "--loader", "folder", "--num_workers", "3", "--levels", "5",
+                   "--nf", "4", "--nb", "1", "--gc", "2", "--patch_size", "16", "--batch_size", "1",
+                   "--total_epoch", "1", "--device", "cpu", "--backend", "torch", "--no_progress"])
+    assert rc == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert ("--num_workers 3: 1 confounders x 3 workers = 3 processes for 1 CPUs; using 1 per confounder "
+            "(1 worker processes)") in log
+
+
+# ---------------------------------------------------------------------------------------------
+# An iteration that stops early (a bad sample, the caller breaking off) stops its workers at once
+
+
+def test_a_failed_iteration_leaves_no_workers_behind(tmp_path):
+    make_png_folder(tmp_path / "train", n=6, size=16)
+    _truncate(tmp_path / "train" / "000003.png")
+    before = _worker_processes()
+    start = time.perf_counter()
+    loader = FolderCleanLoader(str(tmp_path / "train"), 1, patch_size=16, batch_size=1, seed=2, num_workers=2, cpus=8)
+    with pytest.raises(InputError, match="000003.png: truncated"):
+        for _ in loader:
+            pass
+    # the error's traceback still holds the loader's frame: the workers must be gone without the collector
+    assert _worker_processes() - before == set()
+    gc.collect()
+    assert time.perf_counter() - start < 3.0  # not 5 s per worker waited out at collection
+
+
+def test_an_abandoned_iteration_stops_its_workers(tmp_path):
+    make_png_folder(tmp_path / "train", n=6, size=16)
+    pairs = _paired_folder(tmp_path / "pairs", n=6, size=16)
+    before = _worker_processes()
+    for loader in (FolderCleanLoader(str(tmp_path / "train"), 1, patch_size=16, batch_size=1, seed=2, num_workers=2,
+                                     cpus=8),
+                   PairedLoader([pairs], patch_size=16, batch_size=1, seed=2, num_workers=2, cpus=8)):
+        batches = iter(loader)
+        next(batches)
+        assert len(_worker_processes() - before) == 2
+        start = time.perf_counter()
+        batches.close()  # what dropping it does: a stop after --stop_after, a signal
+        assert _worker_processes() - before == set()
+        assert time.perf_counter() - start < 3.0
+        assert loader.position == 1  # the resume position counts the batch handed out
