@@ -9,23 +9,97 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..errors import FlagError, InputError
+from ..eval import EvalLevel, evaluate, parse_levels
+from ..eval.levels import NUMERIC_FAMILIES
+from ..tasks import TASKS as TASK_TABLE
+from ..tasks import Task as TaskRow
+
+# ---------------------------------------------------------------------------------------------- tasks
+TASK_NAMES = tuple(TASK_TABLE)  # every row of dil_fast.tasks: each trains from clean images with synthetic confounders
 
 
 @dataclass(frozen=True)
-class Task:
-    name: str
-    confounders: str  # the trainer's --confounders
-    seen: tuple[float, ...]
-    unseen: tuple[float, ...]
-    axis: str  # x-axis label of the plot
+class StudyTask:
+    """One row of :data:`dil_fast.tasks.TASKS` as the study runs it.
+
+    ``confounders`` is the trainer's ``--confounders`` (the row's, at ``order`` for realsr);
+    ``seen`` its levels, one per training confounder (:func:`dil_fast.eval.parse_levels`);
+    ``unseen`` the held-out levels: the row's ``eval_levels`` and periodic ``test`` (or the
+    study's ``--test_confounders``) less the seen ones, in that order. ``unseen`` may be empty.
+    """
+
+    row: TaskRow
+    order: int
+    confounders: str
+    seen: tuple[EvalLevel, ...]
+    unseen: tuple[EvalLevel, ...]
+
+    @property
+    def name(self) -> str:
+        return self.row.name
+
+    @property
+    def levels(self) -> tuple[EvalLevel, ...]:
+        return self.seen + self.unseen
+
+    @property
+    def numeric(self) -> bool:
+        """True when every level is a number of one family (plotted against that number)."""
+        return len({lv.family for lv in self.levels}) == 1 and all(lv.value is not None for lv in self.levels)
+
+    @property
+    def axis(self) -> str:
+        """The plot's x-axis label: the family's axis, or the level names by position."""
+        if self.numeric:
+            return NUMERIC_FAMILIES[self.levels[0].family]
+        names = [level_label(self, lv) for lv in self.levels]
+        k = len(self.seen)
+        trained = ", ".join(f"{i + 1} {n}" for i, n in enumerate(names[:k]))
+        held = ", ".join(f"{k + i + 1} {n}" for i, n in enumerate(names[k:])) or "none"
+        return f"level: trained {trained}; unseen {held}"
+
+    @property
+    def metric(self) -> str:
+        """The metric convention of the row (what the tables say PSNR is computed on)."""
+        return ("Y" if self.row.y else "RGB") + (f", crop border {self.row.crop_border}" if self.row.crop_border else "")
 
 
-TASKS = {
-    "denoise": Task("denoise", "noise:5,10,15,20", (5, 10, 15, 20), (25, 30, 40, 50, 70), "noise sigma (0..255)"),
-    "deblur": Task("deblur", "blur:1,2,3,4", (1, 2, 3, 4), (4.2, 4.4, 4.6, 4.8, 5.0), "Gaussian blur sigma (pixels)"),
-}
+def level_label(task: StudyTask, level: EvalLevel) -> str:
+    """A level's column / axis name: the value alone when every level is of one family, else
+    ``family:level`` (a level that already starts with its family, ``realsr1-sinc-x4``, alone)."""
+    if len({lv.family for lv in task.levels}) == 1 or level.level.startswith(level.family):
+        return level.level
+    return level.name
+
+
+def training_confounders(row: TaskRow, order: int) -> str:
+    """The row's training confounders at Real-ESRGAN ``order`` (the trainer's rule for realsr)."""
+    return row.confounders.replace("realsr:1", f"realsr:{order}")
+
+
+def study_task(name: str, order: int = 1, test_confounders: str | None = None) -> StudyTask:
+    """The :class:`StudyTask` of ``--task name`` (``--order``, ``--test_confounders``);
+    :class:`FlagError` naming the flag for an unknown task, an order other than realsr's, or
+    held-out levels that do not parse."""
+    if name not in TASK_TABLE:
+        raise FlagError(f"--task must be one of {', '.join(TASK_NAMES)}, got {name!r}")
+    if order not in (1, 2):
+        raise FlagError(f"--order must be 1 or 2, got {order}")
+    if order == 2 and name != "realsr":
+        raise FlagError(f"--order 2 selects Real-ESRGAN's second-order degradation of --task realsr, not --task {name}")
+    row = TASK_TABLE[name]
+    confounders = training_confounders(row, order)
+    seen = tuple(parse_levels(confounders, flag=f"--task {name}"))
+    if test_confounders is None:
+        candidates = parse_levels(row.eval_levels, flag=f"--task {name}") + parse_levels(row.test, flag=f"--task {name}")
+    else:
+        candidates = parse_levels(test_confounders, flag="--test_confounders")
+    trained = {lv.name for lv in seen}
+    unseen = tuple({lv.name: lv for lv in candidates if lv.name not in trained}.values())
+    return StudyTask(row, order, confounders, seen, unseen)
 
 
 @dataclass(frozen=True)
@@ -123,6 +197,7 @@ def prepare_trainset(out: str, preset: Preset, trainset: str | None, progress: b
 
         source = builtin_train_patches(os.path.join(out, "data", f"builtin_{preset.crop}s{preset.stride}"),
                                        size=preset.crop, stride=preset.stride)
+    os.makedirs(os.path.dirname(store), exist_ok=True)
     pack_folder(source, store, progress=progress)
     return store
 
@@ -137,20 +212,42 @@ def load_test_images(testset: str | None, max_side: int) -> list[tuple[str, np.n
     return images
 
 
-# ---------------------------------------------------------------------------------------------- train
-def train_method(method: str, task: Task, preset: Preset, store: str, trainer_test: str, out: str, *, seed: int,
-                 device: str | None, budget: int):
-    """Train one method for ``budget`` meta-iterations; returns (meta model, :class:`MethodRun`)."""
-    import torch
+# ---------------------------------------------------------------------------------------------- checks
+def check_methods(methods: list[str], task: StudyTask, batch_size: int) -> None:
+    """Refuse, before anything trains, a method the budget cannot be matched for."""
+    k = len(task.seen)
+    if "erm-steps" in methods and batch_size % k:
+        raise FlagError(f"--variants erm-steps needs --batch_size divisible by the {k} confounders of --task "
+                        f"{task.name}, got {batch_size} (e.g. --batch_size {k * max(1, batch_size // k)})")
 
+
+def check_synthetic_data(task: StudyTask, trainset: str | None, testset: str | None) -> None:
+    """Refuse paired folders (``GT/`` + ``LQ/``): the study trains every task from clean patches with
+    its synthetic confounders and scores clean test images it degrades itself."""
+    from ..data.folders import is_paired_folder
+
+    if trainset and is_paired_folder(trainset):
+        raise InputError(f"--trainset {trainset}: a paired folder (GT/ and LQ/); the study trains --task {task.name} "
+                         f"on clean patches with its synthetic confounders ({task.confounders}) and reads no pairs: "
+                         f"train on paired data with dil-fast train --task {task.name} --trainset FOLDER [FOLDER ...]")
+    if testset and testset != "default" and is_paired_folder(testset):
+        raise InputError(f"--testset {testset}: a paired folder (GT/ and LQ/); the study degrades clean test images "
+                         f"at the levels of --task {task.name} and reads no pairs: score real pairs with "
+                         f"dil-fast eval --task {task.name} --testset {testset} --ckpt CKPT")
+
+
+# ---------------------------------------------------------------------------------------------- train
+def train_method(method: str, task: StudyTask, preset: Preset, store: str, trainer_test: str, out: str, *, seed: int,
+                 device: str | None, budget: int):
+    """Train one method for ``budget`` meta-iterations on ``task``'s confounders with its model,
+    scale and periodic test; returns (meta model, :class:`MethodRun`)."""
     from ..data.store import PatchStore
     from ..train import TrainConfig, Trainer
 
     k = len(task.seen)
     batch, iterations, variant = preset.batch_size, budget, method
     if method == "erm-steps":
-        if preset.batch_size % k:
-            raise FlagError(f"erm-steps needs --batch_size divisible by the {k} confounders, got {preset.batch_size}")
+        check_methods([method], task, preset.batch_size)
         batch, iterations, variant = preset.batch_size // k, budget * k, "erm"
     count = PatchStore(store, "cpu", verify=False).count
     per_epoch = count // batch
@@ -159,7 +256,7 @@ def train_method(method: str, task: Task, preset: Preset, store: str, trainer_te
     epochs = math.ceil(iterations / per_epoch)
     cfg = TrainConfig(
         ckpt_save=os.path.join(out, "runs", task.name, method), trainset=store, testset=trainer_test, variant=variant,
-        levels=tuple(float(s) for s in task.seen) if task.name == "denoise" else (5.0,), confounders=task.confounders,
+        task=task.name, order=task.order, confounders=task.confounders,
         loader="store", patch_size=preset.patch_size, batch_size=batch, total_epoch=epochs, save_every=epochs + 1,
         test_every=epochs + 1, print_every=max(1, iterations // 5), num_workers=0, seed=seed, device=device,
         nf=preset.nf, nb=preset.nb, gc=preset.gc, lr=preset.lr, meta_lr=preset.meta_lr, lr_step=10 ** 9,
@@ -180,45 +277,26 @@ def train_method(method: str, task: Task, preset: Preset, store: str, trainer_te
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
-def _blurred(img: np.ndarray, level: float):
-    import torch
+class DegradedInput(torch.nn.Module):
+    """The do-nothing baseline as a network: the degraded input itself, ``[1, 3, h, w]`` ->
+    ``[1, 3, h, w]``, or for x``s`` super-resolution its bicubic upsampling, ``[1, 3, h, w]`` ->
+    ``[1, 3, s h, s w]`` (no clamp here: the scoring quantises to 8 bits with a clip)."""
 
-    from ..degrade import GaussianBlur, counterfactual
+    def __init__(self, upscale: int = 1):
+        super().__init__()
+        self.upscale = int(upscale)
 
-    clean = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
-    return counterfactual(clean, [GaussianBlur(float(level))], seed=0, step=0, mode="shared", backend="torch")[0]
-
-
-def degrade_input(task: Task, images, level: float, seed: int) -> list[np.ndarray]:
-    """The degraded inputs (float32 ``[1, 3, H, W]`` tensors) the models see at ``level``."""
-    import torch
-
-    from ..eval import add_noise, noise_rng
-
-    if task.name == "denoise":
-        noisy = [add_noise(img, level, noise_rng(seed, i)) for i, (_, img) in enumerate(images)]
-        return [torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None] for x in noisy]
-    return [_blurred(img, level) for _, img in images]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upscale == 1:
+            return x
+        return torch.nn.functional.interpolate(x, scale_factor=self.upscale, mode="bicubic", align_corners=False)
 
 
-def evaluate_level(model, task: Task, images, level: float, seed: int, device) -> tuple[float, float]:
-    """Mean (PSNR, SSIM) of ``model`` (None: the degraded input itself) over ``images`` at ``level``."""
-    import torch
-
-    from ..data.images import tensor_to_uint8
-    from ..metrics import calculate_psnr, calculate_ssim
-
-    if model is not None and task.name == "denoise":
-        from ..eval import evaluate_model
-
-        res = evaluate_model(model, images, level=level, seed=seed, device=device)
-        return float(np.mean([r[1] for r in res])), float(np.mean([r[2] for r in res]))
-    psnrs, ssims = [], []
-    for (name, clean), x in zip(images, degrade_input(task, images, level, seed)):
-        if model is not None:
-            with torch.no_grad():
-                x = model(x.to(device)).float().cpu()
-        out = tensor_to_uint8(x)
-        psnrs.append(calculate_psnr(clean, out, 0))
-        ssims.append(calculate_ssim(clean, out, 0))
-    return float(np.mean(psnrs)), float(np.mean(ssims))
+def evaluate_level(model, task: StudyTask, images, level: EvalLevel, seed: int, device) -> tuple[float, float]:
+    """Mean (PSNR, SSIM) over ``images`` of ``model`` (None: :class:`DegradedInput`) at ``level``:
+    :func:`dil_fast.eval.evaluate` with the task's scale and metric convention (Y, crop border)."""
+    if model is None:
+        model = DegradedInput(task.row.scale)
+    res = evaluate(model, images, level, seed=seed, device=device, y=task.row.y, crop_border=task.row.crop_border,
+                   scale=task.row.scale)
+    return float(np.mean([r[1] for r in res])), float(np.mean([r[2] for r in res]))

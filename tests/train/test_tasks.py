@@ -2,6 +2,8 @@
 aligned; paired folders (one confounder each); other backbones and checkpoint layouts."""
 from __future__ import annotations
 
+import csv
+import json
 import os
 
 import cv2
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dil_fast.degrade import parse_confounders, realsr_confounders
 from dil_fast.errors import CheckpointError, FlagError, InputError
 from dil_fast.models import RRDBNetX4, dil_to_basicsr
 from dil_fast.tasks import TASKS
@@ -31,7 +34,7 @@ def _cfg(tmp_path, name, **kw):
     return TrainConfig(ckpt_save=str(tmp_path / name), **{**TINY, **kw})
 
 
-@pytest.mark.parametrize("task", [t for t in TASKS if t != "realnoise"])
+@pytest.mark.parametrize("task", list(TASKS))
 def test_every_task_trains_and_runs_its_periodic_test(folders, task):
     rrdb = dict(nf=4, nb=1, gc=2)
     trainer = Trainer(_cfg(folders, task, task=task, **rrdb))
@@ -44,6 +47,30 @@ def test_every_task_trains_and_runs_its_periodic_test(folders, task):
     assert log.count("Meta net updated!") == 4 and "Epoch: 0, psnr:" in log
     if task != "denoise":  # the confounders of the task's row, one per value
         assert trainer.degrade.num_confounders == trainer.loader.num_confounders >= 3
+
+
+def test_realsr_order_2_trains_on_the_second_order_confounders(folders):
+    trainer = Trainer(_cfg(folders, "realsr2", task="realsr", order=2, nf=4, nb=1, gc=2))
+    assert trainer.run() == 0
+    second, first = realsr_confounders(2), realsr_confounders(1)
+    names = ["realsr2-gaussian-x4", "realsr2-generalized-x4", "realsr2-plateau-x4", "realsr2-sinc-x4"]
+    assert [c.name for c in second] == names
+    # the specs trained on: Real-ESRGAN's second stage after the first (8 stages each, the first order has 5)
+    assert list(trainer.degrade.confounders) == second != first
+    assert [len(c.stages) for c in trainer.degrade.confounders] == [8] * 4 and [len(c.stages) for c in first] == [5] * 4
+    assert trainer.last_eval is not None and all(np.isfinite(trainer.last_eval))
+    run = folders / "realsr2"
+    options = json.loads((run / "options.json").read_text())
+    assert options["config"]["task"] == "realsr" and options["config"]["order"] == 2
+    assert options["resolved"]["confounders"] == names
+    assert options["resolved"]["test"] == [c.name for c in parse_confounders(TASKS["realsr"].test)]
+    assert options["resolved"]["scale"] == 4 and options["resolved"]["metric"] == {"y": True, "crop_border": 4}
+    log = (run / "train.log").read_text()
+    assert log.count("Meta net updated!") == 4 and "realsr1-" not in log
+    losses = [line for line in log.splitlines() if "Losses: " in line]
+    assert losses and all(all(n in line for n in names) for line in losses)
+    tags = {r["tag"] for r in csv.DictReader((run / "metrics.csv").read_text(encoding="utf-8").splitlines())}
+    assert {f"loss/{n}" for n in names} <= tags
 
 
 def test_sr_pairs_are_low_resolution_of_the_high_resolution_crop(folders):
