@@ -8,16 +8,22 @@ and K=8), each a full meta-iteration including its data:
                  torch's default math settings (:mod:`dil_fast.train.reference_mode`);
   (b) default    the fast path as ``dil-fast train`` runs it on this device: PatchStore sampler ->
                  fused K-way degradation -> DIL_sf with the fused flat-buffer optimizer, bf16
-                 autocast + channels_last on CUDA (fp32 NCHW on CPU);
-  (c) graphs     (b) with ``--cuda_graphs`` (CUDA) and/or ``--compile`` (when passed);
+                 autocast + channels_last + the meta-iteration replayed as one CUDA graph on CUDA
+                 (the default ``--cuda_graphs``; fp32 NCHW, eager, on CPU); ``--no_graphs``: (b)
+                 runs eagerly on CUDA too (``--no_cuda_graphs``);
+  (c) contrast   with ``--compile``: (b) plus ``torch.compile`` (captured when (b) is); else, on CUDA
+                 when (b) is captured: (b) with ``--no_cuda_graphs`` (eager launches), so c/b is what
+                 the graph buys; not run otherwise;
   (d) floor      the bare model's K forward+backward passes on tensors already on the device, at
-                 (b)'s precision and layout: no data, degradation, optimizer or meta-update.
+                 (b)'s precision and layout, launched eagerly: no data, degradation, optimizer or
+                 meta-update (so a captured (b), free of launch costs, can run under it).
 
 Printed per case: meta-iterations/s, images/s (K x batch per meta-iteration), peak device memory,
 and a time split (data, degradation, fwd_bwd, optimizer, other) from a separate instrumented run
 that synchronises at every phase boundary (so its total exceeds the pipelined time). Ratios:
 ``b/a`` and ``c/a`` are speedups (meta-iterations/s over the reference's); ``b/d`` and ``c/d`` are
-times per meta-iteration over the floor's (1.0 = no overhead over the bare model). The cases run in
+times per meta-iteration over the floor's (1.0 = no overhead over the bare model); ``b/c`` (when (c) is
+the eager contrast) the captured meta-iteration's time over the eager one. The cases run in
 the order d, a, b, c, and each row is appended to ``<--out>/train.csv`` as soon as its case is
 measured, with its ratios (a run cut short keeps every finished case).
 
@@ -28,7 +34,8 @@ configuration as timed (losses within 1e-3, bf16 5%; weight-update cosine >= 0.9
 prints why, reports no speedup for that case (ratios 'refused') and exits with status 1.
 
     python bench/bench_train.py                 # full run (use a GPU)
-    python bench/bench_train.py --compile       # (c) also compiles the model
+    python bench/bench_train.py --compile       # (c) = (b) + torch.compile
+    python bench/bench_train.py --no_graphs     # (b) eager on CUDA too (then (c) only with --compile)
     python bench/bench_train.py --profile       # + per-op profile of one meta-iteration of (b)/(c)
     python bench/bench_train.py --quick         # tiny model on CPU: the CI correctness gate
     python bench/bench_train.py --shapes 8x4    # one shape (the GPU check's step)
@@ -265,12 +272,13 @@ def _fmt(v, spec=".3g"):
 def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, store, out) -> bool:
     """Gate, measure and record the cases of one shape; True when every correctness gate passed."""
     base = make_model(model_cfg, device)
-    opts_b = resolve_options(device, precision=args.precision)
+    opts_b = resolve_options(device, precision=args.precision, cuda_graphs=False if args.no_graphs else None,
+                             backend=args.backend)
     cuda = device.type == "cuda"
     opts_c = None
-    if (cuda and not args.no_graphs) or args.compile:
+    if args.compile or opts_b.cuda_graphs:  # (b) + compile, else (b) without its graph
         opts_c = resolve_options(device, precision=args.precision, compile=args.compile,
-                                 cuda_graphs=cuda and not args.no_graphs)
+                                 cuda_graphs=opts_b.cuda_graphs and args.compile, backend=args.backend)
     shape = f"{model_name} b{batch} k{k} {patch}x{patch}"
     print(f"\n== {shape} on {device} ==")
     gates = {}
@@ -290,10 +298,11 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
     # the floor and the reference first, so every row has its ratios when it is measured and recorded
     cases = [("d", "floor", opts_b, lambda: FloorCase(base, device, batch, k, patch, opts_b)),
              ("a", "reference", None, lambda: trainer_case("reference", None)),
-             ("b", "default", opts_b, lambda: trainer_case("fast", opts_b))]
+             ("b", "default" + (" (cuda_graphs)" if opts_b.cuda_graphs else ""), opts_b,
+              lambda: trainer_case("fast", opts_b))]
     if opts_c is not None:
         label = "+".join(x for x, on in (("cuda_graphs", opts_c.cuda_graphs), ("compile", opts_c.compile)) if on)
-        cases.append(("c", label, opts_c, lambda: trainer_case("fast", opts_c)))
+        cases.append(("c", label or "eager (--no_cuda_graphs)", opts_c, lambda: trainer_case("fast", opts_c)))
     results, rows = {}, []
     for key, label, opts, make in cases:
         case = make()
@@ -326,8 +335,8 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
     print_table(rows, PRINT_KEYS)
     for key in ("b", "c"):
         if key not in results:
-            print(f"{key}/a, {key}/d: n/a (case ({key}) not run: CUDA graphs need CUDA; pass --compile to time "
-                  "torch.compile)")
+            print(f"{key}/a, {key}/d: n/a (case ({key}) not run: without --compile it is the eager contrast to a "
+                  "captured (b), and (b) is not captured here)")
             continue
         if not gates.get(key, True):
             print(f"{key}/a, {key}/d: refused (correctness gate failed)")
@@ -336,6 +345,8 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
         pipe = sum(r["split"][n] for n in ("data", "degradation", "optimizer"))
         print(f"{key}/a = {ta / r['t']:.2f}x speedup; {key}/d = {r['t'] / td:.3f} (time over the bare model); "
               f"data+degradation+optimizer = {pipe / max(r['split_total'], 1e-12):.1%} of the instrumented step")
+    if "c" in results and opts_b.cuda_graphs and not opts_c.cuda_graphs and all(gates.get(x, True) for x in "bc"):
+        print(f"b/c = {results['b']['t'] / results['c']['t']:.3f} (the captured step's time over the eager one)")
     if args.profile and (model_name, batch, k) == args.profile_shape:
         _profile(args, device, base, batch, k, patch, folder, store, out, opts_b, opts_c)
     return all(gates.values())
@@ -395,8 +406,9 @@ def parse_args(argv=None):
     p.add_argument("--split_iters", type=int, default=None, help="instrumented meta-iterations (5; 1 quick)")
     p.add_argument("--num_workers", type=int, default=None, help="reference DataLoader workers (8; 0 quick)")
     p.add_argument("--precision", default=None, choices=("fp32", "tf32", "bf16"), help="fast path precision")
-    p.add_argument("--compile", action="store_true", help="case (c) also uses torch.compile")
-    p.add_argument("--no_graphs", action="store_true", help="case (c) without CUDA graphs")
+    p.add_argument("--compile", action="store_true", help="case (c) is (b) plus torch.compile")
+    p.add_argument("--no_graphs", action="store_true",
+                   help="case (b) without its CUDA graph (--no_cuda_graphs); (c) then runs only with --compile")
     p.add_argument("--backend", default=None, choices=("torch", "triton", "cuda"), help="sampling/degradation kernels")
     p.add_argument("--profile", action="store_true", help="profile one meta-iteration of (b)/(c) at the first shape")
     add_out_argument(p)

@@ -152,11 +152,12 @@ def flat_views(flat: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.T
     return [t.view(k, *s) for t, s in zip(flat.split(sizes, dim=1), shapes)]
 
 
-def stacked_virtual_sgd(theta: torch.Tensor, grads: torch.Tensor, alpha: float, *, fused: bool,
+def stacked_virtual_sgd(theta: torch.Tensor, grads: torch.Tensor, alpha: float | torch.Tensor, *, fused: bool,
                         backend: str | None = None) -> torch.Tensor:
     """K plain virtual steps from one set of weights, no autograd: ``φ[k] = θ − α g[k]``.
     ``theta`` ``[P]``, ``grads`` ``[K, P]`` -> ``[K, P]``. ``fused``: one ``sgd_step_`` op
-    (:mod:`dil_fast.ops.optim`, ``backend`` forcing its implementation); otherwise torch."""
+    (:mod:`dil_fast.ops.optim`, ``backend`` forcing its implementation; ``alpha`` a float or a
+    one-element tensor on the device, which spares the op a host-to-device copy); otherwise torch."""
     if fused:
         phi = torch.empty_like(grads)
         sgd_step_(phi, grads, alpha, base=theta, backend=backend)

@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..ops.optim import as_lr
 from .base import Batch, resolve_fused
 from .batched import (
     check_choice,
@@ -62,6 +63,8 @@ class SerialSecondOrder(VirtualModelDIL):
         """``options``: the other keyword arguments listed above (``VirtualModelDIL``'s, same defaults)."""
         super().__init__(model, **options)
         self.outer_reduction = check_choice(outer_reduction, ("sum", "mean"), "outer_reduction")
+        self._alpha_tensor: torch.Tensor | None = None  # alpha on the device, for the fused virtual step
+        self._alpha_value: float | None = None
 
     def hparams(self) -> dict:
         return {**super().hparams(), "outer_reduction": self.outer_reduction}
@@ -103,12 +106,22 @@ class SerialSecondOrder(VirtualModelDIL):
         out = self._fmodel.stacked(flat_views(theta_k, shapes), xs, shared_input=False)
         inner = per_model_loss(self.loss_fn, out, ys)
         (g,) = torch.autograd.grad(inner.sum(), theta_k, materialize_grads=True)
-        phi = stacked_virtual_sgd(theta, g, self.alpha, fused=self._use_fused, backend=self.backend).requires_grad_()
+        alpha = self._alpha_on(theta.device) if self._use_fused else self.alpha
+        phi = stacked_virtual_sgd(theta, g, alpha, fused=self._use_fused, backend=self.backend).requires_grad_()
         outer = per_model_loss(self.loss_fn, self._fmodel.stacked(flat_views(phi, shapes), xq, shared_input=True), yq)
         (grads_k,) = torch.autograd.grad(outer.sum(), phi, materialize_grads=True)
         (meta_grad,) = meta_reduce([grads_k], self.outer_reduction)
         grads = [t.view(s) for t, s in zip(meta_grad.split([p.numel() for p in self._params]), shapes)]
         return grads, inner.detach(), None
+
+    def _alpha_on(self, device: torch.device) -> torch.Tensor:
+        """``alpha`` as the device tensor the fused step reads, made once (a float would be copied to
+        the device at every step: a host sync, which also makes the step impossible to capture)."""
+        t = self._alpha_tensor
+        if t is None or t.device != device or self._alpha_value != self.alpha:
+            t = self._alpha_tensor = as_lr(self.alpha, device)
+            self._alpha_value = self.alpha
+        return t
 
     def _virtual_model(self, params, batch: Batch, i: int, adam, *, second: bool):
         """Virtual model ``i`` alone (the looped path): ``(phi, inner loss, (m_i, v_i) or None)``."""

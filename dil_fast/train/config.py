@@ -22,7 +22,6 @@ VARIANT_NAMES = ("sf", "pf", "ss", "ps", "ss-fo", "erm")
 BACKEND_CHOICES = ("auto", "torch", "triton", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
 TASK_NAMES = ("denoise", "deblur", "hybrid", "jpeg", "realsr", "derain", "realnoise")
-GRAPH_VARIANTS = ("sf", "erm")
 
 
 @dataclass
@@ -68,7 +67,7 @@ class TrainConfig:
     precision: str | None = None  # fp32 | tf32 | bf16 (None: bf16 on CUDA, fp32 on CPU)
     channels_last: bool | None = None  # None: on for CUDA, off for CPU
     compile: bool = False
-    cuda_graphs: bool = False
+    cuda_graphs: bool | None = None  # None: on where the run can capture (dil_fast.train.fast.default_cuda_graphs)
     deterministic: bool = False
     reference_mode: bool = False  # the released trainer's behaviour (dil_fast.train.reference_mode)
     # the paper's experiments (dil_fast.tasks) and the model
@@ -166,12 +165,21 @@ class TrainConfig:
             if device.type != "cuda":
                 raise FlagError(f"--cuda_graphs needs a CUDA device; this run trains on {device} "
                                 "(drop --cuda_graphs, or pass --device cuda on a machine with a GPU)")
-            if self.variant not in GRAPH_VARIANTS:
-                raise FlagError(f"--cuda_graphs captures the meta-iteration of --variant "
-                                f"{' or '.join(GRAPH_VARIANTS)}; --variant {self.variant} is not supported")
             if self.distributed:
                 raise FlagError("--cuda_graphs is single-process for now: the per-step gradient all-reduce of "
                                 "--distributed is not captured; drop one of the two")
+            from ..backends import BackendError
+            from ..ops.optim import fused_optimizer
+
+            try:
+                fused = fused_optimizer(device, self.backend)
+            except BackendError:
+                fused = False
+            if not fused:
+                why = ("--backend torch steps the optimizers with the torch references" if self.backend == "torch"
+                       else "`dil-fast info` says why the native core is not in use")
+                raise FlagError(f"--cuda_graphs needs the fused optimizer (the native core dil_fast._C with its "
+                                f"CUDA kernels); {why}")
         return self
 
     def _validate_task(self) -> None:
@@ -415,8 +423,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     fast.add_argument("--no_channels_last", dest="channels_last", action="store_false",
                       help="NCHW activations (default on CPU)")
     fast.add_argument("--compile", action="store_true", help="torch.compile the training forward")
-    fast.add_argument("--cuda_graphs", action="store_true",
-                      help="capture the whole meta-iteration in one CUDA graph (CUDA; --variant sf or erm)")
+    fast.add_argument("--cuda_graphs", dest="cuda_graphs", action="store_true", default=None,
+                      help="capture the whole meta-iteration in one CUDA graph and replay it (default on CUDA in "
+                           "one process with the fused optimizer and without --compile; a step that cannot be "
+                           "captured runs eagerly after one warning)")
+    fast.add_argument("--no_cuda_graphs", dest="cuda_graphs", action="store_false",
+                      help="eager kernel launches, no CUDA graph (default on CPU and with --distributed)")
     fast.add_argument("--deterministic", action="store_true",
                       help="deterministic algorithms, no cuDNN autotuning (bitwise-repeatable runs on one GPU)")
     fast.add_argument("--reference_mode", action="store_true",

@@ -1,17 +1,21 @@
 """The fast path (dil_fast.train.fast) and --reference_mode (dil_fast.train.reference_mode):
 convergence of the fast path against the released computation step by step, the precision /
-layout / compile options, CUDA-graph refusal on CPU, and (tier T3) bf16 and graph replay on CUDA."""
+layout / compile options, the CUDA-graph default and flags, the eager fallback when a step cannot
+be captured, and (tier T3) bf16 and graph replay of every variant on CUDA."""
+import contextlib
 import copy
 import re
+import warnings
 
 import pytest
 import torch
 
-from dil_fast.cli import main
+from dil_fast.cli import build_parser, main
 from dil_fast.errors import FlagError
-from dil_fast.meta import SerialFirstOrder
+from dil_fast.meta import VARIANTS, SerialFirstOrder
 from dil_fast.models import RRDBNet
-from dil_fast.train import TrainConfig
+from dil_fast.ops import optim as optim_ops
+from dil_fast.train import TrainConfig, Trainer
 from dil_fast.train.fast import (
     FastOptions,
     FastPath,
@@ -93,22 +97,230 @@ def test_reference_sf_state_round_trip():
 def test_defaults_by_device_and_refusals():
     cpu = resolve_options("cpu")
     assert (cpu.precision, cpu.channels_last, cpu.compile, cpu.cuda_graphs) == ("fp32", False, False, False)
+    assert cpu.graphs_off is None  # graphs are a CUDA matter: nothing to say on the CPU
     gpu = resolve_options("cuda")  # resolving needs no device
     assert (gpu.precision, gpu.channels_last) == ("bf16", True)
 
 
-def test_config_refuses_what_the_fast_path_cannot_do(monkeypatch):
+@pytest.fixture
+def cuda_looks_available(monkeypatch):
+    """Only the config and the option resolution are asked (no device is used): CUDA present, and
+    the fused optimizer served there unless --backend torch forces the references."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(optim_ops, "fused_optimizer",
+                        lambda device, backend=None: torch.device(device).type == "cuda" and backend != "torch")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_cuda_graphs_default_on_for_every_variant_on_cuda(cuda_looks_available, tmp_path, variant):
+    """The trainer's resolution (Trainer.fast_options): on for a one-process CUDA run of any
+    variant; the CPU, --no_cuda_graphs and --reference_mode leave it off."""
+    def options(**kw):
+        return Trainer(TrainConfig(ckpt_save=str(tmp_path / "run"), variant=variant, **kw)).fast_options
+
+    on = options(device="cuda")
+    assert on.cuda_graphs and on.graphs_off is None
+    assert not options(device="cpu").cuda_graphs
+    off = options(device="cuda", cuda_graphs=False)
+    assert not off.cuda_graphs and off.graphs_off == "--no_cuda_graphs"
+    assert options(device="cuda", cuda_graphs=True).cuda_graphs
+    if variant == "sf":
+        ref = options(device="cuda", reference_mode=True)
+        assert not ref.cuda_graphs and ref.precision is None
+
+
+@pytest.mark.parametrize("kw,reason", [
+    ({"distributed": True}, "--distributed"),
+    ({"compile": True}, "--compile"),
+    ({"backend": "torch"}, "the fused optimizer is not in use"),
+], ids=["distributed", "compile", "no-fused-optimizer"])
+def test_cuda_graphs_default_off_and_why(cuda_looks_available, kw, reason):
+    opts = resolve_options("cuda", **kw)
+    assert not opts.cuda_graphs and reason in opts.graphs_off
+    # forcing it is the config's business (validated there); the resolution keeps what was asked
+    assert resolve_options("cuda", cuda_graphs=True, **kw).cuda_graphs
+
+
+def test_cuda_graphs_flags_parse():
+    parser = build_parser()
+
+    def parsed(*flags):
+        return TrainConfig.from_args(parser.parse_args(["train", "--ckpt_save", "x", *flags])).cuda_graphs
+
+    assert parsed() is None
+    assert parsed("--cuda_graphs") is True
+    assert parsed("--no_cuda_graphs") is False
+    assert parsed("--cuda_graphs", "--no_cuda_graphs") is False  # the last one wins, as for every switch pair
+
+
+def test_config_refuses_what_the_fast_path_cannot_do(cuda_looks_available, tmp_path):
     """The combinations are refused once, by the config (TrainConfig.validate)."""
+    out = str(tmp_path / "run")
+
     def refused(match, **kw):
         with pytest.raises(FlagError, match=match):
-            TrainConfig(ckpt_save="x", **kw).validate()
+            TrainConfig(ckpt_save=out, **kw).validate()
 
     refused("--cuda_graphs needs a CUDA device", device="cpu", cuda_graphs=True)
     refused("--precision", precision="fp16")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only the config is asked: no device is used
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    refused("--variant pf", device="cuda", cuda_graphs=True, variant="pf")
     refused("--distributed", device="cuda", cuda_graphs=True, distributed=True)
+    refused("needs the fused optimizer .*--backend torch", device="cuda", cuda_graphs=True, backend="torch")
+    refused("--reference_mode cannot be combined with --cuda_graphs", device="cuda", cuda_graphs=True,
+            reference_mode=True)
+    for variant in VARIANTS:  # every variant may be captured (ss/ps/ss-fo fall back to eager when they cannot)
+        TrainConfig(ckpt_save=out, device="cuda", cuda_graphs=True, variant=variant).validate()
+    # off by default with --distributed or --reference_mode: no refusal
+    TrainConfig(ckpt_save=out, device="cuda", distributed=True).validate()
+    TrainConfig(ckpt_save=out, device="cuda", reference_mode=True, cuda_graphs=False).validate()
+
+
+def test_config_refuses_graphs_without_the_native_core(cuda_looks_available, monkeypatch, tmp_path):
+    monkeypatch.setattr(optim_ops, "fused_optimizer", lambda device, backend=None: False)
+    with pytest.raises(FlagError, match="needs the fused optimizer .*dil-fast info"):
+        TrainConfig(ckpt_save=str(tmp_path / "run"), device="cuda", cuda_graphs=True).validate()
+
+
+# ---------------------------------------------------------------------- CUDA-graph fallback (T0)
+class _WithBuffer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = _model()
+        self.register_buffer("scale", torch.ones(1))
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+@pytest.mark.ext
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_models_with_buffers_are_captured_too(native, variant):
+    """sf/pf copy the buffers beside the fused task reset (one foreach copy, in the graph); the
+    other variants have no task network to reset: nothing refuses a buffer any more."""
+    algo = VARIANTS[variant](_WithBuffer(), **({"fused": True} if variant in ("sf", "pf", "erm") else {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        step = GraphedStep(algo)  # builds nothing on the device until the first call
+    assert step.fallback_reason is None
+
+
+class _Stream:
+    def wait_stream(self, other):
+        pass
+
+
+class _FailingCapture:
+    """``torch.cuda.graph`` as a failing capture behaves, on the CPU: nothing the body does to the
+    algorithm's tensors happens (they are put back at the end: a capture records, it does not run),
+    and it raises, either at the first optimizer step (``fail_at="op"``: the op that syncs with the
+    host, after which ending the capture raises again) or when the capture ends after the whole
+    body ran (``"end"``, e.g. a stream forked in the step and never joined)."""
+
+    capturing = False
+    fail_at = "op"
+    algo = None
+
+    def __init__(self, graph, **kwargs):
+        pass
+
+    @staticmethod
+    def _tensors(algo) -> list[torch.Tensor]:
+        models = {id(m): m for m in (algo.meta_model, algo.task_model)}.values()
+        params = [p for m in models for p in m.parameters()]
+        states = [t for o in {id(o): o for o in (algo.meta_optimizer, algo.task_optimizer) if o}.values()
+                  for st in o.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+        return params + [p.grad for p in params if p.grad is not None] + states
+
+    def __enter__(self):
+        _FailingCapture.capturing = True
+        self.saved = [t.detach().clone() for t in self._tensors(self.algo)]
+
+    def __exit__(self, exc_type, exc, tb):
+        _FailingCapture.capturing = False
+        with torch.no_grad():
+            for t, saved in zip(self._tensors(self.algo), self.saved):
+                t.copy_(saved)
+        if exc is not None:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+        if self.fail_at == "end":
+            raise RuntimeError("CUDA error: the capture contains a stream fork that was not joined")
+        return False
+
+
+@pytest.fixture
+def failing_capture(monkeypatch):
+    """GraphedStep's CUDA calls made harmless on the CPU, with a :class:`_FailingCapture` (the tests
+    using it take ``native``: ss/ps/ss-fo get their fused meta optimizer from the native core)."""
+    for name, fake in (("Stream", _Stream), ("current_stream", lambda *a: _Stream()),
+                       ("stream", lambda s: contextlib.nullcontext()), ("set_stream", lambda s: None),
+                       ("synchronize", lambda *a: None), ("CUDAGraph", object), ("graph", _FailingCapture)):
+        monkeypatch.setattr(torch.cuda, name, fake)
+    from dil_fast.meta.base import MetaAlgorithm
+
+    real_step = MetaAlgorithm._optimizer_step
+
+    def step_that_syncs(opt, flag):
+        if _FailingCapture.capturing and _FailingCapture.fail_at == "op":
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        real_step(opt, flag)
+
+    monkeypatch.setattr(MetaAlgorithm, "_optimizer_step", staticmethod(step_that_syncs))
+    monkeypatch.setattr(_FailingCapture, "fail_at", "op")
+    return _FailingCapture
+
+
+def _graph_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, RuntimeWarning) and "CUDA graphs" in
+            str(w.message)]
+
+
+def _train_side_by_side(make_algo, n=6):
+    """(eager losses, graphed losses, eager algo, graphed algo, warnings, description) over ``n`` meta-iterations."""
+    base = _model()
+    pairs = _batches(n)
+    eager, graphed = make_algo(copy.deepcopy(base)), make_algo(copy.deepcopy(base))
+    _FailingCapture.algo = graphed
+    le = torch.stack([eager.step(p) for p in pairs])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with FastPath(graphed, FastOptions(precision="fp32", cuda_graphs=True), "cpu") as fp:
+            assert isinstance(fp.step, GraphedStep)
+            lg = torch.stack([fp.step(p) for p in pairs])
+            described = fp.describe()
+    return le, lg, eager, graphed, _graph_warnings(record), described
+
+
+@pytest.mark.ext
+@pytest.mark.parametrize("fail_at,reason", [("op", "operation not permitted when stream is capturing"),
+                                             ("end", "stream fork that was not joined")], ids=["at-an-op", "at-the-end"])
+@pytest.mark.parametrize("variant", ["ss", "ps", "ss-fo", "sf", "pf", "erm"])
+def test_failed_capture_falls_back_to_eager_with_one_warning(native, failing_capture, variant, fail_at, reason):
+    failing_capture.fail_at = fail_at
+    le, lg, eager, graphed, warned, described = _train_side_by_side(lambda m: VARIANTS[variant](m))
+    assert len(warned) == 1, warned
+    # the reason is the first error (the op that could not be captured), not the capture's end
+    assert f"--variant {variant} runs eagerly" in warned[0] and reason in warned[0], warned[0]
+    assert "no CUDA graph: the capture raised RuntimeError: CUDA error: " in described and reason in described
+    # the failed capture ran nothing: every meta-iteration happened once, as in the eager run
+    assert graphed.iteration == eager.iteration == 6
+    assert torch.equal(lg, le)
+    for pg, pe in zip(graphed.meta_model.parameters(), eager.meta_model.parameters()):
+        assert torch.equal(pg, pe)
+
+
+@pytest.mark.ext
+@pytest.mark.parametrize("make_algo,reason", [
+    (lambda m: VARIANTS["ss"](m, inner_optimizer="adam"), "--inner_optimizer adam"),
+    (lambda m: VARIANTS["ps"](m, inner_optimizer="adam"), "--inner_optimizer adam"),
+    (lambda m: SerialFirstOrder(m, fused=False), "its optimizers are not the fused flat-buffer ones"),
+], ids=["ss-inner-adam", "ps-inner-adam", "sf-per-tensor-adam"])
+def test_step_that_cannot_be_captured_runs_eagerly_after_one_warning(native, failing_capture, make_algo, reason):
+    le, lg, eager, graphed, warned, described = _train_side_by_side(make_algo)
+    assert len(warned) == 1 and reason in warned[0], warned
+    assert f"no CUDA graph: {reason}" in described
+    assert torch.equal(lg, le) and graphed.iteration == 6
+    for pg, pe in zip(graphed.meta_model.parameters(), eager.meta_model.parameters()):
+        assert torch.equal(pg, pe)
 
 
 @pytest.mark.parametrize("precision,channels_last,tol", [
@@ -302,6 +514,49 @@ def test_cuda_graph_replay_equals_eager(precision):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
 
 
+_GRAPHED_VARIANTS = {
+    "pf": lambda m: VARIANTS["pf"](m, fused=True),
+    "erm": lambda m: VARIANTS["erm"](m, fused=True),
+    "ss": lambda m: VARIANTS["ss"](m),
+    "ps": lambda m: VARIANTS["ps"](m),
+    "ss-fo": lambda m: VARIANTS["ss-fo"](m, fused=True),
+    "sf-keep": lambda m: SerialFirstOrder(m, fused=True),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(_GRAPHED_VARIANTS))
+def test_cuda_graph_replay_of_every_variant_equals_eager(case):
+    """Each variant captured (no fallback) and replayed equals its eager run; an epoch's last step
+    (keep_task_weights, set before meta-iteration 5, after the capture) runs eagerly and the replays
+    after it start again from the meta weights."""
+    make = _GRAPHED_VARIANTS[case]
+    pairs = _batches(8, device="cuda")
+    base = _model(0, "cuda")
+    runs = {}
+    for graphs in (False, True):
+        algo = make(copy.deepcopy(base))
+        opts = resolve_options("cuda", precision="fp32", channels_last=True, cuda_graphs=graphs, deterministic=True)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            with FastPath(algo, opts, "cuda") as fp:
+                losses = []
+                for i, p in enumerate(pairs):
+                    if i == 5:
+                        algo.keep_task_weights = True
+                    losses.append(fp.step(p).clone())
+                if graphs:
+                    assert fp.step.fallback_reason is None and fp.step.graph is not None
+        assert not _graph_warnings(record)
+        runs[graphs] = (losses, algo)
+    (le, eager), (lg, graphed) = runs[False], runs[True]
+    assert graphed.iteration == eager.iteration == 8
+    for a, b in zip(lg, le):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for pa, pb in zip(graphed.meta_model.parameters(), eager.meta_model.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.gpu
 def test_cuda_fast_step_makes_no_host_sync():
     _, algo, opts = _cuda_pair("bf16", graphs=True)
@@ -327,15 +582,17 @@ def test_cuda_compile_with_inductor_matches_eager():
 
 
 @pytest.mark.gpu
-def test_cuda_trainer_graphs_flag(tmp_path):
+@pytest.mark.parametrize("flags,note", [([], "CUDA graph (after"), (["--no_cuda_graphs"], "no CUDA graph: --no_cuda_graphs")],
+                         ids=["default", "no_cuda_graphs"])
+def test_cuda_trainer_graphs_default_and_flag(tmp_path, flags, note):
     make_png_folder(tmp_path / "train", n=16, size=24, seed=1)
     make_png_folder(tmp_path / "test", n=1, size=20, seed=2)
     args = ["train", "--trainset", str(tmp_path / "train"), "--testset", str(tmp_path / "test"),
-            "--ckpt_save", str(tmp_path / "run"), "--patch_size", "16", "--batch_size", "2", "--total_epoch", "1",
-            "--num_workers", "0", "--print_every", "2", "--device", "cuda", "--no_progress", "--cuda_graphs", *TINY]
+            "--ckpt_save", str(tmp_path / "run"), "--patch_size", "16", "--batch_size", "2", "--total_epoch", "2",
+            "--num_workers", "0", "--print_every", "2", "--device", "cuda", "--no_progress", *flags, *TINY]
     assert main(args) == 0
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "CUDA graph" in log and len(LOSS_RE.findall(log)) == 4 * 4
+    assert note in log and len(LOSS_RE.findall(log)) == 2 * 4 * 4
 
 
 def test_math_settings_follow_the_new_tf32_api_when_the_process_uses_it(monkeypatch):
