@@ -14,7 +14,7 @@ from .errors import DilFastError
 
 
 def add_train_parser(sub) -> argparse.ArgumentParser:
-    from .train.config import add_train_arguments
+    from .train.flags import add_train_arguments
 
     p = sub.add_parser("train", help="train a restoration model with DIL (drop-in for DIL_sf_noise.py)",
                        description="Flags of the released trainer keep their names and defaults.")

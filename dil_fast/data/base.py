@@ -97,3 +97,13 @@ def check_loader_state(loader, state: dict, kind: str, keys) -> None:
                 f"loader state was saved with {key}={state[key]}, this run has {getattr(loader, key)}; "
                 "exact resume needs the same value"
             )
+
+
+def check_loader(loader) -> None:
+    """A user's loader must declare every member of :class:`Loader` (TypeError naming the missing ones)."""
+    missing = [m for m in ("yields", "num_confounders", "epoch", "position", "__len__", "__iter__", "set_epoch",
+                           "state_dict", "load_state_dict") if not hasattr(loader, m)]
+    if missing:
+        raise TypeError(f"the loader {type(loader).__name__} lacks {', '.join(missing)} of dil_fast.data.base.Loader")
+    if loader.yields not in YIELDS:
+        raise TypeError(f"loader.yields must be one of {YIELDS}, got {loader.yields!r}")

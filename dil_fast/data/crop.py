@@ -14,7 +14,7 @@ If anything fails, the staging folder is removed and no new patch appears in ``-
 Existing files in ``--output`` with the same names are replaced; other files are left alone.
 The staging folder, ``.dil_fast_crop.<pid>.<random>``, is locked while the crop runs; a crop
 killed outright (``kill -9``) leaves it behind, and the next crop into the same ``--output``
-removes every stale one when it starts (:func:`dil_fast.data.pack.stale_folders` says which).
+removes every stale one when it starts (:func:`dil_fast.staging.stale_folders` says which).
 Progress follows :mod:`dil_fast._progress`: a bar on a terminal, plain lines in a pipe or a log.
 
 Bad input (one-line error, exit 2): a missing or empty ``--input`` folder, a corrupt or
@@ -35,8 +35,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from .. import _progress
 from ..errors import FlagError, InputError
+from ..staging import lock_folder, release_folder_lock, stale_folders
 from .images import encode_png, list_images, read_image_rgb
-from .pack import lock_folder, release_folder_lock, stale_folders
 
 CROP_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 STAGING_PREFIX = ".dil_fast_crop."

@@ -19,7 +19,7 @@ lines in a pipe or a log).
 The store is written under ``OUTPUT.tmp-<pid>`` and renamed at the end, so an interrupted run never
 leaves a half store under the final name; a failed run removes that folder, and a run killed
 outright (``kill -9``, a lost node) leaves it for the next ``pack`` to the same ``OUTPUT``, which
-removes every stale one when it starts (see :func:`stale_folders`). Replacing a store
+removes every stale one when it starts (see :func:`dil_fast.staging.stale_folders`). Replacing a store
 (``--overwrite``) moves the old one to ``OUTPUT.old-<pid>`` for the moment of the swap; a run
 killed inside that moment is repaired likewise (the old store is put back when no new one arrived).
 """
@@ -31,7 +31,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import re
 import shutil
 import sys
 import time
@@ -41,10 +40,10 @@ import numpy as np
 
 from .. import _progress
 from ..errors import FlagError, InputError
+from ..staging import lock_folder, release_folder_lock, stale_folders
 from .images import list_images, read_image_rgb
 
-__all__ = ["PACK_EXTS", "STORE_FORMAT", "add_pack_parser", "run_pack", "pack_folder", "chunk_digests",
-           "lock_folder", "release_folder_lock", "stale_folders"]
+__all__ = ["PACK_EXTS", "STORE_FORMAT", "add_pack_parser", "run_pack", "pack_folder", "chunk_digests"]
 
 PACK_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 STORE_FORMAT = "dil_fast.patchstore"
@@ -82,103 +81,6 @@ def _header_channels(path: str) -> int | None:
                 return 1 if head[i + 9] == 1 else 3
             i += 2 + seg
     return None
-
-
-# ----------------------------------------------------------------------------------------------
-# Temporary folders of a running command (pack's OUTPUT.tmp-<pid>, crop's staging folder): named
-# with the creator's PID and locked (flock on the folder itself) while it works, so a later run can
-# tell a folder in use from one a killed run left behind.
-
-
-def lock_folder(path: str) -> int | None:
-    """Hold an exclusive lock on the folder ``path`` until :func:`release_folder_lock`; returns the
-    descriptor, or None where folders cannot be locked (no ``fcntl``)."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        pass  # a file system without locks (some NFS): the PID in the name still tells it apart
-    return fd
-
-
-def release_folder_lock(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)  # closing the descriptor releases the flock
-
-
-def _lock_state(path: str) -> bool | None:
-    """True when another process holds the folder's lock, False when nobody does, None when unknown."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # no cheap, safe test: treat it as running
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    except OverflowError:
-        return False  # larger than any PID
-    return True
-
-
-def stale_folders(parent: str, prefix: str, started: float, *, by_age: bool = True) -> list[str]:
-    """The folders ``parent/<prefix><pid>...`` that no running command owns (to remove or repair).
-
-    A folder is stale when nobody holds its lock and either its creator's PID (the digits right
-    after ``prefix``) is not running or, with ``by_age``, it was last modified before ``started``
-    (the time, as ``time.time()``, the calling command started: a folder that recent may be one a
-    command has just created and not locked yet). Where the lock cannot be tested, only a dead PID
-    makes a folder stale. Entries that vanish or cannot be read are skipped.
-    """
-    try:
-        names = sorted(os.listdir(parent))
-    except OSError:
-        return []
-    stale = []
-    for name in names:
-        path = os.path.join(parent, name)
-        if not name.startswith(prefix) or os.path.islink(path) or not os.path.isdir(path):
-            continue
-        match = re.match(r"(\d+)(?:\.|$)", name[len(prefix):])
-        pid_dead = match is not None and not _pid_alive(int(match.group(1)))
-        locked = _lock_state(path)
-        if locked is True:
-            continue
-        if pid_dead:
-            stale.append(path)
-        elif by_age and locked is False:
-            try:
-                if os.path.getmtime(path) < started:
-                    stale.append(path)
-            except OSError:
-                continue
-    return stale
 
 
 @dataclass

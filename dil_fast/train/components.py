@@ -3,6 +3,9 @@ algorithm, the loader, the confounders and the test images. The loop
 (:mod:`dil_fast.train.loop`) composes them; API users may hand it their own model and loader."""
 from __future__ import annotations
 
+import os
+
+import numpy as np
 from torch import nn
 
 from ..checkpoints import is_train_state
@@ -212,3 +215,35 @@ def load_testset(testset: str) -> list[tuple[str, "object"]]:
     from ..eval import load_test_images
 
     return load_test_images(testset)
+
+
+class ConfounderOrder:
+    """The released order of visiting confounders: ``RandomState(1)`` per epoch, one in-place
+    shuffle of the same list per meta-iteration."""
+
+    def __init__(self, k: int, seed: int = 1):
+        self.k, self.seed = k, seed
+        self.reset()
+
+    def reset(self, skip: int = 0) -> None:
+        self._rs = np.random.RandomState(self.seed)
+        self._order = list(range(self.k))
+        for _ in range(skip):
+            self.next()
+
+    def next(self) -> list[int]:
+        self._rs.shuffle(self._order)
+        self.last = list(self._order)
+        return self.last
+
+
+def confounder_labels(cfg: TrainConfig, loader, degrade) -> list[str]:
+    """The name of each confounder, for the labelled log line and the metrics' tags."""
+    if degrade is not None:
+        return [c.name for c in degrade.confounders]
+    if type(loader).__name__ == "ReferencePairLoader":
+        return [f"noise{s:g}" for s in cfg.levels]
+    folders = getattr(loader, "folders", None)
+    if folders:
+        return [os.path.basename(os.path.normpath(f)) for f in folders]
+    return [f"k{k}" for k in range(loader.num_confounders)]

@@ -44,3 +44,13 @@ def make_logger(name: str, log_file: str | None, *, console: bool = True, stream
     if not logger.handlers:
         logger.addHandler(logging.NullHandler())
     return logger
+
+
+class NoteLogger:
+    """Collects what :meth:`Trainer.open` reports before the run's log file exists."""
+
+    def __init__(self, notes: list[str]):
+        self.notes = notes
+
+    def info(self, msg: str) -> None:
+        self.notes.append(msg)

@@ -29,47 +29,27 @@ import signal
 import sys
 import threading
 
-import numpy as np
 import torch
 from torch import nn
 
 from .. import backends
 from .._progress import tqdm_available
 from ..checkpoints import load_file
-from ..data.base import YIELDS
+from ..data.base import check_loader
 from ..degrade import CounterfactualPairs
 from ..devices import resolve_device
-from ..errors import FlagError, InputError, SamplesUnavailable, TrainingStopped
+from ..errors import FlagError, SamplesUnavailable, TrainingStopped
 from ..meta import MetaAlgorithm
 from . import components, distributed
 from . import state as state_io
+from .components import ConfounderOrder
 from .config import TrainConfig
 from .fast import FastOptions, FastPath, LossLog, resolve_options
-from .log import make_logger
+from .log import NoteLogger, make_logger
 from .run_folder import RunFolder
-from .tracking import Monitor, RunClock, Tracker, write_options
+from .tracking import Monitor, RunClock, Tracker, versions, write_options
 
 __all__ = ["Trainer", "ConfounderOrder"]
-
-
-class ConfounderOrder:
-    """The released order of visiting confounders: ``RandomState(1)`` per epoch, one in-place
-    shuffle of the same list per meta-iteration."""
-
-    def __init__(self, k: int, seed: int = 1):
-        self.k, self.seed = k, seed
-        self.reset()
-
-    def reset(self, skip: int = 0) -> None:
-        self._rs = np.random.RandomState(self.seed)
-        self._order = list(range(self.k))
-        for _ in range(skip):
-            self.next()
-
-    def next(self) -> list[int]:
-        self._rs.shuffle(self._order)
-        self.last = list(self._order)
-        return self.last
 
 
 class Trainer:
@@ -86,7 +66,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self._user_model, self._user_loader, self._user_confounders = model, loader, confounders
         if loader is not None:
-            _check_loader(loader)
+            check_loader(loader)
         self.fast_options = (FastOptions(precision=None, deterministic=cfg.deterministic) if cfg.reference_mode else
                              resolve_options(self.device, precision=cfg.precision, channels_last=cfg.channels_last,
                                              compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
@@ -193,8 +173,8 @@ class Trainer:
                 # the meta-iteration this batch belongs to keys the degradation's randomness
                 pairs = batch if degrade is None else degrade(batch, loader.epoch * n_iter + loader.position - 1)
             batches = [pairs[k] for k in order.next()]
-            if keep_task_at_end and loader.position == n_iter:
-                self.algorithm.keep_task_weights = True
+            if keep_task_at_end and loader.position == n_iter and self.algorithm.task_model is not self.algorithm.meta_model:
+                self.algorithm.keep_task_weights = True  # only a separate task network has weights to keep
             if timer is None:
                 losses = self.fast.step(batches)
             elif self._step_times_phases:
@@ -231,7 +211,7 @@ class Trainer:
         # everything that can be refused is checked before anything is written
         testset = self._testset() if self.is_main else None
         notes: list[str] = []
-        self.open(_NoteLogger(notes))
+        self.open(NoteLogger(notes))
         if self.is_main:
             folder.acquire()
         if self.world_size > 1:
@@ -288,17 +268,7 @@ class Trainer:
             "scale": cfg.effective_scale(), "metric": {"y": cfg.metric_y(), "crop_border": cfg.metric_crop_border()},
             "loader": type(self.loader).__name__, "device": str(self.device), "world_size": self.world_size,
             "backends": self.backend_plan, "fast_path": self.fast.describe()},
-            "versions": _versions(), "command": " ".join(sys.argv)}
-
-    def _confounder_labels(self) -> list[str]:
-        if self.degrade is not None:
-            return [c.name for c in self.degrade.confounders]
-        if type(self.loader).__name__ == "ReferencePairLoader":
-            return [f"noise{s:g}" for s in self.cfg.levels]
-        folders = getattr(self.loader, "folders", None)
-        if folders:
-            return [os.path.basename(os.path.normpath(f)) for f in folders]
-        return [f"k{k}" for k in range(self.loader.num_confounders)]
+            "versions": versions(), "command": " ".join(sys.argv)}
 
     def _train(self, logger, tracker, testset, use_bar) -> int:
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
@@ -322,7 +292,7 @@ class Trainer:
         batch = cfg.batch_size if self._user_loader is None else 1
         done = start_epoch * n_iter + start_iter
         clock = RunClock(cfg.total_epoch * n_iter, done)
-        monitor = Monitor(logger, tracker, clock, self._confounder_labels(),
+        monitor = Monitor(logger, tracker, clock, components.confounder_labels(self.cfg, self.loader, self.degrade),
                           images_per_it=loader.num_confounders * batch * self.world_size,
                           max_bad_steps=cfg.max_bad_steps)
         self._monitor, self._tracker = monitor, tracker
@@ -385,31 +355,15 @@ class Trainer:
         cfg = self.cfg
         if not self.is_main:
             return
-        self._check_finite_weights(algo)
+        state_io.check_finite_weights(algo, self.cfg.ckpt_save)
         if epoch % cfg.save_every == 0:
-            self._save({"model_meta": algo.meta_model.state_dict(), "model_task": algo.task_model.state_dict()},
+            state_io.save_in(self.cfg.ckpt_save, {"model_meta": algo.meta_model.state_dict(), "model_task": algo.task_model.state_dict()},
                        f"model_{epoch + 1}.pt")
-        self._save(self._state(algo, epoch + 1, 0), "last.pt")
+        state_io.save_in(self.cfg.ckpt_save, self._state(algo, epoch + 1, 0), "last.pt")
         if epoch % cfg.test_every == 0 and testset is not None:
             self._evaluate(algo, epoch, testset, logger)
         if self._tracker is not None:
             self._tracker.draw_curves(f"{cfg.task}, {algo.name}: ")
-
-    def _save(self, obj, name: str) -> None:
-        path = os.path.join(self.cfg.ckpt_save, name)
-        try:
-            state_io.atomic_save(obj, path)
-        except OSError as exc:
-            raise InputError(f"--ckpt_save {self.cfg.ckpt_save}: cannot write {name} ({exc.strerror or exc}); "
-                             "the last checkpoint written is kept") from None
-
-    def _check_finite_weights(self, algo: MetaAlgorithm) -> None:
-        """No checkpoint is written with a non-finite weight (one host sync, at a checkpoint)."""
-        tensors = [t for m in {id(algo.meta_model): algo.meta_model, id(algo.task_model): algo.task_model}.values()
-                   for t in m.parameters()]
-        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
-            raise TrainingStopped(f"the weights became non-finite; no checkpoint was written with them (the last good "
-                                  f"one in {self.cfg.ckpt_save} is kept); lower --lr / --meta_lr")
 
     def _evaluate(self, algo: MetaAlgorithm, epoch: int, testset, logger) -> None:
         cfg = self.cfg
@@ -433,45 +387,16 @@ class Trainer:
     def _interrupt(self, algo: MetaAlgorithm, epoch: int, iteration: int, logger) -> int:
         if self.is_main:
             path = os.path.join(self.cfg.ckpt_save, "last.pt")
-            self._check_finite_weights(algo)
-            self._save(self._state(algo, epoch, iteration), "last.pt")
+            state_io.check_finite_weights(algo, self.cfg.ckpt_save)
+            state_io.save_in(self.cfg.ckpt_save, self._state(algo, epoch, iteration), "last.pt")
             logger.info(f"Stopped at epoch {epoch}, iteration {iteration}; resume with --resume {path}")
         if self._stop_signal is not None:
             return 128 + int(self._stop_signal)
         return 0
 
 
-class _NoteLogger:
-    """Collects what :meth:`Trainer.open` reports before the run's log file exists."""
-
-    def __init__(self, notes: list[str]):
-        self.notes = notes
-
-    def info(self, msg: str) -> None:
-        self.notes.append(msg)
-
-
-def _versions() -> dict:
-    import platform
-
-    from .. import __version__
-
-    return {"dil_fast": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.version.cuda}
-
-
 def _no_phase(_name):
     return contextlib.nullcontext()
-
-
-def _check_loader(loader) -> None:
-    """A user's loader must declare what the trainer uses (data/base.py's Loader protocol)."""
-    missing = [m for m in ("yields", "num_confounders", "epoch", "position", "__len__", "__iter__", "set_epoch",
-                           "state_dict", "load_state_dict") if not hasattr(loader, m)]
-    if missing:
-        raise TypeError(f"the loader {type(loader).__name__} lacks {', '.join(missing)} of dil_fast.data.base.Loader")
-    if loader.yields not in YIELDS:
-        raise TypeError(f"loader.yields must be one of {YIELDS}, got {loader.yields!r}")
 
 
 def _progress(total: int, initial: int, epoch: int, enabled: bool):

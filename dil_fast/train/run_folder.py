@@ -20,6 +20,7 @@ import time
 
 from ..errors import FlagError, InputError
 from ..fileio import TMP_SUFFIX
+from ..staging import pid_alive
 
 __all__ = ["RunFolder", "LOCK_NAME", "holds_a_run", "check_writable"]
 
@@ -45,16 +46,6 @@ def check_writable(folder: str, flag: str = "--ckpt_save") -> None:
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
         raise FlagError(f"{flag} {folder}: {probe} is not writable")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
 
 
 def _read_lock(path: str) -> tuple[int, str] | None:
@@ -91,7 +82,7 @@ class RunFolder:
         if held is None:
             return
         pid, host = held
-        if host == socket.gethostname() and not _pid_alive(pid):
+        if host == socket.gethostname() and not pid_alive(pid):
             self.took_over = pid
             return
         if pid == os.getpid():

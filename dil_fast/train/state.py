@@ -13,13 +13,15 @@ checkpoint that carries code is refused.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..checkpoints import TRAIN_STATE_FORMAT, is_train_state, load_into, model_weights, strip_module_prefix
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError, TrainingStopped
 from ..fileio import atomic_save
 
-__all__ = ["atomic_save", "capture", "restore", "restore_loader"]
+__all__ = ["atomic_save", "capture", "check_finite_weights", "restore", "restore_loader", "save_in"]
 
 STATE_VERSION = 1
 
@@ -91,3 +93,21 @@ def restore_loader(loader, ckpt: dict | None, path: str) -> None:
         loader.load_state_dict(ckpt["loader"])
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: data position does not fit this run ({exc})") from None
+
+
+def save_in(folder: str, obj, name: str) -> None:
+    """``obj`` to ``folder/name`` atomically; an unwritable folder is one :class:`InputError` line."""
+    try:
+        atomic_save(obj, os.path.join(folder, name))
+    except OSError as exc:
+        raise InputError(f"--ckpt_save {folder}: cannot write {name} ({exc.strerror or exc}); "
+                         "the last checkpoint written is kept") from None
+
+
+def check_finite_weights(algo, folder: str) -> None:
+    """No checkpoint is written with a non-finite weight (one host sync, at a checkpoint)."""
+    tensors = [t for m in {id(algo.meta_model): algo.meta_model, id(algo.task_model): algo.task_model}.values()
+               for t in m.parameters()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise TrainingStopped(f"the weights became non-finite; no checkpoint was written with them (the last good "
+                              f"one in {folder} is kept); lower --lr / --meta_lr")

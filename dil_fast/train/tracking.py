@@ -201,3 +201,15 @@ class Monitor:
         if self.max_bad_steps and self.bad_run >= self.max_bad_steps and self.stop_reason is None:
             self.stop_reason = (f"{self.bad_run} consecutive meta-iterations had non-finite losses or gradients "
                                 f"(--max_bad_steps {self.max_bad_steps}); the run stops (lower --lr / --meta_lr?)")
+
+
+def versions() -> dict:
+    """The versions options.json records."""
+    import platform
+
+    import torch
+
+    from .. import __version__
+
+    return {"dil_fast": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.version.cuda}

@@ -21,8 +21,8 @@ from dil_fast.data.crop import (
     run_crop,
 )
 from dil_fast.data.images import read_image_rgb, write_image_rgb
-from dil_fast.data.pack import lock_folder, release_folder_lock
 from dil_fast.errors import FlagError, InputError
+from dil_fast.staging import lock_folder, release_folder_lock
 
 
 def _parse(argv):

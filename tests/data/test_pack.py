@@ -15,16 +15,10 @@ import numpy as np
 import pytest
 
 from dil_fast import cli
-from dil_fast.data.pack import (
-    add_pack_parser,
-    lock_folder,
-    pack_folder,
-    release_folder_lock,
-    run_pack,
-    stale_folders,
-)
+from dil_fast.data.pack import add_pack_parser, pack_folder, run_pack
 from dil_fast.data.store import PatchStore
 from dil_fast.errors import FlagError, InputError
+from dil_fast.staging import lock_folder, release_folder_lock, stale_folders
 
 
 def _cv2_rgb(path):
