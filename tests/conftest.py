@@ -8,6 +8,8 @@ import random
 import select
 import struct
 import termios
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -123,20 +125,37 @@ def png_folder(tmp_path):
 
 @pytest.fixture
 def terminal():
-    """A pseudo-terminal: ``(stream written by the code under test, read() of what reached it)``."""
+    """A pseudo-terminal: ``(stream written by the code under test, read() of what reached it)``.
+
+    A thread drains the terminal as it is written: a pty holds only a few kB, and a writer whose
+    output nobody reads would block."""
     main_fd, term_fd = pty.openpty()
     fcntl.ioctl(term_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 x 0
     stream = os.fdopen(term_fd, "w")
+    chunks: list[str] = []
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select([main_fd], [], [], 0.05)
+            if ready:
+                try:
+                    chunks.append(os.read(main_fd, 1 << 16).decode(errors="replace"))
+                except OSError:  # the terminal side was closed
+                    return
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
 
     def read() -> str:
         stream.flush()
-        chunks = []
-        while True:
-            ready, _, _ = select.select([main_fd], [], [], 0.2)
-            if not ready:
-                return "".join(chunks)
-            chunks.append(os.read(main_fd, 1 << 16).decode(errors="replace"))
+        time.sleep(0.3)  # what was just written reaches the reader
+        text = "".join(chunks)
+        chunks.clear()
+        return text
 
     yield stream, read
+    stop.set()
+    reader.join()
     stream.close()
     os.close(main_fd)
