@@ -133,16 +133,18 @@ def test_paired_folder_errors_name_the_file(folders):
         Trainer(_cfg(folders, "b3", trainset=[size], loader="folder", nf=4, nb=1, gc=2)).open()
 
 
-def test_swinir_trains_with_the_first_and_second_order_variants(folders):
-    kw = json_kwargs = '{"img_size": 16, "embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 4, ' \
-                       '"mlp_ratio": 2.0, "upscale": 1, "drop_path_rate": 0.0}'
-    assert json_kwargs
-    for variant in ("sf", "ss"):
-        trainer = Trainer(_cfg(folders, f"swin-{variant}", task="deblur", arch="swinir", arch_kwargs=kw,
-                               variant=variant))
-        assert trainer.run() == 0 and type(trainer.meta_model).__name__ == "SwinIR"
-    state = torch.load(folders / "swin-ss" / "last.pt", weights_only=True)
+SWIN_KWARGS = ('{"img_size": 16, "embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 4, '
+               '"mlp_ratio": 2.0, "upscale": 1, "drop_path_rate": 0.0}')
+
+
+@pytest.mark.parametrize("variant", ["sf", "pf", "ss", "ps", "ss-fo", "erm"])
+def test_swinir_trains_with_every_variant(folders, variant):
+    trainer = Trainer(_cfg(folders, f"swin-{variant}", task="deblur", arch="swinir", arch_kwargs=SWIN_KWARGS,
+                           variant=variant))
+    assert trainer.run() == 0 and type(trainer.meta_model).__name__ == "SwinIR"
+    state = torch.load(folders / f"swin-{variant}" / "last.pt", weights_only=True)
     assert state["model_config"]["arch"] == "swinir" and state["model_config"]["kwargs"]["embed_dim"] == 8
+    assert all(torch.isfinite(v).all() for v in state["models"]["model_meta"].values() if v.is_floating_point())
 
 
 def test_own_architecture_by_name_and_its_resume_needs_the_flag_again(folders):
