@@ -192,3 +192,36 @@ def test_model_n_holds_the_task_network_after_the_last_inner_steps(data):
     assert not torch.equal(fused["model_task"][k], fused["model_meta"][k])
     assert torch.allclose(fused["model_task"][k], ref["model_task"][k], atol=1e-5)
     assert torch.allclose(fused["model_meta"][k], ref["model_meta"][k], atol=1e-5)
+
+
+def test_a_ckpt_save_that_is_a_file_is_refused_before_anything_is_written(data, capsys):
+    (data / "afile").write_text("x")
+    rc = main(["train", "--trainset", str(data / "train"), "--testset", str(data / "test"), "--ckpt_save",
+               str(data / "afile"), "--patch_size", "16", "--num_workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"error: --ckpt_save {data / 'afile'}: is a file, not a folder\n"
+    assert (data / "afile").read_text() == "x"
+
+
+def test_a_save_that_fails_mid_run_is_one_line_and_keeps_the_last_checkpoint(data, monkeypatch, capsys):
+    import errno
+
+    from dil_fast.train import state as state_io
+
+    real, calls = state_io.atomic_save, []
+
+    def disk_full_after_epoch_one(obj, path):
+        calls.append(os.path.basename(path))
+        if len(calls) > 2:  # model_1.pt and last.pt of epoch 1 go through; epoch 2's do not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, path)
+
+    monkeypatch.setattr(state_io, "atomic_save", disk_full_after_epoch_one)
+    rc = main(["train", "--trainset", str(data / "train"), "--testset", str(data / "test"), "--ckpt_save",
+               str(data / "run"), "--patch_size", "16", "--batch_size", "2", "--total_epoch", "2", "--num_workers", "0",
+               "--nf", "4", "--nb", "1", "--gc", "2", "--no_progress", "--no_tensorboard"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: --ckpt_save {data / 'run'}: cannot write model_2.pt (No space left on device)")
+    kept = torch.load(data / "run" / "last.pt", weights_only=True)
+    assert kept["epoch"] == 1 and (data / "run" / "model_1.pt").exists() and not (data / "run" / "model_2.pt").exists()
