@@ -55,6 +55,27 @@ class PairLoader(Loader, Protocol):
 
 
 # -- argument and resume checks shared by the sharded CleanLoaders (StoreLoader, DaliLoader) --------
+class EpochCursor:
+    """The epoch/position bookkeeping the loaders share: :meth:`set_epoch` to another epoch restarts
+    at position 0 (to the current one keeps it, as a resume needs); the plain resume state is
+    ``{"epoch", "position"}``."""
+
+    epoch: int = 0
+    position: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self.position = 0
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+
+
 def check_shard_args(batch_size: int, rank: int, world_size: int, *, patch_size: int | None = None,
                      num_confounders: int | None = None) -> None:
     """:class:`FlagError` unless ``batch_size``, ``patch_size`` and ``num_confounders`` (each checked

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import FlagError, InputError
+from .base import EpochCursor
 from .images import list_images, read_image_rgb
 from .reference import (
     EpochShardSampler,
@@ -57,7 +58,7 @@ def _crop_corner(rng, h: int, w: int, p: int) -> tuple[int, int]:
     return int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
 
 
-class ShardedLoader:
+class ShardedLoader(EpochCursor):
     """K datasets, one per confounder; one batch of each per meta-iteration, moved to ``device``.
 
     ``len``: ``min_k len(dataset_k) // (batch_size * gpus)`` meta-iterations per epoch (``drop_last``;
@@ -89,18 +90,6 @@ class ShardedLoader:
 
     def __len__(self) -> int:
         return min(len(ds) for ds in self.datasets) // (self.batch_size * self.gpus)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.position = 0
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
 
     def _emit(self, batches):
         return batches

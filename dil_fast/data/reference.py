@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..errors import DilFastError, InputError
+from .base import EpochCursor
 from .images import list_images, read_image_rgb
 
 # Dihedral modes, numbered as the released augment_img (rot90 = counter-clockwise in the H,W plane;
@@ -209,7 +210,7 @@ class EpochShardSampler(Sampler):
         return len(self.shard()) - self.start
 
 
-class ReferencePairLoader:
+class ReferencePairLoader(EpochCursor):
     """The released trainer's data path as a :class:`~dil_fast.data.base.PairLoader`.
 
     One shuffled DataLoader (drop_last) per confounder; each meta-iteration takes one batch from
@@ -250,18 +251,6 @@ class ReferencePairLoader:
 
     def __len__(self) -> int:
         return len(self.files) // (self.batch_size * self.gpus)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.position = 0
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
 
     def __iter__(self):
         loaders = []

@@ -40,7 +40,7 @@ import torch
 from ..errors import CheckpointError, FlagError, InputError
 from ..ops.sample_crops import OUT_DTYPES, sample_crops
 from ..rng import stream_key
-from .base import check_loader_state, check_shard_args, check_shard_count, loader_state
+from .base import EpochCursor, check_loader_state, check_shard_args, check_shard_count, loader_state
 from .pack import DATA_FILE, INDEX_FILE, STORE_FORMAT, STORE_VERSION, chunk_digests, combine_digests
 
 __all__ = ["PatchStore", "StoreLoader", "parse_bytes", "is_store"]
@@ -287,7 +287,7 @@ class _HostFeeder:
         self.freed[slot] = ev
 
 
-class StoreLoader:
+class StoreLoader(EpochCursor):
     """:class:`dil_fast.data.base.CleanLoader` over a :class:`PatchStore` (see module doc)."""
 
     yields = "clean"
@@ -322,11 +322,6 @@ class StoreLoader:
     def ops(self) -> tuple[str, ...]:
         """The dispatcher ops this loader runs (a forced backend must serve them)."""
         return ("sample_crops",)
-
-    def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.epoch = int(epoch)
-            self.position = 0
 
     def order(self, epoch: int | None = None) -> torch.Tensor:
         """``[K, N]`` int64 (CPU): the visiting order of every confounder in ``epoch``."""
@@ -395,5 +390,4 @@ class StoreLoader:
         check_loader_state(self, state, "store", self._RESUME_KEYS)
         if state["store_sha256"] != self.store.sha256:
             raise CheckpointError(f"loader state was saved for a different store than {self.store.path}")
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
+        super().load_state_dict(state)
