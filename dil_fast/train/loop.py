@@ -312,8 +312,9 @@ class Trainer:
                         done += 1
                         skipped = algo.last_skipped
                         if skipped is not None:  # device arithmetic: no sync
-                            bad[0] += skipped[0].to(bad.device)
-                            bad[1] = (bad[1] + skipped[0].to(bad.device)) * skipped[0].to(bad.device)
+                            one = skipped[0].to(bad.device)
+                            bad[0] += one
+                            bad[1] = (bad[1] + one) * one  # the run of skips, reset by a good step
                         if it % cfg.print_every == 0:
                             # CPU: written now; CUDA: copied asynchronously, written once on the host
                             loss_log.submit(torch.cat([losses.detach().float().to(bad.device), bad]),
