@@ -5,6 +5,9 @@ their ISA at run time, see csrc/cpu_isa.h). ``.cu`` sources are compiled with nv
 found (``CUDA_HOME``/``CUDA_PATH``, then ``PATH``, then ``/usr/local/cuda``) for the archs in
 ``DIL_FAST_CUDA_ARCHS`` (SASS for each, PTX for the newest) and the CUDA runtime is linked
 statically. ``DIL_FAST_BUILD_CUDA=0|1`` forces either way; ``DIL_FAST_BUILD_EXT=0`` builds nothing.
+Only a machine without nvcc where nothing asked for CUDA gets a CPU-only ``_C`` without a word:
+an explicit arch list, DIL_FAST_BUILD_CUDA=1, or an nvcc that cannot build (no static runtime,
+a compile error) fails the build with the cause and the switch (:func:`decide_cuda`).
 Nothing here probes hardware: only files and environment variables are read.
 """
 from __future__ import annotations
@@ -88,8 +91,10 @@ def _static_cudart(home: str) -> str | None:
     return None
 
 
-def find_cuda() -> dict | None:
-    """nvcc, include dir and static runtime, or None when no toolkit is found."""
+def find_toolkit() -> dict:
+    """The CUDA pieces on this machine: ``nvcc`` (None when not found) and, from the first toolkit
+    root that has both, ``home``, ``include`` and ``cudart_static`` (None when no root has them;
+    ``searched`` lists the roots looked at)."""
     nvcc = None
     for home in (_env("CUDA_HOME"), _env("CUDA_PATH")):
         if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
@@ -98,33 +103,64 @@ def find_cuda() -> dict | None:
     nvcc = nvcc or shutil.which("nvcc")
     if nvcc is None and os.path.isfile("/usr/local/cuda/bin/nvcc"):
         nvcc = "/usr/local/cuda/bin/nvcc"
+    found = {"nvcc": nvcc, "home": None, "include": None, "cudart_static": None, "searched": []}
     if nvcc is None:
-        return None
-    for home in _cuda_home_candidates(nvcc):
+        return found
+    found["searched"] = _cuda_home_candidates(nvcc)
+    for home in found["searched"]:
         include = os.path.join(home, "include")
         lib = _static_cudart(home)
         if lib and os.path.isfile(os.path.join(include, "cuda_runtime.h")):
-            return {"nvcc": nvcc, "home": home, "include": include, "cudart_static": lib}
-    return None
+            found.update(home=home, include=include, cudart_static=lib)
+            break
+    return found
+
+
+_CPU_ONLY = "set DIL_FAST_BUILD_CUDA=0 to build the CPU twins only"
+
+
+def decide_cuda(mode: str, archs_spec: str, toolkit: dict) -> dict | None:
+    """What to do about CUDA; no side effects, so the cases are testable. ``mode`` is
+    DIL_FAST_BUILD_CUDA (``"0"``, ``"1"`` or ``"auto"``), ``archs_spec`` DIL_FAST_CUDA_ARCHS (``""``
+    when unset), ``toolkit`` what :func:`find_toolkit` found.
+
+    Returns None for a CPU-only build (DIL_FAST_BUILD_CUDA=0, or no nvcc and nothing asked for
+    CUDA) or the CUDA build plan. A build that was asked for CUDA (DIL_FAST_BUILD_CUDA=1 or an
+    explicit arch list) or that found nvcc but cannot use it never turns into a quiet CPU-only
+    ``_C``: it raises SystemExit with one sentence naming the cause and the switch that turns CUDA off.
+    """
+    if mode == "0":
+        return None
+    asked = ("DIL_FAST_BUILD_CUDA=1" if mode == "1" else
+             f"DIL_FAST_CUDA_ARCHS={archs_spec!r}" if archs_spec else "")
+    nvcc = toolkit.get("nvcc")
+    if nvcc is None:
+        if not asked:
+            return None
+        raise SystemExit(
+            f"dil_fast: {asked} asks for CUDA kernels but nvcc was not found ($CUDA_HOME/bin, $CUDA_PATH/bin, PATH, "
+            f"/usr/local/cuda/bin); install the CUDA toolkit or set CUDA_HOME, or {_CPU_ONLY}."
+        )
+    if toolkit.get("cudart_static") is None or toolkit.get("include") is None:
+        why = f"{asked} asks for CUDA kernels and " if asked else ""
+        raise SystemExit(
+            f"dil_fast: {why}nvcc was found at {nvcc} but no toolkit root ({', '.join(toolkit.get('searched') or [])}) "
+            "has both include/cuda_runtime.h and lib64/libcudart_static.a (the CUDA runtime is linked statically), "
+            f"so the CUDA kernels cannot be built; install the CUDA runtime development files or {_CPU_ONLY}."
+        )
+    plan = {k: toolkit[k] for k in ("nvcc", "home", "include", "cudart_static")}
+    plan["archs"] = parse_archs(archs_spec or DEFAULT_ARCHS)
+    plan["gencode"], plan["targets"] = gencode_flags(plan["archs"])
+    return plan
 
 
 def cuda_plan() -> dict | None:
-    """What to do about CUDA, decided from DIL_FAST_BUILD_CUDA and the toolkit found."""
+    """:func:`decide_cuda` for this machine and environment."""
     mode = _flag("DIL_FAST_BUILD_CUDA", "auto")
-    if mode == "0":
-        return None
-    cuda = find_cuda()
-    if cuda is None:
-        if mode == "1":
-            raise SystemExit(
-                "DIL_FAST_BUILD_CUDA=1 but no CUDA toolkit was found: put nvcc on PATH or set CUDA_HOME "
-                "(it needs include/cuda_runtime.h and lib64/libcudart_static.a)"
-            )
+    plan = decide_cuda(mode, _env("DIL_FAST_CUDA_ARCHS"), find_toolkit() if mode != "0" else {})
+    if plan is None and mode == "auto":
         print("dil_fast: nvcc not found; building the C++ CPU twins only", file=sys.stderr)
-        return None
-    archs = parse_archs(_env("DIL_FAST_CUDA_ARCHS") or DEFAULT_ARCHS)
-    cuda["gencode"], cuda["targets"] = gencode_flags(archs)
-    return cuda
+    return plan
 
 
 def make_extension():
@@ -195,8 +231,8 @@ def make_extension():
                     subprocess.run(cmd, check=True)
                 except (OSError, subprocess.CalledProcessError) as exc:
                     raise SystemExit(
-                        f"nvcc failed on {src} ({exc}); fix the toolkit or build the CPU twins only "
-                        "with DIL_FAST_BUILD_CUDA=0"
+                        f"dil_fast: nvcc failed on {src} ({exc}), so the CUDA kernels cannot be built; fix the "
+                        f"toolkit or {_CPU_ONLY}."
                     ) from exc
                 objects.append(obj)
             return objects

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cpu_isa.h"
+#include "launch_plan.h"
 #include "optim.h"
 
 namespace py = pybind11;
@@ -65,6 +66,38 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", &set_cpu_isa, py::arg("isa"),
         "Choose the ISA of the CPU twins: auto, generic or avx2 (dil_fast passes DIL_FAST_CPU_ISA once).");
   m.def("cpu_isa", &cpu_isa_name, "The ISA the CPU twins run: avx2 or generic.");
+
+  m.def(
+      "flat_launch_plan",
+      [](int64_t rows, int64_t cols, int elem_bytes, const std::vector<uintptr_t>& buffers, int sm_count,
+         int blocks_per_sm, uintptr_t side, int64_t side_rows) {
+        const FlatLaunchPlan p =
+            flat_launch_plan(rows, cols, elem_bytes, buffers, side, side_rows, sm_count, blocks_per_sm);
+        py::list splits;
+        for (int64_t k = 0; k < p.rows; ++k) {
+          const RowSplit s = row_split(p, k);
+          splits.append(py::make_tuple(s.head, s.body, s.tail));
+        }
+        py::dict out;
+        out["rows"] = p.rows;
+        out["cols"] = p.cols;
+        out["vec"] = p.vec;
+        out["line"] = p.line;
+        out["lead"] = p.lead;
+        out["side_vec"] = p.side_vec;
+        out["block"] = p.block;
+        out["grid_x"] = p.grid_x;
+        out["grid_y"] = p.grid_y;
+        out["splits"] = splits;
+        return out;
+      },
+      py::arg("rows"), py::arg("cols"), py::arg("elem_bytes"), py::arg("buffers"), py::arg("sm_count"),
+      py::arg("blocks_per_sm"), py::arg("side") = 0, py::arg("side_rows") = 0,
+      "The launch plan the flat-buffer CUDA kernels use (csrc/launch_plan.h), computed on the host: vector "
+      "width, alignment line and row 0's lead in it (elements), whether the side buffer is read in vectors, "
+      "block, grid and each row's (head, body, tail) element counts. Adam: buffers = [param, grad, exp_avg, exp_avg_sq]; meta step: "
+      "rows = 1, buffers = [meta, exp_avg, exp_avg_sq], side = sources with side_rows = K; SGD: "
+      "buffers = [param, grad], side = base with side_rows = 1.");
 
   py::class_<AdamArgs>(m, "AdamArgs", "Arguments of adam_cpu / adam_cuda (see optim.h).")
       .def(py::init<>())

@@ -1,16 +1,20 @@
 // CUDA kernels of the native core: flat-buffer Adam/AdamW (K-stacked), the fused meta step, SGD
-// and the non-finite check. Bandwidth-bound: 16-byte vector loads when every buffer allows it,
-// grid-stride loops, one launch per op plus a one-thread launch that advances the step counters
-// after the update (stream order makes it safe and keeps the whole step capturable in a graph).
+// and the non-finite check. Bandwidth-bound: every row is a scalar head, a body of 16-byte vector
+// accesses and a scalar tail, walked by a grid of a few waves in grid-stride loops (launch_plan.h,
+// the same plan for every cols and row); one launch per op plus a one-thread launch that advances the
+// step counters after the update (stream order makes it safe and keeps the step capturable in a graph).
 // Every CUDA call and every launch is checked; errors become std::runtime_error.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "launch_plan.h"
 #include "optim.h"
 #include "optim_math.h"
 
@@ -49,15 +53,7 @@ class DeviceGuard {
   bool changed_ = false;
 };
 
-constexpr int kThreads = 256;
-
-template <typename T>
-struct alignas(16) Pack {
-  static constexpr int N = 16 / sizeof(T);
-  T v[N];
-};
-
-inline bool aligned16(uintptr_t p) { return p % 16 == 0; }
+constexpr int kThreads = kFlatThreads;
 
 inline unsigned grid_for(int64_t n, int per_thread) {
   const int64_t per_block = int64_t(kThreads) * per_thread;
@@ -66,63 +62,143 @@ inline unsigned grid_for(int64_t n, int per_thread) {
 }
 
 void check_rows(int64_t rows, const char* what) {
-  if (rows > 65535)
+  if (rows > kMaxFlatRows)
     throw std::invalid_argument(std::string(what) + ": at most 65535 stacked rows are supported per launch, got " +
                                 std::to_string(rows) + ".");
 }
 
 // ---------------------------------------------------------------------------------------------
-template <typename T, bool VEC>
-__global__ void adam_kernel(AdamArgs a) {
-  const float* found_inf = reinterpret_cast<const float*>(a.found_inf);
-  if (flag_set(found_inf)) return;
-  const int64_t k = blockIdx.y;
-  // One thread per block forms the coefficients (two double pow calls), the block shares them.
-  __shared__ AdamCoef<T> coef;
-  if (threadIdx.x == 0) {
-    const float* step = reinterpret_cast<const float*>(a.step);
-    const double s = static_cast<double>(step[a.step_numel == 1 ? 0 : k]) + 1.0;
-    const double lr = load_scalar(reinterpret_cast<const void*>(a.lr), a.lr_dtype, a.lr_numel == 1 ? 0 : k);
-    coef = adam_coef<T>(s, lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.adamw);
+// Device figures the launch plan needs, queried once per device (and per kernel) and kept.
+int cached_figure(const void* kernel, int device, int (*query)(const void*, int)) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, int> cache;
+  const auto key = std::make_pair(kernel, device);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
   }
-  __syncthreads();
-  const AdamCoef<T> c = coef;
+  const int value = query(kernel, device);
+  std::lock_guard<std::mutex> lock(mu);
+  cache[key] = value;
+  return value;
+}
+
+int sm_count(int device) {
+  return cached_figure(nullptr, device, [](const void*, int dev) {
+    int n = 0;
+    DF_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  });
+}
+
+// Resident blocks of `kernel` per SM at kThreads threads (registers and shared memory decide it).
+int resident_blocks(const void* kernel, int device) {
+  return cached_figure(kernel, device, [](const void* fn, int) {
+    int n = 0;
+    DF_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, kThreads, 0));
+    return std::max(n, 1);
+  });
+}
+
+template <typename Kernel>
+FlatLaunchPlan grid_for_kernel(const FlatLaunchPlan& layout, Kernel* kernel, int device) {
+  return with_grid(layout, sm_count(device), resident_blocks(reinterpret_cast<const void*>(kernel), device));
+}
+
+inline dim3 grid_of(const FlatLaunchPlan& plan) {
+  return dim3(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y));
+}
+
+// ---------------------------------------------------------------------------------------------
+// N consecutive elements; with kVector (and N > 1) one 16-byte access at an aligned address.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <typename T, int N, bool kVector>
+__device__ __forceinline__ void load(T (&out)[N], const T* at) {
+  if constexpr (kVector && N > 1) {
+    const Pack<T, N> x = *reinterpret_cast<const Pack<T, N>*>(at);
+#pragma unroll
+    for (int e = 0; e < N; ++e) out[e] = x.v[e];
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) out[e] = at[e];
+  }
+}
+
+template <typename T, int N, bool kVector>
+__device__ __forceinline__ void store(T* at, const T (&in)[N]) {
+  if constexpr (kVector && N > 1) {
+    Pack<T, N> x;
+#pragma unroll
+    for (int e = 0; e < N; ++e) x.v[e] = in[e];
+    *reinterpret_cast<Pack<T, N>*>(at) = x;
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) at[e] = in[e];
+  }
+}
+
+// Adam's coefficients, formed by every warp from the step count on the device (the host cannot:
+// launches are captured in CUDA graphs). Lanes 0 and 1 evaluate beta1^s and beta2^s in one pow
+// call and the warp shares them by shuffles: one pow of latency, no block barrier, and with a grid
+// of a few waves only a few thousand warps per launch do it (not 8 per 256 elements).
+template <typename T>
+__device__ __forceinline__ AdamCoef<T> warp_adam_coef(const AdamArgs& a, int64_t step_index, int64_t lr_index) {
+  const double s = static_cast<double>(reinterpret_cast<const float*>(a.step)[step_index]) + 1.0;
+  const double lr = load_scalar(reinterpret_cast<const void*>(a.lr), a.lr_dtype, lr_index);
+  const double power = pow((threadIdx.x & 1) ? a.beta2 : a.beta1, s);
+  const double beta1_pow = __shfl_sync(0xffffffffu, power, 0);
+  const double beta2_pow = __shfl_sync(0xffffffffu, power, 1);
+  return adam_coef_from_powers<T>(beta1_pow, beta2_pow, lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.adamw);
+}
+
+inline __device__ int64_t flat_thread() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
+inline __device__ int64_t flat_threads() { return int64_t(gridDim.x) * blockDim.x; }
+
+// ---------------------------------------------------------------------------------------------
+template <typename T, int N>
+__device__ __forceinline__ void adam_at(T* p, const T* g, T* m, T* v, const AdamCoef<T>& c, bool scaled, T scale) {
+  T pp[N], gg[N], mm[N], vv[N];
+  load<T, N, true>(pp, p);
+  load<T, N, true>(gg, g);
+  load<T, N, true>(mm, m);
+  load<T, N, true>(vv, v);
+#pragma unroll
+  for (int e = 0; e < N; ++e) {
+    const T gi = scaled ? gg[e] / scale : gg[e];
+    adam_update<T>(pp[e], gi, mm[e], vv[e], c);
+  }
+  store<T, N, true>(p, pp);
+  store<T, N, true>(m, mm);
+  store<T, N, true>(v, vv);
+}
+
+// Row blockIdx.y of [rows, cols]: the scalar head (up to the first cache line of the row) and tail
+// (fewer than N elements) taken by the row's first threads, the vector body in a grid-stride loop.
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads) adam_kernel(AdamArgs a, FlatLaunchPlan plan) {
+  if (flag_set(reinterpret_cast<const float*>(a.found_inf))) return;
+  const int64_t k = blockIdx.y;
+  const AdamCoef<T> c = warp_adam_coef<T>(a, a.step_numel == 1 ? 0 : k, a.lr_numel == 1 ? 0 : k);
   const float* gs = reinterpret_cast<const float*>(a.grad_scale);
   const bool scaled = gs != nullptr;
   const T scale = scaled ? static_cast<T>(*gs) : T(1);
-  T* p = reinterpret_cast<T*>(a.param) + k * a.cols;
-  const T* g = reinterpret_cast<const T*>(a.grad) + k * a.cols;
-  T* m = reinterpret_cast<T*>(a.exp_avg) + k * a.cols;
-  T* v = reinterpret_cast<T*>(a.exp_avg_sq) + k * a.cols;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (VEC) {
-    using V = Pack<T>;
-    const int64_t nv = a.cols / V::N;
-    for (int64_t j = tid; j < nv; j += stride) {
-      V pp = reinterpret_cast<V*>(p)[j];
-      V gg = reinterpret_cast<const V*>(g)[j];
-      V mm = reinterpret_cast<V*>(m)[j];
-      V vv = reinterpret_cast<V*>(v)[j];
-#pragma unroll
-      for (int e = 0; e < V::N; ++e) {
-        const T gi = scaled ? gg.v[e] / scale : gg.v[e];
-        adam_update<T>(pp.v[e], gi, mm.v[e], vv.v[e], c);
-      }
-      reinterpret_cast<V*>(p)[j] = pp;
-      reinterpret_cast<V*>(m)[j] = mm;
-      reinterpret_cast<V*>(v)[j] = vv;
-    }
-  } else {
-    for (int64_t i = tid; i < a.cols; i += stride) {
-      T pi = p[i], mi = m[i], vi = v[i];
-      const T gi = scaled ? g[i] / scale : g[i];
-      adam_update<T>(pi, gi, mi, vi, c);
-      p[i] = pi;
-      m[i] = mi;
-      v[i] = vi;
-    }
-  }
+  const int64_t row = k * a.cols;
+  T* p = reinterpret_cast<T*>(a.param) + row;
+  const T* g = reinterpret_cast<const T*>(a.grad) + row;
+  T* m = reinterpret_cast<T*>(a.exp_avg) + row;
+  T* v = reinterpret_cast<T*>(a.exp_avg_sq) + row;
+  const RowSplit s = row_split(plan, k);
+  const int64_t tid = flat_thread(), stride = flat_threads();
+  if (tid < s.head) adam_at<T, 1>(p + tid, g + tid, m + tid, v + tid, c, scaled, scale);
+  const int64_t t = s.head + s.body + tid;
+  if (tid < s.tail) adam_at<T, 1>(p + t, g + t, m + t, v + t, c, scaled, scale);
+  for (int64_t i = s.head + tid * N; i < s.head + s.body; i += stride * N)
+    adam_at<T, N>(p + i, g + i, m + i, v + i, c, scaled, scale);
 }
 
 // Advances the step counters once the update kernel has read them (same stream, so ordered).
@@ -132,88 +208,78 @@ __global__ void advance_steps_kernel(float* step, int64_t n, const float* found_
     step[i] += 1.0f;
 }
 
-template <typename T, bool VEC>
-__global__ void meta_adam_kernel(MetaArgs ma) {
+// Columns [i, i + N) of the meta step: the gradient reduced over the K source rows in order, one
+// Adam update of meta, and (reset) the updated meta written back to every source row.
+template <typename T, int N, bool kSourcesVector>
+__device__ __forceinline__ void meta_at(const MetaArgs& ma, int64_t i, const AdamCoef<T>& c) {
+  const AdamArgs& a = ma.adam;
+  T* meta = reinterpret_cast<T*>(a.param) + i;
+  T* src = reinterpret_cast<T*>(a.grad) + i;
+  T* m = reinterpret_cast<T*>(a.exp_avg) + i;
+  T* v = reinterpret_cast<T*>(a.exp_avg_sq) + i;
+  const int64_t K = a.rows, P = a.cols;
+  const bool diff = ma.mode == 0;
+  T old[N], g[N], mm[N], vv[N];
+  load<T, N, true>(old, meta);
+  load<T, N, true>(mm, m);
+  load<T, N, true>(vv, v);
+  for (int64_t k = 0; k < K; ++k) {
+    T x[N];
+    load<T, N, kSourcesVector>(x, src + k * P);
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      const T t = diff ? old[e] - x[e] : x[e];
+      g[e] = k == 0 ? t : g[e] + t;
+    }
+  }
+  const T kf = T(K);
+#pragma unroll
+  for (int e = 0; e < N; ++e) {
+    if (K > 1) g[e] = g[e] / kf;
+    adam_update<T>(old[e], g[e], mm[e], vv[e], c);
+  }
+  store<T, N, true>(meta, old);
+  store<T, N, true>(m, mm);
+  store<T, N, true>(v, vv);
+  if (ma.reset)
+    for (int64_t k = 0; k < K; ++k) store<T, N, kSourcesVector>(src + k * P, old);
+}
+
+// Meta [cols] (with exp_avg, exp_avg_sq) split as one row of the plan; the sources' K rows are
+// read in vectors when they line up with it (plan.side_vec), else per element.
+template <typename T, int N, bool kSourcesVector>
+__global__ void __launch_bounds__(kThreads) meta_adam_kernel(MetaArgs ma, FlatLaunchPlan plan) {
   const AdamArgs& a = ma.adam;
   if (flag_set(reinterpret_cast<const float*>(a.found_inf))) {  // no update; reset the sources to meta
     if (!ma.reset) return;
     const T* meta_in = reinterpret_cast<const T*>(a.param);
     T* sources = reinterpret_cast<T*>(a.grad);
     const int64_t n = a.rows * a.cols;
-    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-      sources[i] = meta_in[i % a.cols];
+    for (int64_t i = flat_thread(); i < n; i += flat_threads()) sources[i] = meta_in[i % a.cols];
     return;
   }
-  __shared__ AdamCoef<T> coef;
-  if (threadIdx.x == 0) {
-    const double s = static_cast<double>(reinterpret_cast<const float*>(a.step)[0]) + 1.0;
-    const double lr = load_scalar(reinterpret_cast<const void*>(a.lr), a.lr_dtype, 0);
-    coef = adam_coef<T>(s, lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.adamw);
-  }
-  __syncthreads();
-  const AdamCoef<T> c = coef;
-  T* meta = reinterpret_cast<T*>(a.param);
-  T* src = reinterpret_cast<T*>(a.grad);
-  T* m = reinterpret_cast<T*>(a.exp_avg);
-  T* v = reinterpret_cast<T*>(a.exp_avg_sq);
-  const int64_t K = a.rows, P = a.cols;
-  const bool diff = ma.mode == 0;
-  const T kf = T(K);
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  using V = Pack<T>;
-  constexpr int N = VEC ? V::N : 1;
-  const int64_t n = P / N;
-  for (int64_t j = tid; j < n; j += stride) {
-    T old[N], g[N], mm[N], vv[N];
-    if (VEC) {
-      const V o = reinterpret_cast<const V*>(meta)[j];
-      const V mv = reinterpret_cast<const V*>(m)[j];
-      const V vvv = reinterpret_cast<const V*>(v)[j];
-#pragma unroll
-      for (int e = 0; e < N; ++e) { old[e] = o.v[e]; mm[e] = mv.v[e]; vv[e] = vvv.v[e]; }
-    } else {
-      old[0] = meta[j]; mm[0] = m[j]; vv[0] = v[j];
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      T x[N];
-      if (VEC) {
-        const V sv = reinterpret_cast<const V*>(src + k * P)[j];
-#pragma unroll
-        for (int e = 0; e < N; ++e) x[e] = sv.v[e];
-      } else {
-        x[0] = src[k * P + j];
-      }
-#pragma unroll
-      for (int e = 0; e < N; ++e) {
-        const T t = diff ? old[e] - x[e] : x[e];
-        g[e] = k == 0 ? t : g[e] + t;
-      }
-    }
-#pragma unroll
-    for (int e = 0; e < N; ++e) {
-      if (K > 1) g[e] = g[e] / kf;
-      adam_update<T>(old[e], g[e], mm[e], vv[e], c);
-    }
-    if (VEC) {
-      V o, mv, vvv;
-#pragma unroll
-      for (int e = 0; e < N; ++e) { o.v[e] = old[e]; mv.v[e] = mm[e]; vvv.v[e] = vv[e]; }
-      reinterpret_cast<V*>(meta)[j] = o;
-      reinterpret_cast<V*>(m)[j] = mv;
-      reinterpret_cast<V*>(v)[j] = vvv;
-      if (ma.reset)
-        for (int64_t k = 0; k < K; ++k) reinterpret_cast<V*>(src + k * P)[j] = o;
-    } else {
-      meta[j] = old[0]; m[j] = mm[0]; v[j] = vv[0];
-      if (ma.reset)
-        for (int64_t k = 0; k < K; ++k) src[k * P + j] = old[0];
-    }
-  }
+  const AdamCoef<T> c = warp_adam_coef<T>(a, 0, 0);
+  const RowSplit s = row_split(plan, 0);
+  const int64_t tid = flat_thread(), stride = flat_threads();
+  if (tid < s.head) meta_at<T, 1, false>(ma, tid, c);
+  if (tid < s.tail) meta_at<T, 1, false>(ma, s.head + s.body + tid, c);
+  for (int64_t i = s.head + tid * N; i < s.head + s.body; i += stride * N) meta_at<T, N, kSourcesVector>(ma, i, c);
 }
 
-template <typename T>
-__global__ void sgd_kernel(SgdArgs a) {
+template <typename T, int N, bool kBaseVector>
+__device__ __forceinline__ void sgd_at(T* p, const T* g, const T* x, T neg_lr, T wd, bool has_wd) {
+  T xx[N], gg[N], out[N];
+  load<T, N, kBaseVector>(xx, x);
+  load<T, N, true>(gg, g);
+#pragma unroll
+  for (int e = 0; e < N; ++e) out[e] = sgd_update<T>(xx[e], gg[e], neg_lr, wd, has_wd);
+  store<T, N, true>(p, out);
+}
+
+// Row blockIdx.y of [rows, cols]; x is the row itself or the broadcast base (read in vectors when
+// it lines up with the rows, plan.side_vec).
+template <typename T, int N, bool kBaseVector>
+__global__ void __launch_bounds__(kThreads) sgd_kernel(SgdArgs a, FlatLaunchPlan plan) {
   if (flag_set(reinterpret_cast<const float*>(a.found_inf))) return;
   const int64_t k = blockIdx.y;
   const double lr = load_scalar(reinterpret_cast<const void*>(a.lr), a.lr_dtype, a.lr_numel == 1 ? 0 : k);
@@ -223,8 +289,13 @@ __global__ void sgd_kernel(SgdArgs a) {
   T* p = reinterpret_cast<T*>(a.param) + k * a.cols;
   const T* g = reinterpret_cast<const T*>(a.grad) + k * a.cols;
   const T* x = a.base ? reinterpret_cast<const T*>(a.base) : p;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < a.cols; i += int64_t(gridDim.x) * blockDim.x)
-    p[i] = sgd_update<T>(x[i], g[i], neg_lr, wd, has_wd);
+  const RowSplit s = row_split(plan, k);
+  const int64_t tid = flat_thread(), stride = flat_threads();
+  if (tid < s.head) sgd_at<T, 1, false>(p + tid, g + tid, x + tid, neg_lr, wd, has_wd);
+  const int64_t t = s.head + s.body + tid;
+  if (tid < s.tail) sgd_at<T, 1, false>(p + t, g + t, x + t, neg_lr, wd, has_wd);
+  for (int64_t i = s.head + tid * N; i < s.head + s.body; i += stride * N)
+    sgd_at<T, N, kBaseVector>(p + i, g + i, x + i, neg_lr, wd, has_wd);
 }
 
 template <typename T>
@@ -242,30 +313,53 @@ void check_dtype(int dtype, const char* what) {
 }
 
 template <typename T>
-void launch_adam(const AdamArgs& a, cudaStream_t stream) {
-  const int n = Pack<T>::N;
-  const bool vec = a.cols % n == 0 && aligned16(a.param) && aligned16(a.grad) && aligned16(a.exp_avg) &&
-                   aligned16(a.exp_avg_sq);
-  if (a.cols > 0) {
-    dim3 grid(grid_for(a.cols, vec ? n : 1), static_cast<unsigned>(a.rows));
-    if (vec) adam_kernel<T, true><<<grid, kThreads, 0, stream>>>(a);
-    else adam_kernel<T, false><<<grid, kThreads, 0, stream>>>(a);
-    DF_CHECK_LAUNCH("adam_kernel");
+void launch_adam(const AdamArgs& a, int device, cudaStream_t stream) {
+  constexpr int N = kVectorBytes / sizeof(T);
+  const FlatLaunchPlan layout = flat_layout(a.rows, a.cols, sizeof(T), {a.param, a.grad, a.exp_avg, a.exp_avg_sq});
+  if (layout.rows == 0 || layout.cols == 0) return;
+  if (layout.vec == N) {
+    const FlatLaunchPlan plan = grid_for_kernel(layout, adam_kernel<T, N>, device);
+    adam_kernel<T, N><<<grid_of(plan), kThreads, 0, stream>>>(a, plan);
+  } else {
+    const FlatLaunchPlan plan = grid_for_kernel(layout, adam_kernel<T, 1>, device);
+    adam_kernel<T, 1><<<grid_of(plan), kThreads, 0, stream>>>(a, plan);
   }
+  DF_CHECK_LAUNCH("adam_kernel");
+}
+
+template <typename T, int N, bool kSourcesVector>
+void launch_meta_with(const FlatLaunchPlan& layout, const MetaArgs& ma, int device, cudaStream_t stream) {
+  const FlatLaunchPlan plan = grid_for_kernel(layout, meta_adam_kernel<T, N, kSourcesVector>, device);
+  meta_adam_kernel<T, N, kSourcesVector><<<grid_of(plan), kThreads, 0, stream>>>(ma, plan);
+  DF_CHECK_LAUNCH("meta_adam_kernel");
 }
 
 template <typename T>
-void launch_meta(const MetaArgs& ma, cudaStream_t stream) {
+void launch_meta(const MetaArgs& ma, int device, cudaStream_t stream) {
+  constexpr int N = kVectorBytes / sizeof(T);
   const AdamArgs& a = ma.adam;
-  const int n = Pack<T>::N;
-  const bool vec = a.cols % n == 0 && aligned16(a.param) && aligned16(a.grad) && aligned16(a.exp_avg) &&
-                   aligned16(a.exp_avg_sq);
-  if (a.cols > 0) {
-    const unsigned grid = grid_for(a.cols, vec ? n : 1);
-    if (vec) meta_adam_kernel<T, true><<<grid, kThreads, 0, stream>>>(ma);
-    else meta_adam_kernel<T, false><<<grid, kThreads, 0, stream>>>(ma);
-    DF_CHECK_LAUNCH("meta_adam_kernel");
-  }
+  const FlatLaunchPlan layout = flat_layout(1, a.cols, sizeof(T), {a.param, a.exp_avg, a.exp_avg_sq}, a.grad, a.rows);
+  if (layout.cols == 0) return;
+  if (layout.vec != N) launch_meta_with<T, 1, false>(layout, ma, device, stream);
+  else if (layout.side_vec) launch_meta_with<T, N, true>(layout, ma, device, stream);
+  else launch_meta_with<T, N, false>(layout, ma, device, stream);
+}
+
+template <typename T, int N, bool kBaseVector>
+void launch_sgd_with(const FlatLaunchPlan& layout, const SgdArgs& a, int device, cudaStream_t stream) {
+  const FlatLaunchPlan plan = grid_for_kernel(layout, sgd_kernel<T, N, kBaseVector>, device);
+  sgd_kernel<T, N, kBaseVector><<<grid_of(plan), kThreads, 0, stream>>>(a, plan);
+  DF_CHECK_LAUNCH("sgd_kernel");
+}
+
+template <typename T>
+void launch_sgd(const SgdArgs& a, int device, cudaStream_t stream) {
+  constexpr int N = kVectorBytes / sizeof(T);
+  const FlatLaunchPlan layout = flat_layout(a.rows, a.cols, sizeof(T), {a.param, a.grad}, a.base, 1);
+  if (layout.rows == 0 || layout.cols == 0) return;
+  if (layout.vec != N) launch_sgd_with<T, 1, false>(layout, a, device, stream);
+  else if (layout.side_vec) launch_sgd_with<T, N, true>(layout, a, device, stream);
+  else launch_sgd_with<T, N, false>(layout, a, device, stream);
 }
 
 void launch_advance(const AdamArgs& a, cudaStream_t stream) {
@@ -332,10 +426,8 @@ void adam_cuda(const AdamArgs& a, int device, uintptr_t stream_handle) {
   check_rows(a.rows, "adam");
   DeviceGuard guard(device);
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  if (a.rows > 0) {
-    if (a.dtype == kFloat64) launch_adam<double>(a, stream);
-    else launch_adam<float>(a, stream);
-  }
+  if (a.dtype == kFloat64) launch_adam<double>(a, device, stream);
+  else launch_adam<float>(a, device, stream);
   launch_advance(a, stream);
 }
 
@@ -343,8 +435,8 @@ void meta_adam_cuda(const MetaArgs& ma, int device, uintptr_t stream_handle) {
   check_dtype(ma.adam.dtype, "meta_adam");
   DeviceGuard guard(device);
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  if (ma.adam.dtype == kFloat64) launch_meta<double>(ma, stream);
-  else launch_meta<float>(ma, stream);
+  if (ma.adam.dtype == kFloat64) launch_meta<double>(ma, device, stream);
+  else launch_meta<float>(ma, device, stream);
   launch_advance(ma.adam, stream);
 }
 
@@ -354,10 +446,8 @@ void sgd_cuda(const SgdArgs& a, int device, uintptr_t stream_handle) {
   if (a.cols == 0 || a.rows == 0) return;
   DeviceGuard guard(device);
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  dim3 grid(grid_for(a.cols, 1), static_cast<unsigned>(a.rows));
-  if (a.dtype == kFloat64) sgd_kernel<double><<<grid, kThreads, 0, stream>>>(a);
-  else sgd_kernel<float><<<grid, kThreads, 0, stream>>>(a);
-  DF_CHECK_LAUNCH("sgd_kernel");
+  if (a.dtype == kFloat64) launch_sgd<double>(a, device, stream);
+  else launch_sgd<float>(a, device, stream);
 }
 
 void nonfinite_cuda(int dtype, int64_t n, uintptr_t data, uintptr_t found_inf, int device,

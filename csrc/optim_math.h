@@ -14,13 +14,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "hd.h"
 #include "optim.h"
-
-#if defined(__CUDACC__)
-#define DF_HD __host__ __device__ __forceinline__
-#else
-#define DF_HD inline
-#endif
 
 namespace dil_fast {
 
@@ -54,13 +49,15 @@ struct AdamCoef {
   bool lerp_from_m;  // torch's lerp starts from m when its weight 1 - beta1 is below 0.5
 };
 
-// Per-launch (per-row) coefficients; `step` is the count after this update (1 on the first).
+// Per-launch (per-row) coefficients from beta1^step and beta2^step, `step` being the count after
+// this update (1 on the first). The CUDA kernels evaluate the two powers in one pow call spread
+// over two lanes of a warp (optim_cuda.cu); adam_coef below evaluates them itself.
 template <typename T>
-DF_HD AdamCoef<T> adam_coef(double step, double lr, double beta1, double beta2, double eps,
-                            double weight_decay, bool adamw) {
+DF_HD AdamCoef<T> adam_coef_from_powers(double beta1_pow, double beta2_pow, double lr, double beta1,
+                                        double beta2, double eps, double weight_decay, bool adamw) {
   AdamCoef<T> c;
-  const double bc1 = 1.0 - pow(beta1, step);
-  const double bc2 = 1.0 - pow(beta2, step);
+  const double bc1 = 1.0 - beta1_pow;
+  const double bc2 = 1.0 - beta2_pow;
   c.neg_step_size = static_cast<T>(-(lr / bc1));
   c.bc2_sqrt = static_cast<T>(sqrt(bc2));
   c.one_minus_beta1 = static_cast<T>(1.0 - beta1);
@@ -72,6 +69,12 @@ DF_HD AdamCoef<T> adam_coef(double step, double lr, double beta1, double beta2, 
   c.decay_form = weight_decay == 0.0 ? Decay::kNone : adamw ? Decay::kDecoupled : Decay::kL2;
   c.lerp_from_m = c.one_minus_beta1 < T(0.5);
   return c;
+}
+
+template <typename T>
+DF_HD AdamCoef<T> adam_coef(double step, double lr, double beta1, double beta2, double eps,
+                            double weight_decay, bool adamw) {
+  return adam_coef_from_powers<T>(pow(beta1, step), pow(beta2, step), lr, beta1, beta2, eps, weight_decay, adamw);
 }
 
 // One update with its form fixed at compile time: the CPU twins instantiate one branch-free loop

@@ -24,8 +24,9 @@ def run(cmd, **kw):
 def test_wheel_builds_installs_and_imports(tmp_path):
     if os.environ.get("DIL_FAST_BUILD_EXT", "1").strip() == "0":
         pytest.skip("DIL_FAST_BUILD_EXT=0: no extension to put in a wheel")
-    env = {**os.environ, "DIL_FAST_CUDA_ARCHS": os.environ.get("DIL_FAST_CUDA_ARCHS", "90"),
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    if _support().find_toolkit()["nvcc"]:  # an explicit arch list without nvcc fails the build, by design
+        env.setdefault("DIL_FAST_CUDA_ARCHS", "90")
     wheels = tmp_path / "wheels"
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), ROOT],
         env=env, cwd=tmp_path)
@@ -104,11 +105,84 @@ def test_build_switches(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setenv("CUDA_HOME", "/nonexistent")
     if not os.path.isfile("/usr/local/cuda/bin/nvcc"):
-        with pytest.raises(SystemExit, match="no CUDA toolkit"):
+        with pytest.raises(SystemExit, match="nvcc was not found"):
             s.cuda_plan()
     else:
         plan = s.cuda_plan()
         assert plan["targets"] == ["sm_90", "compute_90"] and plan["cudart_static"].endswith("libcudart_static.a")
+
+
+NO_NVCC = {"nvcc": None, "home": None, "include": None, "cudart_static": None, "searched": []}
+NO_STATIC_RUNTIME = {"nvcc": "/opt/cuda/bin/nvcc", "home": None, "include": None, "cudart_static": None,
+                     "searched": ["/opt/cuda", "/usr/local/cuda"]}
+COMPLETE = {"nvcc": "/opt/cuda/bin/nvcc", "home": "/opt/cuda", "include": "/opt/cuda/include",
+            "cudart_static": "/opt/cuda/lib64/libcudart_static.a", "searched": ["/opt/cuda"]}
+
+
+def assert_one_sentence_naming(exc, *words):
+    msg = str(exc.value)
+    assert msg.count(". ") == 0 and msg.endswith(".") and "\n" not in msg, msg
+    assert "DIL_FAST_BUILD_CUDA=0" in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_cuda_decision_without_nvcc():
+    s = _support()
+    assert s.decide_cuda("auto", "", NO_NVCC) is None  # a plain CPU machine: CPU twins, no error
+    assert s.decide_cuda("0", "90", NO_NVCC) is None  # CUDA switched off wins over the arch list
+    with pytest.raises(SystemExit) as exc:
+        s.decide_cuda("auto", "90", NO_NVCC)
+    assert_one_sentence_naming(exc, "DIL_FAST_CUDA_ARCHS='90' asks for CUDA kernels", "nvcc was not found")
+    with pytest.raises(SystemExit) as exc:
+        s.decide_cuda("1", "", NO_NVCC)
+    assert_one_sentence_naming(exc, "DIL_FAST_BUILD_CUDA=1 asks for CUDA kernels", "nvcc was not found")
+
+
+@pytest.mark.parametrize("archs", ["", "90"], ids=["default-archs", "explicit-archs"])
+def test_cuda_decision_with_nvcc_and_static_runtime(archs):
+    plan = _support().decide_cuda("auto", archs, COMPLETE)
+    assert plan["nvcc"] == COMPLETE["nvcc"] and plan["cudart_static"] == COMPLETE["cudart_static"]
+    assert "sm_90" in plan["targets"]
+    assert plan["archs"] == (["90"] if archs else ["80", "86", "89", "90"])
+
+
+@pytest.mark.parametrize("mode,archs", [("auto", ""), ("auto", "90"), ("1", "")],
+                         ids=["auto", "explicit-archs", "required"])
+def test_cuda_decision_with_nvcc_but_no_static_runtime_fails(mode, archs):
+    s = _support()
+    with pytest.raises(SystemExit) as exc:
+        s.decide_cuda(mode, archs, NO_STATIC_RUNTIME)
+    assert_one_sentence_naming(exc, "nvcc was found at /opt/cuda/bin/nvcc", "libcudart_static.a",
+                               "/opt/cuda, /usr/local/cuda", "cannot be built")
+    if archs:
+        assert "DIL_FAST_CUDA_ARCHS='90' asks for CUDA kernels" in str(exc.value)
+    assert s.decide_cuda("0", archs, NO_STATIC_RUNTIME) is None
+
+
+def test_setup_fails_instead_of_building_a_cpu_only_core(monkeypatch):
+    """cuda_plan (what setup.py runs) passes the machine's toolkit through decide_cuda."""
+    s = _support()
+    monkeypatch.delenv("DIL_FAST_BUILD_CUDA", raising=False)
+    monkeypatch.delenv("DIL_FAST_CUDA_ARCHS", raising=False)
+    monkeypatch.setattr(s, "find_toolkit", lambda: dict(NO_STATIC_RUNTIME))
+    with pytest.raises(SystemExit, match="libcudart_static.a"):
+        s.cuda_plan()
+    monkeypatch.setattr(s, "find_toolkit", lambda: dict(NO_NVCC))
+    assert s.cuda_plan() is None
+    monkeypatch.setenv("DIL_FAST_CUDA_ARCHS", "90")
+    with pytest.raises(SystemExit, match="nvcc was not found"):
+        s.cuda_plan()
+
+
+def test_find_toolkit_reads_cuda_home(monkeypatch, tmp_path):
+    for rel in ("bin/nvcc", "include/cuda_runtime.h", "lib64/libcudart_static.a"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    found = _support().find_toolkit()
+    assert found["nvcc"] == str(tmp_path / "bin" / "nvcc") and found["home"] == str(tmp_path)
+    assert found["cudart_static"] == str(tmp_path / "lib64" / "libcudart_static.a")
 
 
 def test_info_reports_a_disabled_native_core_with_the_reason():
