@@ -16,13 +16,22 @@ owns in it. The minimum is 10 rounds x 2 products per counter / 4 normals per co
 thread with n counters does 18 n + 2 (4.75 per element for n = 2) because the products of rounds
 1 and 2 that see only the counter words shared by all counters of a program are computed once.
 
+The PTX gives the approximate math (APPROX_MATH, static counts): div.full / div.approx (division
+to 2 ulp), rcp/sqrt/ex2/lg2/sin/cos.approx, fma.rn.f32 (LLVM's contraction of a * b + c: one
+rounding where torch rounds twice) and mul/add/sub.f32 with no rounding modifier (ptxas may still
+contract those). NUMERICS says, for every kernel, what of its output is claimed bit-exact against
+its torch reference and which of these kinds lie outside the claim (with the reason), or why the
+kernel claims nothing; a launch variant compiles with the launch options its host launcher passes
+(the noise kernel: no FMA contraction).
+
 Rows are appended to ``<--out>/compile.csv`` (default ``$DIL_FAST_BENCH_OUT``, else
 ``~/.cache/dil_fast/bench``; the curated copy is ``--out bench/results``) one by one as they
 are measured: kernel, variant, config, triton, target, registers, spill_bytes (ptxas "bytes spill
 stores" per thread), stack_bytes (the stack frame: spills plus local arrays, such as the 28-byte
 table of libdevice's sinf/cosf range reduction), shared_bytes, int32_products,
-mulhi_per_element (noise only), compile_s. Exit status 1 if any config spills, has an int32
-offset product, or the noise kernel is above its Philox minimum.
+mulhi_per_element (noise only), one column per APPROX_MATH kind, compile_s. Exit status 1 if any
+config spills, has an int32 offset product, the noise kernel is above its Philox minimum, or a
+kernel claimed bit-exact holds approximate math outside its allowed kinds.
 
     python bench/bench_compile.py                # every kernel
     python bench/bench_compile.py --kernel blur  # the kernels whose name contains 'blur'
@@ -66,6 +75,7 @@ class Launch:
     wide: tuple = ()
     aligned: tuple = ()
     fixed: tuple | None = None
+    options: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,15 +92,15 @@ def launches() -> list[Launch]:
     """The variants the host launchers compile on a GPU (dtypes, mode flags, size hints)."""
     out = []
     noise_sizes = ("CHW", "HW", "stride_xk", "stride_xb", "stride_ok", "stride_ob")
-    for variant, x, y, scale, round8, gray, aligned in (
-            ("fp32", P32, P32, 1.0, False, False, noise_sizes),
-            ("fp32 odd-size", P32, P32, 1.0, False, False, ()),
-            ("u8 gray round8", PU8, P32, 1 / 255, True, True, noise_sizes),
-            ("fp16", P16, P16, 1.0, False, False, noise_sizes)):
+    for variant, x, y, round8, gray, aligned in (
+            ("fp32", P32, P32, False, False, noise_sizes),
+            ("fp32 odd-size", P32, P32, False, False, ()),
+            ("u8 gray round8", PU8, P32, True, True, noise_sizes),
+            ("fp16", P16, P16, False, False, noise_sizes)):
         out.append(Launch("noise", "noise", "_noise_fwd_kernel", variant,
                           {"x_ptr": x, "out_ptr": y, "sigma_ptr": P32, "gray_ptr": PI32},
-                          {"IN_SCALE": scale, "CLIP": True, "ROUND8": round8, "HAS_GRAY": gray},
-                          wide=("seed_lo", "seed_hi"), aligned=aligned))
+                          {"IN_U8": x == PU8, "CLIP": True, "ROUND8": round8, "HAS_GRAY": gray},
+                          wide=("seed_lo", "seed_hi"), aligned=aligned, options="NOISE_LAUNCH_OPTIONS"))
     blur_sizes = ("H", "W", "stride_xk", "stride_xb", "stride_ok", "stride_ob")
     for axis, variant, x, y, aligned in ((1, "u8->fp32 T=21", PU8, P32, blur_sizes),  # the first pass
                                          (1, "fp32 T=21 odd-size", P32, P32, ()),
@@ -125,8 +135,57 @@ def launches() -> list[Launch]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+    """What of a kernel's compiled output is claimed bit-exact against its pure-torch reference.
+
+    exact: the claim (what is exact, given what, and the test that holds it under the interpreter);
+    "" for a kernel compared within a tolerance. allowed: APPROX_MATH column -> why that kind of
+    instruction lies outside the claim. why_not: for a kernel with no claim, why it has none."""
+
+    exact: str = ""
+    allowed: dict = dataclasses.field(default_factory=dict)
+    why_not: str = ""
+
+
+_TOLERANCE_STENCIL = ("taps summed in the reference's order, but each tap is an FMA (one rounding where torch "
+                      "rounds the product and the sum) and uint8 input is scaled by x * (1/255): compared within "
+                      "tests.helpers.triton_tol; exact would cost a second instruction per tap")
+
+# The one place where a kernel claims bit-exactness: a claimed kernel whose sm_90 PTX holds any
+# APPROX_MATH instruction outside its ``allowed`` kinds fails the report (and tests/ops/test_compile.py).
+# The check is on the whole kernel, so an allowed kind must belong only to the part outside the claim.
+NUMERICS = {
+    "noise": Numerics(
+        exact="everything after the normal draw (bytes / 255, x + sigma * n, clip, round8) given the same normal "
+              "field, against the reference on the CPU (test_noise_kernel_exact_given_the_same_normal_field)",
+        allowed={kind: "only the normal field's log/cos/sin (documented to agree with the reference up to their "
+                       "float rounding); today they are libdevice's logf/cosf/sinf, which hold none"
+                 for kind in ("lg2_approx", "sin_approx", "cos_approx")}),
+    "sample_crops": Numerics(
+        exact="every output: byte copies, and bytes / 255 by IEEE division for float outputs "
+              "(tests/ops/test_sample_crops.py, torch.equal)"),
+    "blur_sep[AXIS=0]": Numerics(why_not=_TOLERANCE_STENCIL),
+    "blur_sep[AXIS=1]": Numerics(why_not=_TOLERANCE_STENCIL),
+    "blur2d": Numerics(why_not="the reference is F.conv2d (its own summation order): compared within triton_tol"),
+    "resample[AXIS=0]": Numerics(why_not=_TOLERANCE_STENCIL),
+    "resample[AXIS=1]": Numerics(why_not=_TOLERANCE_STENCIL),
+    "jpeg_blocks": Numerics(why_not="the reference's DCT is a matmul (another summation order): rare one-level "
+                                    "rounding flips are allowed by test_jpeg_block_kernel_matches_reference"),
+    "jpeg_pre": Numerics(why_not="the colour transform's products are contracted into FMAs before rounding: "
+                                 "rare one-level flips (test_jpeg_full_pipeline_triton_vs_torch)"),
+    "jpeg_post": Numerics(why_not="FMA-contracted colour transform and an approximate / 255: rare one-level flips "
+                                  "and 1 ulp (test_jpeg_full_pipeline_triton_vs_torch)"),
+}
+
+
 def _kernel(launch: Launch):
     return getattr(backends.triton_kernels(launch.module), launch.attr)
+
+
+def launch_options(launch: Launch) -> dict:
+    """The launch options the host launcher passes (the module constant ``launch.options`` names)."""
+    return dict(getattr(backends.triton_kernels(launch.module), launch.options)) if launch.options else {}
 
 
 def configs_of(launch: Launch) -> list[Config]:
@@ -157,8 +216,8 @@ def compile_config(launch: Launch, config: Config):
     with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(log):
         knobs.compilation.always_compile = True  # a cache hit would skip ptxas and its log
         knobs.nvidia.dump_ptxas_log = True
-        compiled = triton.compile(source, target=GPUTarget("cuda", TARGET_ARCH, 32),
-                                  options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+        options = {"num_warps": config.num_warps, "num_stages": config.num_stages, **launch_options(launch)}
+        compiled = triton.compile(source, target=GPUTarget("cuda", TARGET_ARCH, 32), options=options)
     return compiled, log.getvalue()
 
 
@@ -171,6 +230,37 @@ def int32_scalar_products(ttir: str) -> int:
     offsets that wrap past 2**31 elements. Every kernel forms them in int64 instead."""
     constants = set(_I32_CONSTANT.findall(ttir))
     return sum(1 for a, b in _I32_SCALAR_PRODUCT.findall(ttir) if a not in constants and b not in constants)
+
+
+# PTX instructions that do not round like the IEEE operation torch performs: column -> mnemonic.
+# fma.rn.f32 without .ftz is LLVM's contraction of the kernel's own a * b + c (kernels/ calls no
+# tl.fma); libdevice's log/sin/cos are built from explicit fma.rn.ftz.f32, not counted. A mul/add/sub
+# with no rounding modifier is one ptxas may still fuse into an FFMA (it does unless the kernel is
+# launched with enable_fp_fusion=False, which also makes LLVM print .rn).
+APPROX_MATH = {
+    "div_full": r"div\.full(?:\.ftz)?\.f32",
+    "div_approx": r"div\.approx(?:\.ftz)?\.f(?:32|64)",
+    "rcp_approx": r"rcp\.approx(?:\.ftz)?\.f(?:32|64)",
+    "sqrt_approx": r"sqrt\.approx(?:\.ftz)?\.f32",
+    "ex2_approx": r"ex2\.approx(?:\.ftz)?\.(?:f32|f16|f16x2|bf16|bf16x2)",
+    "lg2_approx": r"lg2\.approx(?:\.ftz)?\.f32",
+    "sin_approx": r"sin\.approx(?:\.ftz)?\.f32",
+    "cos_approx": r"cos\.approx(?:\.ftz)?\.f32",
+    "fma_contracted": r"fma\.rn(?:\.sat)?\.(?:f32|f16|f16x2|bf16|bf16x2)",
+    "fma_contractible": r"(?:mul|add|sub)(?:\.ftz)?(?:\.sat)?\.f32",
+}
+_APPROX_MATH = {column: re.compile(pattern) for column, pattern in APPROX_MATH.items()}
+_PTX_MNEMONIC = re.compile(r"^\s*(?:@!?%\w+\s+)?([a-z][\w.]*)", re.M)
+
+
+def approx_math(ptx: str) -> dict:
+    """APPROX_MATH column -> how many of those instructions the PTX holds (static count)."""
+    counts = dict.fromkeys(APPROX_MATH, 0)
+    for mnemonic in _PTX_MNEMONIC.findall(ptx):
+        for column, pattern in _APPROX_MATH.items():
+            if pattern.fullmatch(mnemonic):
+                counts[column] += 1
+    return counts
 
 
 _PTXAS_REGISTERS = re.compile(r"Used (\d+) registers")
@@ -196,6 +286,7 @@ def measure(launch: Launch, config: Config) -> dict:
         "shared_bytes": int(compiled.metadata.shared),
         "mulhi_per_element": "",
         "int32_products": int32_scalar_products(compiled.asm["ttir"]),
+        **approx_math(compiled.asm["ptx"]),
     }
     if launch.kernel == "noise":
         # the confounder loop's body covers one TILE of the program's BLOCK elements
@@ -205,8 +296,19 @@ def measure(launch: Launch, config: Config) -> dict:
     return row
 
 
+def inexact(row: dict) -> dict:
+    """APPROX_MATH column -> count, of the instructions a kernel claimed bit-exact (NUMERICS) may not
+    hold; empty for a kernel with no claim."""
+    numerics = NUMERICS.get(row.get("kernel", ""))
+    if numerics is None or not numerics.exact:
+        return {}
+    return {column: int(row[column]) for column in APPROX_MATH
+            if column not in numerics.allowed and int(row.get(column) or 0)}
+
+
 def problems(row: dict) -> list[str]:
-    """What is wrong with a measured row: spills, int32 offset products, Philox work above its minimum."""
+    """What is wrong with a measured row: spills, int32 offset products, Philox work above its
+    minimum, approximate math in a kernel claimed bit-exact."""
     out = []
     if int(row["spill_bytes"]):
         out.append(f"spills {row['spill_bytes']} B per thread")
@@ -214,11 +316,21 @@ def problems(row: dict) -> list[str]:
         out.append(f"{row['int32_products']} int32 products of runtime scalars (offsets that can wrap)")
     if row["mulhi_per_element"] not in ("", None) and float(row["mulhi_per_element"]) > NOISE_MULHI_MIN:
         out.append(f"{row['mulhi_per_element']} mul.hi per element > {NOISE_MULHI_MIN:g}")
+    bad = inexact(row)
+    if bad:
+        out.append("claimed bit-exact, but " + ", ".join(f"{n} {column}" for column, n in bad.items()))
     return out
 
 
 COLUMNS = ["kernel", "variant", "config", "triton", "target", "registers", "spill_bytes", "stack_bytes",
-           "shared_bytes", "mulhi_per_element", "int32_products", "compile_s"]
+           "shared_bytes", "mulhi_per_element", "int32_products", *APPROX_MATH, "compile_s"]
+
+
+def approx_summary(row: dict) -> str:
+    """The row's non-zero APPROX_MATH counts in one cell ("-" for none), a '!' after the forbidden."""
+    bad = inexact(row)
+    cells = [f"{column}={row[column]}{'!' if column in bad else ''}" for column in APPROX_MATH if int(row[column])]
+    return " ".join(cells) or "-"
 
 
 def main(argv=None) -> int:
@@ -244,8 +356,10 @@ def main(argv=None) -> int:
             path = record("compile", [row], "cpu", out=args.out, columns=COLUMNS)
             rows.append(row)
             failures += [f"{row['kernel']} {row['variant']} {row['config']}: {p}" for p in problems(row)]
+    for row in rows:
+        row["approx_math"] = approx_summary(row)
     print_table(rows, ["kernel", "variant", "config", "registers", "spill_bytes", "stack_bytes", "shared_bytes",
-                       "int32_products", "mulhi_per_element"])
+                       "int32_products", "mulhi_per_element", "approx_math"])
     print(f"triton {rows[0]['triton']}, sm_{TARGET_ARCH}, {len(rows)} configs; appended to {path}")
     for line in failures:
         print(f"FAIL {line}")

@@ -81,7 +81,10 @@ def _mulhilo_split(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]
 def philox4x32(c0, c1, c2, c3, k0: int, k1: int, rounds: int = PHILOX_ROUNDS, *, mulhilo=None):
     """Philox-4x32 of broadcastable int64 counters holding uint32 values -> 4 int64 tensors."""
     mulhilo = mulhilo or _mulhilo
-    c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64) for c in (c0, c1, c2, c3)))
+    # counters given as Python ints join the device of those given as tensors (CUDA sample indices)
+    device = next((c.device for c in (c0, c1, c2, c3) if isinstance(c, torch.Tensor)), None)
+    c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64, device=device)
+                                               for c in (c0, c1, c2, c3)))
     k0, k1 = int(k0) & M32, int(k1) & M32
     for _ in range(rounds):
         hi0, lo0 = mulhilo(c0, PHILOX_M0)

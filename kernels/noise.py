@@ -3,6 +3,13 @@
 Counter scheme: dil_fast/rng.py (Philox-4x32-10); normal transform and the pure-torch reference:
 dil_fast/ops/reference/noise.py (it draws the same uint32 words; values agree up to the float
 rounding of log/cos/sin).
+
+Compiled numerics: everything after the normal draw (x / 255 of uint8 input, x + sigma * n, clip,
+round to 1/255) rounds as the torch reference does on the CPU, so the output is bit-exact given the
+same normal field: divisions by 255 round as IEEE division (``_div255``), and nothing is contracted
+into an FMA (launched with ``NOISE_LAUNCH_OPTIONS``). The Box-Muller radius takes the IEEE square
+root, so the compiled field equals torch's on CUDA bit for bit (H200, Triton 3.6; libdevice's
+log/cos/sin are CUDA's logf/cosf/sinf). bench/bench_compile.py (``NUMERICS``) checks the PTX.
 """
 from __future__ import annotations
 
@@ -43,11 +50,36 @@ def _uniform(x):
 def _normal4(j, c1, c2, c3, k0, k1):
     """The 4 normals of counter j (Box-Muller on its 4 uniforms), each shaped like j."""
     x0, x1, x2, x3 = _philox4x32(j, c1 + tl.zeros_like(j), c2 + tl.zeros_like(j), c3 + tl.zeros_like(j), k0, k1)
-    r0 = tl.sqrt(-2.0 * tl.log(_uniform(x0)))
-    r2 = tl.sqrt(-2.0 * tl.log(_uniform(x2)))
+    r0 = tl.sqrt_rn(-2.0 * tl.log(_uniform(x0)))
+    r2 = tl.sqrt_rn(-2.0 * tl.log(_uniform(x2)))
     t1 = 6.283185307179586 * _uniform(x1)
     t3 = 6.283185307179586 * _uniform(x3)
     return r0 * tl.cos(t1), r0 * tl.sin(t1), r2 * tl.cos(t3), r2 * tl.sin(t3)
+
+
+@triton.jit
+def _div255(v):
+    """v / 255 in float32, rounded as IEEE division rounds it, for integer-valued v (a byte, a
+    round8 level): the float64 product is within 2**-52 (relative) of v / 255, whose binary digits
+    repeat with period 8 and so never lie that close to a float32 rounding boundary
+    (test_float64_product_divides_by_255_as_ieee_division checks every float32 mantissa). A plain
+    / compiles to an approximate division; div_rn was slower on an H200 (1.8x in the gray path)."""
+    return (v.to(tl.float64) * (1.0 / 255.0)).to(tl.float32)
+
+
+@triton.jit
+def _read(v, IN_U8: tl.constexpr):
+    """A loaded value as float32: bytes / 255 as the torch path's x.float() / 255 rounds it on the
+    CPU (x * (1/255) differs in the last bit for 126 of the 256 byte values)."""
+    if IN_U8:
+        return _div255(v)
+    return v.to(tl.float32)
+
+
+@triton.jit
+def _round8(y):
+    """y rounded to a multiple of 1/255: floor(y * 255 + 0.5) / 255, the division IEEE."""
+    return _div255(tl.floor(y * 255.0 + 0.5))
 
 
 @triton.jit
@@ -58,10 +90,14 @@ def _interleave4(v0, v1, v2, v3):
 
 # BLOCK elements per program, walked in TILEs of 1024: a program's share of a sample can be large
 # while the live state (8 or 4 elements and 2 or 1 Philox counters per thread) fits in registers.
-# ptxas spills a value or two at BLOCK 4096 with 8 warps (Triton 3.9) or TILE 2048 (3.6/3.9):
-# bench/bench_compile.py measures every config.
-_BLOCKS = [{"BLOCK": 1024, "TILE": 1024}, {"BLOCK": 2048, "TILE": 1024},
-           {"BLOCK": 4096, "TILE": 1024, "num_warps": 4}]
+# ptxas spills a value or two at BLOCK 4096 (Triton 3.9: with 8 warps, and with 4 in the gray
+# uint8 path since the IEEE square root's slow-path call) or TILE 2048 (3.6/3.9); on an H200,
+# autotuning picked BLOCK 1024 for 3 x 256 x 256 images. bench/bench_compile.py measures every config.
+_BLOCKS = [{"BLOCK": 1024, "TILE": 1024}, {"BLOCK": 2048, "TILE": 1024}]
+
+# Launch options of _noise_fwd_kernel (bench/bench_compile.py compiles with the same): no FMA
+# contraction, so x + sigma * n and y * 255 + 0.5 round twice, as in torch.
+NOISE_LAUNCH_OPTIONS = {"enable_fp_fusion": False}
 
 
 @triton.autotune(configs=configs(_BLOCKS, {"BLOCK": 8192, "TILE": 8192}, (4, 8)), key=["CHW", "K", "HAS_GRAY"])
@@ -71,10 +107,10 @@ def _noise_fwd_kernel(
     K, B, CHW, HW, C,
     stride_xk, stride_xb, stride_ok, stride_ob,
     seed_lo, seed_hi, step_lo, sample_offset, k_base, stream,
-    IN_SCALE: tl.constexpr, CLIP: tl.constexpr, ROUND8: tl.constexpr, HAS_GRAY: tl.constexpr,
+    IN_U8: tl.constexpr, CLIP: tl.constexpr, ROUND8: tl.constexpr, HAS_GRAY: tl.constexpr,
     BLOCK: tl.constexpr, TILE: tl.constexpr,
 ):
-    """out[k, b, e] = round8(clip(x[k, b, e] * IN_SCALE + sigma[k, b] * n_{k,b}(e))) for k < K.
+    """out[k, b, e] = round8(clip(x[k, b, e] + sigma[k, b] * n_{k,b}(e))) for k < K, x / 255 if IN_U8.
 
     e is the NCHW element index inside a sample; n_{k,b}(e) is normal number e (e mod HW when
     gray[k, b]) of the counter stream (seed, step, k_base + k, sample_offset + b, stream): normal
@@ -99,7 +135,7 @@ def _noise_fwd_kernel(
         j = (e0 // 4 + tl.arange(0, TILE // 4)).to(tl.uint32)
         if not HAS_GRAY:
             mask = e < CHW
-            x = tl.load(x_b + e, mask=mask, other=0.0).to(tl.float32) * IN_SCALE
+            x = _read(tl.load(x_b + e, mask=mask, other=0.0), IN_U8)
         for k in range(K):
             kk = tl.cast(k, tl.int64)  # k * stride reaches K * B * C * H * W, past int32
             c2 = (((k_base + k) & 0xFFFF) | (stream << 16)).to(tl.uint32)
@@ -113,21 +149,21 @@ def _noise_fwd_kernel(
                 m = e < n_field
                 for c in range(0, n_rep):
                     offs = e + tl.cast(c, tl.int64) * HW
-                    xv = tl.load(x_b + kk * stride_xk + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE
+                    xv = _read(tl.load(x_b + kk * stride_xk + offs, mask=m, other=0.0), IN_U8)
                     y = xv + sigma * n
                     if CLIP:
                         y = tl.minimum(tl.maximum(y, 0.0), 1.0)
                     if ROUND8:
-                        y = tl.floor(y * 255.0 + 0.5) / 255.0
+                        y = _round8(y)
                     tl.store(out_b + kk * stride_ok + offs, y.to(out_ptr.dtype.element_ty), mask=m)
             else:
                 if stride_xk != 0:
-                    x = tl.load(x_b + kk * stride_xk + e, mask=mask, other=0.0).to(tl.float32) * IN_SCALE
+                    x = _read(tl.load(x_b + kk * stride_xk + e, mask=mask, other=0.0), IN_U8)
                 y = x + sigma * n
                 if CLIP:
                     y = tl.minimum(tl.maximum(y, 0.0), 1.0)
                 if ROUND8:
-                    y = tl.floor(y * 255.0 + 0.5) / 255.0
+                    y = _round8(y)
                 tl.store(out_b + kk * stride_ok + e, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -159,7 +195,7 @@ def noise_fwd(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k_b
         K, B, CHW, HW, C,
         0 if shared else B * CHW, CHW, B * CHW, CHW,
         seed & 0xFFFFFFFF, seed >> 32, int(step) & 0xFFFFFFFF, int(sample_offset), int(k_base), int(stream),
-        IN_SCALE=1.0 / 255.0 if x.dtype == torch.uint8 else 1.0,
-        CLIP=bool(clip), ROUND8=bool(round8), HAS_GRAY=has_gray,
+        IN_U8=x.dtype == torch.uint8, CLIP=bool(clip), ROUND8=bool(round8), HAS_GRAY=has_gray,
+        **NOISE_LAUNCH_OPTIONS,
     )
     return out

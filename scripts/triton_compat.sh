@@ -3,8 +3,9 @@
 # our machines run 3.9): a side environment with that Triton and the CPU torch, then the compile
 # report (bench/bench_compile.py: every kernel x autotune config compiled for sm_90 by Triton's real
 # compiler, no GPU needed; rows appended to the benchmarks' --out folder) and the Triton tier under
-# the interpreter, whose tests/ops/test_compile.py fails on any spill, int32 offset product or
-# excess Philox work.
+# the interpreter, whose tests/ops/test_compile.py fails on any spill, int32 offset product,
+# excess Philox work, or approximate math (approximate division/sqrt/transcendentals, FMA
+# contraction) in a kernel claimed bit-exact (bench_compile.NUMERICS).
 # Usage: bash scripts/triton_compat.sh [TRITON_VERSION]
 #
 # Triton <= 3.6's interpreter converts size-1 arrays to Python ints, which NumPy >= 2.4 refuses

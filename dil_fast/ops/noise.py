@@ -11,7 +11,7 @@ import torch
 
 from .. import backends
 from ._common import as_i64, seed_u64
-from .reference.noise import gaussian_noise_ref
+from .reference.noise import div255, gaussian_noise_ref
 
 __all__ = ["gaussian_noise"]
 
@@ -28,7 +28,7 @@ def _noise_triton(x, sigma, gray, seed, step, k_base, sample_offset, stream, cli
 
 @backends.implement(OP, "torch")
 def _noise_torch(x, sigma, gray, seed, step, k_base, sample_offset, stream, clip, round8, out_dtype):
-    xf = x.float() / 255.0 if x.dtype == torch.uint8 else x
+    xf = div255(x.float()) if x.dtype == torch.uint8 else x
     outs = []
     for k in range(sigma.shape[0]):
         xk = xf if x.dim() == 4 else xf[k]

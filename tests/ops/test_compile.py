@@ -3,8 +3,10 @@ pipeline down to a cubin, through the ptxas it ships), by the compile report ben
 
 Catches what the interpreter accepts but compiled Triton rejects (non-constexpr globals, constexpr
 specialisation, type errors in loops), any config that spills registers, offsets formed as int32
-products of runtime scalars (``k * stride`` wraps past 2**31 elements), and a noise kernel that
-computes a Philox counter more than once per group of 4 normals.
+products of runtime scalars (``k * stride`` wraps past 2**31 elements), a noise kernel that
+computes a Philox counter more than once per group of 4 normals, and approximate math (approximate
+division, square root or transcendentals, FMA contraction) in a kernel whose output is claimed
+bit-exact against its torch reference (``bench_compile.NUMERICS``).
 
 Under TRITON_INTERPRET=1 the kernels are interpreter objects and the autotune lists collapse to one
 config, so the report runs once per module in a child process without it (nor
@@ -17,6 +19,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bench import bench_compile
 from dil_fast import backends
@@ -25,6 +28,7 @@ pytestmark = pytest.mark.triton
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KERNELS = sorted({launch.kernel for launch in bench_compile.launches()})
+EXACT = sorted(k for k, numerics in bench_compile.NUMERICS.items() if numerics.exact)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,7 @@ def test_report_covers_every_config_of_the_autotuned_kernels(report):
     """Several configs per autotuned kernel (the real lists, not the interpreter's single one)."""
     for kernel in ("noise", "blur_sep[AXIS=0]", "blur_sep[AXIS=1]", "blur2d", "resample[AXIS=0]", "jpeg_blocks"):
         configs = {r["config"] for r in _rows(report, kernel)}
-        assert len(configs) >= 5, (kernel, configs)
+        assert len(configs) >= 4, (kernel, configs)
 
 
 def test_noise_computes_each_philox_counter_once(report):
@@ -95,6 +99,69 @@ def test_noise_computes_each_philox_counter_once(report):
     assert not above, "noise kernel recomputes Philox counters (mul.hi per element):\n" + "\n".join(above)
     # a kernel with no Philox products at all would pass the bound: it has lost the generator
     assert all(float(r["mulhi_per_element"]) >= 4 for r in rows)
+
+
+@pytest.mark.parametrize("kernel", EXACT)
+def test_kernels_claimed_exact_have_no_approximate_math(report, kernel):
+    """No approximate division/sqrt/transcendental and no FMA contraction in the sm_90 PTX of a
+    kernel claimed bit-exact, except the kinds its NUMERICS entry allows (with the reason)."""
+    rows = _rows(report, kernel)
+    bad = [f"{r['variant']} {r['config']}: {bench_compile.inexact(r)}" for r in rows if bench_compile.inexact(r)]
+    assert not bad, (f"{kernel} is claimed bit-exact ({bench_compile.NUMERICS[kernel].exact}), but its PTX on "
+                     f"triton {rows[0]['triton']} holds approximate math:\n" + "\n".join(bad))
+
+
+def test_every_kernel_declares_its_numerics():
+    """Each kernel of the report says what is exact (and what it allows, why) or why nothing is."""
+    assert set(bench_compile.NUMERICS) == set(KERNELS)
+    assert EXACT, "no kernel claims bit-exactness: the check checks nothing"
+    for kernel, numerics in bench_compile.NUMERICS.items():
+        assert bool(numerics.exact) != bool(numerics.why_not), kernel
+        assert set(numerics.allowed) <= set(bench_compile.APPROX_MATH), kernel
+        assert all(numerics.allowed.values()) and (numerics.exact or not numerics.allowed), kernel
+
+
+def test_approx_math_reads_the_ptx():
+    ptx = """
+    div.full.f32 \t%r1, %r2, %r3;
+    div.rn.f32 \t%r1, %r2, %r3;
+    @%p1 div.approx.ftz.f32 %r1, %r2, %r3;
+    sqrt.approx.ftz.f32 \t%r44, %r375;
+    sqrt.rn.f32 %r1, %r2;
+    fma.rn.f32 \t%r752, %r751, 0f3B808081, %r126;
+    fma.rn.ftz.f32 \t%r1, %r2, %r3, %r4;
+    mul.f32 \t%r403, %r322, 0f33800000;
+    mul.rn.f32 %r1, %r2, %r3;
+    add.rn.f32 %r1, %r2, %r3;
+    @!%p2 sub.f32 %r1, %r2, %r3;
+    mul.lo.s32 %r1, %r2, %r3;
+    ex2.approx.f32 %r1, %r2;
+    lg2.approx.ftz.f32 %r1, %r2;
+    // sin.approx.f32 in a comment
+    """
+    assert bench_compile.approx_math(ptx) == {
+        "div_full": 1, "div_approx": 1, "rcp_approx": 0, "sqrt_approx": 1, "ex2_approx": 1, "lg2_approx": 1,
+        "sin_approx": 0, "cos_approx": 0, "fma_contracted": 1, "fma_contractible": 2}
+
+
+def test_noise_launcher_passes_the_options_the_report_compiles_with(monkeypatch):
+    """noise_fwd launches with NOISE_LAUNCH_OPTIONS (no FMA contraction), the options the report
+    compiles the noise kernel with; the interpreter ignores them, so this looks at the call."""
+    if not backends.triton_status().available:
+        pytest.skip(backends.triton_status().reason)
+    noise = backends.triton_kernels("noise")
+    seen = {}
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.update(kwargs)
+
+    monkeypatch.setattr(noise, "_noise_fwd_kernel", Kernel())
+    noise.noise_fwd(torch.zeros(1, 3, 4, 4), torch.ones(1, 1), seed=0, step=0)
+    assert noise.NOISE_LAUNCH_OPTIONS == {"enable_fp_fusion": False}
+    assert {k: seen.get(k) for k in noise.NOISE_LAUNCH_OPTIONS} == noise.NOISE_LAUNCH_OPTIONS
+    launch = next(launch for launch in bench_compile.launches() if launch.kernel == "noise")
+    assert bench_compile.launch_options(launch) == noise.NOISE_LAUNCH_OPTIONS
 
 
 def test_report_exit_status_and_table(report):
@@ -112,3 +179,15 @@ def test_problems_flags_spills_int32_products_and_excess_philox_work():
         "3 int32 products of runtime scalars (offsets that can wrap)"]
     assert bench_compile.problems({**row, "mulhi_per_element": "18.25"}) == ["18.25 mul.hi per element > 5"]
     assert bench_compile.problems({"spill_bytes": 0, "int32_products": 0, "mulhi_per_element": ""}) == []
+
+
+def test_problems_flags_approximate_math_only_where_exactness_is_claimed():
+    row = {"spill_bytes": "0", "int32_products": "0", "mulhi_per_element": "",
+           **dict.fromkeys(bench_compile.APPROX_MATH, "0")}
+    noise = {**row, "kernel": "noise", "mulhi_per_element": "4.75"}
+    assert bench_compile.problems({**noise, "lg2_approx": "2", "sin_approx": "2", "cos_approx": "2"}) == []
+    assert bench_compile.problems({**noise, "div_full": "8", "fma_contracted": "16", "sqrt_approx": "4"}) == [
+        "claimed bit-exact, but 8 div_full, 4 sqrt_approx, 16 fma_contracted"]
+    assert bench_compile.problems({**row, "kernel": "sample_crops", "fma_contractible": "3"}) == [
+        "claimed bit-exact, but 3 fma_contractible"]
+    assert bench_compile.problems({**row, "kernel": "blur2d", "fma_contracted": "40", "div_full": "1"}) == []

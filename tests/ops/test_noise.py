@@ -45,17 +45,36 @@ def test_noise_kernel_matches_reference(dev, shape, dtype, close):
 
 
 @pytest.mark.triton
-def test_noise_kernel_exact_given_the_same_normal_field(dev):
-    """The arithmetic after the draw (sigma * n, clip, round) is exact against the reference fed
-    the kernel's own normal field (recovered from an unclipped run on zeros with sigma 1)."""
+@pytest.mark.parametrize("case", ["fp32", "fp32-unclipped", "uint8", "uint8-gray"])
+def test_noise_kernel_exact_given_the_same_normal_field(dev, case):
+    """The arithmetic after the draw (bytes / 255, sigma * n, clip, round) is exact against the
+    reference fed the kernel's own normal field (recovered from an unclipped run on zeros with
+    sigma 1). Compiled, bench/bench_compile.py (NUMERICS) checks the same claim on the sm_90 PTX."""
     B, C, H, W = 2, 3, 9, 13
     field = ops.noise.gaussian_noise(torch.zeros(B, C, H, W, device=dev), torch.ones(1, B, device=dev), seed=9, step=1,
                                clip=False, backend="triton")[0]
     x = torch.rand(B, C, H, W, device=dev)
+    if case.startswith("uint8"):
+        x = (x * 255).round().to(torch.uint8)
+    gray = torch.tensor([[True, False]], device=dev) if case.endswith("gray") else None
+    clip = round8 = case != "fp32-unclipped"
     sigma = torch.tensor([[0.05, 0.3]], device=dev)
-    got = ops.noise.gaussian_noise(x, sigma, seed=9, step=1, round8=True, backend="triton")[0]
-    exp = ref.gaussian_noise_ref(x, sigma[0], seed=0, step=0, round8=True, normal=field.reshape(B, -1))
-    assert torch.equal(got, exp)
+    got = ops.noise.gaussian_noise(x, sigma, seed=9, step=1, clip=clip, round8=round8, gray=gray, backend="triton")[0]
+    # the oracle runs on the CPU: on CUDA, torch computes t / 255.0 as t * (1 / 255.0), 1 ulp off IEEE
+    xf = x.cpu().float() / 255 if x.dtype == torch.uint8 else x.cpu()
+    exp = ref.gaussian_noise_ref(xf, sigma[0].cpu(), seed=0, step=0, clip=clip, round8=round8,
+                                 gray=None if gray is None else gray[0].cpu(), normal=field.reshape(B, -1).cpu())
+    got = got.cpu()
+    assert torch.equal(got, exp), f"{int((got != exp).sum())} of {got.numel()} elements differ"
+
+
+def test_float64_product_divides_by_255_as_ieee_division():
+    """kernels/noise.py's _div255: float32(float64(v) * (1/255)) is v / 255 rounded once, for every
+    float32 mantissa v < 2**24 (other integer-valued v differ from one by a power of two)."""
+    for start in range(0, 2**24, 2**22):
+        v = torch.arange(start, start + 2**22, dtype=torch.float64)
+        got, want = (v * (1.0 / 255.0)).float(), v.float() / 255.0
+        assert torch.equal(got, want), f"{int((got != want).sum())} mantissas differ from {start}"
 
 
 @pytest.mark.triton

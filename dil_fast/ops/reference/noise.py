@@ -1,13 +1,24 @@
 """Pure-torch reference of the fused Gaussian-noise op (:mod:`dil_fast.ops.noise`): the oracle of
 ``kernels/noise.py`` and its CPU path. The noise field is Philox normals (:mod:`dil_fast.rng`); the
-Triton kernel draws the same uint32 words, so values agree up to the float rounding of log/cos/sin."""
+Triton kernel draws the same uint32 words, so values agree up to the float rounding of log/cos/sin
+(compiled for CUDA, its field equals this one run on CUDA bit for bit), and its arithmetic after the
+draw equals this one's on either device: the divisions by 255 divide by a 255 held in a device
+tensor (:func:`div255`), because torch turns a division by a Python number on CUDA into a
+multiplication by its reciprocal, which differs from the division in the last bit for about half
+of the byte values."""
 from __future__ import annotations
 
 import torch
 
 from ...rng import philox_normal
 
-__all__ = ["gaussian_noise_ref"]
+__all__ = ["gaussian_noise_ref", "div255"]
+
+
+def div255(t: torch.Tensor) -> torch.Tensor:
+    """``t / 255`` rounded as IEEE division on every device (a 0-dim tensor divisor on ``t``'s device
+    is a true elementwise division on CUDA; a Python number would be a reciprocal multiply)."""
+    return t / t.new_full((), 255.0)
 
 
 def gaussian_noise_ref(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k: int = 0,
@@ -32,5 +43,5 @@ def gaussian_noise_ref(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step:
     if clip:
         y = y.clamp(0.0, 1.0)
     if round8:
-        y = torch.floor(y * 255.0 + 0.5) / 255.0
+        y = div255(torch.floor(y * 255.0 + 0.5))
     return y
