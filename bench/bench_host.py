@@ -27,6 +27,21 @@ Parts (on the CPU, and on CUDA when a GPU is there; rows to ``<--out>/host.csv``
     name, for the fused default and ``fused=False`` (per-tensor ``torch.optim.Adam``). Native launches
     of the flat buffers bypass the dispatcher; they are counted apart by wrapping
     ``NativeLaunch.__call__`` during the count.
+(e) what one inner step of the fast path launches, per weight option of ``dil-fast train``
+    (bf16 autocast + channels_last activations; each option alone and both:
+    ``--channels_last_weights`` (a), ``--weight_shadow`` (b)), on the CPU for RRDB-23's graph
+    (``--quick``: nf 4, gc 2; 698 weight tensors either way), batch 1x3x8x8. Counted as the
+    difference between DIL_sf meta-iterations of K = 2 and K = 1 (so exactly one inner step, no
+    meta step): dispatcher ops (a ``TorchDispatchMode``; also without views and allocations, which
+    launch nothing), weight casts fp32 -> bf16 (a ``_to_copy``
+    reading the flat weight buffer: per tensor, or one over the whole buffer), bf16 -> fp32
+    gradient casts (autograd's ``ToCopyBackward0`` nodes), gradient accumulations
+    (``AccumulateGrad`` nodes, one add each into the flat gradient) and weight layout copies made
+    inside the convolutions, below the dispatcher (``aten::clone`` of a weight-shaped tensor under
+    a convolution op, from the profiler: the CPU's oneDNN path copies a weight to NHWC for
+    channels-last input as cuDNN does). ``--channels_last_weights`` leaves (b)'s counts alone and
+    (a)'s dispatcher ops alone; the counts are the CPU's: cuDNN's own copies and launches wait for
+    the GPU (bench_train (e)-(g) time them).
 
 Timing: the wall clock over back-to-back calls (on CUDA the calls only enqueue and a tiny kernel runs
 faster than the host issues the next, so this is host time; CUDA is synchronised at both ends of a
@@ -353,12 +368,104 @@ def part_op_count(args, emit) -> None:
         emit(rows, ["op", "count"])
 
 
+# ---------------------------------------------------------------- (e) weight options of the fast path
+WEIGHT_OPTIONS = {
+    "bf16 + channels_last (default)": {},
+    "(a) --channels_last_weights": {"channels_last_weights": True},
+    "(b) --weight_shadow": {"weight_shadow": True},
+    "(a) + (b)": {"channels_last_weights": True, "weight_shadow": True},
+}
+STEP_COUNTS = ("dispatcher ops", "dispatcher ops, views excluded", "weight casts (per tensor)", "weight casts (whole buffer)", "gradient casts",
+               "gradient accumulations", "weight layout copies in convolutions")
+
+
+# ops that launch no kernel beyond views: metadata only
+_METADATA_OPS = {torch.ops.aten.detach.default, torch.ops.aten.set_.source_Storage_storage_offset,
+                 torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default,
+                 torch.ops.aten.empty_like.default, torch.ops.aten.new_empty.default,
+                 torch.ops.aten.new_empty_strided.default, torch.ops.aten.lift_fresh.default}
+
+
+class StepCounter(TorchDispatchMode):
+    """Dispatcher ops and the fp32 -> bf16 casts that read the flat weight buffer ``[lo, hi)``."""
+
+    def __init__(self, lo: int, hi: int, whole: int):
+        super().__init__()
+        self.lo, self.hi, self.whole = lo, hi, whole
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts["dispatcher ops"] += 1
+        if not func.is_view and func not in _METADATA_OPS:
+            self.counts["dispatcher ops, views excluded"] += 1
+        src = args[0] if args else None
+        if (func is torch.ops.aten._to_copy.default and isinstance(src, torch.Tensor) and src.dtype == torch.float32
+                and (kwargs or {}).get("dtype") == torch.bfloat16 and self.lo <= src.data_ptr() < self.hi):
+            self.counts["weight casts (whole buffer)" if src.numel() == self.whole else "weight casts (per tensor)"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _under_convolution(evt) -> bool:
+    parent = evt.cpu_parent
+    while parent is not None:
+        if "convolution" in parent.name:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def count_fast_step(cfg: dict, k: int, options: dict) -> collections.Counter:
+    """The counts of :data:`STEP_COUNTS` over one steady-state DIL_sf meta-iteration of K = ``k``
+    (batch 1x3x8x8) through the fast path with bf16 autocast, channels_last and ``options``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dil_fast.train.fast import FastOptions, FastPath, prepare_model
+
+    opts = FastOptions(precision="bf16", channels_last=True, **options)
+    torch.manual_seed(0)
+    algo = SerialFirstOrder(prepare_model(RRDBNet(3, 3, **cfg), opts))
+    batches = tiny_batches(k, torch.device("cpu"), size=8)
+    weight_shapes = {tuple(p.shape) for p in algo.task_model.parameters() if p.dim() == 4}
+    flat = algo.task_optimizer.flat_params().data
+    with FastPath(algo, opts, "cpu") as fp:
+        fp.step(batches)  # the first iteration syncs the task model and builds the launches
+        counter = StepCounter(flat.data_ptr(), flat.data_ptr() + flat.numel() * flat.element_size(), flat.numel())
+        with counter:
+            fp.step(batches)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            fp.step(batches)
+    counts = counter.counts
+    for evt in prof.events():
+        if evt.name == "ToCopyBackward0":
+            counts["gradient casts"] += 1
+        elif evt.name == "torch::autograd::AccumulateGrad":
+            counts["gradient accumulations"] += 1
+        elif (evt.name == "aten::clone" and evt.input_shapes and tuple(evt.input_shapes[0]) in weight_shapes
+              and _under_convolution(evt)):
+            counts["weight layout copies in convolutions"] += 1
+    return counts
+
+
+def part_weight_options(args, emit) -> None:
+    cfg, label = (TINY_RRDB, "RRDBNet nf=4 nb=23 gc=2 (RRDB-23's graph)") if args.quick else \
+        (RRDB23, "RRDB-23 nf=64 nb=23 gc=32")
+    device = torch.device("cpu")
+    rows = []
+    for case, options in WEIGHT_OPTIONS.items():
+        one, two = count_fast_step(cfg, 1, options), count_fast_step(cfg, 2, options)
+        common = {"tensors": 698 if cfg["nb"] == 23 else "", "shape": f"{label}, 1x3x8x8, one inner step (K=2 - K=1)"}
+        for name in STEP_COUNTS:
+            rows.append(row("e", case, device, op=name, count=two[name] - one[name], **common))
+    print(f"(e) one inner step of the fast path per weight option, {label}:")
+    emit(rows, ["case", "op", "count"])
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="fewer samples, (b) and (c) at their first case only, the small model for (d)")
     ap.add_argument("--devices", default=None, help="comma-separated: cpu, cuda (default: cpu and cuda if present)")
-    ap.add_argument("--parts", default="a,b,c,d", help="comma-separated parts to run, of a,b,c,d")
+    ap.add_argument("--parts", default="a,b,c,d,e", help="comma-separated parts to run, of a,b,c,d,e")
     ap.add_argument("--repeat", type=int, default=None, help="samples per timing, median reported (25; 5 quick)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (20; 2 quick)")
     ap.add_argument("--min-sample-ms", type=float, default=None, help="least time one sample lasts (2; 1 quick)")
@@ -367,8 +474,8 @@ def parse_args(argv=None):
     add_out_argument(ap)
     args = ap.parse_args(argv)
     args.parts = {p for p in args.parts.split(",") if p}
-    if not args.parts <= set("abcd"):
-        ap.error(f"--parts: expected a comma-separated subset of a,b,c,d, got {','.join(sorted(args.parts))}")
+    if not args.parts <= set("abcde"):
+        ap.error(f"--parts: expected a comma-separated subset of a,b,c,d,e, got {','.join(sorted(args.parts))}")
     default_devices = "cpu,cuda" if torch.cuda.is_available() else "cpu"
     args.devices = [torch.device(d) for d in (args.devices or default_devices).split(",") if d]
     if any(d.type == "cuda" for d in args.devices) and not torch.cuda.is_available():
@@ -397,6 +504,9 @@ def main(argv=None) -> int:
     if "d" in args.parts:
         emit.device = cpu
         part_op_count(args, emit)
+    if "e" in args.parts:
+        emit.device = cpu
+        part_weight_options(args, emit)
     if emit.path:
         print(f"appended to {emit.path}")
     return 0

@@ -16,7 +16,11 @@ and K=8), each a full meta-iteration including its data:
                  the graph buys; not run otherwise;
   (d) floor      the bare model's K forward+backward passes on tensors already on the device, at
                  (b)'s precision and layout, launched eagerly: no data, degradation, optimizer or
-                 meta-update (so a captured (b), free of launch costs, can run under it).
+                 meta-update (so a captured (b), free of launch costs, can run under it);
+  (b+OPTION)     with ``--weight_options``: (b) with the weight options of ``dil-fast train``
+                 (``cw``: ``--channels_last_weights``, ``ws``: ``--weight_shadow``, ``cw+ws``: both),
+                 each gated and timed like (b), so the GPU check compares them in one run
+                 (``bench/bench_host.py`` part e counts what each removes per inner step).
 
 Printed per case: meta-iterations/s, images/s (K x batch per meta-iteration), peak device memory,
 and a time split (data, degradation, fwd_bwd, optimizer, other) from a separate instrumented run
@@ -39,12 +43,14 @@ prints why, reports no speedup for that case (ratios 'refused') and exits with s
     python bench/bench_train.py --profile       # + per-op profile of one meta-iteration of (b)/(c)
     python bench/bench_train.py --quick         # tiny model on CPU: the CI correctness gate
     python bench/bench_train.py --shapes 8x4    # one shape (the GPU check's step)
+    python bench/bench_train.py --weight_options cw,ws,cw+ws   # + (b) with each weight option
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
+import dataclasses
 import gc
 import os
 import shutil
@@ -68,6 +74,7 @@ from dil_fast.train.fast import (  # noqa: E402
     FastPath,
     install_training_forward,
     math_settings,
+    prepare_model,
     resolve_options,
 )
 from dil_fast.train.reference_mode import ReferenceSF  # noqa: E402
@@ -77,6 +84,8 @@ FULL_SHAPES = [(8, 4), (32, 4), (8, 8)]  # (batch per confounder, K)
 QUICK_SHAPES = [(2, 4)]
 SIGMAS = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0)
 SPLIT = ("data", "degradation", "fwd_bwd", "optimizer", "other")
+WEIGHT_OPTIONS = {"cw": {"channels_last_weights": True, "channels_last": True}, "ws": {"weight_shadow": True},
+                  "cw+ws": {"channels_last_weights": True, "channels_last": True, "weight_shadow": True}}
 COLUMNS = ["shape", "model", "batch", "k", "patch", "case", "precision", "meta_it_s", "images_s", "ms_per_it",
            "peak_mib", *[f"split_{n}_ms" for n in SPLIT], "speedup_vs_a", "time_vs_floor", "correct"]
 PRINT_KEYS = ["case", "precision", "meta_it_s", "images_s", "ms_per_it", "peak_mib", *[f"split_{n}_ms" for n in SPLIT],
@@ -143,7 +152,8 @@ def case_config(kind: str, folder, store, device, batch, k, patch, opts: FastOpt
         return TrainConfig(trainset=folder, loader="reference", reference_mode=True, **common)
     return TrainConfig(trainset=store, loader="store", confounders="noise:" + ",".join(f"{s:g}" for s in SIGMAS[:k]),
                        backend=backend, precision=opts.precision, channels_last=opts.channels_last,
-                       compile=opts.compile, cuda_graphs=opts.cuda_graphs, **common)
+                       compile=opts.compile, cuda_graphs=opts.cuda_graphs,
+                       channels_last_weights=opts.channels_last_weights, weight_shadow=opts.weight_shadow, **common)
 
 
 class FloorCase:
@@ -185,7 +195,8 @@ def _batches(n, k, batch, patch, device, seed=11):
 
 def _trajectory(make_algo, base, batches, w0, device, opts: FastOptions | None):
     """Losses [n, K] and the flat weight update after training ``base`` on ``batches``."""
-    algo = make_algo(copy.deepcopy(base))
+    model = copy.deepcopy(base)
+    algo = make_algo(model if opts is None else prepare_model(model, opts))
     ctx = math_settings(FastOptions(precision="fp32"), device) if opts is None else FastPath(algo, opts, device)
     with ctx as fp:
         step = algo.step if opts is None else fp.step
@@ -202,7 +213,7 @@ def _errors(run, ref) -> tuple[float, float, float]:
     return loss_err, w_err, cos
 
 
-def check_agreement(base, device, k, batch, patch, opts: FastOptions) -> tuple[bool, str]:
+def check_agreement(base, device, k, batch, patch, opts: FastOptions, cache: dict | None = None) -> tuple[bool, str]:
     """The fast path (``opts``) against the reference computation, from the same weights on the same
     batches. Returns (ok, one-line summary).
 
@@ -214,7 +225,11 @@ def check_agreement(base, device, k, batch, patch, opts: FastOptions) -> tuple[b
        first meta-Adam steps turn its rounding into O(lr) updates.
     2. the configuration as timed (``opts``' precision) tracks the fp32 reference: losses within 1e-3
        (fp32/tf32 on CPU 1e-4; bf16 5e-2) and the weight update's cosine >= 0.99 (bf16 0.9).
+
+    ``cache``: a dict kept across the cases of one shape, holding the reference trajectories (they do
+    not depend on ``opts``).
     """
+    cache = {} if cache is None else cache
     n = 4 + (GRAPH_WARMUP + 1 if opts.cuda_graphs else 0)
     cfg = {"nf": base.conv_first.out_channels, "gc": base.RRDB_trunk[0].RDB1.conv1.out_channels,
            "nb": min(len(base.RRDB_trunk), 2)}
@@ -222,16 +237,18 @@ def check_agreement(base, device, k, batch, patch, opts: FastOptions) -> tuple[b
     b64 = [[(x.double(), y.double()) for x, y in pairs] for pairs in _batches(n, k, min(batch, 2), patch, device)]
     w64 = {name: p.detach().clone() for name, p in small.named_parameters()}
     exact = FastOptions(precision="fp32", channels_last=opts.channels_last, compile=opts.compile,
-                        cuda_graphs=opts.cuda_graphs)
-    loss_err, w_err, _ = _errors(_trajectory(build_fast_algorithm, small, b64, w64, device, exact),
-                                 _trajectory(ReferenceSF, small, b64, w64, device, None))
+                        cuda_graphs=opts.cuda_graphs, channels_last_weights=opts.channels_last_weights)
+    if ("f64", n) not in cache:
+        cache["f64", n] = _trajectory(ReferenceSF, small, b64, w64, device, None)
+    loss_err, w_err, _ = _errors(_trajectory(build_fast_algorithm, small, b64, w64, device, exact), cache["f64", n])
     notes = [f"float64: loss rel err {loss_err:.1e} (tol 1e-09), update rel L2 err {w_err:.1e} (tol 1e-06)"]
     ok = loss_err <= 1e-9 and w_err <= 1e-6
 
     batches = _batches(n, k, batch, patch, device)
     w0 = {name: p.detach().clone() for name, p in base.named_parameters()}
-    ref = _trajectory(ReferenceSF, base, batches, w0, device, None)
-    loss_err, w_err, cos = _errors(_trajectory(build_fast_algorithm, base, batches, w0, device, opts), ref)
+    if ("f32", n) not in cache:
+        cache["f32", n] = _trajectory(ReferenceSF, base, batches, w0, device, None)
+    loss_err, w_err, cos = _errors(_trajectory(build_fast_algorithm, base, batches, w0, device, opts), cache["f32", n])
     bf16 = opts.precision == "bf16"
     loss_tol = 5e-2 if bf16 else (1e-3 if device.type == "cuda" or opts.precision == "tf32" else 1e-4)
     cos_min = 0.9 if bf16 else 0.99
@@ -281,13 +298,14 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
                                  cuda_graphs=opts_b.cuda_graphs and args.compile, backend=args.backend)
     shape = f"{model_name} b{batch} k{k} {patch}x{patch}"
     print(f"\n== {shape} on {device} ==")
-    gates = {}
-    for name, o in (("b", opts_b), ("c", opts_c)):
-        if o is None:
-            continue
-        ok, why = check_agreement(base, device, k, batch, patch, o)
+    extra = {f"b+{name}": dataclasses.replace(opts_b, **WEIGHT_OPTIONS[name]) for name in args.weight_options}
+    gates, cache = {}, {}
+
+    def gate(name, o):
+        """Each fast case is checked just before it is timed (a run cut short keeps what it measured)."""
+        ok, why = check_agreement(base, device, k, batch, patch, o, cache)
         gates[name] = ok
-        print(f"correctness ({name} vs reference): {'ok' if ok else 'FAILED'}: {why}")
+        print(f"correctness ({name} vs reference): {'ok' if ok else 'FAILED'}: {why}", flush=True)
         if not ok:
             print(f"CORRECTNESS GATE FAILED for case ({name}): refusing to report a speedup for it")
 
@@ -300,11 +318,18 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
              ("a", "reference", None, lambda: trainer_case("reference", None)),
              ("b", "default" + (" (cuda_graphs)" if opts_b.cuda_graphs else ""), opts_b,
               lambda: trainer_case("fast", opts_b))]
-    if opts_c is not None:
+    for key, o in extra.items():
+        label = "default + " + ", ".join(f"--{flag}" for flag in WEIGHT_OPTIONS[key[2:]] if flag != "channels_last")
+        cases.append((key, label, o, lambda o=o: trainer_case("fast", o)))
+    if opts_c is not None:  # last: with --compile its first compilation is the slowest step of the run
         label = "+".join(x for x, on in (("cuda_graphs", opts_c.cuda_graphs), ("compile", opts_c.compile)) if on)
         cases.append(("c", label or "eager (--no_cuda_graphs)", opts_c, lambda: trainer_case("fast", opts_c)))
+    if args.cases:
+        cases = [c for c in cases if c[0] in args.cases]
     results, rows = {}, []
     for key, label, opts, make in cases:
+        if opts is not None and key != "d":
+            gate(key, opts)
         case = make()
         try:
             r = results[key] = measure(case, device, args.warmup, args.iters, args.split_iters)
@@ -315,8 +340,8 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
             if cuda:
                 torch.cuda.empty_cache()
         refused = key in gates and not gates[key]
-        speedup = None if key in ("a", "d") else results["a"]["t"] / r["t"]
-        vs_floor = None if key in ("a", "d") else r["t"] / results["d"]["t"]
+        speedup = None if key in ("a", "d") or "a" not in results else results["a"]["t"] / r["t"]
+        vs_floor = None if key in ("a", "d") or "d" not in results else r["t"] / results["d"]["t"]
         row = {
             "shape": shape, "model": model_name, "batch": batch, "k": k, "patch": patch,
             "case": f"({key}) {label}", "precision": "fp32 (torch defaults)" if opts is None else opts.precision,
@@ -331,9 +356,14 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
         rows.append(row)
         print_table([row], PRINT_KEYS)
         print(flush=True)
-    ta, td = results["a"]["t"], results["d"]["t"]
     print_table(rows, PRINT_KEYS)
-    for key in ("b", "c"):
+    if "a" not in results or "d" not in results:
+        print("ratios need cases (a) and (d)")
+        return all(gates.values())
+    ta, td = results["a"]["t"], results["d"]["t"]
+    for key in ("b", "c", *extra):
+        if key not in results and args.cases and key not in args.cases:
+            continue
         if key not in results:
             print(f"{key}/a, {key}/d: n/a (case ({key}) not run: without --compile it is the eager contrast to a "
                   "captured (b), and (b) is not captured here)")
@@ -411,6 +441,10 @@ def parse_args(argv=None):
                    help="case (b) without its CUDA graph (--no_cuda_graphs); (c) then runs only with --compile")
     p.add_argument("--backend", default=None, choices=("torch", "triton", "cuda"), help="sampling/degradation kernels")
     p.add_argument("--profile", action="store_true", help="profile one meta-iteration of (b)/(c) at the first shape")
+    p.add_argument("--cases", default="", help="comma-separated subset of the cases to run (d,a,b,c,b+cw,...)")
+    p.add_argument("--weight_options", default="",
+                   help=f"comma-separated extra cases: (b) with weight options, of {', '.join(WEIGHT_OPTIONS)} "
+                        "(cw: --channels_last_weights, ws: --weight_shadow)")
     add_out_argument(p)
     args = p.parse_args(argv)
     q = args.quick
@@ -430,6 +464,11 @@ def parse_args(argv=None):
     args.warmup = args.warmup if args.warmup is not None else (2 if q else GRAPH_WARMUP + 2)
     args.split_iters = args.split_iters or (1 if q else 5)
     args.num_workers = args.num_workers if args.num_workers is not None else (0 if q else 8)
+    args.weight_options = [w for w in args.weight_options.split(",") if w]
+    args.cases = [c for c in args.cases.split(",") if c]
+    unknown = [w for w in args.weight_options if w not in WEIGHT_OPTIONS]
+    if unknown:
+        p.error(f"--weight_options: unknown {', '.join(unknown)} (choose from {', '.join(WEIGHT_OPTIONS)})")
     b0, k0 = args.shape_list[0]
     args.profile_shape = (args.model, b0, k0)
     return args

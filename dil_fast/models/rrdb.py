@@ -4,6 +4,14 @@ released DIL trainer's ``RRDB.py``: same constructor, parameter names, shapes an
 Parameter names: ``conv_first``, ``RRDB_trunk.{i}.RDB{1,2,3}.conv{1..5}``, ``trunk_conv``,
 ``HRconv``, ``conv_last`` (+ ``upconv1``, ``upconv2`` for :class:`RRDBNetX4`), each ``.weight`` and
 ``.bias``. At the defaults (nf=64, nb=23, gc=32, 3->3) that is 698 tensors, 16,624,131 parameters.
+
+``bias=False`` builds the *bias-free* network of Mohan et al. (ICLR 2020, "Robust and interpretable
+blind image denoising via bias-free CNNs"): every convolution without its additive term (no
+``.bias`` tensors: 349 tensors at the defaults, 16,610,688 parameters). RRDBNet has no
+normalisation layers, and LeakyReLU, the dense concatenations, the 0.2 scalings, the residual sums
+and nearest upsampling are all positively homogeneous, so the bias-free network satisfies
+``f(a x) = a f(x)`` for every ``a > 0``. A state_dict without biases is recognised as such
+(:func:`infer_rrdb_config` gives ``bias=False``), so it saves and loads like the biased one.
 """
 from __future__ import annotations
 
@@ -22,13 +30,13 @@ def _scaled_kaiming_(conv: nn.Conv2d, scale: float) -> None:
 class ResidualDenseBlock(nn.Module):
     """Five densely connected 3x3 convs; output = 0.2 * conv5 + input.  ``[N, nf, H, W]``."""
 
-    def __init__(self, nf: int = 64, gc: int = 32):
+    def __init__(self, nf: int = 64, gc: int = 32, bias: bool = True):
         super().__init__()
-        self.conv1 = nn.Conv2d(nf, gc, 3, 1, 1)
-        self.conv2 = nn.Conv2d(nf + gc, gc, 3, 1, 1)
-        self.conv3 = nn.Conv2d(nf + 2 * gc, gc, 3, 1, 1)
-        self.conv4 = nn.Conv2d(nf + 3 * gc, gc, 3, 1, 1)
-        self.conv5 = nn.Conv2d(nf + 4 * gc, nf, 3, 1, 1)
+        self.conv1 = nn.Conv2d(nf, gc, 3, 1, 1, bias=bias)
+        self.conv2 = nn.Conv2d(nf + gc, gc, 3, 1, 1, bias=bias)
+        self.conv3 = nn.Conv2d(nf + 2 * gc, gc, 3, 1, 1, bias=bias)
+        self.conv4 = nn.Conv2d(nf + 3 * gc, gc, 3, 1, 1, bias=bias)
+        self.conv5 = nn.Conv2d(nf + 4 * gc, nf, 3, 1, 1, bias=bias)
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
             _scaled_kaiming_(conv, 0.1)
 
@@ -44,11 +52,11 @@ class ResidualDenseBlock(nn.Module):
 class RRDB(nn.Module):
     """Three dense blocks in sequence; output = 0.2 * blocks(x) + x."""
 
-    def __init__(self, nf: int, gc: int = 32):
+    def __init__(self, nf: int, gc: int = 32, bias: bool = True):
         super().__init__()
-        self.RDB1 = ResidualDenseBlock(nf, gc)
-        self.RDB2 = ResidualDenseBlock(nf, gc)
-        self.RDB3 = ResidualDenseBlock(nf, gc)
+        self.RDB1 = ResidualDenseBlock(nf, gc, bias)
+        self.RDB2 = ResidualDenseBlock(nf, gc, bias)
+        self.RDB3 = ResidualDenseBlock(nf, gc, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
@@ -58,25 +66,33 @@ class RRDBNet(nn.Module):
     """Same-resolution RRDBNet used by DIL for denoising/deblurring.  ``[N, in_nc, H, W] -> [N, out_nc, H, W]``.
 
     conv_first -> nb RRDBs -> trunk_conv; fea = conv_first + trunk; HRconv -> LeakyReLU(0.2) ->
-    conv_last. No global input skip (as released).
+    conv_last. No global input skip (as released). ``bias=False``: every convolution without its
+    additive term (the bias-free network; see the module docstring).
     """
 
     upscale = 1
+    #: submodule lists of identical blocks: ``--compile`` compiles one block's forward for all of them
+    repeated_blocks = ("RRDB_trunk",)
 
-    def __init__(self, in_nc: int = 3, out_nc: int = 3, nf: int = 64, nb: int = 23, gc: int = 32):
+    def __init__(self, in_nc: int = 3, out_nc: int = 3, nf: int = 64, nb: int = 23, gc: int = 32,
+                 bias: bool = True):
         super().__init__()
         for name, value in (("in_nc", in_nc), ("out_nc", out_nc), ("nf", nf), ("nb", nb), ("gc", gc)):
             if int(value) != value or value < 1:
                 raise ValueError(f"RRDBNet: {name} must be a positive integer, got {value!r}")
+        if not isinstance(bias, bool):
+            raise ValueError(f"RRDBNet: bias must be true or false, got {bias!r}")
         self.config = {"in_nc": in_nc, "out_nc": out_nc, "nf": nf, "nb": nb, "gc": gc}
-        self.conv_first = nn.Conv2d(in_nc, nf, 3, 1, 1)
-        self.RRDB_trunk = nn.Sequential(*[RRDB(nf, gc) for _ in range(nb)])
-        self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1)
-        self._build_upsampler(nf)
-        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.conv_last = nn.Conv2d(nf, out_nc, 3, 1, 1)
+        if not bias:
+            self.config["bias"] = False
+        self.conv_first = nn.Conv2d(in_nc, nf, 3, 1, 1, bias=bias)
+        self.RRDB_trunk = nn.Sequential(*[RRDB(nf, gc, bias) for _ in range(nb)])
+        self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1, bias=bias)
+        self._build_upsampler(nf, bias)
+        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1, bias=bias)
+        self.conv_last = nn.Conv2d(nf, out_nc, 3, 1, 1, bias=bias)
 
-    def _build_upsampler(self, nf: int) -> None:
+    def _build_upsampler(self, nf: int, bias: bool) -> None:
         pass
 
     def _upsample(self, fea: torch.Tensor) -> torch.Tensor:
@@ -94,9 +110,9 @@ class RRDBNetX4(RRDBNet):
 
     upscale = 4
 
-    def _build_upsampler(self, nf: int) -> None:
-        self.upconv1 = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.upconv2 = nn.Conv2d(nf, nf, 3, 1, 1)
+    def _build_upsampler(self, nf: int, bias: bool) -> None:
+        self.upconv1 = nn.Conv2d(nf, nf, 3, 1, 1, bias=bias)
+        self.upconv2 = nn.Conv2d(nf, nf, 3, 1, 1, bias=bias)
 
     def _upsample(self, fea: torch.Tensor) -> torch.Tensor:
         fea = F.leaky_relu(self.upconv1(F.interpolate(fea, scale_factor=2, mode="nearest")), 0.2)
@@ -104,9 +120,10 @@ class RRDBNetX4(RRDBNet):
 
 
 def infer_rrdb_config(state_dict: dict) -> dict:
-    """Recover ``in_nc, out_nc, nf, nb, gc`` and the class (x1 / x4) from an RRDBNet state_dict.
+    """Recover ``in_nc, out_nc, nf, nb, gc`` and the class (x1 / x4) from an RRDBNet state_dict,
+    plus ``bias: False`` when it holds no bias tensors (the bias-free network).
 
-    Raises ``ValueError`` when the dict is not an RRDBNet's.
+    Raises ``ValueError`` when the dict is not an RRDBNet's, or has biases on some convolutions only.
     """
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
     try:
@@ -119,7 +136,12 @@ def infer_rrdb_config(state_dict: dict) -> dict:
         raise ValueError(f"not an RRDBNet state_dict (missing {exc})") from None
     if nb and blocks != set(range(nb)):
         raise ValueError("not an RRDBNet state_dict (RRDB_trunk indices are not contiguous)")
-    return {
+    weights = sum(k.endswith(".weight") for k in sd)
+    biases = sum(k.endswith(".bias") for k in sd)
+    if biases and biases != weights:
+        raise ValueError(f"not an RRDBNet state_dict ({biases} bias tensors for {weights} convolutions: "
+                         "either every convolution has one or none does)")
+    cfg = {
         "in_nc": int(w_first.shape[1]),
         "out_nc": int(w_last.shape[0]),
         "nf": int(w_first.shape[0]),
@@ -127,6 +149,9 @@ def infer_rrdb_config(state_dict: dict) -> dict:
         "gc": int(gc),
         "x4": "upconv1.weight" in sd,
     }
+    if not biases:
+        cfg["bias"] = False
+    return cfg
 
 
 def build_rrdb(config: dict) -> RRDBNet:

@@ -85,6 +85,9 @@ class SwinIR(nn.Module):
     constructor arguments except ``norm_layer``).
     """
 
+    #: submodule lists of identical blocks: ``--compile`` compiles one block's forward for all of them
+    repeated_blocks = ("layers",)
+
     def __init__(self, img_size=64, patch_size=1, in_chans: int = 3, embed_dim: int = 96,
                  depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
                  window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True,

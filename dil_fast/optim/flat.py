@@ -19,6 +19,14 @@ one of them was replaced (``module.zero_grad()`` or ``module.to()`` replace all 
 a single parameter in the middle by hand needs an explicit :meth:`sync`.
 
 :meth:`FlatParams.to` moves the buffers and re-points the parameters.
+
+Layout: each parameter keeps the memory layout it had when it was flattened. A 4-D parameter in
+``torch.channels_last`` (``model.to(memory_format=torch.channels_last)``) occupies its segment in
+NHWC order and its view has channels-last strides, so a convolution fed channels-last
+activations needs no copy of its weight into NHWC (cuDNN makes one in every forward and
+backward-input otherwise). The flat optimizers are elementwise, so the layout changes nothing
+they compute; two flat sets paired element by element (meta and task networks) must share the
+layout, which a copy of the model does.
 """
 from __future__ import annotations
 
@@ -28,12 +36,35 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlatParams", "FlatBucket", "StackedParams"]
+__all__ = ["FlatParams", "FlatBucket", "StackedParams", "adjacent_views", "dense_layout", "segment_view"]
+
+
+CONTIGUOUS, CHANNELS_LAST = "contiguous", "channels_last"
+
+
+def dense_layout(t: Tensor) -> str | None:
+    """The layout a flat segment can hold ``t`` in: ``"contiguous"``, ``"channels_last"`` (a 4-D
+    tensor with NHWC strides and more than one channel or pixel), or None (any other strides)."""
+    if t.is_contiguous():
+        return CONTIGUOUS
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return CHANNELS_LAST
+    return None
+
+
+def segment_view(flat: Tensor, shape: torch.Size, layout: str = CONTIGUOUS) -> Tensor:
+    """``flat`` ([numel]) seen as a tensor of ``shape`` in ``layout``: a view, whose autograd
+    backward is a view too (no as_strided)."""
+    if layout == CHANNELS_LAST:
+        o, i, h, w = shape
+        return flat.view(o, h, w, i).permute(0, 3, 1, 2)
+    return flat.view(shape)
 
 
 @dataclass
 class FlatBucket:
-    """Parameters of one (device, dtype): ``data``/``grad`` are [P]; ``offsets[i]`` places param i."""
+    """Parameters of one (device, dtype): ``data``/``grad`` are [P]; ``offsets[i]`` places param i,
+    ``layouts[i]`` its memory layout inside its segment (:func:`dense_layout`)."""
 
     params: list[nn.Parameter]
     names: list[str]
@@ -41,6 +72,7 @@ class FlatBucket:
     data: Tensor
     grad: Tensor | None = None
     shapes: list[torch.Size] = field(default_factory=list)
+    layouts: list[str] = field(default_factory=list)
 
     @property
     def numel(self) -> int:
@@ -52,18 +84,22 @@ class FlatBucket:
 
     def segment(self, buf: Tensor, i: int) -> Tensor:
         n = math.prod(self.shapes[i])
-        return buf[self.offsets[i]:self.offsets[i] + n].view(self.shapes[i])
+        layout = self.layouts[i] if self.layouts else CONTIGUOUS
+        return segment_view(buf[self.offsets[i]:self.offsets[i] + n], self.shapes[i], layout)
 
 
-def _adjacent_views(tensors: list[Tensor]) -> Tensor | None:
-    """The [P] tensor that ``tensors`` already tile in order (same storage, contiguous), or None."""
+def adjacent_views(tensors: list[Tensor], layouts: list[str] | None = None) -> Tensor | None:
+    """The [P] tensor that ``tensors`` already tile in order (same storage, each dense in its layout,
+    ``layouts[i]`` when given), or None."""
     if not tensors or any(t is None for t in tensors):
         return None
     first = tensors[0]
     storage = first.untyped_storage().data_ptr()
     pos = first.storage_offset()
-    for t in tensors:
-        if (t.untyped_storage().data_ptr() != storage or t.storage_offset() != pos or not t.is_contiguous()
+    for i, t in enumerate(tensors):
+        layout = dense_layout(t)
+        if (t.untyped_storage().data_ptr() != storage or t.storage_offset() != pos or layout is None
+                or (layouts is not None and layout != layouts[i])
                 or t.dtype != first.dtype or t.device != first.device):
             return None
         pos += t.numel()
@@ -103,14 +139,15 @@ class FlatParams:
     def _flatten(self, items: list[tuple[str, nn.Parameter]]) -> FlatBucket:
         params = [p for _, p in items]
         shapes = [p.shape for p in params]
+        layouts = [dense_layout(p) or CONTIGUOUS for p in params]
         offsets, pos = [], 0
         for p in params:
             offsets.append(pos)
             pos += p.numel()
-        data = _adjacent_views([p.data for p in params])
+        data = adjacent_views([p.data for p in params], layouts)
         if data is None:
             data = torch.empty(pos, dtype=params[0].dtype, device=params[0].device)
-        bucket = FlatBucket(params, [n for n, _ in items], offsets, data, None, shapes)
+        bucket = FlatBucket(params, [n for n, _ in items], offsets, data, None, shapes, layouts)
         with torch.no_grad():
             for i, p in enumerate(params):
                 view = bucket.segment(data, i)
@@ -119,7 +156,7 @@ class FlatParams:
                 p.data = view
         if self.with_grad:
             grads = [p.grad for p in params]
-            bucket.grad = _adjacent_views(grads)
+            bucket.grad = adjacent_views(grads, layouts)
             if bucket.grad is None:
                 bucket.grad = torch.zeros_like(data)
             self._point_grads(bucket, attach=self.attach_grads)

@@ -28,7 +28,7 @@ from torch import Tensor
 from .. import backends
 from ..ops import optim as optim_ops
 from ..ops.reference.optim import adam_step_ref_, meta_step_ref_
-from .flat import FlatBucket, FlatParams
+from .flat import FlatBucket, FlatParams, dense_layout
 
 __all__ = ["FusedAdam"]
 
@@ -95,8 +95,8 @@ class FusedAdam(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         for p in group["params"]:
-            if not p.is_contiguous() or p.is_sparse:
-                raise ValueError("FusedAdam needs dense parameters")
+            if p.is_sparse or dense_layout(p) is None:
+                raise ValueError("FusedAdam needs dense parameters (contiguous, or channels_last 4-D)")
         flat = FlatParams(group["params"])
         self._flats.append(flat)
         states = []

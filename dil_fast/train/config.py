@@ -69,6 +69,8 @@ class TrainConfig:
     compile: bool = False
     cuda_graphs: bool | None = None  # None: on where the run can capture (dil_fast.train.fast.default_cuda_graphs)
     deterministic: bool = False
+    channels_last_weights: bool | None = None  # None: off (the GPU check compares it)
+    weight_shadow: bool | None = None  # None: off (the GPU check compares it)
     reference_mode: bool = False  # the released trainer's behaviour (dil_fast.train.reference_mode)
     # the paper's experiments (dil_fast.tasks) and the model
     task: str = "denoise"
@@ -101,6 +103,7 @@ class TrainConfig:
             backend=None if args.backend == "auto" else args.backend, progress=False if args.no_progress else None,
             precision=args.precision, channels_last=args.channels_last, compile=args.compile,
             cuda_graphs=args.cuda_graphs, deterministic=args.deterministic, reference_mode=args.reference_mode,
+            channels_last_weights=args.channels_last_weights, weight_shadow=args.weight_shadow,
             task=args.task, test_confounders=args.test_confounders, order=args.order, arch=args.arch,
             arch_kwargs=args.arch_kwargs, scale=args.scale, y=args.y, crop_border=args.crop_border,
             auto_resume=args.auto_resume, max_bad_steps=args.max_bad_steps, tensorboard=not args.no_tensorboard,
@@ -161,6 +164,7 @@ class TrainConfig:
         if self.reference_mode:
             self._check_reference_mode()
         device = resolve_device(self.device, local_rank=self.local_rank if self.distributed else None)
+        self._check_weight_options(device)
         if self.cuda_graphs:
             if device.type != "cuda":
                 raise FlagError(f"--cuda_graphs needs a CUDA device; this run trains on {device} "
@@ -181,6 +185,33 @@ class TrainConfig:
                 raise FlagError(f"--cuda_graphs needs the fused optimizer (the native core dil_fast._C with its "
                                 f"CUDA kernels); {why}")
         return self
+
+    def _check_weight_options(self, device) -> None:
+        """``--channels_last_weights`` needs channels-last activations; ``--weight_shadow`` bf16 and a
+        variant that trains through the module's forward with the fused optimizer."""
+        on_cuda = device.type == "cuda"
+        channels_last = on_cuda if self.channels_last is None else self.channels_last
+        if self.channels_last_weights and not channels_last:
+            raise FlagError("--channels_last_weights stores the weights NHWC for channels-last activations; "
+                            "add --channels_last (the default on CUDA)")
+        if not self.weight_shadow:
+            return
+        if (self.precision or ("bf16" if on_cuda else "fp32")) != "bf16":
+            raise FlagError("--weight_shadow is a bf16 copy of the weights; it needs --precision bf16 "
+                            "(the default on CUDA)")
+        if self.variant not in ("sf", "pf", "erm"):
+            raise FlagError(f"--weight_shadow applies to the variants that train through the module's forward "
+                            f"(sf, pf, erm); --variant {self.variant} evaluates its virtual models functionally")
+        from ..backends import BackendError
+        from ..ops.optim import fused_optimizer
+
+        try:
+            fused = fused_optimizer(device, self.backend)
+        except BackendError:
+            fused = False
+        if not fused:
+            raise FlagError("--weight_shadow reads the flat weight buffers of the fused optimizer, which this run "
+                            "does not use (`dil-fast info` says why)")
 
     def _validate_task(self) -> None:
         from ..models.registry import ARCHS, is_custom_arch, parse_arch_kwargs
@@ -255,7 +286,7 @@ class TrainConfig:
             raise FlagError(f"--reference_mode reads PNG patches as released; --loader {self.loader} is not allowed")
         if self.precision not in (None, "fp32"):
             raise FlagError(f"--reference_mode trains in fp32; --precision {self.precision} is not allowed")
-        for flag in ("channels_last", "compile", "cuda_graphs"):
+        for flag in ("channels_last", "compile", "cuda_graphs", "channels_last_weights", "weight_shadow"):
             if getattr(self, flag):
                 raise FlagError(f"--reference_mode cannot be combined with --{flag}")
 

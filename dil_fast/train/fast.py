@@ -16,9 +16,26 @@ fp32 path and CUDA gets the fast one):
     of the network is NHWC (cuDNN picks the NHWC kernels from the input layout; the weights keep
     their flat NCHW buffers, which the fused optimizer needs, so cuDNN copies each bf16 weight to
     NHWC inside every convolution forward and backward-input: see "Weight casts" below).
+``--channels_last_weights`` / ``--no_channels_last_weights``
+    Default off (the GPU check compares it): the 4-D weights are stored NHWC inside the flat
+    parameter buffers (:mod:`dil_fast.optim.flat`), so a convolution fed channels-last
+    activations copies no weight into NHWC. Needs ``--channels_last``. The flat optimizers are
+    elementwise, so the numbers are those of the NCHW layout; checkpoints hold the same values.
+``--weight_shadow`` / ``--no_weight_shadow``
+    Default off (the GPU check compares it); bf16 only, for the variants that train through the
+    module's forward with the fused optimizer (sf, pf, erm). Each training forward casts the flat
+    fp32 weights to one bf16 buffer (one cast) and runs the module on views of it, so autocast casts
+    no weight; backward gathers the bf16 weight gradients into one flat tensor (autograd's ``split``
+    backward: a few ``cat`` launches), casts it once and adds it into the flat fp32 gradient the
+    fused Adam reads. Per inner step that replaces one cast per weight in the forward, one cast per
+    weight gradient and one gradient add per weight by about ten launches over the whole buffer
+    (counted in ``bench/bench_host.py`` part e).
 ``--compile``
     ``torch.compile`` the training forward of the task network (default mode; compiled once per
-    input shape, the evaluation forward stays eager). Works on CPU when a C++ compiler is present.
+    input shape, the evaluation forward stays eager). A network that names its repeated blocks
+    (``repeated_blocks``: RRDBNet's RRDBs, SwinIR's RSTBs) is compiled by region: one compilation
+    of the block serves all of them, which cuts the cold compile of RRDB-23 by about the block
+    count; the layers around the blocks run eagerly. Works on CPU when a C++ compiler is present.
 ``--cuda_graphs`` / ``--no_cuda_graphs``
     Default (neither flag): on when the run trains on CUDA in one process with the fused optimizer
     (the native core serves the optimizer ops) and without ``--compile`` or ``--reference_mode``
@@ -80,6 +97,7 @@ from torch import nn
 
 from ..backends import BackendError
 from ..ops import optim as optim_ops
+from ..optim.flat import adjacent_views, dense_layout, segment_view
 from .graphs import GRAPH_WARMUP, GraphedStep, capture_blocker  # noqa: F401 - part of this module's API
 
 
@@ -94,6 +112,8 @@ class FastOptions:
     cuda_graphs: bool = False
     deterministic: bool = False
     graphs_off: str | None = None
+    channels_last_weights: bool = False
+    weight_shadow: bool = False
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -122,7 +142,8 @@ def default_cuda_graphs(device: torch.device, *, compile: bool = False, distribu
 
 def resolve_options(device: torch.device, *, precision: str | None = None, channels_last: bool | None = None,
                     compile: bool = False, cuda_graphs: bool | None = None, deterministic: bool = False,
-                    distributed: bool = False, backend: str | None = None) -> FastOptions:
+                    distributed: bool = False, backend: str | None = None, channels_last_weights: bool | None = None,
+                    weight_shadow: bool | None = None) -> FastOptions:
     """Fill the device-dependent defaults (the explicit combinations were validated with the config);
     ``cuda_graphs=None``: :func:`default_cuda_graphs` (``distributed``: ``--distributed``, ``backend``:
     the forced ``--backend``)."""
@@ -136,7 +157,27 @@ def resolve_options(device: torch.device, *, precision: str | None = None, chann
     return FastOptions(precision=precision or ("bf16" if on_cuda else "fp32"),
                        channels_last=on_cuda if channels_last is None else bool(channels_last),
                        compile=bool(compile), cuda_graphs=bool(cuda_graphs), deterministic=bool(deterministic),
-                       graphs_off=graphs_off)
+                       graphs_off=graphs_off, channels_last_weights=bool(channels_last_weights),
+                       weight_shadow=bool(weight_shadow))
+
+
+def prepare_model(model: nn.Module, opts: FastOptions) -> nn.Module:
+    """Put ``model``'s weights in the layout ``opts`` asks for (``--channels_last_weights``: 4-D
+    weights NHWC). Call before the algorithm builds its optimizers: they flatten the weights in the
+    layout they find. Returns ``model`` (changed in place)."""
+    if opts.channels_last_weights:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def check_weight_layout(model: nn.Module, opts: FastOptions) -> None:
+    """Refuse a model whose 4-D weights are not in the layout ``opts`` asks for."""
+    if not opts.channels_last_weights:
+        return
+    for name, p in model.named_parameters():
+        if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError(f"--channels_last_weights: parameter {name!r} is not channels_last; call "
+                             "dil_fast.train.fast.prepare_model on the model before building the algorithm")
 
 
 # ---------------------------------------------------------------------- global math settings
@@ -214,6 +255,84 @@ def math_settings(opts: FastOptions, device: torch.device):
 
 
 # ---------------------------------------------------------------------- the training forward
+class WeightShadow:
+    """``--weight_shadow``: the module's weights for one training forward as views of one bf16 cast
+    of its flat fp32 buffer, with the weight gradients flowing back into the flat fp32 gradient.
+
+    The module's parameters must tile one flat buffer (the fused optimizer flattens them) and keep
+    a flat gradient (:class:`~dil_fast.optim.flat.FlatParams` with gradients)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype = torch.bfloat16):
+        named = list(module.named_parameters())
+        self.module, self.dtype = module, dtype
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.shapes = [p.shape for p in self.params]
+        self.sizes = [p.numel() for p in self.params]
+        self.layouts = [dense_layout(p) for p in self.params]
+        if not self.params or adjacent_views([p.data for p in self.params], self.layouts) is None:
+            raise ValueError("--weight_shadow needs the parameters in one flat buffer (the fused optimizer keeps "
+                             "them so; `dil-fast info` says why it is not in use)")
+        owner, _, leaf = self.names[0].rpartition(".")
+        self._owner, self._leaf = (module.get_submodule(owner) if owner else module), leaf
+
+    def engaged(self) -> bool:
+        """False while the module runs on other parameters (``torch.func.functional_call``, as the
+        virtual-model variants and the shadow's own call do)."""
+        return getattr(self._owner, self._leaf) is self.params[0]
+
+    def _flat(self, tensors) -> torch.Tensor:
+        """The [P] buffer ``tensors`` tile; O(1) checks of the first and last, a full check when they moved."""
+        first, last = tensors[0], tensors[-1]
+        if first is None or last is None:
+            raise RuntimeError("--weight_shadow: a parameter has no gradient view (use zero_grad(set_to_none=False))")
+        flat = first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (sum(self.sizes),), (1,))
+        end = first.data_ptr() + (sum(self.sizes) - self.sizes[-1]) * first.element_size()
+        if last.data_ptr() != end or adjacent_views(list(tensors), self.layouts) is None:
+            raise RuntimeError("--weight_shadow: the parameters or gradients no longer tile one flat buffer")
+        return flat
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Name -> bf16 view, for one forward; backward accumulates into the flat fp32 gradient."""
+        master = self._flat([p.data for p in self.params]).detach().requires_grad_()
+        master.grad = self._flat([p.grad for p in self.params])  # AccumulateGrad adds into it in place
+        pieces = torch.split_with_sizes(master.to(self.dtype), self.sizes)
+        return {n: segment_view(t, shape, layout)
+                for n, t, shape, layout in zip(self.names, pieces, self.shapes, self.layouts)}
+
+
+def compile_repeated_blocks(module: nn.Module) -> bool:
+    """Regional compilation for ``--compile``: when ``module`` names lists of identical blocks
+    (``repeated_blocks``, e.g. RRDBNet's 23 RRDBs), one ``torch.compile`` of the block class's
+    forward serves every block (their weights are graph inputs, so one compilation, not 23), run
+    when autograd is on and outside vmap; the rest of the network stays eager. Returns False when
+    the module names none (the caller compiles the whole training forward)."""
+    names = getattr(module, "repeated_blocks", ())
+    blocks = [b for name in names for b in getattr(module, name, ())]
+    if not blocks:
+        return False
+    compiled = {}
+    for block in blocks:
+        cls = type(block)
+        plain = cls.forward
+        if cls not in compiled:
+            compiled[cls] = torch.compile(plain)
+        fast = compiled[cls]
+
+        def forward(self, x, *args, _plain=plain, _fast=fast, **kwargs):
+            if torch.is_grad_enabled() and not _is_batched(x):
+                return _fast(self, x, *args, **kwargs)
+            return _plain(self, x, *args, **kwargs)
+
+        block.forward = types.MethodType(forward, block)
+    return True
+
+
+def _is_batched(x: torch.Tensor) -> bool:
+    """True for a tensor seen inside ``torch.func.vmap`` (a functorch batched tensor)."""
+    return torch._C._functorch.is_batchedtensor(x)
+
+
 def install_training_forward(module: nn.Module, opts: FastOptions, device: torch.device) -> nn.Module:
     """Make ``module``'s forward apply the fast-path options when autograd is on (training).
 
@@ -228,9 +347,20 @@ def install_training_forward(module: nn.Module, opts: FastOptions, device: torch
     dtype = opts.autocast_dtype
     # autocast's weight-cast cache must not outlive a captured graph's replays
     cache = not opts.cuda_graphs
+    shadow = None
+    if opts.weight_shadow:
+        if dtype is None:
+            raise ValueError("--weight_shadow needs --precision bf16")
+        shadow = WeightShadow(module, dtype)
 
     def training_forward(x, *args, **kwargs):
-        if opts.channels_last and x.dim() == 4:
+        if shadow is not None and shadow.engaged() and not _is_batched(x):
+            # the module's own call on the shadow re-enters here, no longer engaged
+            out = torch.func.functional_call(module, shadow.weights(), (x, *args), kwargs, strict=False)
+            return out.float()
+        # under vmap (the batched virtual models of ss/ss-fo) x is a batched tensor whose layout the
+        # convolution's batching rule decides; a memory-format query there is not implemented
+        if opts.channels_last and x.dim() == 4 and not _is_batched(x):
             x = x.contiguous(memory_format=torch.channels_last)
         if dtype is None:
             return plain(module, x, *args, **kwargs)
@@ -238,7 +368,9 @@ def install_training_forward(module: nn.Module, opts: FastOptions, device: torch
             out = plain(module, x, *args, **kwargs)
         return out.float()  # the loss is computed in fp32, as autocast does for its losses
 
-    run = torch.compile(training_forward) if opts.compile else training_forward
+    run = training_forward
+    if opts.compile and not compile_repeated_blocks(module):
+        run = torch.compile(training_forward)
 
     def forward(self, x, *args, **kwargs):
         if torch.is_grad_enabled():
@@ -298,6 +430,7 @@ class FastPath:
         self._settings.__enter__()
         self._open = True
         try:
+            check_weight_layout(algo.task_model, opts)
             install_training_forward(algo.task_model, opts, self.device)
             self.step = GraphedStep(algo) if opts.cuda_graphs else algo.step
         except BaseException:
@@ -308,6 +441,10 @@ class FastPath:
         o = self.opts
         parts = [f"precision {o.precision or 'torch defaults'}"]
         parts.append("channels_last" if o.channels_last else "NCHW")
+        if o.channels_last_weights:
+            parts.append("channels_last weights")
+        if o.weight_shadow:
+            parts.append("bf16 weight shadow")
         if o.compile:
             parts.append("torch.compile")
         fallback = getattr(self.step, "fallback_reason", None)

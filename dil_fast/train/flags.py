@@ -125,6 +125,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                       help="NHWC activations (default on CUDA)")
     fast.add_argument("--no_channels_last", dest="channels_last", action="store_false",
                       help="NCHW activations (default on CPU)")
+    fast.add_argument("--channels_last_weights", dest="channels_last_weights", action="store_true", default=None,
+                      help="store the 4-D weights NHWC in the flat buffers: convolutions on channels-last "
+                           "activations copy no weight (off by default until the GPU check decides)")
+    fast.add_argument("--no_channels_last_weights", dest="channels_last_weights", action="store_false",
+                      help="NCHW weights in the flat buffers (the default)")
+    fast.add_argument("--weight_shadow", dest="weight_shadow", action="store_true", default=None,
+                      help="bf16: one cast of the flat weights per forward and one flat gradient cast per "
+                           "backward instead of one per tensor (sf, pf, erm; off by default until the GPU "
+                           "check decides)")
+    fast.add_argument("--no_weight_shadow", dest="weight_shadow", action="store_false",
+                      help="autocast casts each weight (the default)")
     fast.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     fast.add_argument("--cuda_graphs", dest="cuda_graphs", action="store_true", default=None,
                       help="capture the whole meta-iteration in one CUDA graph and replay it (default on CUDA in "

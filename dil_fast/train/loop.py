@@ -44,7 +44,7 @@ from . import components, distributed
 from . import state as state_io
 from .components import ConfounderOrder
 from .config import TrainConfig
-from .fast import FastOptions, FastPath, LossLog, resolve_options
+from .fast import FastOptions, FastPath, LossLog, prepare_model, resolve_options
 from .log import NoteLogger, make_logger
 from .run_folder import RunFolder
 from .tracking import Monitor, RunClock, Tracker, versions, write_options
@@ -71,7 +71,8 @@ class Trainer:
                              resolve_options(self.device, precision=cfg.precision, channels_last=cfg.channels_last,
                                              compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
                                              deterministic=cfg.deterministic, distributed=cfg.distributed,
-                                             backend=cfg.backend))
+                                             backend=cfg.backend, channels_last_weights=cfg.channels_last_weights,
+                                             weight_shadow=cfg.weight_shadow))
         self.algorithm: MetaAlgorithm | None = None
         self.last_eval: tuple[float, float] | None = None
         self._test_note: str | None = None
@@ -96,7 +97,10 @@ class Trainer:
             self.model_config, self._resume_weights = components.model_spec_for(cfg, resume_ckpt)
             model, task_model = components.build_models(self.model_config, cfg)
             components.check_scale(model, cfg)
-        algo = components.build_algorithm(cfg, model.to(self.device), task_model)
+        prepare_model(model.to(self.device), self.fast_options)
+        if task_model is not None:
+            prepare_model(task_model.to(self.device), self.fast_options)
+        algo = components.build_algorithm(cfg, model, task_model)
         confounders = self._user_confounders
         loader = self._user_loader
         if loader is None:
@@ -236,9 +240,14 @@ class Trainer:
                 tracker.close()
             folder.release()
 
+    def _notes_fast_path(self) -> bool:
+        """On CUDA, in reference mode, or on the CPU when asked for more than the plain fp32 path (the
+        released log otherwise): the log names the fast path."""
+        return self.device.type == "cuda" or self.cfg.reference_mode or self.fast_options != resolve_options(self.device)
+
     def _setup_notes(self) -> list[str]:
         notes = []
-        if self.device.type == "cuda" or self.cfg.reference_mode:
+        if self._notes_fast_path():
             notes.append(("Reference mode (the released trainer's computation): " if self.cfg.reference_mode
                           else "Fast path: ") + self.fast.describe())
         note = getattr(self.loader, "worker_note", None)
@@ -346,6 +355,9 @@ class Trainer:
             return 0
         finally:
             loss_log.flush()
+            if self.is_main and self._notes_fast_path():
+                # the path the steps took (a capture that failed mid-run fell back to eager launches)
+                logger.info("Fast path taken: " + self.fast.describe())
 
     # ------------------------------------------------------------------ epoch ends
     def _state(self, algo: MetaAlgorithm, epoch: int, iteration: int) -> dict:

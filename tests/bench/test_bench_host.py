@@ -11,7 +11,7 @@ def test_quick_run_writes_rows_of_every_part(tmp_path, capsys):
     assert "appended to" in capsys.readouterr().out
     with open(tmp_path / "host.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {r["part"] for r in rows} == {"a", "b", "c", "d"}
+    assert {r["part"] for r in rows} == {"a", "b", "c", "d", "e"}
     assert all(r["torch"] == torch.__version__ and r["date"] for r in rows)
     timed = [r for r in rows if r["calls"]]
     assert timed and all(float(r["us_per_call"]) > 0 and float(r["us_single"]) > 0 for r in timed)
@@ -37,3 +37,18 @@ def test_quick_run_writes_rows_of_every_part(tmp_path, capsys):
     # RRDB-23 has 1 + 23 * 3 * 5 + 3 = 349 convolutions, run forward and backward once per confounder
     assert fused["aten.convolution.default"] == fused["aten.convolution_backward.default"] == 4 * 349
     assert len([k for k in fused if k.startswith("aten.")]) == 10
+
+    # (e) one inner step of the fast path: 698 weights (349 of them 4-D convolution weights)
+    step = {}
+    for r in rows:
+        if r["part"] == "e":
+            step.setdefault(r["case"], {})[r["op"]] = int(r["count"])
+    default, cl, shadow, both = (step[c] for c in bench_host.WEIGHT_OPTIONS)
+    assert default["weight casts (per tensor)"] == 698 and default["weight casts (whole buffer)"] == 0
+    assert default["gradient accumulations"] == 698 and default["gradient casts"] >= 698
+    assert default["weight layout copies in convolutions"] == 349 * 2  # forward and backward-input
+    assert cl["weight layout copies in convolutions"] == 0 and cl["weight casts (per tensor)"] == 698
+    assert shadow["weight casts (per tensor)"] == 0 and shadow["weight casts (whole buffer)"] == 1
+    assert shadow["gradient accumulations"] == 1 and shadow["gradient casts"] <= 2
+    assert both["weight layout copies in convolutions"] == 0 and both["gradient accumulations"] == 1
+    assert both["dispatcher ops, views excluded"] < default["dispatcher ops, views excluded"] - 2 * 698

@@ -121,3 +121,61 @@ def test_infer_config_rejects_other_models():
 def test_invalid_sizes_raise(bad):
     with pytest.raises(ValueError):
         RRDBNet(3, 3, **{**dict(nf=8, nb=1, gc=4), **bad})
+
+
+# ---- the bias-free network (Mohan et al., ICLR 2020): every convolution without its additive term ----
+@pytest.mark.parametrize("cls", [RRDBNet, RRDBNetX4], ids=["x1", "x4"])
+def test_bias_free_has_no_bias_and_is_positively_homogeneous(cls):
+    torch.manual_seed(0)
+    m = cls(3, 3, nf=8, nb=2, gc=4, bias=False).double().eval()
+    sd = m.state_dict()
+    assert not [k for k in sd if k.endswith(".bias")]
+    assert len(sd) == len(cls(3, 3, nf=8, nb=2, gc=4).state_dict()) // 2
+    assert all(isinstance(c, tnn.Conv2d) and c.bias is None for c in m.modules() if isinstance(c, tnn.Conv2d))
+    x = torch.rand(2, 3, 11, 13, dtype=torch.float64)
+    with torch.no_grad():
+        for a in (0.25, 3.0):  # f(a x) = a f(x) for a > 0
+            torch.testing.assert_close(m(a * x), a * m(x), rtol=1e-12, atol=1e-12)
+        assert m(torch.zeros_like(x)).abs().max() == 0  # no bias: zero in, zero out
+
+
+def test_bias_free_default_size_and_same_weight_draws():
+    m = RRDBNet(3, 3, bias=False)
+    assert len(m.state_dict()) == 349 and sum(p.numel() for p in m.parameters()) == 16_610_688
+    # the weights are drawn as in the biased network up to the bias draws: the first conv matches
+    torch.manual_seed(4)
+    a = RRDBNet(3, 3, nf=8, nb=1, gc=4)
+    torch.manual_seed(4)
+    b = RRDBNet(3, 3, nf=8, nb=1, gc=4, bias=False)
+    torch.testing.assert_close(a.conv_first.weight, b.conv_first.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [RRDBNet, RRDBNetX4], ids=["x1", "x4"])
+def test_bias_free_config_roundtrip_and_checkpoint(cls, tmp_path):
+    m = cls(3, 3, nf=8, nb=2, gc=4, bias=False)
+    cfg = infer_rrdb_config(m.state_dict())
+    assert cfg == {"in_nc": 3, "out_nc": 3, "nf": 8, "nb": 2, "gc": 4, "x4": cls is RRDBNetX4, "bias": False}
+    assert m.config["bias"] is False and "bias" not in cls(3, 3, nf=8, nb=2, gc=4).config
+    m2 = build_rrdb(cfg)
+    m2.load_state_dict(m.state_dict(), strict=True)
+    # the released checkpoint layout loads it back through the registry, like the biased network
+    from dil_fast.models.registry import build_model, model_from_checkpoint
+
+    path = tmp_path / "bf.pt"
+    torch.save({"model_meta": m.state_dict(), "model_task": m.state_dict()}, path)
+    loaded, arch, kwargs = model_from_checkpoint(torch.load(path), str(path))
+    assert arch == ("rrdb_x4" if cls is RRDBNetX4 else "rrdb") and kwargs["bias"] is False
+    x = torch.rand(1, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), m(x), rtol=0, atol=0)
+    # --arch_kwargs '{"bias": false}' builds it by name
+    assert build_model("rrdb", {"nf": 8, "nb": 1, "gc": 4, "bias": False}).conv_first.bias is None
+
+
+def test_bias_must_be_all_or_none():
+    sd = RRDBNet(3, 3, nf=8, nb=1, gc=4).state_dict()
+    del sd["conv_first.bias"]
+    with pytest.raises(ValueError, match="either every convolution has one or none"):
+        infer_rrdb_config(sd)
+    with pytest.raises(ValueError, match="bias must be true or false"):
+        RRDBNet(3, 3, nf=8, nb=1, gc=4, bias="no")

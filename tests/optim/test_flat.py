@@ -187,3 +187,31 @@ def test_stacked_params_rows_and_functional_call():
     assert torch.equal(st.data, flat.data.expand(3, -1))
     st.load_row(2, torch.zeros_like(flat.data))
     assert st.data[2].abs().sum() == 0 and st.grad.shape == st.data.shape
+
+
+def test_channels_last_weights_keep_their_layout_in_the_flat_buffer():
+    """A 4-D weight in channels_last occupies its segment in NHWC order and keeps NHWC strides;
+    gradients land there in the same order, and a copy of the model flattens to the same layout."""
+    net = small_net().to(memory_format=torch.channels_last)
+    ref = copy.deepcopy(net)  # the same layout, not flattened
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    flat = FlatParams(net)
+    b = flat.buckets[0]
+    assert b.layouts == ["channels_last", "contiguous", "channels_last", "contiguous"]
+    for i, (n, p) in enumerate(net.named_parameters()):
+        assert torch.equal(p, before[n])
+        seg = flat.data[b.offsets[i]:b.offsets[i] + p.numel()]
+        if p.dim() == 4:
+            assert p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            assert torch.equal(seg, p.detach().permute(0, 2, 3, 1).reshape(-1))
+    backward(net)
+    backward(ref)
+    for i, ((n, p), q) in enumerate(zip(net.named_parameters(), ref.parameters())):
+        assert torch.equal(p.grad, q.grad), n
+        assert p.grad.data_ptr() == flat.grad[b.offsets[i]:].data_ptr()
+    assert flat.intact()
+    again = FlatParams(copy.deepcopy(net))
+    assert again.buckets[0].layouts == b.layouts and torch.equal(again.data, flat.data)
+    # a state_dict is values; loading one of NCHW tensors keeps the NHWC views
+    flat.load_state_dict({n: t.contiguous() * 2 for n, t in flat.state_dict().items()})
+    assert all(torch.equal(p, before[n] * 2) for n, p in net.named_parameters()) and flat.intact()

@@ -187,3 +187,27 @@ def test_gpu_fused_adam_matches_torch_on_cuda(backend, close):
     for p, q in zip(a.parameters(), b.parameters()):
         close(p, q, atol=1e-6, rtol=1e-5)
     assert fused.state_dict()["state"][0]["step"].item() == 7
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_weights_step_the_same_numbers(backend, close):
+    """FusedAdam over a model with channels_last 4-D weights steps as torch.optim.Adam does on that
+    model (the flat update is elementwise, whatever the layout), and its state_dict loads into it."""
+    require(backend)
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Tanh(), nn.Conv2d(6, 2, 1)).to(memory_format=torch.channels_last)
+    b = copy.deepcopy(a)
+    fused, ref = FusedAdam(a.parameters(), lr=1e-2, backend=backend), torch.optim.Adam(b.parameters(), lr=1e-2)
+    assert fused.flat_params().buckets[0].layouts[0] == "channels_last"
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x = torch.randn(2, 3, 7, 7, generator=g).contiguous(memory_format=torch.channels_last)
+        for m, opt in ((a, fused), (b, ref)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    assert_models_close(a, b, close)
+    sf, sr = fused.state_dict(), ref.state_dict()
+    for i in sr["state"]:
+        close(sf["state"][i]["exp_avg_sq"], sr["state"][i]["exp_avg_sq"], name=f"exp_avg_sq {i}", **TOL)
+    torch.optim.Adam(copy.deepcopy(b).parameters(), lr=1e-2).load_state_dict(sf)

@@ -348,6 +348,34 @@ def test_precision_and_layout_options_train_close_to_fp32(precision, channels_la
         assert torch.equal(algo.task_model(x), RRDBNet.forward(algo.task_model, x))
 
 
+@pytest.mark.parametrize("variant", ["ss", "ss-fo"])
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-6), ("bf16", 2e-2)])
+def test_virtual_models_batch_under_the_fast_path(monkeypatch, variant, precision, tol):
+    """ss / ss-fo take the batched (vmapped) pass under the fast path's autocast and channels_last
+    as "auto" does on CUDA, with no warning, and agree with the looped pass (channels_last inside
+    vmap used to raise "querying is_contiguous inside of vmap", and "auto" then looped for good
+    after a warning)."""
+    from dil_fast.meta.virtual import VirtualModelDIL
+
+    monkeypatch.setattr(VirtualModelDIL, "_auto_prefers_batched", staticmethod(lambda device: True))
+    base = _model()
+    pairs = _batches(3, k=3, b=2, p=12)
+    runs = {}
+    for path in ("auto", "looped"):
+        algo = VARIANTS[variant](copy.deepcopy(base), virtual_batching=path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with FastPath(algo, FastOptions(precision=precision, channels_last=True), "cpu") as fp:
+                losses = torch.stack([fp.step(p) for p in pairs])
+        if path == "auto":
+            assert set(algo.state_dict()["path_choices"].values()) == {"batched"}
+        runs[path] = losses, torch.cat([p.detach().flatten() for p in algo.meta_model.parameters()])
+    (lb, wb), (ll, wl) = runs["auto"], runs["looped"]
+    w0 = torch.cat([p.detach().flatten() for p in base.parameters()])
+    assert ((lb - ll).abs() / ll).max() < tol
+    assert (wb - wl).norm() / (wl - w0).norm() < tol * 10
+
+
 def test_math_settings_are_restored():
     before = (torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled())
     algo = SerialFirstOrder(_model())
@@ -394,7 +422,15 @@ def test_compile_traces_the_training_forward(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", compile_aot_eager)
     _compile_matches_eager("cpu", FastOptions(precision="fp32", channels_last=True, compile=True))
-    assert len(calls) == 1  # one compiled training forward (the task network's)
+    # regional: one compilation of the RRDB block serves every block; the rest stays eager
+    from dil_fast.models.rrdb import RRDB
+
+    assert calls == [RRDB.forward]
+    # a network that names no repeated blocks: its whole training forward is compiled
+    calls.clear()
+    monkeypatch.setattr(RRDBNet, "repeated_blocks", ())
+    _compile_matches_eager("cpu", FastOptions(precision="fp32", channels_last=True, compile=True))
+    assert len(calls) == 1 and calls[0].__name__ == "training_forward"
 
 
 # ---------------------------------------------------------------------- the trainer (T0)
@@ -435,6 +471,47 @@ def test_trainer_fast_flags_run_on_cpu(data, flags):
     losses = [float(v) for v in LOSS_RE.findall((data / "run" / "train.log").read_text())]
     assert len(losses) == 16 and all(0 < v < 1 for v in losses)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.ext
+def test_trainer_weight_options_train_the_same_numbers(native, data):
+    """--channels_last_weights and --weight_shadow change where the weights live and how they reach
+    the convolutions, not the arithmetic: on the CPU the run's losses and checkpoints equal the
+    plain bf16 channels_last run bit for bit, and a resume of either continues the same."""
+    common = ["--precision", "bf16", "--channels_last", "--backend", "cuda"]
+    assert _train(data, data / "plain", *common) == 0
+    both = [*common, "--channels_last_weights", "--weight_shadow"]
+    assert _train(data, data / "both", *both) == 0
+    log = (data / "both" / "train.log").read_text()
+    assert "channels_last weights" in log and "bf16 weight shadow" in log
+    assert LOSS_RE.findall(log) == LOSS_RE.findall((data / "plain" / "train.log").read_text())
+    for name in ("model_1.pt", "last.pt"):
+        a = torch.load(data / "plain" / name, weights_only=True)
+        b = torch.load(data / "both" / name, weights_only=True)
+        ma = a["model_meta"] if "model_meta" in a else a["models"]["model_meta"]
+        mb = b["model_meta"] if "model_meta" in b else b["models"]["model_meta"]
+        assert all(torch.equal(ma[k], mb[k]) for k in ma), name
+    # resume: one more epoch from each last.pt gives the same weights
+    for run, flags in (("plain", common), ("both", both)):
+        assert _train(data, data / f"{run}2", *flags, "--resume", str(data / run / "last.pt"), "--total_epoch",
+                      "2") == 0
+    a = torch.load(data / "plain2" / "model_2.pt", weights_only=True)["model_meta"]
+    b = torch.load(data / "both2" / "model_2.pt", weights_only=True)["model_meta"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--channels_last_weights"], "add --channels_last"),
+    (["--weight_shadow", "--channels_last"], "needs --precision bf16"),
+    (["--weight_shadow", "--precision", "bf16", "--variant", "ss"], "--variant ss"),
+    (["--weight_shadow", "--precision", "bf16"], "fused optimizer"),
+    (["--reference_mode", "--weight_shadow"], "--weight_shadow"),
+], ids=["cl-weights-nchw", "shadow-fp32", "shadow-ss", "shadow-torch-backend", "reference-shadow"])
+def test_trainer_refuses_weight_options_that_cannot_apply(data, capsys, flags, needle):
+    assert _train(data, data / "bad", *flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not (data / "bad").exists()
 
 
 @pytest.mark.parametrize("flags,needle", [
