@@ -25,6 +25,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _cpu_below_tier_t3(request, monkeypatch):
+    """Tiers T0 and T2 run on the CPU on every machine: their exact numbers are the CPU's, and a
+    command without ``--device`` must not move to a GPU where there is one. A GPU-tier test (marker
+    ``gpu``) and a Triton-tier test (the ``dev`` fixture: CUDA where there is one, else the
+    interpreter) see the machine as it is. Subprocesses inherit the hidden GPU through the environment."""
+    if request.node.get_closest_marker("gpu") is None and "dev" not in request.fixturenames:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture(autouse=True)
 def _restore_global_state():
     """Seed every test and restore the RNG / determinism settings afterwards."""
     torch_state = torch.get_rng_state()

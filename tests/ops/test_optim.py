@@ -337,3 +337,28 @@ def test_gpu_nonfinite_flag_without_sync_and_graph_capture(native, close):
     torch.cuda.synchronize()
     assert step.item() == sq.item()
     close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_reference_steps_make_no_tensor_from_host_data():
+    """The torch references make no tensor from a Python number (``torch.tensor``: on CUDA a pageable
+    host-to-device copy at every step, which a CUDA graph cannot capture): every scalar is a
+    wrapped number inside the op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    p, g = torch.rand(2, 7, dtype=torch.float64), torch.rand(2, 7, dtype=torch.float64)
+    m, v, step = torch.zeros_like(p), torch.zeros_like(p), torch.zeros(2, dtype=torch.float32)
+    lr, flag = torch.full((1,), 1e-3, dtype=torch.float64), torch.zeros(1)
+    with Ops() as ops:
+        ref.adam_step_ref_(p, g, m, v, step, lr, 0.9, 0.999, 1e-8, 0.01, True, flag)
+        ref.meta_step_ref_(p[0], p, m[0], v[0], step[:1], lr, 0.9, 0.999, 1e-8, 0.0, False, 1, True, flag)
+        ref.sgd_step_ref_(p, g, lr, 0.0, p[0], flag)
+    assert ops.names and not [n for n in ops.names if "lift_fresh" in n or n.startswith("aten.scalar_tensor")]

@@ -54,8 +54,10 @@ def _adam_math(param, grad, exp_avg, exp_avg_sq, step_new, lr, beta1, beta2, eps
             grad = grad.add(param, alpha=weight_decay)
     exp_avg = exp_avg.lerp(grad, 1 - beta1)
     exp_avg_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias_correction1 = 1 - torch.pow(torch.tensor(beta1, dtype=torch.float64, device=step_new.device), step_new)
-    bias_correction2 = 1 - torch.pow(torch.tensor(beta2, dtype=torch.float64, device=step_new.device), step_new)
+    # a Python number as the base: a tensor made from beta here would be a pageable host-to-device
+    # copy at every step on CUDA (a host sync, and a CUDA graph cannot capture it)
+    bias_correction1 = 1 - torch.pow(float(beta1), step_new)
+    bias_correction2 = 1 - torch.pow(float(beta2), step_new)
     neg_step_size = (-(lr / bias_correction1)).to(param.dtype)
     bc2_sqrt = bias_correction2.sqrt().to(param.dtype)
     denom = exp_avg_sq.sqrt() / bc2_sqrt + eps
