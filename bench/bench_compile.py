@@ -92,14 +92,16 @@ def launches() -> list[Launch]:
     """The variants the host launchers compile on a GPU (dtypes, mode flags, size hints)."""
     out = []
     noise_sizes = ("CHW", "HW", "stride_xk", "stride_xb", "stride_ok", "stride_ob")
-    for variant, x, y, round8, gray, aligned in (
-            ("fp32", P32, P32, False, False, noise_sizes),
-            ("fp32 odd-size", P32, P32, False, False, ()),
-            ("u8 gray round8", PU8, P32, True, True, noise_sizes),
-            ("fp16", P16, P16, False, False, noise_sizes)):
+    for variant, x, y, round8, gray, aligned, cl in (
+            ("fp32", P32, P32, False, False, noise_sizes, False),
+            ("fp32 odd-size", P32, P32, False, False, (), False),
+            ("u8 gray round8", PU8, P32, True, True, noise_sizes, False),
+            ("fp16", P16, P16, False, False, noise_sizes, False),
+            ("u8 channels_last", PU8, P32, False, False, noise_sizes, True),
+            ("u8 gray round8 channels_last", PU8, P32, True, True, noise_sizes, True)):
         out.append(Launch("noise", "noise", "_noise_fwd_kernel", variant,
                           {"x_ptr": x, "out_ptr": y, "sigma_ptr": P32, "gray_ptr": PI32},
-                          {"IN_U8": x == PU8, "CLIP": True, "ROUND8": round8, "HAS_GRAY": gray},
+                          {"IN_U8": x == PU8, "CLIP": True, "ROUND8": round8, "HAS_GRAY": gray, "CL": cl},
                           wide=("seed_lo", "seed_hi"), aligned=aligned, options="NOISE_LAUNCH_OPTIONS"))
     blur_sizes = ("H", "W", "stride_xk", "stride_xb", "stride_ok", "stride_ob")
     for axis, variant, x, y, aligned in ((1, "u8->fp32 T=21", PU8, P32, blur_sizes),  # the first pass

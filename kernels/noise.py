@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dil_fast.ops._common import empty_samples, samples_channels_last
+
 from ._autotune import configs
 
 PHILOX_M0 = tl.constexpr(0xD2511F53)
@@ -100,14 +102,23 @@ _BLOCKS = [{"BLOCK": 1024, "TILE": 1024}, {"BLOCK": 2048, "TILE": 1024}]
 NOISE_LAUNCH_OPTIONS = {"enable_fp_fusion": False}
 
 
-@triton.autotune(configs=configs(_BLOCKS, {"BLOCK": 8192, "TILE": 8192}, (4, 8)), key=["CHW", "K", "HAS_GRAY"])
+@triton.jit
+def _at(e, HW, C, CL: tl.constexpr):
+    """Memory offset inside a sample of NCHW element index e: e itself, or its NHWC place when CL."""
+    if CL:
+        return (e % HW) * C + e // HW
+    return e
+
+
+@triton.autotune(configs=configs(_BLOCKS, {"BLOCK": 8192, "TILE": 8192}, (4, 8)),
+                 key=["CHW", "K", "HAS_GRAY", "CL"])
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "step_lo", "sample_offset", "k_base", "stream"])
 def _noise_fwd_kernel(
     x_ptr, out_ptr, sigma_ptr, gray_ptr,
     K, B, CHW, HW, C,
     stride_xk, stride_xb, stride_ok, stride_ob,
     seed_lo, seed_hi, step_lo, sample_offset, k_base, stream,
-    IN_U8: tl.constexpr, CLIP: tl.constexpr, ROUND8: tl.constexpr, HAS_GRAY: tl.constexpr,
+    IN_U8: tl.constexpr, CLIP: tl.constexpr, ROUND8: tl.constexpr, HAS_GRAY: tl.constexpr, CL: tl.constexpr,
     BLOCK: tl.constexpr, TILE: tl.constexpr,
 ):
     """out[k, b, e] = round8(clip(x[k, b, e] + sigma[k, b] * n_{k,b}(e))) for k < K, x / 255 if IN_U8.
@@ -117,7 +128,9 @@ def _noise_fwd_kernel(
     4j + l is Box-Muller output l of Philox counter j. Program (p, b) covers elements
     [p * BLOCK, (p + 1) * BLOCK) of sample b in tiles of TILE; the clean tile is loaded once and
     reused for all K confounders (stride_xk = 0: shared batch). The four normals of a counter are
-    interleaved into element order, so every counter is computed once.
+    interleaved into element order, so every counter is computed once. CL: every sample of x and of
+    out is stored NHWC (channels_last); the field still follows the NCHW index, so the numbers are
+    those of the NCHW layout.
     """
     pid = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
@@ -135,7 +148,8 @@ def _noise_fwd_kernel(
         j = (e0 // 4 + tl.arange(0, TILE // 4)).to(tl.uint32)
         if not HAS_GRAY:
             mask = e < CHW
-            x = _read(tl.load(x_b + e, mask=mask, other=0.0), IN_U8)
+            at = _at(e, HW, C, CL)
+            x = _read(tl.load(x_b + at, mask=mask, other=0.0), IN_U8)
         for k in range(K):
             kk = tl.cast(k, tl.int64)  # k * stride reaches K * B * C * H * W, past int32
             c2 = (((k_base + k) & 0xFFFF) | (stream << 16)).to(tl.uint32)
@@ -148,7 +162,7 @@ def _noise_fwd_kernel(
                 n_rep = tl.where(gray, C, 1)
                 m = e < n_field
                 for c in range(0, n_rep):
-                    offs = e + tl.cast(c, tl.int64) * HW
+                    offs = _at(e + tl.cast(c, tl.int64) * HW, HW, C, CL)
                     xv = _read(tl.load(x_b + kk * stride_xk + offs, mask=m, other=0.0), IN_U8)
                     y = xv + sigma * n
                     if CLIP:
@@ -158,13 +172,13 @@ def _noise_fwd_kernel(
                     tl.store(out_b + kk * stride_ok + offs, y.to(out_ptr.dtype.element_ty), mask=m)
             else:
                 if stride_xk != 0:
-                    x = _read(tl.load(x_b + kk * stride_xk + e, mask=mask, other=0.0), IN_U8)
+                    x = _read(tl.load(x_b + kk * stride_xk + at, mask=mask, other=0.0), IN_U8)
                 y = x + sigma * n
                 if CLIP:
                     y = tl.minimum(tl.maximum(y, 0.0), 1.0)
                 if ROUND8:
                     y = _round8(y)
-                tl.store(out_b + kk * stride_ok + e, y.to(out_ptr.dtype.element_ty), mask=mask)
+                tl.store(out_b + kk * stride_ok + at, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def noise_fwd(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k_base: int = 0,
@@ -172,12 +186,14 @@ def noise_fwd(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k_b
               gray: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """x ``[B, C, H, W]`` (shared) or ``[K, B, C, H, W]`` (independent), float or uint8 (read as
     x / 255); sigma ``[K, B]`` on the [0, 1] scale; gray ``[K, B]`` bool or None.
-    Returns ``[K, B, C, H, W]`` of out_dtype."""
+    Returns ``[K, B, C, H, W]`` of out_dtype, each sample stored NHWC when x's are (channels_last)."""
     K, B = sigma.shape
     shared = x.dim() == 4
-    x = x.contiguous()
+    cl = samples_channels_last(x)
+    if not cl:
+        x = x.contiguous()
     C, H, W = x.shape[-3:]
-    out = torch.empty((K, B, C, H, W), dtype=out_dtype, device=x.device)
+    out = empty_samples((K, B, C, H, W), out_dtype, x.device, cl)
     CHW, HW = C * H * W, H * W
     sigma = sigma.to(device=x.device, dtype=torch.float32).contiguous()
     has_gray = gray is not None
@@ -195,7 +211,7 @@ def noise_fwd(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k_b
         K, B, CHW, HW, C,
         0 if shared else B * CHW, CHW, B * CHW, CHW,
         seed & 0xFFFFFFFF, seed >> 32, int(step) & 0xFFFFFFFF, int(sample_offset), int(k_base), int(stream),
-        IN_U8=x.dtype == torch.uint8, CLIP=bool(clip), ROUND8=bool(round8), HAS_GRAY=has_gray,
+        IN_U8=x.dtype == torch.uint8, CLIP=bool(clip), ROUND8=bool(round8), HAS_GRAY=has_gray, CL=cl,
         **NOISE_LAUNCH_OPTIONS,
     )
     return out

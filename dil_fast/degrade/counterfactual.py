@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..ops.blur import blur_separable
+from ..ops._common import samples_channels_last
 from ..ops.noise import gaussian_noise
 from .base import Confounder
 from .blur import GaussianBlur
@@ -21,10 +22,11 @@ def _as_float_nchw(x: torch.Tensor) -> torch.Tensor:
     return x.float().contiguous()
 
 
-def _as_kernel_input(x: torch.Tensor) -> torch.Tensor:
-    # the fused kernels read uint8 / fp16 / bf16 / fp32 directly (no conversion pass)
+def _as_kernel_input(x: torch.Tensor, keep_channels_last: bool = False) -> torch.Tensor:
+    # the fused kernels read uint8 / fp16 / bf16 / fp32 directly (no conversion pass); the fused
+    # noise keeps channels-last samples channels-last (the crops of a channels-last run)
     if x.dtype in (torch.uint8, torch.float16, torch.bfloat16, torch.float32):
-        return x.contiguous()
+        return x if keep_channels_last and samples_channels_last(x) else x.contiguous()
     return _as_float_nchw(x)
 
 
@@ -81,7 +83,7 @@ def counterfactual(clean: torch.Tensor, confounders: list[Confounder], *, seed: 
 
     if _fused_noise(confounders):
         sigma = torch.stack([c.params(ctx)[0] for c, ctx in zip(confounders, ctxs)])
-        return gaussian_noise(_as_kernel_input(clean), sigma, seed=seed, step=step, k_base=0, sample_offset=sample_offset,
+        return gaussian_noise(_as_kernel_input(clean, keep_channels_last=True), sigma, seed=seed, step=step, k_base=0, sample_offset=sample_offset,
                                   stream=ctxs[0].stream(FIELD), clip=confounders[0].clip,
                                   round8=confounders[0].round8, out_dtype=out_dtype, backend=backend)
     if _fused_blur(confounders):

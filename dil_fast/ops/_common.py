@@ -28,3 +28,20 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images (0..255) -> float32 on [0, 1]; float images unchanged."""
     return x.float() / 255.0 if x.dtype == torch.uint8 else x
+
+
+def samples_channels_last(x: torch.Tensor) -> bool:
+    """True when every sample of x (``[B, C, H, W]`` or ``[K, B, C, H, W]``) is stored NHWC and
+    densely (channels_last), and not also NCHW-contiguous."""
+    if x.is_contiguous():
+        return False
+    perm = (0, 2, 3, 1) if x.dim() == 4 else (0, 1, 3, 4, 2)
+    return x.permute(*perm).is_contiguous()
+
+
+def empty_samples(shape, dtype, device, channels_last: bool) -> torch.Tensor:
+    """An empty ``[K, B, C, H, W]``: NCHW samples, or NHWC ones (channels_last)."""
+    if not channels_last:
+        return torch.empty(shape, dtype=dtype, device=device)
+    k, b, c, h, w = shape
+    return torch.empty((k, b, h, w, c), dtype=dtype, device=device).permute(0, 1, 4, 2, 3)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import backends
-from ._common import as_i64, seed_u64
+from ._common import as_i64, empty_samples, samples_channels_last, seed_u64
 from .reference.noise import div255, gaussian_noise_ref
 
 __all__ = ["gaussian_noise"]
@@ -29,13 +29,13 @@ def _noise_triton(x, sigma, gray, seed, step, k_base, sample_offset, stream, cli
 @backends.implement(OP, "torch")
 def _noise_torch(x, sigma, gray, seed, step, k_base, sample_offset, stream, clip, round8, out_dtype):
     xf = div255(x.float()) if x.dtype == torch.uint8 else x
-    outs = []
+    out = empty_samples((sigma.shape[0],) + tuple(x.shape[-4:]), out_dtype, x.device, samples_channels_last(x))
     for k in range(sigma.shape[0]):
         xk = xf if x.dim() == 4 else xf[k]
-        outs.append(gaussian_noise_ref(
+        out[k] = gaussian_noise_ref(
             xk, sigma[k], seed=seed, step=step, k=k_base + k, sample_offset=sample_offset, stream=stream,
-            clip=clip, round8=round8, gray=None if gray is None else gray[k]).to(out_dtype))
-    return torch.stack(outs)
+            clip=clip, round8=round8, gray=None if gray is None else gray[k])
+    return out
 
 
 @torch.library.custom_op("dil_fast::noise", mutates_args=())
@@ -48,7 +48,7 @@ def _noise_op(x: torch.Tensor, sigma: torch.Tensor, gray: torch.Tensor | None, s
 
 @_noise_op.register_fake
 def _(x, sigma, gray, seed, step, k_base, sample_offset, stream, clip, round8, out_dtype, backend):
-    return x.new_empty((sigma.shape[0],) + tuple(x.shape[-4:]), dtype=out_dtype)
+    return empty_samples((sigma.shape[0],) + tuple(x.shape[-4:]), out_dtype, x.device, samples_channels_last(x))
 
 
 def gaussian_noise(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k_base: int = 0,
@@ -57,7 +57,9 @@ def gaussian_noise(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int
                    backend: str | None = None) -> torch.Tensor:
     """K noisy versions: x ``[B, C, H, W]`` (shared) or ``[K, B, C, H, W]``, uint8 or float on
     [0, 1]; sigma ``[K, B]`` on the [0, 1] scale; gray ``[K, B]`` bool (one field for every channel).
-    -> ``[K, B, C, H, W]`` of ``out_dtype``: ``round8(clip(x + sigma * n))``. Confounder k draws
+    -> ``[K, B, C, H, W]`` of ``out_dtype``: ``round8(clip(x + sigma * n))``, each sample stored NHWC
+    when x's are (channels_last: the same numbers, no layout copy before a channels-last model).
+    Confounder k draws
     from counter word ``k_base + k`` of the Philox scheme in :mod:`dil_fast.rng`.
 
     Example::
@@ -72,5 +74,7 @@ def gaussian_noise(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int
     sigma = sigma.to(device=x.device, dtype=torch.float32)
     if gray is not None:
         gray = gray.to(device=x.device, dtype=torch.bool)
-    return _noise_op(x.contiguous(), sigma, gray, as_i64(seed), int(step), int(k_base), int(sample_offset),
+    if not samples_channels_last(x):  # channels_last samples stay so, and so do the K outputs
+        x = x.contiguous()
+    return _noise_op(x, sigma, gray, as_i64(seed), int(step), int(k_base), int(sample_offset),
                      int(stream), bool(clip), bool(round8), out_dtype, be)

@@ -152,9 +152,12 @@ def loader_kind(cfg: TrainConfig) -> str:
     return kind
 
 
-def build_loader(cfg: TrainConfig, device, rank: int, world_size: int, num_confounders: int):
+def build_loader(cfg: TrainConfig, device, rank: int, world_size: int, num_confounders: int, *,
+                 channels_last: bool = False):
     """The data source: clean batches for ``num_confounders`` confounders, or pairs (the released
-    path's noisy pairs; paired folders, one confounder each)."""
+    path's noisy pairs; paired folders, one confounder each). ``channels_last``: the run's model
+    takes channels-last input, so the PatchStore sampler writes its crops NHWC (the fused noise
+    keeps that layout: no copy before the model)."""
     kind = loader_kind(cfg)
     sets = cfg.trainsets()
     shard = dict(device=device, rank=rank, world_size=world_size)
@@ -180,7 +183,7 @@ def build_loader(cfg: TrainConfig, device, rank: int, world_size: int, num_confo
             raise FlagError(f"--loader store: --trainset {sets[0]} is not a packed store (make one with dil-fast pack)")
         store = PatchStore(sets[0], device, cfg.memory_budget)
         return StoreLoader(store, cfg.batch_size, cfg.patch_size, num_confounders, seed=cfg.seed, rank=rank,
-                           world_size=world_size, backend=cfg.backend)
+                           world_size=world_size, backend=cfg.backend, channels_last=channels_last)
     from ..data.dali import DaliLoader
 
     return DaliLoader(sets[0], cfg.batch_size, cfg.patch_size, num_confounders, device=device, seed=cfg.seed,

@@ -105,7 +105,8 @@ class Trainer:
         loader = self._user_loader
         if loader is None:
             k = len(confounders) if confounders is not None else len(cfg.confounder_specs())
-            loader = components.build_loader(cfg, self.device, self.rank, self.world_size, k)
+            loader = components.build_loader(cfg, self.device, self.rank, self.world_size, k,
+                                             channels_last=self.fast_options.channels_last)
         degrade = None
         if loader.yields == "clean":
             specs = confounders if confounders is not None else cfg.confounder_specs()

@@ -24,8 +24,11 @@ def test_gaussian_noise_statistics_and_clip_round():
     assert torch.equal(y8 * 255, (y8 * 255).round())
 
 
-def test_noise_op_registration_opcheck():
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_noise_op_registration_opcheck(channels_last):
     x = torch.rand(2, 3, 9, 11)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     torch.library.opcheck(ops.noise._noise_op, (x, torch.rand(2, 2) * 0.1, None, 1, 2, 0, 0, 0, True, False,
                                                 torch.float32, "torch"))
 
@@ -123,3 +126,34 @@ def test_kernel_philox_matches_triton_randint4x(dev):
     _draw[(1,)](out, seed, 16)
     mine = torch.stack(rng.philox4x32(torch.arange(16), 0, 0, 0, *rng.seed_key(seed)), -1).reshape(-1)
     assert torch.equal(out.cpu().long() & rng.M32, mine)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
+                                     pytest.param("triton", id="triton", marks=pytest.mark.triton)])
+@pytest.mark.parametrize("case", ["fp32", "uint8-gray-round8", "independent"])
+def test_channels_last_samples_give_the_same_numbers_stored_nhwc(request, backend, case):
+    """Channels-last input (the PatchStore sampler's crops for a channels-last model) gives the NCHW
+    input's numbers, with every output sample stored NHWC: no layout copy before the model."""
+    dev = request.getfixturevalue("dev") if backend == "triton" else torch.device("cpu")
+    g = torch.Generator().manual_seed(4)
+    B, C, H, W = 3, 3, 9, 13
+    if case == "uint8-gray-round8":
+        x = torch.randint(0, 256, (B, C, H, W), generator=g, dtype=torch.uint8)
+        kw = dict(gray=torch.tensor([[True, False, True], [False, True, False]]), round8=True)
+    elif case == "independent":
+        x = torch.rand(2, B, C, H, W, generator=g)
+        kw = {}
+    else:
+        x = torch.rand(B, C, H, W, generator=g)
+        kw = {}
+    x = x.to(dev)
+    kw = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    sigma = (torch.rand(2, B, generator=g) * 0.2).to(dev)
+    x_cl = (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4
+            else x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3))
+    assert not x_cl.is_contiguous()
+    plain = ops.noise.gaussian_noise(x, sigma, seed=5, step=2, backend=backend, **kw)
+    nhwc = ops.noise.gaussian_noise(x_cl, sigma, seed=5, step=2, backend=backend, **kw)
+    assert torch.equal(nhwc, plain)
+    assert all(nhwc[k].is_contiguous(memory_format=torch.channels_last) for k in range(2))
+    assert nhwc.permute(0, 1, 3, 4, 2).is_contiguous()

@@ -500,6 +500,40 @@ def test_trainer_weight_options_train_the_same_numbers(native, data):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_store_crops_reach_a_channels_last_model_without_a_layout_copy(tmp_path):
+    """With channels-last activations the PatchStore sampler writes NHWC crops and the fused noise
+    keeps them NHWC, so the model's input needs no copy; the numbers are those of the NCHW run."""
+    from dil_fast.data.pack import pack_folder
+
+    make_png_folder(tmp_path / "png", n=6, size=24, seed=1)
+    store = tmp_path / "store"
+    pack_folder(str(tmp_path / "png"), str(store), progress=False)
+    runs = {}
+    for channels_last in (False, True):
+        cfg = TrainConfig(trainset=str(store), loader="store", ckpt_save=str(tmp_path / f"run{channels_last}"),
+                          device="cpu", batch_size=2, patch_size=16, nf=8, nb=1, gc=4, seed=3, progress=False,
+                          backend="torch", precision="bf16", channels_last=channels_last,
+                          confounders="noise:5,10,15,20")
+        trainer = Trainer(cfg).open()
+        seen, step = [], trainer.fast.step
+
+        def recording_step(batches, step=step, seen=seen, **kw):
+            seen.extend(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                        for x, _ in batches)
+            return step(batches, **kw)
+
+        trainer.fast.step = recording_step
+        try:
+            iterations = trainer.meta_iterations()
+            runs[channels_last] = torch.stack([next(iterations) for _ in range(3)])
+            iterations.close()
+        finally:
+            trainer.close()
+        assert seen and all(v == channels_last for v in seen), (channels_last, seen)
+    # the same numbers up to the summation order of the loss over NHWC memory
+    torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("flags,needle", [
     (["--channels_last_weights"], "add --channels_last"),
     (["--weight_shadow", "--channels_last"], "needs --precision bf16"),
