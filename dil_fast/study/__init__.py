@@ -1,25 +1,27 @@
-"""``dil-fast study generalization``: ERM against DIL at seen and unseen degradation levels.
+"""``dil-fast study generalization``: does DIL generalise better than ERM? Curves, seeds, intervals.
 
-Trains every requested method with the same model, seed, data and budget, evaluates each on a test
-folder at the training levels and at unseen levels, and writes into ``--out``:
+Trains every requested method at every seed with the same model, data and budget (in images
+seen), through the trainer's fast path (:mod:`dil_fast.study.runner`); scores each run at the
+task's seen and unseen levels on one or more test sets every ``--eval_every`` meta-iterations
+(:mod:`dil_fast.study.evaluator`: batched on the device, the numbers of :func:`dil_fast.eval.evaluate`);
+reports each run by the mean of its last ``--last_evals`` points, methods by mean +- std over
+seeds, and every DIL method against ERM by the paired difference over (seed, test image) with a
+95 % interval and a verdict (:mod:`dil_fast.study.stats`). Writes into ``--out``:
 
-* ``results.csv``: one row per (method, level): ``task, method, confounder, level, seen, psnr, ssim``
-  (means over the test images, in the task's metric convention);
-* ``results.md``: the task and its seen and unseen levels, the PSNR table (methods x levels,
-  seen/unseen means, DIL - ERM gaps), the budget table and the run's conditions;
-* ``generalization_<task>.png``: PSNR against level, one line per method, the training levels shaded
-  (drawn with OpenCV; no plotting library is needed). Numeric levels (noise, blur, JPEG) are drawn
-  against their values, named ones (hybrid, rain, isp, realsr) against their position, the x-axis
-  label naming each.
+* ``results.md``: the verdict lines, the summary across test sets, per test set the PSNR table,
+  the paired differences and SSIM, the budget / wall-time table, the plan and the conditions;
+* ``results.csv``: the same numbers (``score`` and ``difference`` rows);
+* ``curves.csv``: every evaluation of every run, per test set, level and image;
+* ``generalization_<task>.png``: the curves per level (seen solid, unseen dashed), unseen against
+  seen PSNR along training, and the differences to ERM with their intervals (matplotlib; without
+  it, the OpenCV plot of PSNR against level);
+* ``study.log``: what was printed; ``runs/<task>/<method>/seed<N>/last.pt``: each run's final
+  training state (``dil-fast eval --ckpt`` reads it); ``data/``: the packed training store.
 
-**Tasks.** ``--task`` is any row of :data:`dil_fast.tasks.TASKS`; each trains from clean patches
-with its synthetic confounders (derain: synthetic rain standing in for the paper's three rain
-datasets; realnoise: the camera-pipeline family ``isp``; realsr: Real-ESRGAN's degradations, order 1
-or ``--order 2``, with the x4 model). The seen levels are the row's training confounders, the unseen
-ones its ``eval_levels`` and periodic ``test`` less those (``--test_confounders`` replaces them);
-a task with none unseen says so in the log and the report. The model, scale and metric (Y, crop
-border) are the row's. Paired folders (``GT/`` + ``LQ/``: the real rain datasets, real SR or
-real-noise pairs) are refused with the command that reads them (``dil-fast train``, ``dil-fast eval``).
+**Methods** (``--variants``): the trainer's variants (``erm``, ``sf``, ``pf``, ``ss``, ``ps``,
+``ss-fo``), ``erm-steps`` (ERM at ``B/K`` per confounder for ``K`` steps per meta-iteration: the
+images *and* the weight updates of ``sf``), and any of them with ``-bf``: the same on the bias-free
+RRDB (``--arch_kwargs '{"bias": false}'``, Mohan et al. 2020).
 
 **Budget matching.** One *meta-iteration* hands every method the same K batches of B patches (one
 per confounder: K = 4, 3 for hybrid and derain), so every method sees ``K * B`` distorted patches
@@ -36,17 +38,23 @@ ss, ss-fo  K virtual steps from theta, query at each, 1 meta   1 meta           
 ps         1 virtual step on the union, query, 1 meta          1 meta                K*B (+ B reused)
 ========== =================================================== ===================== ================
 
-``erm`` and ``sf`` therefore match in images seen and in patches through forward/backward, but not
-in optimizer steps (1 against K + 1); ``erm-steps`` is the control that also matches ``sf``'s number
-of weight updates. Learning rates are the same for every method (``lr`` = ERM's and the task
-learning rate, ``meta_lr`` = the meta learning rate); the released meta-LR halving every 20 epochs
-is switched off so a short run has one schedule for everyone.
+Wall time is reported beside it (train time per run, evaluations excluded). Learning rates are
+the same for every method (``lr`` = ERM's and the task learning rate, ``meta_lr`` = the meta
+learning rate), all following one schedule (:func:`dil_fast.study.runner.lr_factor`).
 
-Evaluation: every level through :func:`dil_fast.eval.evaluate` (plain Gaussian noise on the
-released numpy path, every other level by :func:`dil_fast.degrade.counterfactual`; image ``i``
-seeded by ``(--seed, i)``, identical for every method). The ``input`` row is the do-nothing
-baseline scored the same way: the degraded input itself (quantised to 8 bits), bicubically
-upsampled for x4 super-resolution.
+**Presets** (``--scale``): ``tiny`` (CI, seconds), ``cpu`` (every method x 3 seeds in about 90
+minutes on 2 CPU cores at one thread), ``gpu`` (ERM, DIL_sf and the bias-free ERM in one device
+call on an H200: ``bench/gpu_study.sh``). ``--dry-run`` prints the plan with the cost model's
+estimate (:mod:`dil_fast.study.cost`) and trains nothing. ``--time_limit S`` bounds the training
+and evaluation: at each run's second curve point, the budget of that run and of the runs after it
+is cut to what fits as it measured; a run whose next interval would end past its time still stops at a curve
+point, and the methods are then compared at the last point every run reached.
+
+Evaluation: every level through :func:`dil_fast.eval.synthesis.degrade_image` (plain Gaussian
+noise on the released numpy path, every other level by :func:`dil_fast.degrade.counterfactual`;
+image ``i`` of a test set seeded by ``(--test_seed, i)``, identical for every method and seed). The
+``input`` row is the do-nothing baseline scored the same way: the degraded input itself (quantised
+to 8 bits), bicubically upsampled for x4 super-resolution.
 """
 from __future__ import annotations
 
@@ -64,29 +72,22 @@ from ..errors import FlagError
 from .methods import (
     PRESETS,
     TASK_NAMES,
-    MethodRun,
+    DegradedInput,
     StudyTask,
     check_methods,
     check_synthetic_data,
-    evaluate_level,
-    load_test_images,
     parse_methods,
+    parse_seeds,
     prepare_trainset,
     study_task,
-    train_method,
 )
-from .report import describe_levels, markdown_tables, plot_study, write_csv
 
-__all__ = [
-    "PRESETS",
-    "TASK_NAMES",
-    "StudyTask",
-    "add_study_parser",
-    "main",
-    "run_generalization",
-    "run_study",
-    "study_task",
-]
+__all__ = ["PRESETS", "TASK_NAMES", "StudyTask", "add_study_parser", "main", "run_generalization", "run_study",
+           "study_task"]
+
+_OVERRIDES = ("nf", "nb", "gc", "patch_size", "batch_size", "lr", "meta_lr", "budget", "eval_every", "last_evals",
+              "test_max_side", "decay_from", "lr_floor")
+REPORT_RESERVE_S = 8.0  # of --time_limit: the final evaluation's SSIM, the report and the plot
 
 
 def command_line(args) -> str:
@@ -96,14 +97,32 @@ def command_line(args) -> str:
         parts += ["--order", str(args.order)]
     if args.test_confounders is not None:
         parts += ["--test_confounders", shlex.quote(args.test_confounders)]
-    for name in ("variants", "trainset", "testset", "device", "threads", "budget", "nf", "nb", "gc", "patch_size",
-                 "batch_size", "lr", "meta_lr"):
+    for name in ("variants", "trainset", "device", "threads", "seeds", "crop", "stride", "test_seed",
+                 "time_limit") + _OVERRIDES:
         value = getattr(args, name)
         if value is not None:
-            parts += [f"--{name}", str(value)]
-    if args.seed != 1:
-        parts += ["--seed", str(args.seed)]
-    return " ".join(parts + ["--out", args.out])
+            parts += [f"--{name}", shlex.quote(str(value))]
+    if args.testset:
+        parts += ["--testset"] + [shlex.quote(t) for t in args.testset]
+    if getattr(args, "from_curves", None):
+        parts += ["--from_curves"] + [shlex.quote(c) for c in args.from_curves]
+    return " ".join(parts + ["--out", shlex.quote(args.out)])
+
+
+def _preset(args):
+    preset = PRESETS["tiny" if args.tiny else args.scale]
+    overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
+    for name in ("budget", "eval_every", "last_evals", "nf", "nb", "gc", "patch_size", "batch_size"):
+        if name in overrides and overrides[name] < (0 if name == "eval_every" else 1):
+            raise FlagError(f"--{name} must be a positive whole number, got {overrides[name]}")
+    for name in ("decay_from", "lr_floor"):
+        if name in overrides and not 0 <= overrides[name] <= 1:
+            raise FlagError(f"--{name} must be between 0 and 1, got {overrides[name]}")
+    if args.seed is not None and args.seeds is not None:
+        raise FlagError("--seed and --seeds: give one (--seed N is --seeds N)")
+    seeds = parse_seeds(args.seeds if args.seeds is not None else
+                        (str(args.seed) if args.seed is not None else preset.seeds))
+    return replace(preset, **overrides), seeds
 
 
 def run_generalization(args) -> int:
@@ -112,28 +131,33 @@ def run_generalization(args) -> int:
     from ..devices import resolve_device
 
     task = study_task(args.task, args.order, args.test_confounders)
-    preset = PRESETS[args.scale]
-    overrides = {k: getattr(args, k) for k in ("nf", "nb", "gc", "patch_size", "batch_size", "lr", "meta_lr")
-                 if getattr(args, k) is not None}
-    if args.budget is not None:
-        if args.budget < 1:
-            raise FlagError(f"--budget must be a positive number of meta-iterations, got {args.budget}")
-        overrides["budget"] = args.budget
-    if args.tiny:
-        preset = replace(PRESETS["tiny"], **overrides)
-    else:
-        preset = replace(preset, **overrides)
+    preset, seeds = _preset(args)
     methods = parse_methods(args.variants or preset.variants)
     check_methods(methods, task, preset.batch_size)
-    check_synthetic_data(task, args.trainset, args.testset)
-    if args.scale == "gpu" and not args.trainset and not args.tiny:
-        raise FlagError("--scale gpu needs --trainset (a folder of training patches, e.g. DF2K cut 256/256, "
-                        "or a packed store)")
-    device = resolve_device(args.device)
+    testsets = args.testset or ["default"]
+    check_synthetic_data(task, args.trainset, testsets)
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise FlagError(f"--time_limit must be a positive number of seconds, got {args.time_limit}")
     if args.threads is not None:
         if args.threads < 1:
             raise FlagError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.dry_run:  # a plan for a device this machine may not have
+        import torch as _torch
+
+        from .evaluator import load_testsets
+
+        try:
+            device = _torch.device(args.device or ("cuda" if _torch.cuda.is_available() else "cpu"))
+        except (RuntimeError, ValueError):
+            raise FlagError(f"--device {args.device}: not a device name (use cpu, cuda or cuda:N)") from None
+        sets = load_testsets(testsets, preset.test_max_side, missing_ok=True)
+        for line in plan_lines(task, preset, methods, seeds, sets, device, args):
+            print(line)
+        return 0
+    if args.from_curves:
+        return _report_from_curves(args, task, preset, methods, testsets)
+    device = resolve_device(args.device)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "study.log"), "a", encoding="utf-8") as logf:
@@ -143,85 +167,270 @@ def run_generalization(args) -> int:
             logf.write(line + "\n")
             logf.flush()
 
-        return _study(args, task, preset, methods, device, out, log)
+        return _study(args, task, preset, methods, seeds, testsets, device, out, log)
 
 
-def _study(args, task: StudyTask, preset, methods: list[str], device, out: str, log) -> int:
+def plan_lines(task: StudyTask, preset, methods: list[str], seeds: list[int], sets, device, args) -> list[str]:
+    """The plan: runs, model, data, and the cost model's FLOPs and time per run (``--dry-run``)."""
+    import torch
+
+    from .cost import rates_for, rrdb_macs_per_pixel, run_cost
+
+    k, scale = len(task.seen), task.row.scale
+    macs = rrdb_macs_per_pixel(preset.nf, preset.nb, preset.gc, scale=scale)
+    rates = rates_for(device.type, torch.get_num_threads())
+    evals = (preset.budget // preset.eval_every if preset.eval_every else 0) + \
+        (0 if preset.eval_every and preset.budget % preset.eval_every == 0 else 1)
+    eval_pixels = sum((img.shape[0] // scale) * (img.shape[1] // scale) for s in sets for _, img in s.images) \
+        * len(task.levels)
+    lines = [f"plan: task {task.name}, {len(methods)} method(s) x {len(seeds)} seed(s) = {len(methods) * len(seeds)} "
+             f"runs ({', '.join(methods)}; seeds {', '.join(map(str, seeds))}) on {device}",
+             f"  model {task.row.arch} nf {preset.nf} nb {preset.nb} gc {preset.gc}: {macs:,} multiply-adds per "
+             f"input pixel; patch {preset.patch_size}, batch {preset.batch_size} x {k} confounders; "
+             f"{preset.budget} meta-iterations, a curve point every {preset.eval_every or preset.budget} "
+             f"({evals} points), score = mean of the last {preset.last_evals}",
+             f"  lr {preset.lr:g}, meta_lr {preset.meta_lr:g}, cosine from {preset.decay_from:g} of the budget to "
+             f"x{preset.lr_floor:g}; test sets {', '.join(f'{s.label} ({len(s.images)} images)' for s in sets)} x "
+             f"{len(task.levels)} levels = {eval_pixels / 1e6:.2f} M input pixels per point",
+             f"  cost model (dil_fast.study.cost): {rates.note}",
+             f"  {'method':<10} {'GFLOP/meta-it':>13} {'train TFLOP':>11} {'train s':>8} {'eval s':>7} "
+             f"{'setup s':>7} {'run s':>7}"]
+    total = 0.0
+    for m in methods:
+        c = run_cost(m, macs_per_pixel=macs, k=k, batch=preset.batch_size, patch=preset.patch_size,
+                     budget=preset.budget, evals=evals, eval_pixels=eval_pixels, rates=rates)
+        total += c.total_s * len(seeds)
+        lines.append(f"  {m:<10} {c.flops_per_meta_iteration / 1e9:>13.1f} {c.train_flops / 1e12:>11.1f} "
+                     f"{c.train_s:>8.1f} {c.eval_s:>7.1f} {c.setup_s:>7.1f} {c.total_s:>7.1f}")
+    limit = f"; --time_limit {args.time_limit:g} s" if args.time_limit else ""
+    lines.append(f"  estimated total: {total:.0f} s ({total / 60:.1f} min) for {len(methods) * len(seeds)} runs, "
+                 f"data preparation and start-up not included{limit}")
+    return lines
+
+
+def _study(args, task: StudyTask, preset, methods: list[str], seeds: list[int], testsets: list[str], device, out: str,
+           log) -> int:
     """Train, evaluate and report (the flags already checked; ``log`` prints and appends to study.log)."""
     import torch
 
     from .. import __version__
-
-    t_start = time.time()
-    scale_name = "tiny" if args.tiny else args.scale
-    model_name = f"{task.row.arch} nf={preset.nf} nb={preset.nb} gc={preset.gc}"
-    log(f"generalization study: task {task.name}, scale {scale_name}, methods {', '.join(methods)}, "
-        f"{model_name}, patch {preset.patch_size}, batch {preset.batch_size} x {len(task.seen)} confounders, "
-        f"{preset.budget} meta-iterations each, device {device}, {torch.get_num_threads()} threads")
-    log(f"task {task.name}: {describe_levels(task)}")
-    store = prepare_trainset(out, preset, args.trainset, progress=False)
-    images = load_test_images(args.testset, preset.test_max_side)
-    # the trainer's own periodic test (the task's test degradation) runs on one small crop, not the study's test set
-    from ..data.builtin import center_crop
-    from ..data.images import write_image_rgb
-
-    trainer_test = os.path.join(out, "data", "trainer_test")
-    os.makedirs(trainer_test, exist_ok=True)
-    write_image_rgb(os.path.join(trainer_test, "probe.png"), center_crop(images[0][1], 32))
     from ..data.store import PatchStore
+    from .cost import patches_per_meta_iteration
+    from .evaluator import BatchedEvaluator, load_testsets
+    from .results import StudyResults
+    from .runner import train_run
 
+    t_start = time.monotonic()
+    deadline = None if args.time_limit is None else t_start + args.time_limit - REPORT_RESERVE_S
+    load0 = _load()
+    scale_name = "tiny" if args.tiny else args.scale
+    log(f"generalization study: task {task.name}, scale {scale_name}, methods {', '.join(methods)}, seeds "
+        f"{', '.join(map(str, seeds))}, {task.row.arch} nf={preset.nf} nb={preset.nb} gc={preset.gc}, patch "
+        f"{preset.patch_size}, batch {preset.batch_size} x {len(task.seen)} confounders, {preset.budget} "
+        f"meta-iterations each, device {device}, {torch.get_num_threads()} threads, load average {load0}")
+    from .report import describe_levels
+
+    log(f"task {task.name}: {describe_levels(task)}")
+    store = prepare_trainset(out, preset, args.trainset, progress=False, crop=args.crop, stride=args.stride,
+                             workers=args.workers)
+    sets = load_testsets(testsets, preset.test_max_side, log=log)
     n_patches = PatchStore(store, "cpu", verify=False).count
-    log(f"training store {store}: {n_patches} patches; test set: {len(images)} images "
-        f"({', '.join(f'{n} {im.shape[1]}x{im.shape[0]}' for n, im in images)})")
+    plan = plan_lines(task, preset, methods, seeds, sets, device, args)
+    for line in plan:
+        log(line)
+    log(f"training store {store}: {n_patches} patches; test sets: " + "; ".join(
+        f"{s.label}: {', '.join(f'{n} {im.shape[1]}x{im.shape[0]}' for n, im in s.images)}" for s in sets))
+    evaluator = BatchedEvaluator(sets, task.levels, seed=args.test_seed, device=device, scale=task.row.scale,
+                                 y=task.row.y, crop_border=task.row.crop_border,
+                                 channels_last=device.type == "cuda")
+    input_psnr, input_ssim = evaluator(DegradedInput(task.row.scale), ssim=True)
+    log("input: " + " | ".join(_summary(task, s.label, p) for s, p in zip(sets, input_psnr)))
+    eval_every = preset.eval_every or preset.budget
+    runs = []
+    order = [(seed, m) for seed in seeds for m in methods]
+    weights = [patches_per_meta_iteration(m, len(task.seen), preset.batch_size) for _, m in order]
+    title = (f"{task.name}: {task.row.arch} nf{preset.nf} nb{preset.nb}, {preset.budget} meta-iterations, "
+             f"seeds {','.join(map(str, seeds))}")
 
-    rows: list[dict] = []
-    runs: list[MethodRun] = []
+    def results():
+        return StudyResults(task, sets, runs, input_psnr, input_ssim, preset.last_evals)
 
-    def evaluate_all(method: str, model) -> None:
-        for level in task.levels:
-            p, s = evaluate_level(model, task, images, level, args.seed, device)
-            rows.append({"method": method, "level": level, "psnr": p, "ssim": s})
+    fitted = {"budget": preset.budget, "notes": [], "timing": None, "weight": None}
 
-    evaluate_all("input", None)
-    for i, method in enumerate(methods):
-        log(f"[{i + 1}/{len(methods)}] training {method} ...")
-        model, run = train_method(method, task, preset, store, trainer_test, out, seed=args.seed, device=str(device),
-                                  budget=preset.budget)
-        runs.append(run)
-        log(f"[{i + 1}/{len(methods)}] {method}: {run.trainer_iterations} iterations, {run.optimizer_steps} "
-            f"optimizer steps, {run.images_seen} images in {run.seconds:.0f} s; evaluating at {len(task.levels)} levels")
-        evaluate_all(method, model)
-        log("    " + "  ".join(f"{r['level'].name}:{r['psnr']:.2f}" for r in rows if r["method"] == method))
-        del model
+    def budget_hook(i: int):
+        """At run ``i``'s second curve point: the budget that run and every run after it can have
+        within --time_limit, from what run ``i`` measured (never more than the budget it has)."""
+        asked = {"done": False}
 
-    total = time.time() - t_start
+        def hook(done, budget, timing):
+            if deadline is None or asked["done"]:
+                return None
+            asked["done"] = True
+            if fitted["timing"] is not None:  # the first run's set-up holds the one-time compilations: keep the largest
+                timing = replace(timing, setup_s=max(timing.setup_s, fitted["timing"].setup_s))
+            fitted["timing"], fitted["weight"] = timing, weights[i]
+            per = timing.seconds_per_meta_iteration
+            per_b = per + timing.eval_s / eval_every  # seconds per meta-iteration of budget, this run ...
+            fixed = -done * per_b
+            for w in weights[i + 1:]:  # ... and every run after it
+                per_b += per * w / weights[i] + timing.eval_s / eval_every
+                fixed += timing.setup_s + timing.eval_s
+            fit = int(0.95 * (deadline - time.monotonic() - fixed) / per_b) // eval_every * eval_every
+            what = (f"measured {1000 * per:.1f} ms per meta-iteration of {order[i][1]}, {timing.eval_s:.2f} s per "
+                    f"curve point, {timing.setup_s:.1f} s of set-up per run")
+            if fit >= budget:
+                log(f"    time check: {what}: the budget of {budget} meta-iterations fits --time_limit")
+                return None
+            fit = max(fit, done + eval_every, 2 * eval_every)
+            fitted["budget"] = fit
+            fitted["notes"].append(f"budget cut from {budget} to {fit} meta-iterations for {order[i][1]} and the runs "
+                                   f"after it to fit --time_limit ({what})")
+            log(f"    time check: {fitted['notes'][-1]}")
+            return fit
+        return hook
+
+    def end_by(i: int, t_open: float):
+        """When run ``i`` must end: the deadline less what the runs after it need (as the last
+        measurement predicts; before the first one, their share of the time left)."""
+        def limit():
+            if deadline is None:
+                return None
+            timing = fitted["timing"]
+            if timing is None:
+                return t_open + (deadline - t_open) * weights[i] / sum(weights[i:])
+            evals = fitted["budget"] // eval_every + 1
+            need = sum(fitted["budget"] * timing.seconds_per_meta_iteration * w / fitted["weight"] + timing.setup_s
+                       + evals * timing.eval_s for w in weights[i + 1:])
+            return deadline - need
+        return limit
+
+    for i, (seed, method) in enumerate(order):
+        log(f"[{i + 1}/{len(order)}] training {method}, seed {seed} (load average {_load()}) ...")
+
+        def on_point(p, method=method, seed=seed):
+            log(f"    {method} s{seed} @{p.meta_iteration}: loss {p.loss:.4f}, {p.seconds:.0f} s; " +
+                " | ".join(_summary(task, s.label, x) for s, x in zip(sets, p.psnr)))
+
+        r = train_run(method, task, preset, store, out, evaluator, seed=seed, device=str(device),
+                      budget=fitted["budget"], eval_every=eval_every, end_by=end_by(i, time.monotonic()), log=log,
+                      on_point=on_point, budget_hook=budget_hook(i))
+        runs.append(r)
+        log(f"[{i + 1}/{len(order)}] {method} seed {seed}: {r.run.meta_iterations} meta-iterations, "
+            f"{r.run.trainer_iterations} trainer iterations, {r.run.optimizer_steps} optimizer steps, "
+            f"{r.run.images_seen} images in {r.run.seconds:.0f} s of training (load average {_load()}); "
+            + _cost_check(r, method, task, preset, device))
+        last_of_seed = i + 1 == len(order) or order[i + 1][0] != seed
+        _write_outputs(out, task, results(), args, preset, device, plan + fitted["notes"],
+                       t_start, load0, __version__, n_patches, scale_name, title, plot=last_of_seed, log=log)
+    log(f"done in {time.monotonic() - t_start:.0f} s (load average {_load()}): {os.path.join(out, 'results.md')}, "
+        f"results.csv, curves.csv, generalization_{task.name}.png")
+    return 0
+
+
+def _report_from_curves(args, task: StudyTask, preset, methods: list[str], testsets: list[str]) -> int:
+    """``--from_curves``: the report, CSVs and figure of runs already made (their ``curves.csv``),
+    e.g. one process per seed; nothing trains."""
+    import torch
+
+    from .. import __version__
+    from .evaluator import load_testsets
+    from .results import StudyResults, read_curves
+
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    t_start = time.monotonic()
+    sets = load_testsets(testsets, preset.test_max_side)
+    runs, input_psnr, input_ssim = read_curves(args.from_curves, task, sets, batch_size=preset.batch_size)
+    rank = {m: i for i, m in enumerate(methods)}
+    runs.sort(key=lambda r: (rank.get(r.run.method, len(rank)), r.run.seed))
+    res = StudyResults(task, sets, runs, input_psnr, input_ssim, preset.last_evals)
+    seeds = res.seeds
+    device = torch.device("cpu")
+    plan = plan_lines(task, preset, res.methods, seeds, sets, device, args)
+    title = (f"{task.name}: {task.row.arch} nf{preset.nf} nb{preset.nb}, {res.horizon} meta-iterations, "
+             f"seeds {','.join(map(str, seeds))}")
+    print(f"report of {len(runs)} runs from {', '.join(args.from_curves)} into {out}")
+    _write_outputs(out, task, res, args, preset, device, plan, t_start, _load(), __version__, 0,
+                   "tiny" if args.tiny else args.scale, title, plot=True, log=print)
+    return 0
+
+
+def _write_outputs(out, task, res, args, preset, device, plan, t_start, load0, version, n_patches, scale_name, title,
+                   *, plot: bool, log) -> None:
+    import torch
+
+    from .plots import plot_figure
+    from .report import markdown_report, plot_study, write_curves, write_results_csv
+
+    total = time.monotonic() - t_start
     baseline = "the degraded input itself" if task.row.scale == 1 else \
         f"the degraded input upsampled x{task.row.scale} (bicubic)"
     conditions = {
         "command": command_line(args),
         "task": f"{task.name}: {task.row.paper}; {task.row.note}",
-        "confounders": describe_levels(task),
-        "model": f"{model_name}, x{task.row.scale}",
-        "data": f"{n_patches} training patches ({args.trainset or 'built-in sample images'}), patch "
-                f"{preset.patch_size}, batch {preset.batch_size} per confounder",
-        "optimizer": f"lr {preset.lr:g}, meta_lr {preset.meta_lr:g}, L1 loss, seed {args.seed}, no LR decay",
-        "test": f"{len(images)} images ({args.testset or 'built-in'}), degraded by dil_fast.eval.evaluate with seed "
-                f"{args.seed} (image i: seed, step i), metric {task.metric}; the input row is {baseline}",
-        "machine": f"{device} ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch threads"
-                   + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
-        "versions": f"dil_fast {__version__}, torch {torch.__version__}, numpy {np.__version__}, "
-                    f"python {platform.python_version()}",
-        "total time": f"{total:.0f} s",
+        "model": f"{task.row.arch} nf {preset.nf}, nb {preset.nb}, gc {preset.gc}, x{task.row.scale}; "
+                 "`-bf`: the same without any bias",
+        "data": ("the runs' (--from_curves " + " ".join(args.from_curves) + ")") if args.from_curves else
+                f"{n_patches} training patches ({args.trainset or 'the built-in training images'}, cut "
+                f"{args.crop or preset.crop}/{args.stride or preset.stride}), patch {preset.patch_size}, batch "
+                f"{preset.batch_size} per confounder",
+        "optimizer": f"lr {preset.lr:g}, meta_lr {preset.meta_lr:g} (every optimizer x the same factor: 1, then a "
+                     f"half cosine from {preset.decay_from:g} of the budget to x{preset.lr_floor:g}), L1 loss",
+        "test": f"test noise seeded per image (--test_seed {args.test_seed}, image i), metric {task.metric}; the "
+                f"input row is {baseline}",
+        "machine": ("this report's process (the runs': their study.log): " if args.from_curves else "") +
+                   f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs), "
+                   f"{torch.get_num_threads()} torch threads" +
+                   (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "") +
+                   f"; load average at the start {load0}, now {_load()}",
+        "versions": f"dil_fast {version}, torch {torch.__version__}, numpy {np.__version__}, python "
+                    f"{platform.python_version()}",
+        "time": f"{total:.0f} s from the start of the study to this report",
     }
-    write_csv(os.path.join(out, "results.csv"), task, rows)
-    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(f"# Generalization study: {task.name}, scale {scale_name}\n\n")
-        f.write(markdown_tables(task, rows, runs, conditions))
-    plot = os.path.join(out, f"generalization_{task.name}.png")
-    plot_study(plot, task, rows, f"{task.name}: PSNR ({task.metric}) vs level, {task.row.arch} nf{preset.nf} "
-                                 f"nb{preset.nb}, {preset.budget} meta-iterations")
-    log(f"done in {total:.0f} s: {os.path.join(out, 'results.csv')}, results.md, {os.path.basename(plot)}")
-    return 0
+    write_curves(os.path.join(out, "curves.csv"), res)
+    write_results_csv(os.path.join(out, "results.csv"), res)
+    from ..fileio import atomic_write_bytes
+
+    md = markdown_report(res, f"Generalization study: {task.name}, scale {scale_name}", conditions, plan)
+    atomic_write_bytes(md.encode("utf-8"), os.path.join(out, "results.md"))
+    if plot:
+        path = os.path.join(out, f"generalization_{task.name}.png")
+        if not plot_figure(path, res, title):
+            rows = [{"method": m, "level": lv, "psnr": res.cell(m, 0, [i])[0]} for m in ["input"] + res.methods
+                    for i, lv in enumerate(task.levels)]
+            plot_study(path, task, rows, title + f" ({res.testsets[0].label}; no matplotlib: no curves)")
+            log("matplotlib is not installed: the plot shows PSNR against level only (pip install matplotlib)")
+
+
+def _cost_check(r, method: str, task: StudyTask, preset, device) -> str:
+    """The cost model against the run: its FLOPs per meta-iteration over the measured time per
+    meta-iteration after the first curve point (the first interval holds the set-up)."""
+    import torch
+
+    from .cost import patches_per_meta_iteration, rates_for, rrdb_macs_per_pixel
+
+    pts = r.points
+    if len(pts) < 2 or pts[-1].meta_iteration == pts[0].meta_iteration:
+        return "too few curve points to time an interval"
+    per = (pts[-1].seconds - pts[0].seconds) / (pts[-1].meta_iteration - pts[0].meta_iteration)
+    macs = rrdb_macs_per_pixel(preset.nf, preset.nb, preset.gc, scale=task.row.scale)
+    flops = patches_per_meta_iteration(method, len(task.seen), preset.batch_size) * preset.patch_size ** 2 * macs * 6
+    assumed = rates_for(device.type, torch.get_num_threads()).train
+    return (f"cost model: {flops / 1e9:.1f} GFLOP per meta-iteration in {1000 * per:.1f} ms = "
+            f"{flops / per / 1e12:.3g} TFLOP/s achieved, the plan assumed {assumed / 1e12:.3g}")
+
+
+def _summary(task: StudyTask, label: str, psnr) -> str:
+    k = len(task.seen)
+    text = f"{label} seen {psnr[:k].mean():.2f}"
+    return text + (f" unseen {psnr[k:].mean():.2f}" if task.unseen else "")
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def add_study_parser(subparsers) -> argparse.ArgumentParser:
@@ -229,15 +438,16 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
                               description="Reproducible studies; see docs/RESULTS-generalization.md.")
     sub = p.add_subparsers(dest="study", metavar="STUDY")
     sub.required = True
-    g = sub.add_parser("generalization", help="train ERM and DIL variants with equal budgets, PSNR at seen and "
-                                              "unseen levels, CSV + markdown + PNG plot",
-                       description="Train ERM and DIL variants with the same model, seed, data and number of "
-                       "images seen; evaluate each at the training levels and at unseen levels; write results.csv, "
-                       "results.md and generalization_<task>.png into --out. How budgets are matched: "
-                       "docs/RESULTS-generalization.md and the dil_fast.study docstring.")
+    g = sub.add_parser("generalization", help="train ERM and DIL variants at several seeds with equal budgets; "
+                                              "curves at seen and unseen levels, paired intervals, verdicts",
+                       description="Train ERM and DIL variants with the same model, data and number of images seen, "
+                       "at every seed; score each at the training levels and at unseen levels along training; report "
+                       "mean +- std over seeds and the paired DIL - ERM difference with a 95 % interval. Writes "
+                       "results.md, results.csv, curves.csv and generalization_<task>.png into --out "
+                       "(docs/RESULTS-generalization.md).")
     g.add_argument("--scale", choices=("tiny", "cpu", "gpu"), default="cpu",
-                   help="preset: tiny (CI, seconds), cpu (denoise: about 15 min on 2 CPU cores; the blur, JPEG, hybrid "
-                        "and rain tasks take 3-6x longer per meta-iteration there), gpu (<= 20 min on an H100, assumed)")
+                   help="preset: tiny (CI, seconds), cpu (every method x 3 seeds, about 90 min on 2 CPU cores at one "
+                        "thread), gpu (erm, sf, erm-bf in one device call on an H200: bench/gpu_study.sh)")
     g.add_argument("--tiny", action="store_true", help="same as --scale tiny")
     g.add_argument("--task", choices=TASK_NAMES, default="denoise",
                    help="a row of dil_fast.tasks: its training confounders are the seen levels, its eval levels "
@@ -248,18 +458,49 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
                    help="the held-out levels, a confounder list such as noise:25,30,40,50,70 (default: the task's "
                         "eval levels and periodic test that it does not train on)")
     g.add_argument("--variants", default=None,
-                   help="comma-separated methods (default: the preset's); any of the trainer's variants "
-                        "(erm, sf, pf, ss, ps, ss-fo) and erm-steps")
+                   help="comma-separated methods (default: the preset's): the trainer's variants (erm, sf, pf, ss, ps, "
+                        "ss-fo), erm-steps, and any of them + '-bf' for the bias-free RRDB (erm-bf)")
+    g.add_argument("--seeds", default=None, help="comma-separated training seeds, every method at each (default: the "
+                   "preset's: cpu 1,2,3)")
+    g.add_argument("--seed", type=int, default=None, help="one training seed (= --seeds N)")
     g.add_argument("--out", default=os.path.join("runs", "study"), help="output folder")
     g.add_argument("--trainset", default=None,
-                   help="training patches (folder of equal-size PNGs or a packed store); default: the built-in images")
-    g.add_argument("--testset", default=None, help="folder of clean test images; default: the built-in test images")
+                   help="a folder of clean images (cut by --crop/--stride, else taken as ready equal-size patches) "
+                        "or a packed store; default: the built-in training images")
+    g.add_argument("--crop", type=int, default=None,
+                   help="cut the training images into CROP x CROP patches (default for the built-in images: the "
+                        "preset's)")
+    g.add_argument("--stride", type=int, default=None, help="... on a grid of this step (default: --crop)")
+    g.add_argument("--workers", type=int, default=1, help="processes that decode and cut the training images")
+    g.add_argument("--testset", nargs="+", default=None,
+                   help="one or more test sets, each 'default' (the built-in images) or a folder of clean images; "
+                        "reported side by side")
+    g.add_argument("--test_max_side", type=int, default=None,
+                   help="centre-crop test images to at most this side (0: whole; default: the preset's)")
+    g.add_argument("--test_seed", type=int, default=1, help="test noise seed: image i of a test set draws from "
+                   "(test_seed, i), the same for every method and training seed")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     g.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 is much faster on a CPU shared with "
                         "other busy processes")
-    g.add_argument("--budget", type=int, default=None, help="meta-iterations per method (overrides the preset)")
-    g.add_argument("--seed", type=int, default=1, help="training and test-noise seed")
+    g.add_argument("--budget", type=int, default=None, help="meta-iterations per run (overrides the preset)")
+    g.add_argument("--eval_every", type=int, default=None,
+                   help="a curve point every N meta-iterations, and one at the end (0: only at the end)")
+    g.add_argument("--last_evals", type=int, default=None,
+                   help="a run's score is the mean of its last N curve points (default: the preset's)")
+    g.add_argument("--decay_from", type=float, default=None,
+                   help="every learning rate follows a half cosine from this fraction of the budget ...")
+    g.add_argument("--lr_floor", type=float, default=None, help="... down to this fraction of its value (1: constant)")
+    g.add_argument("--time_limit", type=float, default=None,
+                   help="seconds for the whole study: every run's budget is cut to what fits (measured on the first "
+                        "run), a run that would still overrun stops at a curve point, and the methods are compared at "
+                        "the last point all reached")
+    g.add_argument("--from_curves", nargs="+", default=None, metavar="CSV",
+                   help="train nothing: write the report, results.csv, curves.csv and the figure of the runs in these "
+                        "curves.csv files (e.g. one study process per seed; give the same --scale, --testset and "
+                        "overrides they ran with)")
+    g.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help="print the plan with the cost model's estimate and exit")
     for name, typ in (("nf", int), ("nb", int), ("gc", int), ("patch_size", int), ("batch_size", int),
                       ("lr", float), ("meta_lr", float)):
         g.add_argument(f"--{name}", type=typ, default=None, help="override the preset")

@@ -1,11 +1,9 @@
-"""The generalization study's tasks, presets and methods; training one method with the trainer's
-API and evaluating a model at a degradation level (the study's reading of budgets: the package
-docstring of :mod:`dil_fast.study`)."""
+"""The generalization study's tasks, presets, methods and data; evaluating a model at one level with
+:func:`dil_fast.eval.evaluate` (training a run is :mod:`dil_fast.study.runner`; the study's reading of
+budgets: the package docstring of :mod:`dil_fast.study`)."""
 from __future__ import annotations
 
-import math
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,33 +108,44 @@ class Preset:
     patch_size: int
     batch_size: int  # per confounder and meta-iteration
     budget: int  # meta-iterations per method
-    lr: float
+    lr: float  # ERM's learning rate and the task (inner) learning rate of sf/pf
     meta_lr: float
-    crop: int  # built-in training images are cut into crop x crop patches ...
+    crop: int  # the training images are cut into crop x crop patches ...
     stride: int  # ... on this grid
-    test_max_side: int  # test images are centre-cropped to at most this side
+    test_max_side: int  # test images are centre-cropped to at most this side (0: whole)
     variants: str
     note: str
+    eval_every: int = 0  # meta-iterations between curve points (0: only at the end)
+    last_evals: int = 1  # the table reports the mean of each curve's last this many points
+    seeds: str = "1"
+    decay_from: float = 1.0  # all learning rates follow a half cosine from this fraction of the budget ...
+    lr_floor: float = 1.0  # ... down to this fraction of their value (1: constant)
 
 
 PRESETS = {
     # the CI size: seconds, not science
     "tiny": Preset(nf=8, nb=1, gc=4, patch_size=24, batch_size=4, budget=3, lr=5e-4, meta_lr=5e-4, crop=64,
-                   stride=64, test_max_side=48, variants="erm,sf", note="CI smoke size; the numbers mean nothing"),
-    # <= 15 minutes on 2 CPU cores (measured, see docs/RESULTS-generalization.md)
-    "cpu": Preset(nf=16, nb=1, gc=8, patch_size=48, batch_size=4, budget=600, lr=5e-4, meta_lr=5e-4, crop=64,
-                  stride=32, test_max_side=256, variants="erm,erm-steps,sf",
-                  note="reduced RRDB on the built-in sample images, a few minutes per method on 2 CPU cores"),
-    # assumption (not run here): RRDB nf64/gc32 with 8 blocks (a stated reduction from 23, ~1/3 the cost);
-    # batch 8 x 4 confounders at 64x64 is ~4.6 TFLOP per meta-iteration (docs/released-trainer.md, "Cost model", scaled by
-    # the parameter ratio 5.8M/16.6M); at >= 60 TFLOP/s effective on one H100 (TF32), 3000 meta-iterations
-    # take <= 4 min per method, so erm, erm-steps and sf plus evaluation fit in 20 minutes.
-    "gpu": Preset(nf=64, nb=8, gc=32, patch_size=64, batch_size=8, budget=3000, lr=1e-4, meta_lr=1e-4, crop=256,
-                  stride=256, test_max_side=0, variants="erm,erm-steps,sf",
-                  note="RRDB-8 (nf 64, gc 32) on a real training set (--trainset), <= 20 min on one H100 (assumed)"),
+                   stride=64, test_max_side=48, variants="erm,sf", note="CI smoke size; the numbers mean nothing",
+                   eval_every=1, last_evals=2, decay_from=0.5, lr_floor=0.1),
+    # every method x 3 seeds in about 90 minutes on 2 shared CPU cores, one process per seed at one torch
+    # thread (measured: docs/RESULTS-generalization.md); ERM beats the noisy input at every seen level there
+    "cpu": Preset(nf=16, nb=1, gc=8, patch_size=24, batch_size=4, budget=4000, lr=1e-3, meta_lr=1e-3, crop=64,
+                  stride=32, test_max_side=128, variants="erm,erm-steps,erm-bf,sf,pf,ss-fo",
+                  note="reduced RRDB on the built-in images, 2 to 9 minutes per run on one CPU thread",
+                  eval_every=250, last_evals=3, seeds="1,2,3", decay_from=0.5, lr_floor=0.05),
+    # one H200 within one prepared device call (bench/gpu_study.sh): RRDB nf 64 / gc 32 with 2 blocks
+    # (1.5 M parameters, 34 convolutions: a capacity at which biased denoisers over-fit their noise
+    # levels, Mohan et al. 2020), batch 32 per confounder of 64 x 64 patches; the cost model
+    # (dil_fast.study.cost) puts ERM at 4.8 TFLOP per meta-iteration, 24 ms at 25 % of 790 TFLOP/s; sf runs
+    # first: its inner steps are the smallest kernels, so the budget fitted to --time_limit on it fits the others
+    "gpu": Preset(nf=64, nb=2, gc=32, patch_size=64, batch_size=32, budget=1200, lr=5e-4, meta_lr=5e-4, crop=96,
+                  stride=32, test_max_side=0, variants="sf,erm,erm-bf",
+                  note="RRDB-2 (nf 64, gc 32) on the built-in images, one device call on an H200",
+                  eval_every=100, last_evals=3, seeds="1", decay_from=0.5, lr_floor=0.05),
 }
 
 EXTRA_METHODS = ("erm-steps",)
+BIAS_FREE = "-bf"  # a method name ending in it trains the bias-free network (RRDB with bias=False)
 
 
 def available_methods() -> tuple[str, ...]:
@@ -145,16 +154,36 @@ def available_methods() -> tuple[str, ...]:
     return tuple(VARIANTS) + EXTRA_METHODS
 
 
+def base_method(method: str) -> str:
+    """The training method of a study method: ``erm-bf`` -> ``erm``."""
+    return method[: -len(BIAS_FREE)] if method.endswith(BIAS_FREE) else method
+
+
+def is_bias_free(method: str) -> bool:
+    return method.endswith(BIAS_FREE)
+
+
 def parse_methods(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
     known = available_methods()
-    bad = [v for v in names if v not in known]
+    bad = [v for v in names if base_method(v) not in known]
     if not names or bad:
         raise FlagError(f"--variants: unknown method(s) {', '.join(bad) or '(none given)'}; "
-                        f"choose from {', '.join(known)}")
+                        f"choose from {', '.join(known)}, each also as NAME{BIAS_FREE} (the bias-free network)")
     if len(set(names)) != len(names):
         raise FlagError(f"--variants {text}: a method is listed twice")
     return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 1,2,3`` -> [1, 2, 3]; :class:`FlagError` for anything else."""
+    try:
+        seeds = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise FlagError(f"--seeds: expected comma-separated whole numbers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise FlagError(f"--seeds: expected distinct non-negative whole numbers, got {text!r}")
+    return seeds
 
 
 @dataclass
@@ -165,63 +194,88 @@ class MethodRun:
     batch_per_confounder: int
     optimizer_steps: int  # weight updates of the evaluated network's optimizer(s), inner + outer
     images_seen: int
-    seconds: float
+    seconds: float  # training wall time (evaluations excluded)
+    seed: int = 1
+    stopped: str = ""  # why the run ended before its budget ("" when it did not)
 
 
-def _steps_per_meta_iteration(method: str, k: int) -> int:
-    return {"erm": 1, "erm-steps": k, "sf": k + 1, "pf": 3}.get(method, 1)
+def steps_per_meta_iteration(method: str, k: int) -> int:
+    return {"erm": 1, "erm-steps": k, "sf": k + 1, "pf": 3}.get(base_method(method), 1)
 
 
 # ---------------------------------------------------------------------------------------------- data
-def prepare_trainset(out: str, preset: Preset, trainset: str | None, progress: bool) -> str:
-    """A packed store to train from: ``--trainset`` (a store, or a folder packed once into ``out``),
-    else patches cut from the built-in training photographs."""
+def prepare_trainset(out: str, preset: Preset, trainset: str | None, progress: bool, *, crop: int | None = None,
+                     stride: int | None = None, workers: int = 1) -> str:
+    """A packed store to train from: ``--trainset`` (a store as it is; a folder packed once into
+    ``out``: cut into ``crop`` x ``crop`` patches on a ``stride`` grid when ``crop`` is given,
+    else taken as ready patches), or the built-in training photographs cut at the preset's (or
+    the given) crop and stride."""
+    import shutil
+
     from ..data.pack import pack_folder
     from ..data.store import is_store
 
     if trainset and is_store(trainset):
+        if crop is not None:
+            raise FlagError(f"--crop: --trainset {trainset} is a packed store, already cut (pack the source "
+                            "folder with dil-fast pack --size/--stride, or give the folder here)")
         return trainset
-    if trainset:  # one store per source folder, so a reused --out never trains on another folder's patches
+    if stride is not None and crop is None and trainset:
+        raise FlagError("--stride needs --crop for a --trainset folder (without --crop its files are ready patches)")
+    if not trainset:
+        crop = preset.crop if crop is None else crop
+        stride = preset.stride if stride is None else stride
+    elif crop is not None and stride is None:
+        stride = crop
+    for flag, value in (("--crop", crop), ("--stride", stride)):
+        if value is not None and value < 1:
+            raise FlagError(f"{flag} must be a positive number of pixels, got {value}")
+    cut = f"_{crop}s{stride}" if crop is not None else ""
+    if trainset:  # one store per source folder and cut, so a reused --out never trains on another folder's patches
         import hashlib
 
         key = hashlib.sha256(os.path.abspath(trainset).encode()).hexdigest()[:10]
-        store = os.path.join(out, "data", f"store_{os.path.basename(os.path.normpath(trainset))}_{key}")
+        store = os.path.join(out, "data", f"store_{os.path.basename(os.path.normpath(trainset))}_{key}{cut}")
     else:
-        store = os.path.join(out, "data", f"store_builtin_{preset.crop}s{preset.stride}")
+        store = os.path.join(out, "data", f"store_builtin{cut}")
     if is_store(store):
         return store
-    if trainset:
-        source = trainset
-    else:
-        from ..data.builtin import builtin_train_patches
-
-        source = builtin_train_patches(os.path.join(out, "data", f"builtin_{preset.crop}s{preset.stride}"),
-                                       size=preset.crop, stride=preset.stride)
     os.makedirs(os.path.dirname(store), exist_ok=True)
-    pack_folder(source, store, progress=progress)
+    source = trainset or write_builtin_train_images(os.path.join(out, "data", "builtin_train"))
+    try:
+        pack_folder(source, store, size=crop, stride=stride, workers=workers, progress=progress)
+    finally:
+        if not trainset:
+            shutil.rmtree(source, ignore_errors=True)
     return store
 
 
-def load_test_images(testset: str | None, max_side: int) -> list[tuple[str, np.ndarray]]:
-    from ..data.builtin import center_crop
-    from ..eval import load_test_images as _load
+def write_builtin_train_images(folder: str) -> str:
+    """The built-in training photographs, whole, as PNGs in ``folder`` (for packing with a cut)."""
+    from ..data.builtin import TRAIN_IMAGES, builtin_image
+    from ..data.images import write_image_rgb
 
-    images = _load(testset or "default")
-    if max_side:
-        images = [(n, center_crop(img, max_side)) for n, img in images]
-    return images
+    os.makedirs(folder, exist_ok=True)
+    for i, name in enumerate(TRAIN_IMAGES):
+        write_image_rgb(os.path.join(folder, f"{i + 1:02d}_{name.rsplit('.', 1)[0]}.png"), builtin_image(name))
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------- checks
 def check_methods(methods: list[str], task: StudyTask, batch_size: int) -> None:
-    """Refuse, before anything trains, a method the budget cannot be matched for."""
+    """Refuse, before anything trains, a method the budget cannot be matched for, and a bias-free
+    method for a network that is not an RRDB."""
     k = len(task.seen)
-    if "erm-steps" in methods and batch_size % k:
+    if any(base_method(m) == "erm-steps" for m in methods) and batch_size % k:
         raise FlagError(f"--variants erm-steps needs --batch_size divisible by the {k} confounders of --task "
                         f"{task.name}, got {batch_size} (e.g. --batch_size {k * max(1, batch_size // k)})")
+    bias_free = [m for m in methods if is_bias_free(m)]
+    if bias_free and not task.row.arch.startswith("rrdb"):
+        raise FlagError(f"--variants {','.join(bias_free)}: the bias-free network is an RRDB option; --task "
+                        f"{task.name} trains {task.row.arch}")
 
 
-def check_synthetic_data(task: StudyTask, trainset: str | None, testset: str | None) -> None:
+def check_synthetic_data(task: StudyTask, trainset: str | None, testsets: list[str]) -> None:
     """Refuse paired folders (``GT/`` + ``LQ/``): the study trains every task from clean patches with
     its synthetic confounders and scores clean test images it degrades itself."""
     from ..data.folders import is_paired_folder
@@ -230,57 +284,18 @@ def check_synthetic_data(task: StudyTask, trainset: str | None, testset: str | N
         raise InputError(f"--trainset {trainset}: a paired folder (GT/ and LQ/); the study trains --task {task.name} "
                          f"on clean patches with its synthetic confounders ({task.confounders}) and reads no pairs: "
                          f"train on paired data with dil-fast train --task {task.name} --trainset FOLDER [FOLDER ...]")
-    if testset and testset != "default" and is_paired_folder(testset):
-        raise InputError(f"--testset {testset}: a paired folder (GT/ and LQ/); the study degrades clean test images "
-                         f"at the levels of --task {task.name} and reads no pairs: score real pairs with "
-                         f"dil-fast eval --task {task.name} --testset {testset} --ckpt CKPT")
-
-
-# ---------------------------------------------------------------------------------------------- train
-def train_method(method: str, task: StudyTask, preset: Preset, store: str, trainer_test: str, out: str, *, seed: int,
-                 device: str | None, budget: int):
-    """Train one method for ``budget`` meta-iterations on ``task``'s confounders with its model,
-    scale and periodic test; returns (meta model, :class:`MethodRun`)."""
-    from ..data.store import PatchStore
-    from ..train import TrainConfig, Trainer
-
-    k = len(task.seen)
-    batch, iterations, variant = preset.batch_size, budget, method
-    if method == "erm-steps":
-        check_methods([method], task, preset.batch_size)
-        batch, iterations, variant = preset.batch_size // k, budget * k, "erm"
-    count = PatchStore(store, "cpu", verify=False).count
-    per_epoch = count // batch
-    if per_epoch < 1:
-        raise InputError(f"{store}: {count} patches, fewer than one batch of {batch}")
-    epochs = math.ceil(iterations / per_epoch)
-    cfg = TrainConfig(
-        ckpt_save=os.path.join(out, "runs", task.name, method), trainset=store, testset=trainer_test, variant=variant,
-        task=task.name, order=task.order, confounders=task.confounders,
-        loader="store", patch_size=preset.patch_size, batch_size=batch, total_epoch=epochs, save_every=epochs + 1,
-        test_every=epochs + 1, print_every=max(1, iterations // 5), num_workers=0, seed=seed, device=device,
-        nf=preset.nf, nb=preset.nb, gc=preset.gc, lr=preset.lr, meta_lr=preset.meta_lr, lr_step=10 ** 9,
-        stop_after=iterations, progress=False,
-    )
-    t0 = time.time()
-    trainer = Trainer(cfg)
-    rc = trainer.run()
-    if rc:
-        raise InputError(f"training {method} stopped with status {rc}")
-    seconds = time.time() - t0
-    model = trainer.meta_model.eval()
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
-    run = MethodRun(method, budget, iterations, batch, _steps_per_meta_iteration(method, k) * budget,
-                    budget * k * preset.batch_size, seconds)
-    return model, run
+    for testset in testsets:
+        if testset and testset != "default" and is_paired_folder(testset):
+            raise InputError(f"--testset {testset}: a paired folder (GT/ and LQ/); the study degrades clean test "
+                             f"images at the levels of --task {task.name} and reads no pairs: score real pairs with "
+                             f"dil-fast eval --task {task.name} --testset {testset} --ckpt CKPT")
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
 class DegradedInput(torch.nn.Module):
-    """The do-nothing baseline as a network: the degraded input itself, ``[1, 3, h, w]`` ->
-    ``[1, 3, h, w]``, or for x``s`` super-resolution its bicubic upsampling, ``[1, 3, h, w]`` ->
-    ``[1, 3, s h, s w]`` (no clamp here: the scoring quantises to 8 bits with a clip)."""
+    """The do-nothing baseline as a network: the degraded input itself, ``[N, 3, h, w]`` ->
+    ``[N, 3, h, w]``, or for x``s`` super-resolution its bicubic upsampling, ``[N, 3, h, w]`` ->
+    ``[N, 3, s h, s w]`` (no clamp here: the scoring quantises to 8 bits with a clip)."""
 
     def __init__(self, upscale: int = 1):
         super().__init__()
