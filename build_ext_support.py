@@ -5,6 +5,10 @@ their ISA at run time, see csrc/cpu_isa.h). ``.cu`` sources are compiled with nv
 found (``CUDA_HOME``/``CUDA_PATH``, then ``PATH``, then ``/usr/local/cuda``) for the archs in
 ``DIL_FAST_CUDA_ARCHS`` (SASS for each, PTX for the newest) and the CUDA runtime is linked
 statically. ``DIL_FAST_BUILD_CUDA=0|1`` forces either way; ``DIL_FAST_BUILD_EXT=0`` builds nothing.
+libstdc++ and libgcc are linked statically and only ``PyInit__C`` is exported, so ``_C`` needs no
+particular libstdc++ (GLIBCXX) on the machine that loads it. ``DIL_FAST_MANYLINUX=2_28`` also
+makes it load on glibc 2.28 (RHEL 8 and newer, where torch's own wheels load): see
+:func:`manylinux_plan`.
 Only a machine without nvcc where nothing asked for CUDA gets a CPU-only ``_C`` without a word:
 an explicit arch list, DIL_FAST_BUILD_CUDA=1, or an nvcc that cannot build (no static runtime,
 a compile error) fails the build with the cause and the switch (:func:`decide_cuda`).
@@ -118,6 +122,12 @@ def find_toolkit() -> dict:
 
 _CPU_ONLY = "set DIL_FAST_BUILD_CUDA=0 to build the CPU twins only"
 
+# Link flags of every build: no libstdc++/libgcc_s version requirement; with the version script
+# (EXPORTS_MAP, written at build time) nothing but PyInit__C is exported, so neither the static
+# runtime nor our template instances interpose the copies torch loads.
+STATIC_RUNTIME_LINK = ["-static-libstdc++", "-static-libgcc"]
+EXPORTS_MAP = "{ global: PyInit__C; local: *; };\n"
+
 
 def decide_cuda(mode: str, archs_spec: str, toolkit: dict) -> dict | None:
     """What to do about CUDA; no side effects, so the cases are testable. ``mode`` is
@@ -163,6 +173,79 @@ def cuda_plan() -> dict | None:
     return plan
 
 
+def parse_glibc(spec: str) -> str | None:
+    """DIL_FAST_MANYLINUX (``2_28``, ``2.28``, ``manylinux_2_28``; empty or ``0``: off) -> ``"2.28"``."""
+    spec = spec.strip().lower().removeprefix("manylinux_").removeprefix("manylinux")
+    if spec in ("", "0", "off", "no", "false"):
+        return None
+    parts = spec.replace("_", ".").split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or parts[0] != "2" or not 17 <= int(parts[1]) <= 99:
+        raise SystemExit(f"DIL_FAST_MANYLINUX={spec!r}: expected a glibc version such as 2_28 (see docs/ENV.md)")
+    return f"2.{int(parts[1])}"
+
+
+# What the build machine's newer toolchain leaves behind that glibc 2.28 lacks, defined inside _C
+# (hidden): libstdc++ reads __libc_single_threaded (glibc 2.32; 0 = "threads may exist", always
+# safe: its reference counts stay atomic) and its random_device can call arc4random (glibc 2.36;
+# dil_fast never asks for it, and getrandom, glibc 2.25, gives the same contract).
+_OLD_GLIBC_SHIM = """\
+#include <stdint.h>
+#include <sys/random.h>
+__attribute__((visibility("hidden"))) char __libc_single_threaded = 0;
+__attribute__((visibility("hidden"))) uint32_t arc4random(void) {
+  uint32_t v;
+  while (getrandom(&v, sizeof v, 0) != (long)sizeof v) {
+  }
+  return v;
+}
+"""
+
+
+def _gcc_file(name: str) -> str:
+    """The path of ``name`` in g++'s library search (``libstdc++.a``, ``libgcc_s.so.1``)."""
+    try:
+        path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"dil_fast: DIL_FAST_MANYLINUX needs g++ to locate {name} ({exc}).") from exc
+    if not os.path.isabs(path) or not os.path.isfile(path):
+        raise SystemExit(f"dil_fast: DIL_FAST_MANYLINUX needs {name} from g++ (libstdc++ development files), "
+                         "but g++ does not find it; install them or unset DIL_FAST_MANYLINUX.")
+    return path
+
+
+def manylinux_plan(glibc: str | None, machine: str | None = None) -> dict | None:
+    """How ``_C`` is linked for ``DIL_FAST_MANYLINUX`` (None: the plain link).
+
+    The objects are compiled by the usual compilers (g++, nvcc); only the final link changes: it
+    runs through Zig's linker (``pip install ziglang``), which links against stubs of glibc
+    ``glibc``, so every glibc symbol is bound to a version that release has; libstdc++ and libgcc
+    stay static, the unwinder comes from libgcc_s.so.1 (on every manylinux system; the static
+    one needs glibc 2.35), two symbols newer than glibc 2.28 are defined inside ``_C``
+    (``_OLD_GLIBC_SHIM``), and a version script exports ``PyInit__C`` alone. ``auditwheel
+    repair --plat manylinux_2_28_<arch>`` then tags the wheel.
+    """
+    if glibc is None:
+        return None
+    import platform
+
+    machine = machine or platform.machine()
+    if sys.platform != "linux" or machine not in ("x86_64", "aarch64"):
+        raise SystemExit(f"DIL_FAST_MANYLINUX is for Linux x86_64/aarch64 wheels, not {sys.platform} {machine}.")
+    try:
+        import ziglang  # noqa: F401
+    except ImportError:
+        raise SystemExit(f"dil_fast: DIL_FAST_MANYLINUX={glibc} links through Zig's linker, which is not "
+                         "installed; pip install ziglang, or unset DIL_FAST_MANYLINUX for a wheel for this "
+                         "machine's glibc.") from None
+    return {
+        "glibc": glibc,
+        "linker": [sys.executable, "-m", "ziglang", "cc", "-target", f"{machine}-linux-gnu.{glibc}", "-shared"],
+        "archives": [_gcc_file("libstdc++.a"), _gcc_file("libgcc.a")],
+        "libgcc_s": _gcc_file("libgcc_s.so.1"),
+    }
+
+
 def make_extension():
     """The ``dil_fast._C`` extension and the build_ext class that compiles its ``.cu`` files."""
     try:
@@ -183,11 +266,12 @@ def make_extension():
         include_dirs=[CSRC],
         cxx_std=17,
         extra_compile_args=CXX_FLAGS,
-        extra_link_args=["-pthread"],
+        extra_link_args=["-pthread", *STATIC_RUNTIME_LINK],
         depends=glob.glob(f"{CSRC}/*.h") + glob.glob(f"{CSRC}/*.cu"),
     )
     if cuda is not None:
         ext.libraries += ["rt", "pthread", "dl"]
+    portable = manylinux_plan(parse_glibc(_env("DIL_FAST_MANYLINUX")))
 
     class BuildExt(build_ext):
         """build_ext that first compiles csrc/*.cu with nvcc and links the objects in."""
@@ -195,16 +279,48 @@ def make_extension():
         def build_extension(self, ext_):
             # A build folder reused with other switches (CUDA on/off, archs) must not keep a stale _C.
             stamp_path = os.path.join(self.build_temp, "dil_fast_build_config.txt")
-            stamp = repr(None if cuda is None else (cuda["nvcc"], cuda["gencode"], cuda["cudart_static"]))
+            stamp = repr((None if cuda is None else (cuda["nvcc"], cuda["gencode"], cuda["cudart_static"]),
+                          None if portable is None else portable["glibc"], STATIC_RUNTIME_LINK))
             old = open(stamp_path).read() if os.path.isfile(stamp_path) else None
             if old != stamp:
                 self.force = True
             if cuda is not None and ext_.name == "dil_fast._C":
                 ext_.extra_objects = self._compile_cuda() + [cuda["cudart_static"]]
+            os.makedirs(self.build_temp, exist_ok=True)
+            self._exports = os.path.join(os.path.abspath(self.build_temp), "dil_fast_exports.map")
+            with open(self._exports, "w") as f:
+                f.write(EXPORTS_MAP)
+            if portable is not None:
+                ext_.extra_objects = list(ext_.extra_objects or []) + [self._compile_shim()]
+                self.compiler.link = self._link_portable
+            else:
+                ext_.extra_link_args = [a for a in ext_.extra_link_args if not a.startswith("-Wl,--version-script")]
+                ext_.extra_link_args.append(f"-Wl,--version-script={self._exports}")
             super().build_extension(ext_)
             os.makedirs(self.build_temp, exist_ok=True)
             with open(stamp_path, "w") as f:
                 f.write(stamp)
+
+        def _compile_shim(self) -> str:
+            src = os.path.join(self.build_temp, "old_glibc_shim.c")
+            with open(src, "w") as f:
+                f.write(_OLD_GLIBC_SHIM)
+            (obj,) = self.compiler.compile([src], output_dir=self.build_temp, extra_postargs=["-O2", "-fPIC"])
+            return obj
+
+        def _link_portable(self, _target_desc, objects, output_filename, output_dir=None, *_args, **_kwargs):
+            """The compiler's ``link`` for DIL_FAST_MANYLINUX (:func:`manylinux_plan`)."""
+            if output_dir is not None:
+                output_filename = os.path.join(output_dir, output_filename)
+            os.makedirs(os.path.dirname(os.path.abspath(output_filename)), exist_ok=True)
+            cmd = [*portable["linker"], "-o", output_filename, *objects, *portable["archives"], portable["libgcc_s"],
+                   "-lm", "-lpthread", "-ldl", "-lrt", "-pthread", f"-Wl,--version-script={self._exports}"]
+            print("dil_fast: " + " ".join(cmd), file=sys.stderr)
+            try:
+                subprocess.run(cmd, check=True)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise SystemExit(f"dil_fast: the glibc {portable['glibc']} link of _C failed ({exc}); unset "
+                                 "DIL_FAST_MANYLINUX for a wheel for this machine's glibc.") from exc
 
         def _compile_cuda(self) -> list[str]:
             out_dir = os.path.join(self.build_temp, "cuda")

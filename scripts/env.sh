@@ -17,5 +17,5 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
 fi
 # pybind11/setuptools/wheel are the build requirements; installed here so the build can reuse this
 # environment's torch-free toolchain without build isolation.
-"$VPY" -m pip install -q "setuptools>=64" wheel "pybind11>=2.10"
+"$VPY" -m pip install -q "setuptools>=77" wheel "pybind11>=2.10"
 "$VPY" -m pip install -q --no-build-isolation -e "$ROOT[${DIL_FAST_EXTRAS:-test}]"

@@ -20,7 +20,7 @@ PY="${PYTHON:-python3}"
 VPY="$VENV/bin/python"
 "$VPY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VPY" -m pip install -q "${DIL_FAST_TORCH:-torch==2.13.0}" "triton==$VERSION" "numpy<2.4" pytest \
-  opencv-python-headless tqdm packaging "setuptools>=64" wheel "pybind11>=2.10"
+  opencv-python-headless tqdm packaging "setuptools>=77" wheel "pybind11>=2.10"
 # Pure-Python install of this checkout: the Triton kernels are what is under test here.
 DIL_FAST_BUILD_EXT=0 "$VPY" -m pip install -q --no-build-isolation --no-deps -e "$ROOT"
 cd "$ROOT"

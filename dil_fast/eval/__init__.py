@@ -37,7 +37,7 @@ API::
 * :func:`degrade_image`, :func:`as_level`, :func:`parse_levels`, :func:`parse_sweep`,
   :func:`training_range` (a training state's range of one family), :func:`load_checkpoint`
   (any layout :func:`dil_fast.models.registry.model_from_checkpoint` reads),
-  :func:`plot_generalization` (the OpenCV line plot with the training range shaded).
+  :func:`plot_generalization` (the matplotlib line plot with the training range shaded).
 
 ``dil-fast eval`` (:func:`add_eval_parser`, :func:`run_eval`)::
 
@@ -82,12 +82,13 @@ from .cli import add_eval_parser, run_eval
 from .levels import EvalLevel, as_level, noise_level, parse_levels, parse_sweep, training_range
 from .output import format_log
 from .plot import PLOT_SIZE, plot_generalization
-from .scoring import ImageResult, evaluate, evaluate_model, iter_evaluate, iter_evaluate_pairs, restore, score
+from .scoring import ImageResult, evaluate, evaluate_model, iter_evaluate, iter_evaluate_pairs, score
+from .scoring import restore as restore_tensor
 from .synthesis import add_noise, degrade_image, mod_crop, noise_rng
 from .testsets import is_paired_testset, load_paired_folder, load_paired_images, load_test_images, output_names
 
 __all__ = [
-    "evaluate", "evaluate_model", "iter_evaluate", "iter_evaluate_pairs", "ImageResult", "restore", "score",
+    "evaluate", "evaluate_model", "iter_evaluate", "iter_evaluate_pairs", "ImageResult", "restore_tensor", "score",
     "EvalLevel", "as_level", "noise_level", "parse_levels", "parse_sweep", "training_range",
     "noise_rng", "add_noise", "degrade_image", "mod_crop",
     "load_test_images", "load_paired_images", "load_paired_folder", "is_paired_testset", "output_names",

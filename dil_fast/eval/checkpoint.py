@@ -49,4 +49,19 @@ def load_checkpoint(label: str, path: str, *, arch: str | None = None, arch_kwar
     except (KeyError, TypeError, AttributeError) as exc:  # a dict of the wrong shape where a layout was expected
         raise CheckpointError(f"{path}: not a model checkpoint ({type(exc).__name__}: {exc})") from None
     config = ckpt.get("config") if is_train_state(ckpt) and isinstance(ckpt.get("config"), dict) else None
+    if config is None:  # model_N.pt: weights only; its run folder's options.json has the run's config
+        config = run_folder_config(path)
     return EvalCheckpoint(label, path, model, built_arch, kwargs, config)
+
+
+def run_folder_config(path: str) -> dict | None:
+    """The ``config`` of the dil_fast run whose folder holds ``path`` (``options.json``, written at
+    the run's start: the same mapping as a training state's ``config``), None when there is none."""
+    import json
+
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(path)), "options.json"), encoding="utf-8") as f:
+            config = json.load(f).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return config if isinstance(config, dict) else None

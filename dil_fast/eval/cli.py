@@ -210,6 +210,12 @@ def _check_save(args, write_images: bool, out_names: list[str], save_inputs: boo
 
 def _plan(args) -> _Plan:
     _check_flags(args)
+    if getattr(args, "sweep", None) or getattr(args, "save_inputs", False):
+        from .plot import matplotlib_missing
+
+        missing = matplotlib_missing()
+        if missing:
+            raise FlagError(f"{'--sweep' if getattr(args, 'sweep', None) else '--save_inputs'}: {missing}")
     task = TASKS[args.task] if args.task is not None else None
     paired_folder = args.lq is None and is_paired_testset(args.testset)
     levels = _levels(args, task, paired_folder)

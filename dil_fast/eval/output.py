@@ -1,6 +1,6 @@
 """What ``dil-fast eval`` writes: ``log.txt`` (the released line format), ``results.csv``,
-``sweep.csv``, side-by-side comparison images, all staged so the output folder gets a whole run or
-nothing new."""
+``sweep.csv``, side-by-side comparison images (labelled panels with gaps, drawn on a matplotlib
+canvas), all staged so the output folder gets a whole run or nothing new."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +16,7 @@ from ..errors import InputError
 from ..fileio import atomic_write_bytes
 
 __all__ = ["format_log", "format_sections", "mean_scores", "results_csv", "sweep_csv", "side_by_side",
-           "StagedFolder", "RESULTS_FIELDS", "SWEEP_FIELDS"]
+           "side_by_side_figure", "PANEL_LABELS", "PANEL_GAP", "StagedFolder", "RESULTS_FIELDS", "SWEEP_FIELDS"]
 
 RESULTS_FIELDS = ("ckpt", "confounder", "level", "image", "psnr", "ssim")
 SWEEP_FIELDS = ("ckpt", "confounder", "level", "psnr", "ssim")
@@ -74,15 +74,54 @@ def sweep_csv(sections: list[tuple[str, str, str, list]]) -> bytes:
     return _csv_bytes(SWEEP_FIELDS, rows)
 
 
-def side_by_side(degraded: np.ndarray, restored: np.ndarray, clean: np.ndarray) -> np.ndarray:
-    """``H x 3W x 3`` uint8: the degraded input (upsampled by nearest to ``H x W`` when it is
-    ``1/s`` of it), the output and the ground truth, left to right."""
+PANEL_LABELS = ("input", "output", "ground truth")
+PANEL_GAP = 8  # white pixels between two panels
+_LABEL_PX = 11  # label font size in pixels
+_LABEL_BAND = 18  # pixels above the images that hold the labels
+
+
+def _label_width(text: str) -> int:
+    """A generous estimate of the label's width in pixels (DejaVu Sans is about 0.62 em per character)."""
+    return int(len(text) * _LABEL_PX * 0.62) + 4
+
+
+def side_by_side_figure(degraded: np.ndarray, restored: np.ndarray, clean: np.ndarray):
+    """``(figure, boxes)``: the degraded input (upsampled by nearest to ``H x W`` when it is ``1/s``
+    of it), the output and the ground truth, left to right, each under its label
+    (:data:`PANEL_LABELS`), :data:`PANEL_GAP` white pixels apart (more when a label is wider than
+    the image), drawn pixel for pixel (``figimage``, no resampling). ``boxes``: each panel's
+    ``(top, left, height, width)`` in the rendered image's pixels."""
+    from .plot import new_figure
+
     s = clean.shape[0] // degraded.shape[0]
     if s > 1:
         degraded = np.repeat(np.repeat(degraded, s, axis=0), s, axis=1)
     if degraded.shape != clean.shape or restored.shape != clean.shape:
         raise ValueError(f"side_by_side: shapes {degraded.shape}, {restored.shape}, {clean.shape} do not line up")
-    return np.ascontiguousarray(np.concatenate([degraded, restored, clean], axis=1))
+    h, w = clean.shape[:2]
+    labels = list(PANEL_LABELS)
+    if s > 1:
+        labels[0] = f"input (x{s} nearest)"
+    column = max([w] + [_label_width(t) for t in labels])  # each panel centred in a column this wide
+    width, height = 3 * column + 2 * PANEL_GAP, h + _LABEL_BAND
+    fig = new_figure((width, height))
+    boxes = []
+    for i, (label, img) in enumerate(zip(labels, (degraded, restored, clean))):
+        left = i * (column + PANEL_GAP) + (column - w) // 2
+        fig.figimage(np.ascontiguousarray(img), xo=left, yo=0, origin="upper")  # offsets from the bottom left
+        fig.text((left + w / 2) / width, 1 - (_LABEL_BAND / 2) / height, label, ha="center", va="center",
+                 fontsize=_LABEL_PX * 72 / fig.dpi)
+        boxes.append((_LABEL_BAND, left, h, w))
+    return fig, boxes
+
+
+def side_by_side(degraded: np.ndarray, restored: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """:func:`side_by_side_figure` rendered: an ``(H + 18) x W' x 3`` uint8 RGB image (``W'`` is
+    three panels and two gaps) with the three images exact, labelled, on white."""
+    from .plot import render
+
+    fig, _ = side_by_side_figure(degraded, restored, clean)
+    return render(fig)
 
 
 class StagedFolder:

@@ -10,8 +10,9 @@
 * TensorBoard event files under ``tb/`` too, when ``torch.utils.tensorboard`` can be imported (the
   ``tensorboard`` extra).
 * ``curves.png``, redrawn at the end of every epoch from those scalars (a resumed run continues
-  them): the training loss per confounder against the meta-iteration, and the periodic test's
-  PSNR per test degradation.
+  them) with matplotlib: the training loss per confounder against the meta-iteration, and the
+  periodic test's PSNR per test degradation (integer iteration ticks, a PSNR axis at least 1 dB
+  tall, legends outside the curves).
 * :class:`RunClock`: meta-iterations/s over the last log interval and the whole run's ETA, from
   host wall time only (no device synchronisation).
 """
@@ -23,6 +24,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from ..fileio import atomic_write_bytes, file_mode
 
@@ -64,6 +66,7 @@ class Tracker:
             self._csv.writerow(self.FIELDS)
         self._t0 = time.time()
         self.history: dict[str, list[tuple[float, float]]] = {}  # tag -> [(step, value)], for curves.png
+        self._warned_no_plot = False
         if not new:
             self._read_history(path)
         self.tb = None
@@ -98,25 +101,24 @@ class Tracker:
                         continue  # a row cut short by a killed run
 
     def draw_curves(self, title: str = "") -> str | None:
-        """``curves.png``: loss per confounder (top) and test PSNR (bottom) against the
-        meta-iteration; returns its path (``None`` before the first scalar)."""
-        import numpy as np
-
-        from ..eval.plot import draw_lines, write_png
+        """``curves.png`` (:func:`dil_fast.eval.plot.curves_figure`): loss per confounder (top) and
+        test PSNR (bottom) against the meta-iteration; returns its path (``None`` before the first
+        scalar, or without matplotlib: then one warning, and the run goes on)."""
+        from ..eval.plot import curves_figure, matplotlib_missing, save_figure
 
         losses = {t[len("loss/"):]: v for t, v in self.history.items() if t.startswith("loss/")}
         psnr = {t[len("test/"):-len("/psnr")]: v for t, v in self.history.items()
                 if t.startswith("test/") and t.endswith("/psnr")}
         if not losses and not psnr:
             return None
-        size = (960, 420)
-        panels = [draw_lines(losses, None, f"{title}training loss per confounder".strip(), "meta-iteration", "loss",
-                             size=size, x_ticks="even", markers=False)]
-        if psnr:
-            panels.append(draw_lines(psnr, None, "periodic test", "meta-iteration", "PSNR (dB)", size=size,
-                                     x_ticks="even"))
+        why = matplotlib_missing()
+        if why:
+            if not self._warned_no_plot:
+                self._warned_no_plot = True
+                warnings.warn(f"no curves.png: {why}", stacklevel=2)
+            return None
         path = os.path.join(self.folder, "curves.png")
-        write_png(np.vstack(panels), path)
+        save_figure(curves_figure(losses, psnr, title), path)
         return path
 
     def close(self) -> None:

@@ -16,6 +16,8 @@ from dil_fast.data.images import image_to_tensor, read_image_rgb, tensor_to_uint
 from dil_fast.degrade import counterfactual, parse_confounders
 from dil_fast.errors import CheckpointError, FlagError, InputError
 from dil_fast.eval import add_eval_parser, evaluate, evaluate_model, run_eval
+from dil_fast.eval.output import side_by_side_figure
+from dil_fast.eval.plot import render
 from dil_fast.metrics import calculate_psnr, calculate_ssim
 
 LINE = re.compile(r"^(?P<name>[^:]+): PSNR, (?P<p>[-+0-9.e]+|inf); SSIM, (?P<s>[-+0-9.e]+)\.$")
@@ -138,10 +140,13 @@ def test_super_resolution_x4(x4_ckpt, tmp_path):
     _check_single(save, images, expected, "bicubic", "4", "tiny_x4")
     assert read_image_rgb(save / "a.png").shape == (24, 24, 3)
     compare = read_image_rgb(save / "b_input_output_gt.png")
-    assert compare.shape == (24, 3 * 32, 3)
-    lr = compare[:, :32]
+    hr = images[1][1]
+    fig, boxes = side_by_side_figure(hr[::4, ::4], hr, hr)  # the layout of 24 x 32 panels, input x4
+    assert compare.shape == render(fig).shape and fig.texts[0].get_text() == "input (x4 nearest)"
+    (top, left, h, w), _, (gt_top, gt_left, _, _) = boxes
+    lr = compare[top:top + h, left:left + w]
     np.testing.assert_array_equal(lr, np.repeat(np.repeat(lr[::4, ::4], 4, 0), 4, 1))  # nearest-upsampled LR
-    np.testing.assert_array_equal(compare[:, 64:], images[1][1])
+    np.testing.assert_array_equal(compare[gt_top:gt_top + h, gt_left:gt_left + w], hr)
     # a same-size level is followed by the x1/4 resize
     _run(["--ckpt", ckpt, "--testset", folder, "--save", tmp_path / "noisy", "--task", "realsr",
           "--confounders", "blur:1"])
@@ -220,14 +225,33 @@ def test_paired_folder_mismatches(rrdb_ckpt, x4_ckpt, testset, tmp_path):
 # ------------------------------------------------------------------------------------------------- sweep
 
 
-def _gray_columns(png) -> int:
-    """Columns of the plot area filled with the training range's grey (225)."""
-    img = cv2.imread(str(png))
-    band = img[img.shape[0] // 2]
-    return int(np.all(band == 225, axis=1).sum())
+@pytest.fixture
+def sweep_figures(monkeypatch):
+    """The figures ``sweep.png`` is drawn from, as ``dil-fast eval --sweep`` builds them."""
+    from dil_fast.eval import plot
+
+    figures, real = [], plot.generalization_figure
+
+    def spy(*args, **kwargs):
+        figures.append(real(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(plot, "generalization_figure", spy)
+    return figures
 
 
-def test_sweep_two_checkpoints(train_state_ckpt, rrdb_ckpt, testset, tmp_path, capsys):
+def _shaded(fig) -> tuple[float, float] | None:
+    """The training range shaded on the sweep's axes (data coordinates), None when none is."""
+    ax = fig.axes[0]
+    spans = [p for p in ax.patches if p.get_label() == "training range"]
+    if not spans:
+        return None
+    box = spans[0].get_window_extent(fig.canvas.get_renderer())
+    (x0, _), (x1, _) = ax.transData.inverted().transform([(box.x0, box.y0), (box.x1, box.y1)])
+    return round(x0, 3), round(x1, 3)
+
+
+def test_sweep_two_checkpoints(train_state_ckpt, rrdb_ckpt, testset, tmp_path, capsys, sweep_figures):
     save = tmp_path / "sweep"
     argv = ["--ckpt", f"dil={train_state_ckpt[0]}", rrdb_ckpt[0], "--testset", testset, "--save", save,
             "--sweep", "noise:5:30:5", "--plot_size", "480x300"]
@@ -245,16 +269,39 @@ def test_sweep_two_checkpoints(train_state_ckpt, rrdb_ckpt, testset, tmp_path, c
             assert float(r["psnr"]) == pytest.approx(np.mean([p for p, _ in expected]), abs=1e-9)
     assert len(_csv(save / "results.csv")) == 2 * len(levels) * (len(images) + 1)
     assert cv2.imread(str(save / "sweep.png")).shape == (300, 480, 3)
-    shaded = _gray_columns(save / "sweep.png")
-    assert shaded > 100  # 5..20 of a 5..30 axis: more than half of the ~370-pixel plot width
+    (fig,) = sweep_figures
+    ax = fig.axes[0]
+    assert _shaded(fig) == pytest.approx((5, 20), abs=0.05)
+    assert [line.get_label() for line in ax.get_lines()] == ["dil", "tiny"]
+    for line, label in zip(ax.get_lines(), ("dil", "tiny")):
+        assert list(line.get_xdata()) == [5, 10, 15, 20, 25, 30]
+        assert list(line.get_ydata()) == pytest.approx([float(r["psnr"]) for r in rows if r["ckpt"] == label])
+    assert [t.get_text() for t in ax.get_xticklabels()] == levels
+    assert ax.get_title() == f"PSNR against noise level ({len(images)} test images)"
 
     _run(["--ckpt", rrdb_ckpt[0], "--testset", testset, "--save", tmp_path / "plain", "--sweep", "noise:5,30"])
-    assert _gray_columns(tmp_path / "plain" / "sweep.png") == 0  # no training state, no --train_range
+    assert _shaded(sweep_figures[-1]) is None  # no training state, no --train_range
     assert cv2.imread(str(tmp_path / "plain" / "sweep.png")).shape == (600, 960, 3)
     _run(["--ckpt", rrdb_ckpt[0], "--testset", testset, "--save", tmp_path / "flag", "--sweep", "noise:5,30",
           "--train_range", "5,20", "--save_inputs"])
-    assert _gray_columns(tmp_path / "flag" / "sweep.png") > 0
+    assert _shaded(sweep_figures[-1]) == pytest.approx((5, 20), abs=0.05)
     assert sorted(os.listdir(tmp_path / "flag" / "noise-30"))[:2] == ["000000.png", "000000_input_output_gt.png"]
+
+
+def test_sweep_shades_the_training_range_of_a_model_n_from_its_run_folder(rrdb_ckpt, testset, tmp_path,
+                                                                           sweep_figures):
+    """model_N.pt holds weights only; the run's options.json (beside it) holds the training levels."""
+    import json
+
+    run = tmp_path / "runs" / "denoise"
+    run.mkdir(parents=True)
+    sd = torch.load(rrdb_ckpt[0], weights_only=True)["model_meta"]
+    torch.save({"model_meta": sd, "model_task": sd}, run / "model_30.pt")
+    (run / "options.json").write_text(json.dumps({"config": {"task": "denoise", "levels": [5.0, 10.0, 15.0, 20.0]},
+                                                  "resolved": {}}))
+    _run(["--ckpt", f"dil={run / 'model_30.pt'}", "--testset", testset, "--save", tmp_path / "s",
+          "--sweep", "noise:5:30:5"])
+    assert _shaded(sweep_figures[-1]) == pytest.approx((5, 20), abs=0.05)
 
 
 # ------------------------------------------------------------------------- side by side, defaults, failures
@@ -266,12 +313,15 @@ def test_save_inputs_side_by_side(rrdb_ckpt, testset, tmp_path):
     _run(["--ckpt", ckpt, "--testset", testset, "--save", save, "--level", 25, "--save_inputs", "--seed", 2])
     for i, (name, clean) in enumerate(_images(testset)):
         compare = read_image_rgb(save / name.replace(".png", "_input_output_gt.png"))
-        assert compare.shape == (24, 3 * 24, 3)
         rng = np.random.default_rng(np.random.SeedSequence([2, i]))
         noisy = np.clip(clean.astype(np.float32) / 255.0 + rng.standard_normal(clean.shape) * 25 / 255.0, 0, 1)
-        np.testing.assert_array_equal(compare[:, :24], np.clip(np.round(noisy.astype(np.float32) * 255), 0, 255))
-        np.testing.assert_array_equal(compare[:, 24:48], read_image_rgb(save / name))
-        np.testing.assert_array_equal(compare[:, 48:], clean)
+        noisy = np.clip(np.round(noisy.astype(np.float32) * 255), 0, 255).astype(np.uint8)
+        restored = read_image_rgb(save / name)
+        fig, boxes = side_by_side_figure(noisy, restored, clean)  # the layout: labels above, gaps between
+        assert [t.get_text() for t in fig.texts] == ["input", "output", "ground truth"]
+        assert compare.shape == render(fig).shape
+        for (top, left, h, w), want in zip(boxes, (noisy, restored, clean)):
+            np.testing.assert_array_equal(compare[top:top + h, left:left + w], want)
 
 
 def test_no_testset_reads_the_current_folder(rrdb_ckpt, testset, tmp_path, monkeypatch):
