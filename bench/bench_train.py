@@ -65,19 +65,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import add_out_argument, default_out_dir, print_table, record  # noqa: E402
 from dil_fast.meta import SerialFirstOrder  # noqa: E402
+from dil_fast.meta.released import ReleasedSF  # noqa: E402
 from dil_fast.models import RRDBNet  # noqa: E402
 from dil_fast.timing import synchronize  # noqa: E402
 from dil_fast.train import TrainConfig, Trainer  # noqa: E402
 from dil_fast.train.fast import (  # noqa: E402
     GRAPH_WARMUP,
+    FastForward,
     FastOptions,
     FastPath,
-    install_training_forward,
     math_settings,
     prepare_model,
     resolve_options,
 )
-from dil_fast.train.reference_mode import ReferenceSF  # noqa: E402
 
 MODELS = {"rrdb-23": {"nf": 64, "nb": 23, "gc": 32}, "rrdb-tiny": {"nf": 8, "nb": 1, "gc": 4}}
 FULL_SHAPES = [(8, 4), (32, 4), (8, 8)]  # (batch per confounder, K)
@@ -164,7 +164,7 @@ class FloorCase:
         floor_opts = FastOptions(precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile)
         self.settings = math_settings(floor_opts, device)
         self.settings.__enter__()
-        install_training_forward(self.model, floor_opts, device)
+        self.forward = FastForward(floor_opts, device, self.model)
         g = torch.Generator().manual_seed(3)
         self.pairs = [(torch.rand(batch, 3, patch, patch, generator=g).to(device),
                        torch.rand(batch, 3, patch, patch, generator=g).to(device)) for _ in range(k)]
@@ -173,7 +173,7 @@ class FloorCase:
         with (phase or _null_phase)("fwd_bwd"):
             for inp, target in self.pairs:
                 self.model.zero_grad(set_to_none=True)
-                torch.nn.functional.l1_loss(self.model(inp), target).backward()
+                torch.nn.functional.l1_loss(self.forward(self.model, inp), target).backward()
 
     def close(self):
         self.settings.__exit__(None, None, None)
@@ -239,7 +239,7 @@ def check_agreement(base, device, k, batch, patch, opts: FastOptions, cache: dic
     exact = FastOptions(precision="fp32", channels_last=opts.channels_last, compile=opts.compile,
                         cuda_graphs=opts.cuda_graphs, channels_last_weights=opts.channels_last_weights)
     if ("f64", n) not in cache:
-        cache["f64", n] = _trajectory(ReferenceSF, small, b64, w64, device, None)
+        cache["f64", n] = _trajectory(ReleasedSF, small, b64, w64, device, None)
     loss_err, w_err, _ = _errors(_trajectory(build_fast_algorithm, small, b64, w64, device, exact), cache["f64", n])
     notes = [f"float64: loss rel err {loss_err:.1e} (tol 1e-09), update rel L2 err {w_err:.1e} (tol 1e-06)"]
     ok = loss_err <= 1e-9 and w_err <= 1e-6
@@ -247,7 +247,7 @@ def check_agreement(base, device, k, batch, patch, opts: FastOptions, cache: dic
     batches = _batches(n, k, batch, patch, device)
     w0 = {name: p.detach().clone() for name, p in base.named_parameters()}
     if ("f32", n) not in cache:
-        cache["f32", n] = _trajectory(ReferenceSF, base, batches, w0, device, None)
+        cache["f32", n] = _trajectory(ReleasedSF, base, batches, w0, device, None)
     loss_err, w_err, cos = _errors(_trajectory(build_fast_algorithm, base, batches, w0, device, opts), cache["f32", n])
     bf16 = opts.precision == "bf16"
     loss_tol = 5e-2 if bf16 else (1e-3 if device.type == "cuda" or opts.precision == "tf32" else 1e-4)
@@ -383,7 +383,11 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
 
 
 def _profile(args, device, base, batch, k, patch, folder, store, out, opts_b, opts_c):
-    from dil_fast.train.profile import format_table, measure_ceilings, profile_meta_iteration
+    from dil_fast.train.profile import (
+        format_table,
+        measure_ceilings,
+        profile_meta_iteration,
+    )
 
     out_root = args.out or default_out_dir()
     for key, o in (("b", opts_b), ("c", opts_c)):

@@ -1,6 +1,24 @@
-"""Reading checkpoint files: safe loads (``weights_only=True``: a checkpoint that carries code is
-refused), the layouts of a model's weights, strict loading with one-line errors. Writing is
-:mod:`dil_fast.fileio`; the training state is :mod:`dil_fast.train.state`."""
+"""Checkpoint files, in one place: their names, their layouts, reading them, writing them, and when
+the trainer writes which.
+
+Names: ``model_{epoch}.pt`` (:func:`model_file`) and ``last.pt`` (:data:`LAST`) in a run folder.
+
+Layouts (:func:`layout_of`) of what a file holds:
+
+* ``"train_state"``: dil_fast's training state (``{"format": TRAIN_STATE_FORMAT, "models": {...},
+  "algorithm": ..., "model_config": ...}``: both networks, the optimizers, the RNG and data
+  position; an exact resume, :mod:`dil_fast.train.state` fills it);
+* ``"released"``: the released trainer's model checkpoint, exactly ``{"model_meta": state_dict,
+  "model_task": state_dict}``, loadable by the released scripts;
+* ``"basicsr"``: BasicSR / Real-ESRGAN / SwinIR's ``{"params": ..., "params_ema": ...}``
+  (``params_ema`` preferred);
+* ``"state_dict"``: a bare state_dict.
+
+The parameter *names* inside (dil_fast's or BasicSR's RRDB names, SwinIR's) belong to each
+architecture (:data:`dil_fast.models.ARCHS` recognises them). Reads are safe loads
+(``weights_only=True``: a file that carries code is refused) with one-line errors; writes are
+atomic (:mod:`dil_fast.fileio`), and a failed write is one line that keeps the last checkpoint.
+"""
 from __future__ import annotations
 
 import io
@@ -8,14 +26,40 @@ import os
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
+from .fileio import atomic_save
 
-__all__ = ["TRAIN_STATE_FORMAT", "load_file", "strip_module_prefix", "is_state_dict", "is_train_state", "model_weights",
-           "load_into"]
+__all__ = [
+    "TRAIN_STATE_FORMAT", "LAST", "LAYOUTS", "model_file", "is_checkpoint_name", "saves_model_checkpoint",
+    "load_file", "layout_of", "network_state", "strip_module_prefix", "is_state_dict", "is_train_state",
+    "model_weights", "load_into", "released_checkpoint", "basicsr_checkpoint", "save", "save_model_checkpoint",
+    "save_train_state",
+]
 
 TRAIN_STATE_FORMAT = "dil_fast.train_state"
+LAST = "last.pt"  # the training state of a run folder, after every epoch and at every stop
+LAYOUTS = ("train_state", "released", "basicsr", "state_dict")
+_WRAPPERS = ("params_ema", "params")  # BasicSR's keys, the EMA network preferred
 
 
+# ---------------------------------------------------------------------------------- names, policy
+def model_file(epoch: int) -> str:
+    """The model checkpoint after ``epoch`` epochs: ``model_{epoch}.pt`` (the released name)."""
+    return f"model_{int(epoch)}.pt"
+
+
+def is_checkpoint_name(name: str) -> bool:
+    """True for the names the trainer writes checkpoints under (``last.pt``, ``model_N.pt``)."""
+    return name == LAST or (name.startswith("model_") and name.endswith(".pt"))
+
+
+def saves_model_checkpoint(epoch: int, save_every: int) -> bool:
+    """The save policy (as released): ``model_{epoch + 1}.pt`` after 0-based epoch ``epoch`` when
+    ``epoch % save_every == 0``; the training state goes to ``last.pt`` after every epoch."""
+    return epoch % save_every == 0
+
+
+# ---------------------------------------------------------------------------------- reading
 def load_file(path: str) -> dict:
     """Load a checkpoint file safely (``weights_only=True``); one-line :class:`CheckpointError` on failure."""
     if not os.path.isfile(path):
@@ -39,7 +83,8 @@ def load_file(path: str) -> dict:
 
 
 def strip_module_prefix(sd: dict) -> dict:
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    """A state_dict without DDP's ``module.`` prefix."""
+    return {k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k: v for k, v in sd.items()}
 
 
 def is_state_dict(obj) -> bool:
@@ -52,12 +97,43 @@ def is_train_state(ckpt: dict | None) -> bool:
     return bool(ckpt) and ckpt.get("format") == TRAIN_STATE_FORMAT
 
 
-def model_weights(ckpt: dict, path: str, key: str = "model_meta") -> dict:
-    """The state_dict of one network from any supported checkpoint layout.
+def layout_of(ckpt: dict) -> str:
+    """Which of :data:`LAYOUTS` a loaded checkpoint is (see the module doc)."""
+    if is_train_state(ckpt):
+        return "train_state"
+    if any(isinstance(ckpt.get(k), dict) for k in _WRAPPERS):
+        return "basicsr"
+    if isinstance(ckpt.get("model_meta"), dict):
+        return "released"
+    return "state_dict"
 
-    Accepts the reference layout (``model_meta``/``model_task``), our training state (whose
-    ``models`` entry holds the same keys) and a bare state_dict.
-    """
+
+def network_state(ckpt: dict, key: str = "model_meta") -> tuple[dict, dict | None]:
+    """``(state_dict, saved model config or None)`` of one network of a loaded checkpoint of any
+    layout: ``key`` ("model_meta" / "model_task") of a training state or a released checkpoint,
+    ``params_ema`` / ``params`` of a BasicSR one, else the bare state_dict; no ``module.`` prefix.
+    The model config is the training state's (``{"arch": ..., "kwargs": ...}``)."""
+    layout = layout_of(ckpt)
+    saved = None
+    if layout == "train_state":
+        saved = ckpt.get("model_config")
+        if isinstance(saved, dict) and saved and "arch" not in saved:  # states from before --arch: an RRDB
+            saved = {"arch": "rrdb_x4" if saved.get("x4") else "rrdb",
+                     "kwargs": {k: v for k, v in saved.items() if k != "x4"}}
+        sd = ckpt["models"][key]
+    elif layout == "basicsr":
+        sd = next(ckpt[k] for k in _WRAPPERS if isinstance(ckpt.get(k), dict))
+        sd = sd.get(key, sd) if isinstance(sd.get(key), dict) else sd
+    elif layout == "released":
+        sd = ckpt[key] if isinstance(ckpt.get(key), dict) else ckpt["model_meta"]
+    else:
+        sd = ckpt
+    return strip_module_prefix(sd), (saved or None)
+
+
+def model_weights(ckpt: dict, path: str, key: str = "model_meta") -> dict:
+    """The state_dict of one network (the released layout, a training state or a bare state_dict);
+    one-line :class:`CheckpointError` naming ``path`` otherwise."""
     if is_train_state(ckpt):
         ckpt = ckpt["models"]
     if key in ckpt and is_state_dict(ckpt[key]):
@@ -76,3 +152,46 @@ def load_into(model: torch.nn.Module, sd: dict, path: str, what: str = "model") 
     except RuntimeError as exc:
         msg = " ".join(str(exc).split())
         raise CheckpointError(f"{path}: the {what} weights do not fit the model ({msg[:200]})") from None
+
+
+# ---------------------------------------------------------------------------------- writing
+def _plain(sd: dict) -> dict:
+    """A state_dict of standard (NCHW-contiguous) tensors: weights kept channels-last in the flat
+    buffers (``--channels_last_weights``) are written in the layout every reader expects."""
+    return {k: (v if not isinstance(v, torch.Tensor) or v.is_contiguous() else v.contiguous()) for k, v in sd.items()}
+
+
+def released_checkpoint(meta_sd: dict, task_sd: dict | None = None) -> dict:
+    """The released layout: ``{"model_meta": ..., "model_task": ...}`` (one network in both roles
+    when ``task_sd`` is None)."""
+    meta = _plain(strip_module_prefix(meta_sd))
+    return {"model_meta": meta, "model_task": meta if task_sd is None else _plain(strip_module_prefix(task_sd))}
+
+
+def basicsr_checkpoint(sd: dict) -> dict:
+    """BasicSR's layout, ``{"params": state_dict}`` (the names already BasicSR's)."""
+    return {"params": _plain(strip_module_prefix(sd))}
+
+
+def save(obj, folder: str, name: str, flag: str = "--ckpt_save") -> str:
+    """``obj`` to ``folder/name`` atomically; returns the path. A write that fails (a folder that is
+    not writable, a full disk) is one :class:`InputError` line naming ``flag``, and nothing is left
+    half-written (the last checkpoint of that name is kept)."""
+    path = os.path.join(folder, name)
+    try:
+        atomic_save(obj, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
+        raise InputError(f"{flag} {folder}: cannot write {name} ({reason}); the last checkpoint written is kept") \
+            from None
+    return path
+
+
+def save_model_checkpoint(folder: str, epoch: int, meta_sd: dict, task_sd: dict) -> str:
+    """``model_{epoch}.pt`` in the released layout (the released scripts load it)."""
+    return save(released_checkpoint(meta_sd, task_sd), folder, model_file(epoch))
+
+
+def save_train_state(folder: str, state: dict) -> str:
+    """The training state (:func:`dil_fast.train.state.capture`) as ``last.pt``."""
+    return save(state, folder, LAST)

@@ -1,4 +1,4 @@
-"""``dil-fast`` (also ``python -m dil_fast``): train, eval, crop, pack, bench, study, convert, info, demo.
+"""``dil-fast`` (also ``python -m dil_fast``): train, eval, restore, crop, pack, bench, study, convert, info, demo.
 
 Errors caused by the user's input print one line, ``error: <what, naming the file or flag>``, and
 exit with status 2; no traceback.
@@ -19,6 +19,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a restoration model with DIL (drop-in for DIL_sf_noise.py)",
                        description="Flags of the released trainer keep their names and defaults.")
     add_train_arguments(p)
+    add_plugin_argument(p)
     p.set_defaults(func=run_train)
     return p
 
@@ -84,15 +85,39 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+PLUGIN_HELP = ("import MODULE before anything else (repeatable): a module of one's own that registers DIL variants "
+               "(dil_fast.meta.register_variant), confounder families (dil_fast.degrade.register_family) or "
+               "architectures (dil_fast.models.register_arch)")
+
+
+def add_plugin_argument(p: argparse.ArgumentParser) -> None:
+    """``--plugin MODULE``: read by :func:`plugins_in` before the parser is built (the flags and
+    choices come from the registries); declared here so argparse accepts it."""
+    p.add_argument("--plugin", action="append", default=None, metavar="MODULE", help=PLUGIN_HELP)
+
+
+def plugins_in(argv: list[str]) -> list[str]:
+    """The ``--plugin MODULE`` / ``--plugin=MODULE`` values of ``argv``, wherever they stand."""
+    out = []
+    for i, word in enumerate(argv):
+        if word == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif word.startswith("--plugin="):
+            out.append(word.split("=", 1)[1])
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
 
     parser = _OneLineErrors(prog="dil-fast", description=__doc__.splitlines()[0], formatter_class=_HelpWithDefaults)
     parser.add_argument("--version", action="version", version=f"dil-fast {__version__}")
+    add_plugin_argument(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrors)
     sub.required = True
     parser.train_parser = add_train_parser(sub)
-    for command, module in (("eval", "dil_fast.eval"), ("crop", "dil_fast.data.crop"),
-                            ("pack", "dil_fast.data.pack"), ("bench", "dil_fast.bench_cli"),
+    for command, module in (("eval", "dil_fast.eval"), ("restore", "dil_fast.eval.restore"),
+                            ("crop", "dil_fast.data.crop"), ("pack", "dil_fast.data.pack"),
+                            ("bench", "dil_fast.bench_cli"),
                             ("study", "dil_fast.study"), ("convert", "dil_fast.models.convert")):
         _command_parser(sub, command, module)
     add_info_parser(sub)
@@ -114,12 +139,21 @@ def _command_parser(sub, command: str, module: str) -> None:
 
     mod = importlib.import_module(module)
     p = getattr(mod, f"add_{command}_parser")(sub)
+    if command in ("eval", "restore", "convert"):  # the commands that read confounder families or architectures
+        add_plugin_argument(p)
     p.set_defaults(func=getattr(mod, f"run_{command}"))
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    from .registry import load_plugins
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        load_plugins(plugins_in(argv))  # before the parser: its flags and choices come from the registries
+    except DilFastError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "train" and getattr(args, "config", None):

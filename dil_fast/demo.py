@@ -37,6 +37,7 @@ def run_demo(args) -> int:
     import numpy as np
     import torch
 
+    from .checkpoints import LAST
     from .data.builtin import builtin_testset, builtin_train_patches
     from .data.images import list_images, read_image_rgb
     from .eval import evaluate_model
@@ -64,7 +65,7 @@ def run_demo(args) -> int:
     if rc:
         return rc
     train_s = time.time() - t0
-    ckpt = os.path.join(cfg.ckpt_save, "last.pt")  # the full state after the last epoch
+    ckpt = os.path.join(cfg.ckpt_save, LAST)  # the full state after the last epoch
     model = trainer.meta_model.eval()
     images = [(os.path.basename(f), read_image_rgb(f)) for f in list_images(testdir, flag="--testset")]
     print(f"\nDIL_{args.variant}, RRDB nf={args.nf} nb={args.nb} gc={args.gc}, trained on sigma 5,10,15,20 "

@@ -319,9 +319,10 @@ class StoreLoader(EpochCursor):
     def __len__(self) -> int:
         return self.store.count // (self.world_size * self.batch_size)
 
+    OPS = ("sample_crops",)  # the dispatcher ops this loader runs (a forced backend must serve them)
+
     def ops(self) -> tuple[str, ...]:
-        """The dispatcher ops this loader runs (a forced backend must serve them)."""
-        return ("sample_crops",)
+        return self.OPS
 
     def order(self, epoch: int | None = None) -> torch.Tensor:
         """``[K, N]`` int64 (CPU): the visiting order of every confounder in ``epoch``."""

@@ -6,12 +6,13 @@
                            mode="independent")                                      # clean_k [K, B, C, H, W]
 
 One module per family of specs (noise, blur, resize, jpeg, rain, compose), the spec base and
-registry in :mod:`.base`, the randomness address in :mod:`.ctx`. Randomness is Philox keyed by
+the registries in :mod:`.base` (spec kinds; :data:`FAMILIES`, the names ``--confounders`` writes,
+each registered by its module with :func:`register_family`), the randomness address in :mod:`.ctx`. Randomness is Philox keyed by
 (seed, step, confounder k, global sample index, stage) (:mod:`dil_fast.rng`), so outputs do not
 depend on batch split, GPU count or workers. The math of every distortion is an op of
 :mod:`dil_fast.ops` (Triton kernels on CUDA, the pure-torch references on the CPU).
 """
-from .base import SPEC_TYPES, Confounder, spec_from_dict
+from .base import FAMILIES, SPEC_TYPES, Confounder, Fused, register, register_family, spec_from_dict
 from .blur import GaussianBlur, RandomKernelBlur
 from .compose import Choice, Compose
 from .counterfactual import confounder_ops, counterfactual
@@ -46,5 +47,5 @@ __all__ = [
     "RandomResize", "RandomNoise", "SPEC_TYPES", "spec_from_dict", "HYBRID_LEVELS", "PAPER_DENOISE_TRAIN",
     "PAPER_DENOISE_UNSEEN", "PAPER_DEBLUR_TRAIN", "PAPER_DEBLUR_UNSEEN", "hybrid", "realesrgan_first_order",
     "realesrgan_second_order", "denoise_levels", "deblur_levels", "parse_confounders", "RAIN_LEVELS", "rain",
-    "realsr_confounders", "bicubic", "CameraNoise",
+    "realsr_confounders", "bicubic", "CameraNoise", "FAMILIES", "Fused", "register", "register_family",
 ]

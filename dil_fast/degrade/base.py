@@ -11,14 +11,78 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import ClassVar
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 
-from ..ops._common import to_device
+from ..ops._common import samples_channels_last, to_device
+from ..registry import Registry
 from .ctx import Ctx
 
-__all__ = ["Confounder", "SPEC_TYPES", "register", "spec_from_dict", "fmt", "is_range", "check_range", "constant"]
+__all__ = ["Confounder", "SPEC_TYPES", "register", "spec_from_dict", "fmt", "is_range", "check_range", "constant",
+           "FAMILIES", "Fused", "register_family", "non_negative", "int_in", "as_kernel_input", "as_float_nchw"]
+
+#: confounder families by the name ``--confounders`` / ``--levels`` write (``noise:5,10``): each
+#: family module registers its parser (value text -> a spec, or a list of specs), the axis label of
+#: a numeric family (for sweeps; None for named levels) and, where it has one, its fused K-way kernel
+FAMILIES = Registry("confounder family", "--confounders")
+
+
+@dataclass(frozen=True)
+class Fused:
+    """One launch for K confounders of a family: ``applies(specs)`` says whether it serves them,
+    ``run(clean, specs, ctxs, *, seed, step, sample_offset, out_dtype, backend)`` returns
+    ``[K, B, C, H, W]``; ``op`` is the dispatcher op it runs."""
+
+    op: str
+    applies: Callable
+    run: Callable
+
+
+def register_family(name: str, parse: Callable, *, axis: str | None = None, aliases: tuple[str, ...] = (),
+                    fused: Fused | None = None) -> Callable:
+    """Register a confounder family: ``parse(value)`` -> a spec (or a list of specs) from one written
+    value, ValueError with the reason when it is not one; ``axis``: the label of a numeric family's
+    values (a sweep's x-axis; None: named levels); ``aliases``: other names of the same family."""
+    FAMILIES.register(name, parse, aliases=aliases, axis=axis, fused=fused)
+    return parse
+
+
+def non_negative(v: str) -> float:
+    """A family value that is a finite number >= 0."""
+    x = float(v)
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"{v!r} is not a non-negative number")
+    return x
+
+
+def int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
+    """A parser of integer values in ``[lo, hi]`` (``what`` names them in the refusal)."""
+    def parse(v: str) -> int:
+        x = int(v)
+        if not lo <= x <= hi:
+            raise ValueError(f"{what} {v!r} is not in {lo}..{hi}")
+        return x
+    return parse
+
+
+def as_float_nchw(x: torch.Tensor) -> torch.Tensor:
+    """Clean images as float32 NCHW on [0, 1] (uint8 read as x / 255)."""
+    if x.dtype == torch.uint8:
+        return x.contiguous().float().div_(255.0)
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"clean images must be uint8 or float, got {x.dtype}")
+    return x.float().contiguous()
+
+
+def as_kernel_input(x: torch.Tensor, keep_channels_last: bool = False) -> torch.Tensor:
+    """Clean images as a fused kernel reads them: uint8 / fp16 / bf16 / fp32 as they are (no
+    conversion pass), contiguous, or channels-last samples kept so (``keep_channels_last``)."""
+    if x.dtype in (torch.uint8, torch.float16, torch.bfloat16, torch.float32):
+        return x if keep_channels_last and samples_channels_last(x) else x.contiguous()
+    return as_float_nchw(x)
 
 SPEC_TYPES: dict[str, type] = {}
 

@@ -11,7 +11,18 @@ import torch
 from ..ops._common import to_device
 from ..ops.blur import blur2d, blur_separable
 from . import blur_kernels as bk
-from .base import Confounder, check_range, constant, fmt, is_range, register
+from .base import (
+    Confounder,
+    Fused,
+    as_kernel_input,
+    check_range,
+    constant,
+    fmt,
+    is_range,
+    non_negative,
+    register,
+    register_family,
+)
 from .ctx import Ctx, spread
 
 __all__ = ["GaussianBlur", "RandomKernelBlur"]
@@ -138,3 +149,18 @@ class RandomKernelBlur(Confounder):
 
     def apply(self, x, ctx, *, backend=None):
         return blur2d(x, self.kernels(ctx), backend=backend)
+
+
+# ---------------------------------------------------------------------------------- the family
+def _fusable(specs) -> bool:
+    """K isotropic Gaussian blurs of one kernel size: one separable launch."""
+    return all(isinstance(s, GaussianBlur) and s.isotropic and s.kernel_size == specs[0].kernel_size for s in specs)
+
+
+def _fused_blur(clean, specs, ctxs, *, seed, step, sample_offset, out_dtype, backend):
+    weights = torch.stack([c.weights_1d(ctx) for c, ctx in zip(specs, ctxs)])
+    return blur_separable(as_kernel_input(clean), weights, out_dtype=out_dtype, backend=backend)
+
+
+register_family("blur", lambda v: GaussianBlur(non_negative(v)), axis="Gaussian blur sigma",
+                fused=Fused("blur_separable", _fusable, _fused_blur))

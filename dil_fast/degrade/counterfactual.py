@@ -3,51 +3,27 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.blur import blur_separable
-from ..ops._common import samples_channels_last
-from ..ops.noise import gaussian_noise
-from .base import Confounder
-from .blur import GaussianBlur
-from .ctx import FIELD, Ctx
-from .noise import GaussianNoise
+from .base import FAMILIES, Confounder, Fused, as_float_nchw
+from .ctx import Ctx
 
 __all__ = ["counterfactual", "confounder_ops"]
 
 
-def _as_float_nchw(x: torch.Tensor) -> torch.Tensor:
-    if x.dtype == torch.uint8:
-        return x.contiguous().float().div_(255.0)
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"clean images must be uint8 or float, got {x.dtype}")
-    return x.float().contiguous()
-
-
-def _as_kernel_input(x: torch.Tensor, keep_channels_last: bool = False) -> torch.Tensor:
-    # the fused kernels read uint8 / fp16 / bf16 / fp32 directly (no conversion pass); the fused
-    # noise keeps channels-last samples channels-last (the crops of a channels-last run)
-    if x.dtype in (torch.uint8, torch.float16, torch.bfloat16, torch.float32):
-        return x if keep_channels_last and samples_channels_last(x) else x.contiguous()
-    return _as_float_nchw(x)
-
-
-def _fused_noise(specs) -> bool:
-    s0 = specs[0]
-    return all(isinstance(s, GaussianNoise) and not s.reference_numpy and s.gray_prob == 0
-               and s.clip == s0.clip and s.round8 == s0.round8 for s in specs)
-
-
-def _fused_blur(specs) -> bool:
-    return all(isinstance(s, GaussianBlur) and s.isotropic and s.kernel_size == specs[0].kernel_size for s in specs)
+def _fused(confounders) -> Fused | None:
+    """The fused K-way launch a family registered for these confounders, if any."""
+    for entry in FAMILIES.entries():
+        if entry.fused is not None and entry.fused.applies(confounders):
+            return entry.fused
+    return None
 
 
 def confounder_ops(confounders) -> tuple[str, ...]:
     """The dispatcher ops :func:`counterfactual` runs for ``confounders`` (a forced backend must
     serve all of them; :func:`dil_fast.backends.check_forced`)."""
     confounders = list(confounders)
-    if _fused_noise(confounders):
-        return ("noise",)
-    if _fused_blur(confounders):
-        return ("blur_separable",)
+    fused = _fused(confounders)
+    if fused is not None:
+        return (fused.op,)
     return tuple(dict.fromkeys(op for c in confounders for op in c.ops()))
 
 
@@ -81,16 +57,12 @@ def counterfactual(clean: torch.Tensor, confounders: list[Confounder], *, seed: 
     ctxs = [Ctx(seed=int(seed), step=int(step), k=k, sample_offset=int(sample_offset), batch=B, device=device)
             for k in range(K)]
 
-    if _fused_noise(confounders):
-        sigma = torch.stack([c.params(ctx)[0] for c, ctx in zip(confounders, ctxs)])
-        return gaussian_noise(_as_kernel_input(clean, keep_channels_last=True), sigma, seed=seed, step=step, k_base=0, sample_offset=sample_offset,
-                                  stream=ctxs[0].stream(FIELD), clip=confounders[0].clip,
-                                  round8=confounders[0].round8, out_dtype=out_dtype, backend=backend)
-    if _fused_blur(confounders):
-        weights = torch.stack([c.weights_1d(ctx) for c, ctx in zip(confounders, ctxs)])
-        return blur_separable(_as_kernel_input(clean), weights, out_dtype=out_dtype, backend=backend)
+    fused = _fused(confounders)
+    if fused is not None:
+        return fused.run(clean, confounders, ctxs, seed=seed, step=step, sample_offset=sample_offset,
+                         out_dtype=out_dtype, backend=backend)
 
-    x = _as_float_nchw(clean)
+    x = as_float_nchw(clean)
     outs = []
     for k, (c, ctx) in enumerate(zip(confounders, ctxs)):
         xk = x if mode == "shared" else x[k]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.jpeg import jpeg
-from .base import Confounder, check_range, fmt, is_range, register
+from .base import Confounder, check_range, fmt, int_in, is_range, register, register_family
 from .ctx import Ctx
 
 __all__ = ["JPEG"]
@@ -44,3 +44,6 @@ class JPEG(Confounder):
         if x.shape[1] != 3:
             raise ValueError(f"JPEG needs RGB input, got {x.shape[1]} channels")
         return jpeg(x, self.qualities(ctx), differentiable=self.differentiable, backend=backend)
+
+
+register_family("jpeg", lambda v: JPEG(int_in(1, 100, "JPEG quality")(v)), axis="JPEG quality")

@@ -10,7 +10,18 @@ import torch
 from ..ops._common import to_device
 from ..ops.noise import gaussian_noise
 from ..ops.poisson import poisson_noise
-from .base import Confounder, check_range, constant, fmt, is_range, register
+from .base import (
+    Confounder,
+    Fused,
+    as_kernel_input,
+    check_range,
+    constant,
+    fmt,
+    is_range,
+    non_negative,
+    register,
+    register_family,
+)
 from .ctx import FIELD, Ctx, spread
 
 __all__ = ["GaussianNoise", "PoissonNoise", "RandomNoise"]
@@ -131,3 +142,25 @@ class RandomNoise(Confounder):
 
     def ops(self):
         return ("noise", "poisson")
+
+
+# ---------------------------------------------------------------------------------- the families
+def _fusable(specs) -> bool:
+    """K Gaussian noises the fused kernel serves: drawn in dil_fast's way, no gray fields, one
+    clip/round8 setting."""
+    s0 = specs[0]
+    return all(isinstance(s, GaussianNoise) and not s.reference_numpy and s.gray_prob == 0
+               and s.clip == s0.clip and s.round8 == s0.round8 for s in specs)
+
+
+def _fused_noise(clean, specs, ctxs, *, seed, step, sample_offset, out_dtype, backend):
+    """One launch for the K noise levels, reading the clean batch once (channels-last kept)."""
+    sigma = torch.stack([c.params(ctx)[0] for c, ctx in zip(specs, ctxs)])
+    return gaussian_noise(as_kernel_input(clean, keep_channels_last=True), sigma, seed=seed, step=step, k_base=0,
+                          sample_offset=sample_offset, stream=ctxs[0].stream(FIELD), clip=specs[0].clip,
+                          round8=specs[0].round8, out_dtype=out_dtype, backend=backend)
+
+
+register_family("noise", lambda v: GaussianNoise(non_negative(v)), axis="Gaussian noise sigma (0..255)",
+                aliases=("gaussian",), fused=Fused("noise", _fusable, _fused_noise))
+register_family("poisson", lambda v: PoissonNoise(non_negative(v)), axis="Poisson noise scale")

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import math
 
-from .base import Confounder
+from .base import FAMILIES, Confounder, register_family
 from .blur import GaussianBlur, RandomKernelBlur
 from .compose import Choice, Compose
 from .jpeg import JPEG
-from .noise import GaussianNoise, PoissonNoise, RandomNoise
+from .noise import GaussianNoise, RandomNoise
 from .rain import Rain
-from .realnoise import CameraNoise
 from .resize import RandomResize, Resize
 
 __all__ = [
@@ -167,21 +166,6 @@ def deblur_levels(levels=PAPER_DEBLUR_TRAIN, kernel_size: int = 21) -> list[Conf
     return [GaussianBlur(float(s), kernel_size=kernel_size) for s in levels]
 
 
-_FAMILIES = {
-    "noise": lambda v: GaussianNoise(_num(v)),
-    "gaussian": lambda v: GaussianNoise(_num(v)),
-    "poisson": lambda v: PoissonNoise(_num(v)),
-    "blur": lambda v: GaussianBlur(_num(v)),
-    "jpeg": lambda v: JPEG(_int(v)),
-    "hybrid": lambda v: hybrid(v),
-    "rain": lambda v: rain(v),
-    "isp": lambda v: CameraNoise(v.lower()),
-    "bicubic": lambda v: bicubic(_scale(v)),
-    "realesrgan": lambda v: {"1": realesrgan_first_order, "first": realesrgan_first_order,
-                             "2": realesrgan_second_order, "second": realesrgan_second_order}[v](),
-}
-
-
 def _scale(v: str) -> float:
     x = float(v)
     if not math.isfinite(x) or not 1 <= x <= 16:
@@ -189,18 +173,26 @@ def _scale(v: str) -> float:
     return x
 
 
-def _num(v: str) -> float:
-    x = float(v)
-    if not math.isfinite(x) or x < 0:
-        raise ValueError(f"{v!r} is not a non-negative number")
-    return x
+def _realesrgan(v: str) -> Compose:
+    orders = {"1": realesrgan_first_order, "first": realesrgan_first_order,
+              "2": realesrgan_second_order, "second": realesrgan_second_order}
+    if v.lower() not in orders:
+        raise ValueError(f"unknown variant {v!r} (1, first, 2 or second)")
+    return orders[v.lower()]()
 
 
-def _int(v: str) -> int:
-    x = int(v)
-    if not 1 <= x <= 100:
-        raise ValueError(f"JPEG quality {v!r} is not in 1..100")
-    return x
+def _realsr(v: str) -> list[Compose]:
+    """One value, the order, expands to the four confounders of the realsr task."""
+    if v not in ("1", "2"):
+        raise ValueError(f"realsr takes one order, 1 or 2, got {v!r}")
+    return realsr_confounders(int(v))
+
+
+register_family("hybrid", lambda v: hybrid(v.lower()))
+register_family("rain", lambda v: rain(v.lower()))
+register_family("bicubic", lambda v: bicubic(_scale(v)), axis="bicubic downscale factor")
+register_family("realesrgan", _realesrgan)
+register_family("realsr", _realsr)
 
 
 def parse_confounders(spec: str) -> list[Confounder]:
@@ -218,21 +210,18 @@ def parse_confounders(spec: str) -> list[Confounder]:
         if not sep:
             family, values = "noise", group
         family = family.strip().lower()
-        if family not in _FAMILIES and family != "realsr":
+        if family not in FAMILIES:
             raise ValueError(f"unknown confounder family {family!r} in {spec!r}; use one of "
-                             f"{', '.join([*_FAMILIES, 'realsr'])}")
+                             f"{', '.join(FAMILIES.names(aliases=True))}")
         items = [v.strip() for v in values.split(",")]
         if not values.strip() or any(not v for v in items):
             raise ValueError(f"confounder group {group!r} in {spec!r} has an empty value")
-        if family == "realsr":  # one value (the order) expands to the four confounders
-            if items not in (["1"], ["2"]):
-                raise ValueError(f"realsr takes one order, 1 or 2, got {values!r} in {spec!r}")
-            out += realsr_confounders(int(items[0]))
-            continue
+        parse = FAMILIES[family].obj
         for v in items:
             try:
-                out.append(_FAMILIES[family](v.lower() if family in ("hybrid", "realesrgan", "rain") else v))
+                made = parse(v)
             except (ValueError, KeyError) as exc:
                 msg = str(exc) if isinstance(exc, ValueError) else f"unknown variant {v!r}"
                 raise ValueError(f"bad {family} confounder {v!r} in {spec!r}: {msg}") from None
+            out.extend(made if isinstance(made, list) else [made])
     return out

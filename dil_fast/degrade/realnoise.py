@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from ..ops._common import to_device
 from ..ops.isp import camera_noise
 from ..ops.reference.isp import ISP_STAGES, normal_count, stage_has_jpeg
-from .base import Confounder, check_range, register
+from .base import Confounder, check_range, register, register_family
 from .ctx import spread
 from .jpeg import JPEG
 
@@ -81,3 +81,6 @@ class CameraNoise(Confounder):
         quality = JPEG(self.jpeg_quality).qualities(ctx.child(0)) if stage_has_jpeg(self.stage) else None
         normal = ctx.field_normal(normal_count(self.stage, H, W))
         return camera_noise(x, self.stage, gamma, sigma_s, sigma_c, normal, quality=quality, backend=backend)
+
+
+register_family("isp", lambda v: CameraNoise(v.lower()))

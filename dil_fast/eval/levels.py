@@ -14,23 +14,39 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..degrade import Confounder, GaussianNoise, parse_confounders
+from collections.abc import Mapping
+
+from ..degrade import FAMILIES, Confounder, GaussianNoise, parse_confounders
 from ..errors import FlagError
 
 __all__ = ["EvalLevel", "NUMERIC_FAMILIES", "as_level", "noise_level", "parse_levels", "parse_sweep",
            "training_range", "format_number"]
 
-# families whose values are numbers, with the axis label of a sweep's plot
-NUMERIC_FAMILIES = {
-    "noise": "Gaussian noise sigma (0..255)",
-    "gaussian": "Gaussian noise sigma (0..255)",
-    "poisson": "Poisson noise scale",
-    "blur": "Gaussian blur sigma",
-    "jpeg": "JPEG quality",
-    "bicubic": "bicubic downscale factor",
-}
-_SAME_FAMILY = {"gaussian": "noise"}  # two names of one distortion
+class _NumericFamilies(Mapping):
+    """The families whose values are numbers (a registered ``axis``), name or alias -> the axis
+    label of a sweep's plot; read from :data:`dil_fast.degrade.FAMILIES` at every access, so a
+    plugin's family counts as soon as it is registered."""
+
+    def _table(self) -> dict[str, str]:
+        return {n: e.axis for e in FAMILIES.entries() if e.axis for n in (e.name, *e.aliases)}
+
+    def __getitem__(self, name: str) -> str:
+        return self._table()[name]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+NUMERIC_FAMILIES = _NumericFamilies()
 MAX_SWEEP_LEVELS = 1000
+
+
+def _same_family(name: str) -> str:
+    """The registered name of a family written by one of its aliases (``gaussian`` -> ``noise``)."""
+    return FAMILIES[name].name if name in FAMILIES else name
 
 
 def format_number(x: float) -> str:
@@ -167,7 +183,7 @@ def training_range(config: dict | None, family: str) -> tuple[float, float] | No
     when the config has none of that family."""
     if not isinstance(config, dict):
         return None
-    family = _SAME_FAMILY.get(family, family)
+    family = _same_family(family)
     text = config.get("confounders")
     if not text and config.get("task"):
         from ..tasks import TASKS
@@ -181,7 +197,7 @@ def training_range(config: dict | None, family: str) -> tuple[float, float] | No
         except FlagError:
             return None
         values = [lv.value for lv in levels
-                  if _SAME_FAMILY.get(lv.family, lv.family) == family and lv.value is not None]
+                  if _same_family(lv.family) == family and lv.value is not None]
     elif family == "noise":
         try:
             values = [float(v) for v in config.get("levels") or ()]

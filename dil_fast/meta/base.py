@@ -11,6 +11,43 @@ from torch import nn
 
 from ..ops.optim import fused_optimizer, nonfinite_check_
 from ..optim import FusedAdam
+from ..registry import Registry
+from .options import NoOptions, make_options
+
+#: every DIL variant (and baseline) by its ``--variant`` name; each module registers its class with
+#: :func:`register_variant`, and ``dil_fast.meta`` imports them all
+VARIANTS = Registry("variant", "--variant")
+
+
+def register_variant(cls):
+    """Class decorator: register a :class:`MetaAlgorithm` subclass under its ``name``, with the facts
+    the trainer, the flags and the study read from it."""
+    VARIANTS.register(cls.name, cls, summary=cls.summary, options=cls.Options, ops=cls.ops,
+                      trains_module_forward=cls.trains_module_forward, released=cls.released)
+    return cls
+
+
+class PlainForward:
+    """The training forward as written (``module(x)``, no precision or layout change): the policy
+    of an algorithm outside the trainer's fast path (:class:`dil_fast.train.fast.FastForward`)."""
+
+    def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return module(x)
+
+    def functional(self):
+        """The context of a functional forward (``torch.func.functional_call``) of the same policy."""
+        return contextlib.nullcontext()
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """A functional forward's input, in the policy's memory layout."""
+        return x
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """A functional forward's output, in the dtype the loss is computed in."""
+        return out
+
+
+PLAIN_FORWARD = PlainForward()
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (input [N, C, H, W], target [N, C, H', W'])
 
@@ -44,6 +81,10 @@ def as_float_betas(betas, what: str) -> tuple[float, float]:
     if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
         raise ValueError(f"{what} must lie in [0, 1), got {betas!r}")
     return b1, b2
+
+
+def _no_phase(_name):
+    return contextlib.nullcontext()
 
 
 def resolve_fused(fused: bool | None, model: nn.Module, backend: str | None = None) -> bool:
@@ -97,12 +138,31 @@ class GradSync:
 class MetaAlgorithm(abc.ABC):
     """One DIL (or baseline) training algorithm.
 
-    ``step(batches)`` takes one (input, target) pair per confounder and returns the per-pair losses as
-    a detached tensor on the training device (no host synchronisation). ``meta_model`` is the model
-    being trained (the one to evaluate and deploy); ``task_model`` the network of the inner steps.
+    ``step(batches, *, query=None, timer=None)`` takes one (input, target) pair per confounder (and
+    an explicit query batch, for the variants that have one) and returns the per-pair losses as a
+    detached tensor on the training device (no host synchronisation); ``timer(phase)`` is a context
+    manager around its phases ("fwd_bwd", "optimizer", "other"), for a benchmark's time split.
+    ``meta_model`` is the model being trained (the one to evaluate and deploy); ``task_model`` the
+    network of the inner steps. Training forwards go through :attr:`forward_policy` (the trainer's
+    fast path installs its own with :meth:`use_forward_policy`); the modules are never patched.
+
+    A variant describes itself to the rest of the house with the class attributes below and
+    registers with :func:`register_variant`; :meth:`from_config` builds it from a validated
+    ``dil-fast train`` config.
     """
 
     name: str = "base"
+    #: one line for ``--variant``'s help
+    summary: str = ""
+    #: its own options (a dataclass of :func:`dil_fast.meta.options.option` fields): flags of ``dil-fast train``
+    Options: type = NoOptions
+    #: the dispatcher ops its fused path runs (a forced ``--backend`` must serve them)
+    ops: tuple[str, ...] = ()
+    #: its inner steps call the task module's forward (``--weight_shadow`` applies); the virtual-model
+    #: variants evaluate their models functionally
+    trains_module_forward: bool = True
+    #: the class that re-creates the released trainer's computation of this variant (``--reference_mode``)
+    released: type | None = None
     meta_model: nn.Module
     task_model: nn.Module
     #: the inner steps run a module's forward/backward (DDP can wrap ``task_model``); the virtual-model
@@ -110,6 +170,7 @@ class MetaAlgorithm(abc.ABC):
     ddp_task_model: bool = True
 
     def __init__(self) -> None:
+        self.forward_policy = PLAIN_FORWARD
         self.iteration = 0
         self.grad_sync: Callable[[nn.Module], None] | None = None
         self._ddp: nn.Module | None = None  # DistributedDataParallel around task_model (--distributed)
@@ -146,7 +207,56 @@ class MetaAlgorithm(abc.ABC):
             opt.step()
 
     @abc.abstractmethod
-    def step(self, batches: Sequence[Batch]) -> torch.Tensor: ...
+    def step(self, batches: Sequence[Batch], *, query: Batch | None = None, timer=None) -> torch.Tensor: ...
+
+    @staticmethod
+    def _phases(timer):
+        return timer or _no_phase
+
+    def _no_query(self, query) -> None:
+        if query is not None:
+            raise ValueError(f"--variant {self.name} takes no query batch (pf, ss, ps and ss-fo do)")
+
+    # -- how the trainer builds it, and what the fast path needs to know --
+    @classmethod
+    def options_from(cls, values: dict):
+        """The variant's :attr:`Options` from ``values`` (name -> value); ValueError naming the flag."""
+        return make_options(cls.Options, dict(values), cls.name)
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, task_model: nn.Module | None = None, *, fused: bool | None = None):
+        """The algorithm a validated ``dil-fast train`` config asks for, around ``model``
+        (``task_model``: the separately built task network, where the variant has one; ``fused``:
+        the run plan's decision). Each variant maps the config's learning rates, loss, backend and
+        its :attr:`Options` onto its constructor."""
+        raise NotImplementedError(f"{cls.__name__} does not say how to build it from a config")
+
+    def capture_blocker(self) -> str | None:
+        """Why a meta-iteration cannot be captured in a CUDA graph as it is written, or None. The
+        default: every optimizer must be the fused flat-buffer one (a ``torch.optim`` step decides on
+        the host whether to skip)."""
+        opts = [self.meta_optimizer] + ([self.task_optimizer] if self.task_optimizer is not None else [])
+        if not all(isinstance(o, FusedAdam) for o in opts):
+            return ("its optimizers are not the fused flat-buffer ones (a torch.optim step decides on the host "
+                    "whether to skip); `dil-fast info` says why the native core is not in use")
+        return None
+
+    def use_forward_policy(self, policy=None) -> None:
+        """Run the training forwards through ``policy`` (None: as written)."""
+        self.forward_policy = policy or PLAIN_FORWARD
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The task network's training forward (its DDP wrapper when distributed) under the policy."""
+        return self.forward_policy(self.task_forward, x)
+
+    def host_state(self) -> dict:
+        """The Python-side state a step changes (counters, flags, cached tensors), to put back after
+        a CUDA-graph capture that recorded a step without running it."""
+        return dict(vars(self))
+
+    def restore_host_state(self, state: dict) -> None:
+        vars(self).clear()
+        vars(self).update(state)
 
     @property
     @abc.abstractmethod

@@ -26,7 +26,6 @@ from ..timing import best_of
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-VIRTUAL_BATCHING = ("auto", "tune", "batched", "looped")
 QUERY_MODES = ("mixture", "split", "explicit")
 
 
@@ -42,12 +41,18 @@ class FunctionalModel:
     order). Buffers are read from the module and must not be mutated in the forward (vmap cannot
     batch an in-place buffer update; RRDBNet has none)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, policy=None):
+        from .base import PLAIN_FORWARD
+
         self.model = model
         self.names = [name for name, _ in model.named_parameters()]
+        self.policy = policy or PLAIN_FORWARD  # the training forward's precision and layout
 
     def __call__(self, params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, dict(zip(self.names, params)), (x,))
+        policy = self.policy
+        with policy.functional():
+            out = functional_call(self.model, dict(zip(self.names, params)), (policy.prepare(x),))
+        return policy.finish(out)
 
     def stacked(self, params_k: Sequence[torch.Tensor], x: torch.Tensor, *, shared_input: bool) -> torch.Tensor:
         """K models in one pass. ``params_k``: ``[K, *shape]`` each; ``x``: ``[K, N, C, H, W]``

@@ -7,11 +7,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .base import Batch
-from .batched import QUERY_MODES, VIRTUAL_BATCHING, check_choice, concatenable, support_and_query
+from .base import Batch, register_variant
+from .batched import QUERY_MODES, check_choice, concatenable, support_and_query
+from .options import VIRTUAL_BATCHING, QueryOptions
 from .sf import SerialFirstOrder
 
 
+@register_variant
 class ParallelFirstOrder(SerialFirstOrder):
     """One meta-iteration (docs/released-trainer.md, 'The variants': the dil_fast reading of ``pf``):
 
@@ -39,6 +41,9 @@ class ParallelFirstOrder(SerialFirstOrder):
     """
 
     name = "pf"
+    summary = "parallel first-order"
+    Options = QueryOptions
+    released = None
 
     def __init__(self, model: nn.Module, *, query: str = "mixture", virtual_batching: str = "auto", **sf_options):
         """``sf_options``: the keyword arguments of :class:`SerialFirstOrder` (same defaults)."""
@@ -58,7 +63,7 @@ class ParallelFirstOrder(SerialFirstOrder):
         if batched:
             x = torch.cat([b[0] for b in support])
             y = torch.cat([b[1] for b in support])
-            per_elem = self.loss_fn(self.task_forward(x), y, reduction="none")
+            per_elem = self.loss_fn(self.train_forward(x), y, reduction="none")
             per_elem.mean().backward()
             return torch.stack([c.mean() for c in per_elem.detach().split(sizes)])
         total = float(sum(sizes))
@@ -66,23 +71,29 @@ class ParallelFirstOrder(SerialFirstOrder):
         for i, ((x, y), n) in enumerate(zip(support, sizes)):
             # distributed: accumulate locally, average once with the last backward
             with self.no_grad_sync() if i + 1 < len(support) else contextlib.nullcontext():
-                loss = self.loss_fn(self.task_forward(x), y)
+                loss = self.loss_fn(self.train_forward(x), y)
                 (loss * (n / total)).backward()
             losses.append(loss.detach())
         return torch.stack(losses)
 
-    def step(self, batches: Sequence[Batch], query: Batch | None = None) -> torch.Tensor:
-        support, (xq, yq) = support_and_query(batches, self.query, query)
-        if not (self.fused and self._task_in_sync):
-            self.sync_task()
-        bad = self._begin_checks(xq.device)
-        self._task_opt.zero_grad(set_to_none=False)
-        losses = self._union_backward(support)
-        self._inner_update(losses, bad)
-        self._task_opt.zero_grad(set_to_none=False)
-        loss_q = self.loss_fn(self.task_forward(xq), yq)
-        loss_q.backward()
-        self._inner_update(loss_q, bad)
-        self.meta_step(bad)
+    def step(self, batches: Sequence[Batch], *, query: Batch | None = None, timer=None) -> torch.Tensor:
+        phase = self._phases(timer)
+        with phase("other"):
+            support, (xq, yq) = support_and_query(batches, self.query, query)
+            if not (self.fused and self._task_in_sync):
+                self.sync_task()
+            bad = self._begin_checks(xq.device)
+        with phase("fwd_bwd"):
+            self._task_opt.zero_grad(set_to_none=False)
+            losses = self._union_backward(support)
+        with phase("optimizer"):
+            self._inner_update(losses, bad)
+        with phase("fwd_bwd"):
+            self._task_opt.zero_grad(set_to_none=False)
+            loss_q = self.loss_fn(self.train_forward(xq), yq)
+            loss_q.backward()
+        with phase("optimizer"):
+            self._inner_update(loss_q, bad)
+            self.meta_step(bad)
         self.iteration += 1
         return losses

@@ -5,13 +5,14 @@ from typing import Sequence
 
 import torch
 
-from .base import Batch
+from .base import Batch, register_variant
 from .batched import concatenable, virtual_update
 from .virtual import VirtualModelDIL
 
 __all__ = ["ParallelSecondOrder"]
 
 
+@register_variant
 class ParallelSecondOrder(VirtualModelDIL):
     """``ps``: Eq. 5. One virtual model ``φ̄ = θ − α ∇_θ L̄(θ)`` on the inner loss averaged over
     the confounders (the mean over the union of the K support batches, which is the mean of the K
@@ -28,6 +29,7 @@ class ParallelSecondOrder(VirtualModelDIL):
     """
 
     name = "ps"
+    summary = "parallel second-order (Eq. 5)"
 
     def _can_batch(self, support) -> bool:
         return concatenable(support)

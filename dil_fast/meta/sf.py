@@ -1,20 +1,26 @@
 """DIL_sf: serial first-order DIL (Reptile over the confounders), the released variant."""
 from __future__ import annotations
 
-import contextlib
 import copy
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from .base import Batch, MetaAlgorithm, as_float_betas, copy_weights_, get_loss, make_adam, resolve_fused
+from .base import (
+    Batch,
+    MetaAlgorithm,
+    as_float_betas,
+    copy_weights_,
+    get_loss,
+    make_adam,
+    register_variant,
+    resolve_fused,
+)
+from .released import ReleasedSF
 
 
-def _no_phase(_name):
-    return contextlib.nullcontext()
-
-
+@register_variant
 class SerialFirstOrder(MetaAlgorithm):
     """One meta-iteration (docs/released-trainer.md, 'One meta-iteration'):
 
@@ -35,6 +41,9 @@ class SerialFirstOrder(MetaAlgorithm):
     """
 
     name = "sf"
+    summary = "serial first-order (the released trainer's)"
+    ops = ("adam_step", "meta_step")
+    released = ReleasedSF
 
     def __init__(
         self,
@@ -82,7 +91,14 @@ class SerialFirstOrder(MetaAlgorithm):
             "meta_lr": self.meta_lr, "meta_betas": self.meta_betas, "loss": self.loss_name,
         }
 
-    def step(self, batches: Sequence[Batch], timer=None) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, cfg, model, task_model=None, *, fused=None):
+        if cfg.reference_mode:
+            return cls.released(model, inner_lr=cfg.lr, meta_lr=cfg.meta_lr, loss=cfg.loss, task_model=task_model)
+        return cls(model, inner_lr=cfg.lr, meta_lr=cfg.meta_lr, loss=cfg.loss, backend=cfg.backend, fused=fused,
+                   task_model=task_model, **vars(cls.options_from(cfg.variant_options)))
+
+    def step(self, batches: Sequence[Batch], *, query: Batch | None = None, timer=None) -> torch.Tensor:
         """One meta-iteration. ``timer`` (optional): ``timer(phase)`` returns a context manager
         around each phase ("other", "fwd_bwd", "optimizer"), for a benchmark's time split.
 
@@ -91,7 +107,8 @@ class SerialFirstOrder(MetaAlgorithm):
         weights at the next meta-iteration."""
         if len(batches) == 0:
             raise ValueError("step() needs at least one (input, target) pair")
-        phase = timer or _no_phase
+        self._no_query(query)
+        phase = self._phases(timer)
         with phase("other"):
             if not (self.fused and self._task_in_sync):
                 self.sync_task()
@@ -100,7 +117,7 @@ class SerialFirstOrder(MetaAlgorithm):
         for inp, target in batches:
             with phase("fwd_bwd"):
                 self._task_opt.zero_grad(set_to_none=False)
-                loss = self.loss_fn(self.task_forward(inp), target)
+                loss = self.loss_fn(self.train_forward(inp), target)
                 loss.backward()
             with phase("optimizer"):
                 self._inner_update(loss, bad)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..ops.optim import as_lr
-from .base import Batch, resolve_fused
+from .base import Batch, register_variant
 from .batched import (
     check_choice,
     flat_views,
@@ -22,6 +22,7 @@ from .virtual import VirtualModelDIL
 __all__ = ["SerialSecondOrder", "SerialFirstOrderApprox"]
 
 
+@register_variant
 class SerialSecondOrder(VirtualModelDIL):
     """``ss``: Eq. 4 literally. For each confounder k (support batch ``(x_k, y_k)``) a virtual model
     ``φ_k = θ − α ∇_θ L(f_θ(x_k), y_k)``, every one from θ; outer loss
@@ -57,6 +58,7 @@ class SerialSecondOrder(VirtualModelDIL):
     """
 
     name = "ss"
+    summary = "serial second-order (Eq. 4)"
     first_order = False
 
     def __init__(self, model: nn.Module, *, outer_reduction: str = "sum", **options):
@@ -186,6 +188,7 @@ def _stack_moments(moments):
     return exp_avg, exp_avg_sq
 
 
+@register_variant
 class SerialFirstOrderApprox(SerialSecondOrder):
     """``ss-fo``: Eq. 4 with the first-order approximation. The same K virtual models
     ``φ_k = θ − α ∇L_k(θ)`` as ``ss``, but the outer gradient is taken at each ``φ_k`` (no
@@ -200,13 +203,13 @@ class SerialFirstOrderApprox(SerialSecondOrder):
     reduction over K one ``sum``/``mean``. ``backend`` forces the implementation of that op."""
 
     name = "ss-fo"
+    summary = "Eq. 4 with the first-order approximation"
     first_order = True
+    ops = ("sgd_step",)
 
-    def __init__(self, model: nn.Module, *, outer_reduction: str = "mean", fused: bool | None = None, **options):
+    def __init__(self, model: nn.Module, *, outer_reduction: str = "mean", **options):
         """``options``: the other keyword arguments of :class:`SerialSecondOrder` (same defaults)."""
         super().__init__(model, outer_reduction=outer_reduction, **options)
-        self.fused = fused
-        self._use_fused = resolve_fused(fused, model, self.backend)
 
     def hparams(self) -> dict:
         return {**super().hparams(), "fused": self.fused}

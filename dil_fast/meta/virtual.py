@@ -15,7 +15,6 @@ from torch import nn
 from .base import Batch, MetaAlgorithm, as_float_betas, get_loss, make_adam, resolve_fused
 from .batched import (
     QUERY_MODES,
-    VIRTUAL_BATCHING,
     FunctionalModel,
     InnerAdamState,
     PathChooser,
@@ -23,9 +22,9 @@ from .batched import (
     support_and_query,
 )
 
-__all__ = ["VirtualModelDIL", "INNER_OPTIMIZERS"]
+from .options import INNER_OPTIMIZERS, VIRTUAL_BATCHING, VirtualOptions
 
-INNER_OPTIMIZERS = ("sgd", "adam")
+__all__ = ["VirtualModelDIL", "INNER_OPTIMIZERS"]
 
 
 class VirtualModelDIL(MetaAlgorithm):
@@ -35,6 +34,8 @@ class VirtualModelDIL(MetaAlgorithm):
     (documented on :class:`SerialSecondOrder`); the variants add their own."""
 
     ddp_task_model = False  # the meta-gradient comes from torch.func, averaged by GradSync
+    trains_module_forward = False  # the virtual models are evaluated functionally
+    Options = VirtualOptions
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class VirtualModelDIL(MetaAlgorithm):
         query: str = "mixture",
         virtual_batching: str = "auto",
         backend: str | None = None,
+        fused: bool | None = None,
     ):
         super().__init__()
         self.backend = backend
@@ -66,9 +68,25 @@ class VirtualModelDIL(MetaAlgorithm):
         self.task_model = model
         self._fmodel = FunctionalModel(model)
         self._params = [p for p in model.parameters()]
-        self._meta_opt = make_adam(self._params, meta_lr, self.meta_betas, resolve_fused(None, model, backend), backend)
+        self.fused = fused
+        self._use_fused = resolve_fused(fused, model, backend)
+        self._meta_opt = make_adam(self._params, meta_lr, self.meta_betas, self._use_fused, backend)
         self._inner_state = InnerAdamState(self.inner_betas) if self.inner_optimizer == "adam" else None
         self._chooser = PathChooser()
+
+    @classmethod
+    def from_config(cls, cfg, model, task_model=None, *, fused=None):
+        return cls(model, meta_lr=cfg.meta_lr, loss=cfg.loss, backend=cfg.backend, fused=fused,
+                   **vars(cls.options_from(cfg.variant_options)))
+
+    def capture_blocker(self) -> str | None:
+        if self.inner_optimizer == "adam":
+            return "--inner_optimizer adam keeps its step count and bias corrections on the host"
+        return super().capture_blocker()
+
+    def use_forward_policy(self, policy=None) -> None:
+        super().use_forward_policy(policy)
+        self._fmodel.policy = self.forward_policy
 
     @property
     def meta_optimizer(self) -> torch.optim.Optimizer:
@@ -149,9 +167,21 @@ class VirtualModelDIL(MetaAlgorithm):
         Returns ``(grads, inner_losses [K] detached, new inner-Adam moments or None)``."""
         raise NotImplementedError
 
-    def step(self, batches: Sequence[Batch], query: Batch | None = None) -> torch.Tensor:
-        support, q = support_and_query(batches, self.query, query)
-        path, probe = self._resolve_path(support, q)
+    def step(self, batches: Sequence[Batch], *, query: Batch | None = None, timer=None) -> torch.Tensor:
+        phase = self._phases(timer)
+        with phase("other"):
+            support, q = support_and_query(batches, self.query, query)
+            path, probe = self._resolve_path(support, q)
+        with phase("fwd_bwd"):
+            grads, inner_losses, moments = self._meta_gradient_on(support, q, path, probe)
+        with phase("optimizer"):
+            self._apply(grads, inner_losses, moments)
+        self.iteration += 1
+        return inner_losses
+
+    def _meta_gradient_on(self, support, q, path: str, probe):
+        """:meth:`meta_gradient` on the resolved path; "auto" falls back to looping once (a warning)
+        when the batched pass cannot run."""
         try:
             grads, inner_losses, moments = self.meta_gradient(support, q, path=path)
         except (RuntimeError, ValueError, NotImplementedError) as exc:
@@ -161,7 +191,7 @@ class VirtualModelDIL(MetaAlgorithm):
                 first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 warnings.warn(f'{self.name}: virtual_batching="auto" runs the K virtual models one at a time for '
                               f"inputs {probe}: the batched pass failed ({type(exc).__name__}: {first_line})",
-                              RuntimeWarning, stacklevel=2)
+                              RuntimeWarning, stacklevel=3)
                 path, probe = self._chooser.record(probe, "looped"), None
                 grads, inner_losses, moments = self.meta_gradient(support, q, path=path)
             elif (path != "batched" or self.virtual_batching != "batched" or not isinstance(exc, RuntimeError)
@@ -175,6 +205,11 @@ class VirtualModelDIL(MetaAlgorithm):
                 ) from exc
         if probe is not None:
             self._chooser.record(probe, path)
+        return grads, inner_losses, moments
+
+    def _apply(self, grads, inner_losses, moments) -> None:
+        """The meta-gradient into the parameters' gradients, the non-finite check, the meta-Adam step
+        and the inner-Adam moments (kept when the step is skipped, decided on the device)."""
         for p, g in zip(self._params, grads):
             if p.grad is None:
                 p.grad = g.detach().clone()
@@ -192,5 +227,3 @@ class VirtualModelDIL(MetaAlgorithm):
                 st.exp_avg = [torch.where(skip, old, new) for old, new in zip(st.exp_avg, moments[0])]
                 st.exp_avg_sq = [torch.where(skip, old, new) for old, new in zip(st.exp_avg_sq, moments[1])]
             st.step += 1
-        self.iteration += 1
-        return inner_losses

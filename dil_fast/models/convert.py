@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..checkpoints import load_file
+from ..checkpoints import basicsr_checkpoint, load_file, released_checkpoint, save
 from ..errors import CheckpointError, FlagError
-from ..fileio import atomic_save
-from .interchange import write_checkpoint
+from .interchange import dil_to_basicsr
 from .registry import model_from_checkpoint
 
 __all__ = ["convert", "add_convert_parser", "run_convert"]
@@ -36,10 +35,10 @@ def convert(src: str, dst: str, fmt: str, key: str = "model_meta") -> str:
     if fmt == "basicsr" and arch != "rrdb_x4":
         raise CheckpointError(f"{src}: holds a {arch} network; BasicSR's layout serves the x4 RRDBNet only")
     try:
-        obj = write_checkpoint(sd, fmt) if arch.startswith("rrdb") else {"model_meta": sd, "model_task": sd}
+        obj = basicsr_checkpoint(dil_to_basicsr(sd)) if fmt == "basicsr" else released_checkpoint(sd)
     except ValueError as exc:
         raise CheckpointError(f"{src}: {exc}") from None
-    atomic_save(obj, dst)
+    save(obj, os.path.dirname(os.path.abspath(dst)), os.path.basename(dst), flag="--out")
     return arch
 
 

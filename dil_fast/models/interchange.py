@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import re
 
+from ..checkpoints import basicsr_checkpoint, network_state, released_checkpoint, strip_module_prefix
+
 __all__ = ["detect_layout", "basicsr_to_dil", "dil_to_basicsr", "extract_state_dict", "write_checkpoint"]
 
-_MODULE_PREFIX = "module."
 # wrapper keys holding the network, in order of preference
-_WRAPPER_KEYS = ("params_ema", "params", "model_meta")
 # keys every RRDBNet of a layout holds, whatever its depth
 _DIL_SIGNATURE = ("conv_first.weight", "trunk_conv.weight", "HRconv.weight", "conv_last.weight")
 _BASICSR_SIGNATURE = ("conv_first.weight", "conv_body.weight", "conv_hr.weight", "conv_last.weight")
@@ -60,19 +60,12 @@ def _key_list(keys, limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f" ... ({len(keys)} keys)" if len(keys) > limit else "")
 
 
-def _strip_module_prefix(sd: dict) -> dict:
-    return {k[len(_MODULE_PREFIX):] if isinstance(k, str) and k.startswith(_MODULE_PREFIX) else k: v
-            for k, v in sd.items()}
-
-
 def _network_dict(obj) -> dict:
-    """The network's state_dict inside a checkpoint object (meta / EMA network), ``module.`` removed."""
+    """The network's state_dict inside a checkpoint object (meta / EMA network), ``module.`` removed
+    (the file layouts are :mod:`dil_fast.checkpoints`')."""
     if not isinstance(obj, dict):
         raise ValueError(f"{_EXPECTED}; got a {type(obj).__name__}, not a dict")
-    for key in _WRAPPER_KEYS:
-        if isinstance(obj.get(key), dict):
-            return _strip_module_prefix(obj[key])
-    return _strip_module_prefix(obj)
+    return network_state(obj)[0]
 
 
 def _layout_of(sd: dict) -> str:
@@ -140,7 +133,7 @@ def basicsr_to_dil(sd: dict, scale: int | None = None) -> dict:
     """
     if scale not in (None, 1, 2, 4):
         raise ValueError(f"scale must be 1, 2 or 4 (BasicSR RRDBNet's scales), got {scale!r}")
-    sd = _strip_module_prefix(sd)
+    sd = strip_module_prefix(sd)
     if scale is None:
         scale = _basicsr_scale(sd)
         why = (f"conv_first takes {sd['conv_first.weight'].shape[1]} input channels for "
@@ -165,7 +158,7 @@ def dil_to_basicsr(sd: dict) -> dict:
     (no ``upconv1``/``upconv2``: BasicSR has no such network, its scale 1 pixel-unshuffles) or keys
     that do not map.
     """
-    sd = _strip_module_prefix(sd)
+    sd = strip_module_prefix(sd)
     if "upconv1.weight" not in sd or "upconv2.weight" not in sd:
         raise ValueError(
             "a same-size RRDBNet (no upconv1/upconv2) has no BasicSR counterpart: BasicSR's scale-1 "
@@ -196,10 +189,10 @@ def write_checkpoint(sd_dil: dict, fmt: str) -> dict:
     """
     if fmt not in ("dil", "basicsr"):
         raise ValueError(f"fmt must be 'dil' or 'basicsr', got {fmt!r}")
-    sd = _strip_module_prefix(sd_dil)
+    sd = strip_module_prefix(sd_dil)
     if _layout_of(sd) != "dil":
         raise ValueError("write_checkpoint takes a state_dict in dil_fast names; convert it with basicsr_to_dil first")
     if fmt == "basicsr":
-        return {"params": dil_to_basicsr(sd)}
+        return basicsr_checkpoint(dil_to_basicsr(sd))
     _rename(sd, _DIL_BLOCK, _BASICSR_BLOCK_NAME, _DIL_TOP, "dil")  # only for its check of the keys
-    return {"model_meta": dict(sd), "model_task": dict(sd)}
+    return released_checkpoint(sd)

@@ -1,7 +1,10 @@
 """Architectures by name (``--arch``) and the one way to turn any supported checkpoint into a model.
 
-``--arch rrdb | rrdb_x4 | swinir`` with ``--arch_kwargs`` (JSON keyword arguments), or
-``--arch package.module:Class`` for one's own ``nn.Module``. The training state stores the
+:data:`ARCHS` holds every architecture; each model module registers its own with
+:func:`register_arch` (its class, default keyword arguments, which of ``--nf --nb --gc`` size it,
+and how to recognise its state_dict). ``--arch NAME`` with ``--arch_kwargs`` (JSON keyword
+arguments), or ``--arch package.module:Class`` for one's own ``nn.Module`` (or a registered one from
+a ``--plugin`` module). The training state stores the
 architecture and its keyword arguments (:func:`model_spec`), so evaluation and resume rebuild it.
 A checkpoint that names one's own class is rebuilt only when ``--arch`` names it again: dil_fast
 never imports code because a checkpoint asks for it.
@@ -18,16 +21,34 @@ import json
 
 from torch import nn
 
-from .interchange import basicsr_to_dil, detect_layout
-from .rrdb import RRDBNet, RRDBNetX4, infer_rrdb_config
-from .swinir import SwinIR, swinir_config_from_state_dict
+from ..registry import Registry
 
-__all__ = ["ARCHS", "build_model", "model_spec", "parse_arch_kwargs", "arch_from_state_dict", "model_from_checkpoint",
-           "model_scale", "is_custom_arch"]
+__all__ = ["ARCHS", "register_arch", "build_model", "model_spec", "parse_arch_kwargs", "arch_from_state_dict",
+           "model_from_checkpoint", "model_scale", "is_custom_arch", "size_kwargs"]
 
-ARCHS = {"rrdb": RRDBNet, "rrdb_x4": RRDBNetX4, "swinir": SwinIR}
-RRDB_DEFAULTS = {"in_nc": 3, "out_nc": 3, "nf": 64, "nb": 23, "gc": 32}
-_WRAPPERS = ("params_ema", "params")
+#: architectures by ``--arch`` name (see :func:`register_arch`)
+ARCHS = Registry("architecture", "--arch")
+SIZE_FLAGS = ("nf", "nb", "gc")  # the released trainer's RRDB size flags
+
+
+def register_arch(name: str, cls: type, *, defaults: dict | None = None, size_flags: tuple[str, ...] = (),
+                  recognise=None, keys_hint: str = "") -> type:
+    """Register architecture ``name``: ``cls`` built with ``defaults`` updated by ``--arch_kwargs``;
+    ``size_flags``: which of ``--nf --nb --gc`` it takes as keyword arguments of the same names;
+    ``recognise(state_dict) -> (kwargs, state_dict in its own names) or None``: its checkpoints,
+    told from the keys (``keys_hint``: what it looks for, for the refusal of an unknown one)."""
+    return ARCHS.register(name, cls, defaults=dict(defaults or {}), size_flags=tuple(size_flags),
+                          recognise=recognise, keys_hint=keys_hint)
+
+
+def size_kwargs(arch: str, overrides: dict) -> dict:
+    """The ``--nf/--nb/--gc`` values (``overrides``) that size ``arch``; ValueError when it takes none."""
+    if not overrides:
+        return {}
+    takes = ARCHS[arch].size_flags if arch in ARCHS else ()
+    if not takes:
+        raise ValueError(f"--nf/--nb/--gc size an RRDB; --arch {arch} takes --arch_kwargs")
+    return {k: v for k, v in overrides.items() if k in takes}
 
 
 def is_custom_arch(arch: str) -> bool:
@@ -60,16 +81,15 @@ def _custom_class(arch: str) -> type:
 
 
 def build_model(arch: str, kwargs: dict | None = None) -> nn.Module:
-    """The network ``arch`` names, built with ``kwargs`` (RRDB defaults: nf 64, nb 23, gc 32)."""
+    """The network ``arch`` names, built with its registered defaults updated by ``kwargs``."""
     kwargs = dict(kwargs or {})
     if is_custom_arch(arch):
         cls = _custom_class(arch)
     elif arch in ARCHS:
-        cls = ARCHS[arch]
-        if arch != "swinir":
-            kwargs = {**RRDB_DEFAULTS, **kwargs}
+        entry = ARCHS[arch]
+        cls, kwargs = entry.obj, {**entry.defaults, **kwargs}
     else:
-        raise ValueError(f"--arch {arch}: not one of {', '.join(ARCHS)} (or package.module:Class)")
+        raise ValueError(f"--arch {arch}: not one of {', '.join(ARCHS.names())} (or package.module:Class)")
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -77,8 +97,10 @@ def build_model(arch: str, kwargs: dict | None = None) -> nn.Module:
 
 
 def model_spec(arch: str, kwargs: dict) -> dict:
-    """What the training state stores to rebuild the model."""
-    return {"arch": arch, "kwargs": dict(kwargs)}
+    """What the training state stores to rebuild the model: the architecture and its keyword
+    arguments, the registered defaults filled in (so two specs of one network compare equal)."""
+    defaults = ARCHS[arch].defaults if arch in ARCHS else {}
+    return {"arch": arch, "kwargs": {**defaults, **kwargs}}
 
 
 def model_scale(model: nn.Module) -> int:
@@ -86,30 +108,22 @@ def model_scale(model: nn.Module) -> int:
     return int(getattr(model, "upscale", 1) or 1)
 
 
-def _unwrap(ckpt: dict) -> dict:
-    for key in _WRAPPERS:
-        if isinstance(ckpt.get(key), dict):
-            return ckpt[key]
-    return ckpt
-
-
 def arch_from_state_dict(sd: dict) -> tuple[str, dict, dict]:
-    """``(arch, kwargs, state_dict in dil_fast's names)`` of an RRDB (dil or BasicSR names) or a
-    SwinIR state_dict; ValueError with the keys expected otherwise."""
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    if any(k.startswith("layers.0.residual_group.") for k in sd):
-        cfg = swinir_config_from_state_dict(sd)
-        return "swinir", cfg, sd
-    try:
-        layout = detect_layout(sd)
-    except ValueError as exc:
-        raise ValueError(f"not a network dil_fast knows: {exc}; or SwinIR's layers.0.residual_group.blocks.0.attn.qkv.weight, "
-                         "conv_after_body.weight, ...") from None
-    if layout == "basicsr":
-        sd = basicsr_to_dil(sd)
-    cfg = infer_rrdb_config(sd)
-    x4 = cfg.pop("x4")
-    return ("rrdb_x4" if x4 else "rrdb"), cfg, sd
+    """``(arch, kwargs, state_dict in the architecture's names)`` of a state_dict a registered
+    architecture recognises (an RRDB in dil_fast's or BasicSR's names, a SwinIR, ...); ValueError
+    with the keys each one looks for otherwise."""
+    from ..checkpoints import strip_module_prefix
+
+    sd = strip_module_prefix(sd)
+    for entry in ARCHS.entries():
+        if entry.recognise is None:
+            continue
+        found = entry.recognise(sd)
+        if found is not None:
+            kwargs, own = found
+            return entry.name, kwargs, own
+    hints = "; ".join(f"{e.name}: {e.keys_hint}" for e in ARCHS.entries() if e.keys_hint)
+    raise ValueError(f"not a network dil_fast knows (keys {', '.join(list(sd)[:3])}, ...; expected {hints})")
 
 
 def model_from_checkpoint(ckpt: dict, path: str, *, key: str = "model_meta", arch: str | None = None,
@@ -117,23 +131,15 @@ def model_from_checkpoint(ckpt: dict, path: str, *, key: str = "model_meta", arc
     """``(model with the weights loaded, arch, kwargs)`` from a loaded checkpoint of any supported
     layout (see the module docstring). ``arch``/``arch_kwargs`` (``--arch``) override what the
     checkpoint says; ValueError (one line, naming ``path``) when it cannot be done."""
-    saved = None
-    if ckpt.get("format") == "dil_fast.train_state":
-        saved = ckpt.get("model_config")
-        sd = ckpt["models"][key]
-    else:
-        body = _unwrap(ckpt)
-        sd = body[key] if isinstance(body.get(key), dict) else body
-    if isinstance(saved, dict) and "arch" not in saved:  # training states before --arch: an RRDB config
-        saved = {"arch": "rrdb_x4" if saved.get("x4") else "rrdb",
-                 "kwargs": {k: v for k, v in saved.items() if k != "x4"}}
+    from ..checkpoints import network_state
+
+    sd, saved = network_state(ckpt, key)
     try:
         if arch is None and saved is not None:
             if is_custom_arch(saved["arch"]):
                 raise ValueError(f"it was trained with --arch {saved['arch']}; pass --arch {saved['arch']} to rebuild "
                                  "it (dil_fast does not import code a checkpoint names)")
             arch, kwargs = saved["arch"], dict(saved["kwargs"])
-            sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
         elif arch is not None and is_custom_arch(arch):
             kwargs = dict(saved["kwargs"]) if saved is not None and saved.get("arch") == arch else {}
         else:

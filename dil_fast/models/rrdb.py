@@ -19,6 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .interchange import basicsr_to_dil, detect_layout
+from .regions import compiled_region
+from .registry import SIZE_FLAGS, register_arch
+
 
 def _scaled_kaiming_(conv: nn.Conv2d, scale: float) -> None:
     """Kaiming-normal (fan_in, a=0) weights scaled by ``scale``; the bias keeps PyTorch's default."""
@@ -58,6 +62,7 @@ class RRDB(nn.Module):
         self.RDB2 = ResidualDenseBlock(nf, gc, bias)
         self.RDB3 = ResidualDenseBlock(nf, gc, bias)
 
+    @compiled_region  # --compile: one compilation serves every RRDB
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
 
@@ -71,8 +76,6 @@ class RRDBNet(nn.Module):
     """
 
     upscale = 1
-    #: submodule lists of identical blocks: ``--compile`` compiles one block's forward for all of them
-    repeated_blocks = ("RRDB_trunk",)
 
     def __init__(self, in_nc: int = 3, out_nc: int = 3, nf: int = 64, nb: int = 23, gc: int = 32,
                  bias: bool = True):
@@ -159,3 +162,28 @@ def build_rrdb(config: dict) -> RRDBNet:
     cfg = dict(config)
     cls = RRDBNetX4 if cfg.pop("x4", False) else RRDBNet
     return cls(**cfg)
+
+
+# ---------------------------------------------------------------------------------- registration
+RRDB_DEFAULTS = {"in_nc": 3, "out_nc": 3, "nf": 64, "nb": 23, "gc": 32}  # the released trainer's
+_RRDB_KEYS = "conv_first.weight, RRDB_trunk.0.RDB1.conv1.weight, ... (BasicSR: conv_first, body.0.rdb1.conv1)"
+
+
+def _recognise(x4: bool):
+    """The recogniser of RRDBNet (``x4`` False) or RRDBNetX4: ``(kwargs, state_dict in dil_fast's
+    names)`` of an RRDB state_dict in dil_fast's or BasicSR's names, None for another network."""
+    def recognise(sd: dict):
+        try:
+            layout = detect_layout(sd)
+        except ValueError:
+            return None
+        own = basicsr_to_dil(sd) if layout == "basicsr" else sd
+        cfg = infer_rrdb_config(own)
+        return (cfg, own) if cfg.pop("x4") == x4 else None
+    return recognise
+
+
+register_arch("rrdb", RRDBNet, defaults=RRDB_DEFAULTS, size_flags=SIZE_FLAGS, recognise=_recognise(False),
+              keys_hint=_RRDB_KEYS)
+register_arch("rrdb_x4", RRDBNetX4, defaults=RRDB_DEFAULTS, size_flags=SIZE_FLAGS, recognise=_recognise(True),
+              keys_hint=_RRDB_KEYS + " with upconv1/upconv2")

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import register_arch
 from .swinir_blocks import (  # noqa: F401
     MASK_VALUE,
     RECONSTRUCTION_FEATURES,
@@ -84,9 +85,6 @@ class SwinIR(nn.Module):
     ignores the argument too), ``window_size``, ``img_range``, ``upsampler``, ``config`` (the
     constructor arguments except ``norm_layer``).
     """
-
-    #: submodule lists of identical blocks: ``--compile`` compiles one block's forward for all of them
-    repeated_blocks = ("layers",)
 
     def __init__(self, img_size=64, patch_size=1, in_chans: int = 3, embed_dim: int = 96,
                  depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
@@ -342,3 +340,14 @@ def swinir_config_from_state_dict(state_dict: dict) -> dict:
         "upsampler": upsampler,
         "resi_connection": "3conv" if "conv_after_body.0.weight" in sd else "1conv",
     }
+
+
+def _recognise(sd: dict):
+    """``(kwargs, state_dict)`` of an official-layout SwinIR state_dict, None for another network."""
+    if not any(k.startswith("layers.0.residual_group.") for k in sd):
+        return None
+    return swinir_config_from_state_dict(sd), sd
+
+
+register_arch("swinir", SwinIR, recognise=_recognise,
+              keys_hint="layers.0.residual_group.blocks.0.attn.qkv.weight, conv_after_body.weight, ...")

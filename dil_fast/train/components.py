@@ -8,24 +8,19 @@ import os
 import numpy as np
 from torch import nn
 
-from ..checkpoints import is_train_state
+from ..checkpoints import is_train_state, network_state
 from ..errors import CheckpointError, FlagError, InputError
-from ..meta import VARIANTS, MetaAlgorithm
+from ..meta import MetaAlgorithm
 from ..models.registry import (
-    RRDB_DEFAULTS,
     arch_from_state_dict,
     build_model,
     is_custom_arch,
     model_scale,
     model_spec,
     parse_arch_kwargs,
+    size_kwargs,
 )
 from .config import TrainConfig
-
-# the dispatcher ops each algorithm runs on its fused path (a forced backend must serve them)
-ALGORITHM_OPS = {"sf": ("adam_step", "meta_step"), "pf": ("adam_step", "meta_step"), "erm": ("adam_step",),
-                 "ss-fo": ("sgd_step",), "ss": (), "ps": ()}
-
 
 def model_spec_for(cfg: TrainConfig, resume_ckpt: dict | None) -> tuple[dict, dict | None]:
     """``(spec, weights)``: the architecture and keyword arguments to build (the training state's
@@ -33,16 +28,11 @@ def model_spec_for(cfg: TrainConfig, resume_ckpt: dict | None) -> tuple[dict, di
     ``--arch`` / ``--arch_kwargs`` / ``--nf --nb --gc``), and the weights a weights-only
     checkpoint gives (in dil_fast's names), or None."""
     arch = cfg.arch_name()
-    kwargs = parse_arch_kwargs(cfg.arch_kwargs)
-    if arch.startswith("rrdb"):
-        kwargs = {**RRDB_DEFAULTS, **kwargs, **cfg.model_overrides()}
+    kwargs = {**parse_arch_kwargs(cfg.arch_kwargs), **size_kwargs(arch, cfg.model_overrides())}
     if resume_ckpt is None:
         return model_spec(arch, kwargs), None
+    meta, saved = network_state(resume_ckpt, "model_meta")
     if is_train_state(resume_ckpt):
-        saved = resume_ckpt.get("model_config") or {}
-        if saved and "arch" not in saved:  # a training state from before --arch: an RRDB config
-            saved = {"arch": "rrdb_x4" if saved.get("x4") else "rrdb",
-                     "kwargs": {k: v for k, v in saved.items() if k != "x4"}}
         wanted = model_spec(arch, kwargs)
         if saved and (cfg.arch or cfg.arch_kwargs or cfg.model_overrides()) and saved != wanted:
             raise CheckpointError(f"{cfg.resume}: saved for model {saved}, not {wanted}")
@@ -50,15 +40,16 @@ def model_spec_for(cfg: TrainConfig, resume_ckpt: dict | None) -> tuple[dict, di
             raise CheckpointError(f"{cfg.resume} was trained with --arch {saved['arch']}; pass it again to resume "
                                   "(dil_fast does not import code a checkpoint names)")
         return (saved or wanted), None
-    body = resume_ckpt.get("params_ema") or resume_ckpt.get("params") or resume_ckpt
-    meta = body.get("model_meta") if isinstance(body.get("model_meta"), dict) else body
     try:
         found, found_kwargs, weights = arch_from_state_dict(meta)
     except ValueError as exc:
         raise CheckpointError(f"{cfg.resume}: {exc}") from None
     if cfg.arch and cfg.arch != found:
         raise CheckpointError(f"{cfg.resume}: holds a {found} network, not --arch {cfg.arch}")
-    found_kwargs.update(cfg.model_overrides() if found.startswith("rrdb") else {})
+    try:
+        found_kwargs.update(size_kwargs(found, cfg.model_overrides()))
+    except ValueError as exc:
+        raise CheckpointError(f"{cfg.resume}: holds a {found} network: {exc}") from None
     return model_spec(found, found_kwargs), weights
 
 
@@ -81,19 +72,11 @@ def check_scale(model: nn.Module, cfg: TrainConfig) -> None:
                         f"(--scale / --task {cfg.task}): use an architecture that upsamples by {scale}")
 
 
-def build_algorithm(cfg: TrainConfig, model: nn.Module, task_model: nn.Module | None = None) -> MetaAlgorithm:
-    """The ``--variant`` algorithm around ``model`` (the released computation with ``--reference_mode``)."""
-    if cfg.reference_mode:
-        from .reference_mode import ReferenceSF
-
-        return ReferenceSF(model, inner_lr=cfg.lr, meta_lr=cfg.meta_lr, loss=cfg.loss, task_model=task_model)
-    cls = VARIANTS[cfg.variant]
-    common = dict(loss=cfg.loss, backend=cfg.backend, **cfg.variant_options)
-    if cfg.variant == "erm":
-        return cls(model, lr=cfg.lr, **common)
-    if cfg.variant in ("sf", "pf"):
-        return cls(model, inner_lr=cfg.lr, meta_lr=cfg.meta_lr, task_model=task_model, **common)
-    return cls(model, meta_lr=cfg.meta_lr, **common)
+def build_algorithm(cfg: TrainConfig, model: nn.Module, task_model: nn.Module | None = None, *,
+                    fused: bool | None = None) -> MetaAlgorithm:
+    """The ``--variant`` algorithm around ``model`` (its released computation with ``--reference_mode``),
+    as the variant's registry entry builds it; ``fused``: the run plan's optimizer decision."""
+    return cfg.variant_entry().obj.from_config(cfg, model, task_model, fused=fused)
 
 
 def sr_confounders(specs, scale: int, size: tuple[int, int]):
@@ -116,6 +99,30 @@ def sr_confounders(specs, scale: int, size: tuple[int, int]):
             raise FlagError(f"--confounders: {s.name} gives {got} from {w}x{h} images; an x{scale} run needs "
                             f"{lr[1]}x{lr[0]} (or the size kept, to append the 1/{scale} resize)")
     return out
+
+
+CLEAN_LOADERS = ("folder", "store", "dali")  # the kinds that yield clean batches (the rest yield pairs)
+
+
+def training_confounders(cfg: TrainConfig, confounders=None) -> list:
+    """The confounders the degradation stage applies to clean batches: ``confounders`` (an API
+    user's) or the config's, ending with the 1/scale resize of an x``scale`` run."""
+    specs = confounders if confounders is not None else cfg.confounder_specs()
+    return sr_confounders(specs, cfg.effective_scale(), (cfg.patch_size, cfg.patch_size))
+
+
+def stage_ops(cfg: TrainConfig, loader=None, confounders=None) -> tuple[str, ...]:
+    """The dispatcher ops the run's loader and degradation will run (``loader``: an API user's,
+    else the one the config asks for), known before either is built: the run plan's input."""
+    from ..data.store import StoreLoader
+    from ..degrade import confounder_ops
+
+    if loader is not None:
+        ops, clean = tuple(getattr(loader, "ops", tuple)()), loader.yields == "clean"
+    else:
+        kind = loader_kind(cfg)
+        ops, clean = (StoreLoader.OPS if kind == "store" else ()), kind in CLEAN_LOADERS
+    return ops + (confounder_ops(training_confounders(cfg, confounders)) if clean else ())
 
 
 def loader_kind(cfg: TrainConfig) -> str:

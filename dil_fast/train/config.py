@@ -15,13 +15,10 @@ from dataclasses import asdict, dataclass, field
 from ..devices import resolve_device
 from ..errors import FlagError
 
-DEFAULT_RRDB = {"nf": 64, "nb": 23, "gc": 32}
 LOADERS = ("auto", "reference", "folder", "paired", "store", "dali")
 LOSS_NAMES = ("l1", "l2", "mse", "charbonnier")
-VARIANT_NAMES = ("sf", "pf", "ss", "ps", "ss-fo", "erm")
 BACKEND_CHOICES = ("auto", "torch", "triton", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
-TASK_NAMES = ("denoise", "deblur", "hybrid", "jpeg", "realsr", "derain", "realnoise")
 
 
 @dataclass
@@ -108,6 +105,8 @@ class TrainConfig:
             arch_kwargs=args.arch_kwargs, scale=args.scale, y=args.y, crop_border=args.crop_border,
             auto_resume=args.auto_resume, max_bad_steps=args.max_bad_steps, tensorboard=not args.no_tensorboard,
         )
+        from .flags import variant_options
+
         cfg.variant_options = variant_options(args)
         return cfg
 
@@ -130,15 +129,14 @@ class TrainConfig:
         _check_positive("ddp_timeout", self.ddp_timeout)
         for name in ("lr", "meta_lr", "test_level", "ddp_timeout"):
             _check_finite(name, getattr(self, name))
-        alpha = self.variant_options.get("alpha")
-        if alpha is not None:
-            _check_finite("alpha", alpha)
-            _check_positive("alpha", alpha)
         if self.loss not in LOSS_NAMES:
             raise FlagError(f"--loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
         self._validate_task()
-        if self.variant not in VARIANT_NAMES:
-            raise FlagError(f"--variant must be one of {', '.join(VARIANT_NAMES)}, got {self.variant!r}")
+        variant = self.variant_entry()
+        try:
+            variant.obj.options_from(self.variant_options)
+        except ValueError as exc:
+            raise FlagError(str(exc)) from None
         if not self.levels:
             raise FlagError("--levels needs at least one noise level")
         if any((not math.isfinite(s)) or s < 0 for s in self.levels):
@@ -165,30 +163,12 @@ class TrainConfig:
             self._check_reference_mode()
         device = resolve_device(self.device, local_rank=self.local_rank if self.distributed else None)
         self._check_weight_options(device)
-        if self.cuda_graphs:
-            if device.type != "cuda":
-                raise FlagError(f"--cuda_graphs needs a CUDA device; this run trains on {device} "
-                                "(drop --cuda_graphs, or pass --device cuda on a machine with a GPU)")
-            if self.distributed:
-                raise FlagError("--cuda_graphs is single-process for now: the per-step gradient all-reduce of "
-                                "--distributed is not captured; drop one of the two")
-            from ..backends import BackendError
-            from ..ops.optim import fused_optimizer
-
-            try:
-                fused = fused_optimizer(device, self.backend)
-            except BackendError:
-                fused = False
-            if not fused:
-                why = ("--backend torch steps the optimizers with the torch references" if self.backend == "torch"
-                       else "`dil-fast info` says why the native core is not in use")
-                raise FlagError(f"--cuda_graphs needs the fused optimizer (the native core dil_fast._C with its "
-                                f"CUDA kernels); {why}")
         return self
 
     def _check_weight_options(self, device) -> None:
         """``--channels_last_weights`` needs channels-last activations; ``--weight_shadow`` bf16 and a
-        variant that trains through the module's forward with the fused optimizer."""
+        variant that trains through the module's forward (the fused optimizer it needs is the run
+        plan's decision: :class:`dil_fast.train.plan.RunPlan`)."""
         on_cuda = device.type == "cuda"
         channels_last = on_cuda if self.channels_last is None else self.channels_last
         if self.channels_last_weights and not channels_last:
@@ -199,22 +179,18 @@ class TrainConfig:
         if (self.precision or ("bf16" if on_cuda else "fp32")) != "bf16":
             raise FlagError("--weight_shadow is a bf16 copy of the weights; it needs --precision bf16 "
                             "(the default on CUDA)")
-        if self.variant not in ("sf", "pf", "erm"):
-            raise FlagError(f"--weight_shadow applies to the variants that train through the module's forward "
-                            f"(sf, pf, erm); --variant {self.variant} evaluates its virtual models functionally")
-        from ..backends import BackendError
-        from ..ops.optim import fused_optimizer
+        from ..meta import VARIANTS
 
-        try:
-            fused = fused_optimizer(device, self.backend)
-        except BackendError:
-            fused = False
-        if not fused:
-            raise FlagError("--weight_shadow reads the flat weight buffers of the fused optimizer, which this run "
-                            "does not use (`dil-fast info` says why)")
+        if not self.variant_entry().trains_module_forward:
+            users = ", ".join(VARIANTS.where(lambda e: e.trains_module_forward))
+            raise FlagError(f"--weight_shadow applies to the variants that train through the module's forward "
+                            f"({users}); --variant {self.variant} evaluates its virtual models functionally")
+        if self.distributed:
+            raise FlagError("--weight_shadow runs the module on views of its own cast weights, which DDP's "
+                            "wrapper does not take; drop one of --weight_shadow and --distributed")
 
     def _validate_task(self) -> None:
-        from ..models.registry import ARCHS, is_custom_arch, parse_arch_kwargs
+        from ..models.registry import ARCHS, is_custom_arch, parse_arch_kwargs, size_kwargs
         from ..tasks import TASKS
 
         if self.task not in TASKS:
@@ -225,13 +201,12 @@ class TrainConfig:
             raise FlagError(f"--order 2 selects Real-ESRGAN's second-order degradation of --task realsr, not --task {self.task}")
         arch = self.arch_name()
         if arch not in ARCHS and not is_custom_arch(arch):
-            raise FlagError(f"--arch must be one of {', '.join(ARCHS)} or package.module:Class, got {arch!r}")
+            raise FlagError(f"--arch must be one of {', '.join(ARCHS.names())} or package.module:Class, got {arch!r}")
         try:
             parse_arch_kwargs(self.arch_kwargs)
+            size_kwargs(arch, self.model_overrides())
         except ValueError as exc:
             raise FlagError(str(exc)) from None
-        if self.model_overrides() and not arch.startswith("rrdb"):
-            raise FlagError(f"--nf/--nb/--gc size an RRDB; --arch {arch} takes --arch_kwargs")
         _check_positive("scale", self.scale)
         _check_positive("crop_border", self.crop_border, allow_zero=True)
         if self.patch_size % self.effective_scale():
@@ -277,9 +252,19 @@ class TrainConfig:
         except ValueError as exc:
             raise FlagError(f"--test_confounders: {exc}") from None
 
+    def variant_entry(self):
+        """The registry entry of ``--variant`` (:data:`dil_fast.meta.VARIANTS`); FlagError when unknown."""
+        from ..meta import VARIANTS
+        from ..registry import UnknownEntry
+
+        try:
+            return VARIANTS[self.variant]
+        except UnknownEntry as exc:
+            raise FlagError(str(exc)) from None
+
     def _check_reference_mode(self) -> None:
         """Refuse ``--reference_mode`` combined with anything the released trainer did not do."""
-        if self.variant != "sf":
+        if self.variant_entry().released is None:
             raise FlagError(f"--reference_mode re-creates the released DIL_sf trainer; --variant {self.variant} "
                             "has no reference")
         if self.loader not in ("auto", "reference"):
@@ -324,14 +309,3 @@ def _check_positive(name: str, value, allow_zero: bool = False) -> None:
         return
     if (value < 0) if allow_zero else (value <= 0):
         raise FlagError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-# ---------------------------------------------------------------------------------- command line
-def variant_options(args) -> dict:
-    """The constructor options of ``--variant`` beyond the learning rates and loss."""
-    if args.variant in ("ss", "ps", "ss-fo"):
-        return {"alpha": args.alpha, "inner_optimizer": args.inner_optimizer, "query": args.query,
-                "virtual_batching": args.virtual_batching}
-    if args.variant == "pf":
-        return {"query": args.query, "virtual_batching": args.virtual_batching}
-    return {}

@@ -32,10 +32,10 @@ fp32 path and CUDA gets the fast one):
     (counted in ``bench/bench_host.py`` part e).
 ``--compile``
     ``torch.compile`` the training forward of the task network (default mode; compiled once per
-    input shape, the evaluation forward stays eager). A network that names its repeated blocks
-    (``repeated_blocks``: RRDBNet's RRDBs, SwinIR's RSTBs) is compiled by region: one compilation
-    of the block serves all of them, which cuts the cold compile of RRDB-23 by about the block
-    count; the layers around the blocks run eagerly. Works on CPU when a C++ compiler is present.
+    input shape, the evaluation forward stays eager). A network that marks its repeated block as a
+    compiled region (:mod:`dil_fast.models.regions`: RRDBNet's RRDB) is compiled by region: one
+    compilation of the block serves all of them, which cuts the cold compile of RRDB-23 by about the
+    block count; the layers around the blocks run eagerly. Works on CPU when a C++ compiler is present.
 ``--cuda_graphs`` / ``--no_cuda_graphs``
     Default (neither flag): on when the run trains on CUDA in one process with the fused optimizer
     (the native core serves the optimizer ops) and without ``--compile`` or ``--reference_mode``
@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import types
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -97,8 +96,9 @@ from torch import nn
 
 from ..backends import BackendError
 from ..ops import optim as optim_ops
+from ..models.regions import compiling_regions, has_regions
 from ..optim.flat import adjacent_views, dense_layout, segment_view
-from .graphs import GRAPH_WARMUP, GraphedStep, capture_blocker  # noqa: F401 - part of this module's API
+from .graphs import GRAPH_WARMUP, GraphedStep
 
 
 @dataclass
@@ -121,20 +121,21 @@ class FastOptions:
 
 
 def default_cuda_graphs(device: torch.device, *, compile: bool = False, distributed: bool = False,
-                        backend: str | None = None) -> tuple[bool, str | None]:
+                        backend: str | None = None, fused: bool | None = None) -> tuple[bool, str | None]:
     """The ``--cuda_graphs`` default: ``(on, why not)``. On for a CUDA run in one process with the
-    fused optimizer (:func:`dil_fast.ops.optim.fused_optimizer`, ``backend`` forced) and without
-    ``--compile``; the reason is None on CPU (graphs are a CUDA matter)."""
+    fused optimizer (``fused``: the run plan's decision; None: :func:`dil_fast.ops.optim.fused_optimizer`
+    with ``backend`` forced) and without ``--compile``; the reason is None on CPU (graphs are a CUDA matter)."""
     if torch.device(device).type != "cuda":
         return False, None
     if distributed:
         return False, "--distributed: DDP's gradient all-reduce runs eagerly"
     if compile:
         return False, "--compile; add --cuda_graphs to capture the compiled step"
-    try:
-        fused = optim_ops.fused_optimizer(device, backend)
-    except BackendError:  # a forced backend that cannot serve the optimizer ops: the run is refused later
-        fused = False
+    if fused is None:
+        try:
+            fused = optim_ops.fused_optimizer(device, backend)
+        except BackendError:  # a forced backend that cannot serve the optimizer ops: the run is refused later
+            fused = False
     if not fused:
         return False, "the fused optimizer is not in use (--backend torch, or `dil-fast info` says why not)"
     return True, None
@@ -143,7 +144,7 @@ def default_cuda_graphs(device: torch.device, *, compile: bool = False, distribu
 def resolve_options(device: torch.device, *, precision: str | None = None, channels_last: bool | None = None,
                     compile: bool = False, cuda_graphs: bool | None = None, deterministic: bool = False,
                     distributed: bool = False, backend: str | None = None, channels_last_weights: bool | None = None,
-                    weight_shadow: bool | None = None) -> FastOptions:
+                    weight_shadow: bool | None = None, fused: bool | None = None) -> FastOptions:
     """Fill the device-dependent defaults (the explicit combinations were validated with the config);
     ``cuda_graphs=None``: :func:`default_cuda_graphs` (``distributed``: ``--distributed``, ``backend``:
     the forced ``--backend``)."""
@@ -151,7 +152,7 @@ def resolve_options(device: torch.device, *, precision: str | None = None, chann
     graphs_off = None
     if cuda_graphs is None:
         cuda_graphs, graphs_off = default_cuda_graphs(device, compile=compile, distributed=distributed,
-                                                      backend=backend)
+                                                      backend=backend, fused=fused)
     elif not cuda_graphs and on_cuda:
         graphs_off = "--no_cuda_graphs"
     return FastOptions(precision=precision or ("bf16" if on_cuda else "fp32"),
@@ -273,24 +274,18 @@ class WeightShadow:
         if not self.params or adjacent_views([p.data for p in self.params], self.layouts) is None:
             raise ValueError("--weight_shadow needs the parameters in one flat buffer (the fused optimizer keeps "
                              "them so; `dil-fast info` says why it is not in use)")
-        owner, _, leaf = self.names[0].rpartition(".")
-        self._owner, self._leaf = (module.get_submodule(owner) if owner else module), leaf
-
-    def engaged(self) -> bool:
-        """False while the module runs on other parameters (``torch.func.functional_call``, as the
-        virtual-model variants and the shadow's own call do)."""
-        return getattr(self._owner, self._leaf) is self.params[0]
+        self.total = sum(self.sizes)
 
     def _flat(self, tensors) -> torch.Tensor:
-        """The [P] buffer ``tensors`` tile; O(1) checks of the first and last, a full check when they moved."""
+        """The [P] buffer ``tensors`` tile. O(1): the first and the last are checked (as
+        :meth:`dil_fast.optim.flat.FlatParams.refresh` does; the optimizer step repairs the views)."""
         first, last = tensors[0], tensors[-1]
         if first is None or last is None:
             raise RuntimeError("--weight_shadow: a parameter has no gradient view (use zero_grad(set_to_none=False))")
-        flat = first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (sum(self.sizes),), (1,))
-        end = first.data_ptr() + (sum(self.sizes) - self.sizes[-1]) * first.element_size()
-        if last.data_ptr() != end or adjacent_views(list(tensors), self.layouts) is None:
+        end = first.data_ptr() + (self.total - self.sizes[-1]) * first.element_size()
+        if last.data_ptr() != end:
             raise RuntimeError("--weight_shadow: the parameters or gradients no longer tile one flat buffer")
-        return flat
+        return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (self.total,), (1,))
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Name -> bf16 view, for one forward; backward accumulates into the flat fp32 gradient."""
@@ -301,84 +296,72 @@ class WeightShadow:
                 for n, t, shape, layout in zip(self.names, pieces, self.shapes, self.layouts)}
 
 
-def compile_repeated_blocks(module: nn.Module) -> bool:
-    """Regional compilation for ``--compile``: when ``module`` names lists of identical blocks
-    (``repeated_blocks``, e.g. RRDBNet's 23 RRDBs), one ``torch.compile`` of the block class's
-    forward serves every block (their weights are graph inputs, so one compilation, not 23), run
-    when autograd is on and outside vmap; the rest of the network stays eager. Returns False when
-    the module names none (the caller compiles the whole training forward)."""
-    names = getattr(module, "repeated_blocks", ())
-    blocks = [b for name in names for b in getattr(module, name, ())]
-    if not blocks:
-        return False
-    compiled = {}
-    for block in blocks:
-        cls = type(block)
-        plain = cls.forward
-        if cls not in compiled:
-            compiled[cls] = torch.compile(plain)
-        fast = compiled[cls]
-
-        def forward(self, x, *args, _plain=plain, _fast=fast, **kwargs):
-            if torch.is_grad_enabled() and not _is_batched(x):
-                return _fast(self, x, *args, **kwargs)
-            return _plain(self, x, *args, **kwargs)
-
-        block.forward = types.MethodType(forward, block)
-    return True
-
-
 def _is_batched(x: torch.Tensor) -> bool:
     """True for a tensor seen inside ``torch.func.vmap`` (a functorch batched tensor)."""
     return torch._C._functorch.is_batchedtensor(x)
 
 
-def install_training_forward(module: nn.Module, opts: FastOptions, device: torch.device) -> nn.Module:
-    """Make ``module``'s forward apply the fast-path options when autograd is on (training).
+class FastForward:
+    """The training forward of the fast path (the algorithm's ``forward_policy``): channels-last
+    input, bf16 autocast with the output cast back to fp32 for the loss, the bf16 weight shadow, and
+    ``torch.compile`` of the whole forward. The module is never patched: the algorithm calls
+    ``policy(module, x)``, and functional forwards (the virtual-model variants) run inside
+    :meth:`functional` with :meth:`prepare` / :meth:`finish` around them. Evaluation calls the module
+    itself: fp32, eager.
 
-    The class's forward is wrapped per instance, so parameter names, ``state_dict`` and the
-    optimizers are untouched; with grad disabled (evaluation) the plain fp32 forward runs.
-    Call after any ``copy.deepcopy`` of the module (a deep copy would share the wrapper).
-    """
-    device = torch.device(device)
-    if opts.autocast_dtype is None and not opts.channels_last and not opts.compile:
-        return module
-    plain = type(module).forward
-    dtype = opts.autocast_dtype
-    # autocast's weight-cast cache must not outlive a captured graph's replays
-    cache = not opts.cuda_graphs
-    shadow = None
-    if opts.weight_shadow:
-        if dtype is None:
-            raise ValueError("--weight_shadow needs --precision bf16")
-        shadow = WeightShadow(module, dtype)
+    ``--compile`` compiles this forward whole, or, for a network that marks the forward of its
+    repeated block as a compiled region (:mod:`dil_fast.models.regions`: RRDBNet's RRDB), runs the
+    forward with that block compiled once for all its copies and the rest eager, which cuts the cold
+    compile of RRDB-23 by about the block count."""
 
-    def training_forward(x, *args, **kwargs):
-        if shadow is not None and shadow.engaged() and not _is_batched(x):
-            # the module's own call on the shadow re-enters here, no longer engaged
-            out = torch.func.functional_call(module, shadow.weights(), (x, *args), kwargs, strict=False)
-            return out.float()
+    def __init__(self, opts: FastOptions, device, module: nn.Module | None = None):
+        self.device_type = torch.device(device).type
+        self.dtype = opts.autocast_dtype
+        self.channels_last = opts.channels_last
+        # autocast's weight-cast cache must not outlive a captured graph's replays
+        self.cache = not opts.cuda_graphs
+        self.shadow = None
+        if opts.weight_shadow:
+            if self.dtype is None or module is None:
+                raise ValueError("--weight_shadow needs --precision bf16 and the task network")
+            self.shadow = WeightShadow(module, self.dtype)
+        self._regions: dict | None = None
+        self._run = self._forward
+        if opts.compile:
+            if module is not None and has_regions(module):
+                self._regions = {}  # region forward -> its compiled function, kept for the run
+            else:
+                self._run = torch.compile(self._forward)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
         # under vmap (the batched virtual models of ss/ss-fo) x is a batched tensor whose layout the
         # convolution's batching rule decides; a memory-format query there is not implemented
-        if opts.channels_last and x.dim() == 4 and not _is_batched(x):
-            x = x.contiguous(memory_format=torch.channels_last)
-        if dtype is None:
-            return plain(module, x, *args, **kwargs)
-        with torch.autocast(device.type, dtype=dtype, cache_enabled=cache):
-            out = plain(module, x, *args, **kwargs)
-        return out.float()  # the loss is computed in fp32, as autocast does for its losses
+        if self.channels_last and x.dim() == 4 and not _is_batched(x):
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
-    run = training_forward
-    if opts.compile and not compile_repeated_blocks(module):
-        run = torch.compile(training_forward)
+    def functional(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=self.cache)
 
-    def forward(self, x, *args, **kwargs):
-        if torch.is_grad_enabled():
-            return run(x, *args, **kwargs)
-        return plain(self, x, *args, **kwargs)
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.dtype is None else out.float()  # the loss is computed in fp32
 
-    module.forward = types.MethodType(forward, module)
-    return module
+    def _forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(x)
+        with self.functional():
+            if self.shadow is not None and self.shadow.module is module:
+                out = torch.func.functional_call(module, self.shadow.weights(), (x,), strict=False)
+            else:
+                out = module(x)
+        return self.finish(out)
+
+    def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self._regions is None:
+            return self._run(module, x)
+        with compiling_regions(self._regions):
+            return self._run(module, x)
 
 
 # ---------------------------------------------------------------------- loss logging
@@ -418,10 +401,34 @@ class LossLog:
 
 
 # ---------------------------------------------------------------------- the whole fast path
-class FastPath:
-    """Applies :class:`FastOptions` to an algorithm; ``step(batches)`` is the meta-iteration to call.
+def describe_options(o: FastOptions, fallback: str | None = None) -> str:
+    """The fast path in words (the ``Fast path:`` line); ``fallback``: why a capture that failed
+    left the step eager."""
+    parts = [f"precision {o.precision or 'torch defaults'}"]
+    parts.append("channels_last" if o.channels_last else "NCHW")
+    if o.channels_last_weights:
+        parts.append("channels_last weights")
+    if o.weight_shadow:
+        parts.append("bf16 weight shadow")
+    if o.compile:
+        parts.append("torch.compile")
+    if o.cuda_graphs and fallback is None:
+        parts.append(f"CUDA graph (after {GRAPH_WARMUP} eager meta-iterations)")
+    elif o.cuda_graphs or o.graphs_off:
+        parts.append(f"eager launches (no CUDA graph: {fallback or o.graphs_off})")
+    if o.deterministic:
+        parts.append("deterministic")
+    return ", ".join(parts)
 
-    Use as a context manager (or call :meth:`close`) so the global math settings are restored.
+
+class FastPath:
+    """Applies :class:`FastOptions` to an algorithm: the global math settings, its training forward
+    (:class:`FastForward`, installed with ``algo.use_forward_policy``; the modules are not touched)
+    and, with ``cuda_graphs``, the captured step; ``step(batches, *, query=None, timer=None)`` is the
+    meta-iteration to call.
+
+    Use as a context manager (or call :meth:`close`) so the global math settings and the
+    algorithm's plain forward are restored.
     """
 
     def __init__(self, algo, opts: FastOptions, device):
@@ -431,34 +438,24 @@ class FastPath:
         self._open = True
         try:
             check_weight_layout(algo.task_model, opts)
-            install_training_forward(algo.task_model, opts, self.device)
+            algo.use_forward_policy(FastForward(opts, self.device, algo.task_model))
             self.step = GraphedStep(algo) if opts.cuda_graphs else algo.step
         except BaseException:
             self.close()
             raise
 
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why a captured step runs eagerly (None when it is captured, or not asked to be)."""
+        return getattr(self.step, "fallback_reason", None)
+
     def describe(self) -> str:
-        o = self.opts
-        parts = [f"precision {o.precision or 'torch defaults'}"]
-        parts.append("channels_last" if o.channels_last else "NCHW")
-        if o.channels_last_weights:
-            parts.append("channels_last weights")
-        if o.weight_shadow:
-            parts.append("bf16 weight shadow")
-        if o.compile:
-            parts.append("torch.compile")
-        fallback = getattr(self.step, "fallback_reason", None)
-        if o.cuda_graphs and fallback is None:
-            parts.append(f"CUDA graph (after {GRAPH_WARMUP} eager meta-iterations)")
-        elif o.cuda_graphs or o.graphs_off:
-            parts.append(f"eager launches (no CUDA graph: {fallback or o.graphs_off})")
-        if o.deterministic:
-            parts.append("deterministic")
-        return ", ".join(parts)
+        return describe_options(self.opts, self.fallback_reason)
 
     def close(self) -> None:
         if self._open:
             self._open = False
+            self.algo.use_forward_policy(None)
             self._settings.__exit__(None, None, None)
 
     def __enter__(self):

@@ -3,10 +3,14 @@ names and defaults); :class:`dil_fast.train.config.TrainConfig` validates what t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from .config import BACKEND_CHOICES, LOADERS, LOSS_NAMES, PRECISIONS, TASK_NAMES, VARIANT_NAMES
+from ..meta import VARIANTS
+from ..meta.options import option_fields
+from ..tasks import TASKS
+from .config import BACKEND_CHOICES, LOADERS, LOSS_NAMES, PRECISIONS
 
-__all__ = ["add_train_arguments"]
+__all__ = ["add_train_arguments", "variant_options"]
 
 
 def _levels(text: str) -> tuple[float, ...]:
@@ -17,6 +21,45 @@ def _levels(text: str) -> tuple[float, ...]:
     if not vals:
         raise argparse.ArgumentTypeError("expected at least one number")
     return vals
+
+
+def variant_option_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Every registered variant's options: name -> (field, the variants that take it). One name is
+    one flag; variants that share it share its default, type and choices."""
+    out: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for entry in VARIANTS.entries():
+        for f in option_fields(entry.options):
+            if f.name in out:
+                known, users = out[f.name]
+                if (known.default, known.type, known.metadata.get("choices")) != \
+                        (f.default, f.type, f.metadata.get("choices")):
+                    raise ValueError(f"variants {users[0]} and {entry.name} define --{f.name} differently")
+                users.append(entry.name)
+            else:
+                out[f.name] = (f, [entry.name])
+    return out
+
+
+def add_variant_options(group) -> None:
+    """A flag per variant option (:mod:`dil_fast.meta.options`), default None: the variant's own
+    default applies unless the flag is given."""
+    for name, (f, users) in variant_option_fields().items():
+        kind = type(f.default)
+        group.add_argument(f"--{name}", type=kind if kind in (int, float) else str, default=None,
+                           choices=f.metadata.get("choices"),
+                           help=f"{f.metadata['help']} ({', '.join(users)}; default {f.default})")
+
+
+def variant_options(args) -> dict:
+    """The options ``--variant`` takes, as given on the command line (the rest keep its defaults);
+    :class:`~dil_fast.errors.FlagError` for a variant option given to a variant without it."""
+    from ..errors import FlagError
+
+    takes = {f.name for f in option_fields(VARIANTS[args.variant].options)}
+    for name, (_, users) in variant_option_fields().items():
+        if name not in takes and getattr(args, name, None) is not None:
+            raise FlagError(f"--{name} applies to --variant {', '.join(users)}; --variant {args.variant} has no such option")
+    return {n: getattr(args, n) for n in takes if getattr(args, n, None) is not None}
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -47,10 +90,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="data-loader workers per confounder (the released spelling is accepted)")
     ref.add_argument("--total_epoch", type=int, default=30, help="epochs to train (an epoch reads every patch once)")
     new = p.add_argument_group("dil_fast flags")
-    new.add_argument("--variant", default="sf", choices=VARIANT_NAMES,
-                     help="DIL variant: sf serial first-order (released), pf parallel first-order, ss serial "
-                          "second-order (Eq. 4), ps parallel second-order (Eq. 5), ss-fo Eq. 4 first-order, "
-                          "erm the plain baseline")
+    new.add_argument("--variant", default="sf", choices=VARIANTS.names(),
+                     help="DIL variant: " + "; ".join(f"{e.name} {e.summary}" for e in VARIANTS.entries()))
     new.add_argument("--levels", type=_levels, default=(5.0, 10.0, 15.0, 20.0),
                      help="training noise levels (sigma on 0..255), one confounder each")
     new.add_argument("--nf", type=int, default=None, help="RRDB width (default 64, or inferred from --resume)")
@@ -59,16 +100,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     new.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     new.add_argument("--lr", "--inner_lr", dest="lr", type=float, default=1e-4,
                      help="task (inner) Adam learning rate of sf/pf; ERM's learning rate")
-    new.add_argument("--alpha", type=float, default=1e-4,
-                     help="inner step size of the second-order variants ss, ps, ss-fo")
-    new.add_argument("--inner_optimizer", default="sgd", choices=("sgd", "adam"),
-                     help="inner step of ss/ps/ss-fo: a plain gradient step (sgd) or one Adam step")
-    new.add_argument("--query", default="mixture", choices=("mixture", "split"),
-                     help="outer (query) batch of pf/ss/ps/ss-fo: drawn from the given batches (mixture) or a "
-                          "held-out half of each batch (split)")
-    new.add_argument("--virtual_batching", default="auto", choices=("auto", "tune", "batched", "looped"),
-                     help="K virtual models of ss/ss-fo in one batched pass or one at a time; auto: looped on "
-                          "CPU, else batched unless it fails (deterministic); tune: time both once, keep the faster")
+    add_variant_options(new)
     new.add_argument("--meta_lr", type=float, default=1e-4, help="meta learning rate")
     new.add_argument("--lr_step", type=int, default=20, help="halve the meta LR every N epochs")
     new.add_argument("--test_level", type=float, default=50.0, help="noise level of the periodic test")
@@ -104,7 +136,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ops.add_argument("--config", default=None,
                      help="a JSON or YAML file of flag values (the command line wins)")
     task = p.add_argument_group("tasks and models (dil_fast.tasks; a task sets the rest, these override it)")
-    task.add_argument("--task", default="denoise", choices=TASK_NAMES,
+    task.add_argument("--task", default="denoise", choices=tuple(TASKS),
                       help="the paper's experiment: training confounders, periodic test, model, scale, metric")
     task.add_argument("--test_confounders", default=None,
                       help="the periodic test's degradation (default: the task's; denoise: noise at --test_level)")

@@ -4,6 +4,7 @@ the next one into one graph on static input buffers and replays it; a step that 
 falls back to eager with one warning naming the reason."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -11,21 +12,8 @@ import torch
 GRAPH_WARMUP = 3  # eager meta-iterations before capture (cuDNN autotuning, allocator, lr tensors)
 
 
-def capture_blocker(algo) -> str | None:
-    """Why ``algo``'s meta-iteration cannot be captured as it is written, or None.
-
-    Read from the code of the variants: every step is device work on fixed buffers except the
-    optimizer step of a ``torch.optim`` optimizer (its non-finite skip reads the flag on the host)
-    and the inner Adam of ss/ps/ss-fo (its step count and bias corrections are host numbers that a
-    graph would freeze, and its moments are new tensors every step)."""
-    from ..optim import FusedAdam
-
-    if not all(isinstance(o, FusedAdam) for o in _optimizers(algo)):
-        return ("its optimizers are not the fused flat-buffer ones (a torch.optim step decides on the host "
-                "whether to skip); `dil-fast info` says why the native core is not in use")
-    if getattr(algo, "inner_optimizer", "sgd") == "adam":
-        return "--inner_optimizer adam keeps its step count and bias corrections on the host"
-    return None
+def _no_phase(_name):
+    return contextlib.nullcontext()
 
 
 def _optimizers(algo) -> list:
@@ -45,10 +33,11 @@ def _root_cause(exc: BaseException) -> str:
 class GraphedStep:
     """``algo.step`` captured as one CUDA graph (see ``--cuda_graphs`` in the module doc).
 
-    ``__call__(batches, query=None)`` returns the per-pair losses: a static device tensor that the
-    next call overwrites (copy it before then; :class:`LossLog` does). Input shapes must stay fixed.
-    When the step cannot be captured (:func:`capture_blocker`, or the capture raised) it warns once
-    (``RuntimeWarning``, :attr:`fallback_reason` says why) and every call runs ``algo.step`` eagerly.
+    ``__call__(batches, *, query=None, timer=None)`` returns the per-pair losses: a static device
+    tensor that the next call overwrites (copy it before then; :class:`LossLog` does). Input shapes
+    must stay fixed. When the step cannot be captured (``algo.capture_blocker()``, or the capture
+    raised) it warns once (``RuntimeWarning``, :attr:`fallback_reason` says why) and every call runs
+    ``algo.step`` eagerly. A replay is one phase for a ``timer``: "fwd_bwd".
     """
 
     def __init__(self, algo, warmup: int = GRAPH_WARMUP):
@@ -63,7 +52,7 @@ class GraphedStep:
         self.fallback_reason: str | None = None
         self._side = None
         self._resync_task = False  # an eager step kept the task weights; the graph starts from task == meta
-        reason = capture_blocker(algo)
+        reason = algo.capture_blocker()
         if reason is not None:
             self._fall_back(reason)
 
@@ -72,16 +61,16 @@ class GraphedStep:
         warnings.warn(f"CUDA graphs: the meta-iteration of --variant {self.algo.name} runs eagerly: {reason}",
                       RuntimeWarning, stacklevel=3)
 
-    def _step(self, batches, query):
-        return self.algo.step(batches) if query is None else self.algo.step(batches, query=query)
+    def _step(self, batches, query, timer=None):
+        return self.algo.step(batches, query=query, timer=timer)
 
-    def _eager(self, batches, query):
+    def _eager(self, batches, query, timer):
         if self._side is None:
             self._side = torch.cuda.Stream()
         cur = torch.cuda.current_stream()
         self._side.wait_stream(cur)
         with torch.cuda.stream(self._side):
-            losses = self._step(batches, query)
+            losses = self._step(batches, query, timer)
         cur.wait_stream(self._side)
         return losses
 
@@ -91,7 +80,7 @@ class GraphedStep:
         changed is put back and the meta-iteration is still to run."""
         self.static_inputs = [(inp.clone(), tgt.clone()) for inp, tgt in batches]
         self.static_query = None if query is None else (query[0].clone(), query[1].clone())
-        before = dict(vars(self.algo))
+        before = self.algo.host_state()
         stream = torch.cuda.current_stream()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
@@ -101,8 +90,7 @@ class GraphedStep:
                 self.static_losses = self._step(self.static_inputs, self.static_query)
         except RuntimeError as exc:
             torch.cuda.set_stream(stream)  # a failed capture_end leaves the capture stream current
-            vars(self.algo).clear()
-            vars(self.algo).update(before)
+            self.algo.restore_host_state(before)
             self.static_inputs, self.static_query, self.static_losses = [], None, None
             self._fall_back(f"the capture raised {_root_cause(exc)}")
             return False
@@ -123,9 +111,9 @@ class GraphedStep:
             s_inp.copy_(inp, non_blocking=True)
             s_tgt.copy_(tgt, non_blocking=True)
 
-    def __call__(self, batches, query=None):
+    def __call__(self, batches, *, query=None, timer=None):
         if self.fallback_reason is not None:
-            return self._step(batches, query)
+            return self._step(batches, query, timer)
         self.calls += 1
         keep = self.algo.keep_task_weights
         if keep and self.algo.task_model is self.algo.meta_model:
@@ -133,7 +121,7 @@ class GraphedStep:
         if self.calls <= self.warmup or keep:
             # the captured meta step resets the task network: an epoch's last step (which keeps it
             # for model_N.pt) runs eagerly on the same buffers
-            losses = self._eager(batches, query)
+            losses = self._eager(batches, query, timer)
             self._resync_task = keep
             return losses
         # before a capture too: an LR tensor filled inside the capture would be a constant of the graph
@@ -144,9 +132,10 @@ class GraphedStep:
             self._resync_task = False
         if self.graph is None:
             if not self._capture(batches, query):
-                return self._step(batches, query)
+                return self._step(batches, query, timer)
         else:
             self._load_inputs(batches, query)
-        self.graph.replay()
+        with (timer or _no_phase)("fwd_bwd"):
+            self.graph.replay()
         self.algo.iteration += 1
         return self.static_losses

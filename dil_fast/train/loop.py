@@ -23,7 +23,6 @@ evaluation and DDP as the command line.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import signal
 import sys
@@ -32,8 +31,8 @@ import threading
 import torch
 from torch import nn
 
-from .. import backends
 from .._progress import tqdm_available
+from .. import checkpoints
 from ..checkpoints import load_file
 from ..data.base import check_loader
 from ..degrade import CounterfactualPairs
@@ -45,8 +44,9 @@ from . import state as state_io
 from .components import ConfounderOrder
 from .config import TrainConfig
 from .fast import FastOptions, FastPath, LossLog, prepare_model, resolve_options
+from .plan import RunPlan
 from .log import NoteLogger, make_logger
-from .run_folder import RunFolder
+from .run_folder import LOG_NAME, RunFolder
 from .tracking import Monitor, RunClock, Tracker, versions, write_options
 
 __all__ = ["Trainer", "ConfounderOrder"]
@@ -67,17 +67,19 @@ class Trainer:
         self._user_model, self._user_loader, self._user_confounders = model, loader, confounders
         if loader is not None:
             check_loader(loader)
-        self.fast_options = (FastOptions(precision=None, deterministic=cfg.deterministic) if cfg.reference_mode else
-                             resolve_options(self.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                                             compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
-                                             deterministic=cfg.deterministic, distributed=cfg.distributed,
-                                             backend=cfg.backend, channels_last_weights=cfg.channels_last_weights,
-                                             weight_shadow=cfg.weight_shadow))
+        self.plan: RunPlan | None = None  # resolved by open(), before anything is written
         self.algorithm: MetaAlgorithm | None = None
         self.last_eval: tuple[float, float] | None = None
         self._test_note: str | None = None
         self._tracker = None
         self._stop_signal: int | None = None
+
+    @property
+    def fast_options(self) -> FastOptions:
+        """The fast-path options of the run plan (:attr:`plan`, resolved by :meth:`open`)."""
+        if self.plan is None:
+            raise RuntimeError("the run plan is resolved by open() (or run())")
+        return self.plan.fast
 
     @property
     def meta_model(self) -> nn.Module:
@@ -97,29 +99,24 @@ class Trainer:
             self.model_config, self._resume_weights = components.model_spec_for(cfg, resume_ckpt)
             model, task_model = components.build_models(self.model_config, cfg)
             components.check_scale(model, cfg)
-        prepare_model(model.to(self.device), self.fast_options)
+        self.plan = RunPlan.resolve(cfg, self.device, components.stage_ops(cfg, self._user_loader,
+                                                                           self._user_confounders))
+        prepare_model(model.to(self.device), self.plan.fast)
         if task_model is not None:
-            prepare_model(task_model.to(self.device), self.fast_options)
-        algo = components.build_algorithm(cfg, model, task_model)
-        confounders = self._user_confounders
+            prepare_model(task_model.to(self.device), self.plan.fast)
+        algo = components.build_algorithm(cfg, model, task_model, fused=self.plan.fused)
         loader = self._user_loader
         if loader is None:
-            k = len(confounders) if confounders is not None else len(cfg.confounder_specs())
+            k = len(self._user_confounders) if self._user_confounders is not None else len(cfg.confounder_specs())
             loader = components.build_loader(cfg, self.device, self.rank, self.world_size, k,
-                                             channels_last=self.fast_options.channels_last)
+                                             channels_last=self.plan.fast.channels_last)
         degrade = None
         if loader.yields == "clean":
-            specs = confounders if confounders is not None else cfg.confounder_specs()
-            specs = components.sr_confounders(specs, cfg.effective_scale(), (cfg.patch_size, cfg.patch_size))
-            degrade = CounterfactualPairs(specs, seed=cfg.seed, rank=self.rank, pairing=cfg.pairing,
-                                          backend=cfg.backend)
+            degrade = CounterfactualPairs(components.training_confounders(cfg, self._user_confounders), seed=cfg.seed,
+                                          rank=self.rank, pairing=cfg.pairing, backend=cfg.backend)
             if degrade.num_confounders != loader.num_confounders:
                 raise FlagError(f"{degrade.num_confounders} confounders for a loader drawing "
                                 f"{loader.num_confounders} clean batches")
-        ops = list(getattr(loader, "ops", tuple)()) + list(degrade.ops() if degrade else ())
-        if getattr(algo, "fused", False) or getattr(algo, "_use_fused", False):
-            ops += components.ALGORITHM_OPS.get(algo.name, ())
-        self.backend_plan = backends.plan(ops, self.device, backends.check_forced(ops, self.device, cfg.backend))
         return algo, loader, degrade
 
     def _on_signal(self, signum, _frame) -> None:
@@ -146,8 +143,7 @@ class Trainer:
             logger.info(f"Resumed from {cfg.resume} at epoch {self.start[0]}, iteration {self.start[1]}")
             state_io.restore_loader(loader, resume_ckpt, cfg.resume)
         self.order = ConfounderOrder(loader.num_confounders)
-        self.fast = FastPath(algo, self.fast_options, self.device)
-        self._step_times_phases = "timer" in inspect.signature(self.fast.step).parameters
+        self.fast = FastPath(algo, self.plan.fast, self.device)
         return self
 
     def close(self) -> None:
@@ -180,13 +176,7 @@ class Trainer:
             batches = [pairs[k] for k in order.next()]
             if keep_task_at_end and loader.position == n_iter and self.algorithm.task_model is not self.algorithm.meta_model:
                 self.algorithm.keep_task_weights = True  # only a separate task network has weights to keep
-            if timer is None:
-                losses = self.fast.step(batches)
-            elif self._step_times_phases:
-                losses = self.fast.step(batches, timer=timer)
-            else:  # a step that does not time its phases (a CUDA graph replay): all of it is fwd_bwd
-                with phase("fwd_bwd"):
-                    losses = self.fast.step(batches)
+            losses = self.fast.step(batches, timer=timer)
             yield it, losses
             it += 1
 
@@ -223,7 +213,7 @@ class Trainer:
             distributed.barrier()
         use_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         use_bar = use_bar and self.is_main and tqdm_available()
-        logger = make_logger("train", os.path.join(cfg.ckpt_save, "train.log") if self.is_main else None,
+        logger = make_logger("train", os.path.join(cfg.ckpt_save, LOG_NAME) if self.is_main else None,
                              console=self.is_main, progress_bar=use_bar)
         tracker = None
         try:
@@ -244,13 +234,13 @@ class Trainer:
     def _notes_fast_path(self) -> bool:
         """On CUDA, in reference mode, or on the CPU when asked for more than the plain fp32 path (the
         released log otherwise): the log names the fast path."""
-        return self.device.type == "cuda" or self.cfg.reference_mode or self.fast_options != resolve_options(self.device)
+        return self.device.type == "cuda" or self.cfg.reference_mode or self.plan.fast != resolve_options(self.device)
 
     def _setup_notes(self) -> list[str]:
         notes = []
         if self._notes_fast_path():
             notes.append(("Reference mode (the released trainer's computation): " if self.cfg.reference_mode
-                          else "Fast path: ") + self.fast.describe())
+                          else "Fast path: ") + self.plan.describe())
         note = getattr(self.loader, "worker_note", None)
         if note:
             notes.append(note)
@@ -277,7 +267,7 @@ class Trainer:
             "test": [c.name for c in cfg.test_specs()], "model": self.model_config or type(self.meta_model).__name__,
             "scale": cfg.effective_scale(), "metric": {"y": cfg.metric_y(), "crop_border": cfg.metric_crop_border()},
             "loader": type(self.loader).__name__, "device": str(self.device), "world_size": self.world_size,
-            "backends": self.backend_plan, "fast_path": self.fast.describe()},
+            "plan": self.plan.to_dict()},
             "versions": versions(), "command": " ".join(sys.argv)}
 
     def _train(self, logger, tracker, testset, use_bar) -> int:
@@ -316,7 +306,7 @@ class Trainer:
                     lr = algo.meta_lr
                     algo.meta_lr = lr * 0.5 if lr > 1e-6 else 1e-6
                 task_lr, meta_lr = algo.task_lr, algo.meta_lr
-                keep_task = self.is_main and epoch % cfg.save_every == 0  # model_N.pt's model_task
+                keep_task = self.is_main and checkpoints.saves_model_checkpoint(epoch, cfg.save_every)  # its model_task
                 with _progress(n_iter, skip, epoch, use_bar) as bar:  # a failing epoch erases its bar
                     for it, losses in self.epoch_iterations(epoch, skip, keep_task_at_end=keep_task):
                         done += 1
@@ -358,7 +348,7 @@ class Trainer:
             loss_log.flush()
             if self.is_main and self._notes_fast_path():
                 # the path the steps took (a capture that failed mid-run fell back to eager launches)
-                logger.info("Fast path taken: " + self.fast.describe())
+                logger.info("Fast path taken: " + self.plan.describe(self.fast.fallback_reason))
 
     # ------------------------------------------------------------------ epoch ends
     def _state(self, algo: MetaAlgorithm, epoch: int, iteration: int) -> dict:
@@ -370,10 +360,10 @@ class Trainer:
         if not self.is_main:
             return
         state_io.check_finite_weights(algo, self.cfg.ckpt_save)
-        if epoch % cfg.save_every == 0:
-            state_io.save_in(self.cfg.ckpt_save, {"model_meta": algo.meta_model.state_dict(), "model_task": algo.task_model.state_dict()},
-                       f"model_{epoch + 1}.pt")
-        state_io.save_in(self.cfg.ckpt_save, self._state(algo, epoch + 1, 0), "last.pt")
+        if checkpoints.saves_model_checkpoint(epoch, cfg.save_every):
+            checkpoints.save_model_checkpoint(cfg.ckpt_save, epoch + 1, algo.meta_model.state_dict(),
+                                              algo.task_model.state_dict())
+        checkpoints.save_train_state(cfg.ckpt_save, self._state(algo, epoch + 1, 0))
         if epoch % cfg.test_every == 0 and testset is not None:
             self._evaluate(algo, epoch, testset, logger)
         if self._tracker is not None:
@@ -400,9 +390,8 @@ class Trainer:
 
     def _interrupt(self, algo: MetaAlgorithm, epoch: int, iteration: int, logger) -> int:
         if self.is_main:
-            path = os.path.join(self.cfg.ckpt_save, "last.pt")
             state_io.check_finite_weights(algo, self.cfg.ckpt_save)
-            state_io.save_in(self.cfg.ckpt_save, self._state(algo, epoch, iteration), "last.pt")
+            path = checkpoints.save_train_state(self.cfg.ckpt_save, self._state(algo, epoch, iteration))
             logger.info(f"Stopped at epoch {epoch}, iteration {iteration}; resume with --resume {path}")
         if self._stop_signal is not None:
             return 128 + int(self._stop_signal)

@@ -18,6 +18,7 @@ import os
 import socket
 import time
 
+from ..checkpoints import LAST, is_checkpoint_name
 from ..errors import FlagError, InputError
 from ..fileio import TMP_SUFFIX
 from ..staging import pid_alive
@@ -25,15 +26,14 @@ from ..staging import pid_alive
 __all__ = ["RunFolder", "LOCK_NAME", "holds_a_run", "check_writable"]
 
 LOCK_NAME = ".dil_fast.lock"
-RUN_FILES = ("last.pt", "train.log")
+LOG_NAME = "train.log"
 
 
 def holds_a_run(folder: str) -> bool:
-    """True when ``folder`` holds the files of a run (so a new one must not mix with it)."""
+    """True when ``folder`` holds the files of a run (a checkpoint or a log), so a new one must not mix with it."""
     if not os.path.isdir(folder):
         return False
-    names = os.listdir(folder)
-    return any(n in RUN_FILES for n in names) or any(n.startswith("model_") and n.endswith(".pt") for n in names)
+    return any(n == LOG_NAME or is_checkpoint_name(n) for n in os.listdir(folder))
 
 
 def check_writable(folder: str, flag: str = "--ckpt_save") -> None:
@@ -74,7 +74,7 @@ class RunFolder:
 
     def resume_path(self) -> str | None:
         """``last.pt`` to continue from (``--auto_resume`` and the folder holds one), else None."""
-        last = os.path.join(self.folder, "last.pt")
+        last = os.path.join(self.folder, LAST)
         return last if self.auto_resume and os.path.isfile(last) else None
 
     def _refuse_live_lock(self) -> None:

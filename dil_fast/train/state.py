@@ -1,27 +1,16 @@
-"""The training state: save, restore, resume (reading checkpoint files: :mod:`dil_fast.checkpoints`).
-
-Two formats:
-
-* model checkpoint ``model_{epoch}.pt``: exactly ``{"model_meta": state_dict, "model_task": state_dict}``,
-  loadable by the released scripts (plain state_dicts, no ``module.`` prefix);
-* training state ``last.pt``: ``{"format": "dil_fast.train_state", ...}`` with both networks, the
-  algorithm (both optimizers, counters, learning rates), the model config, the RNG states and the
-  data position: enough for a bitwise-exact resume.
-
-Every file is written atomically (:mod:`dil_fast.fileio`). Loads use ``weights_only=True``, so a
-checkpoint that carries code is refused.
+"""The training state's content: what :func:`capture` puts in ``last.pt`` (both networks, the
+algorithm with both optimizers, counters and learning rates, the model config, the RNG states and
+the data position: enough for a bitwise-exact resume) and how :func:`restore` puts it back. File
+names, layouts, reading and writing are :mod:`dil_fast.checkpoints`'.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from ..checkpoints import TRAIN_STATE_FORMAT, is_train_state, load_into, model_weights, strip_module_prefix
-from ..errors import CheckpointError, InputError, TrainingStopped
-from ..fileio import atomic_save
+from ..checkpoints import TRAIN_STATE_FORMAT, is_train_state, load_into, model_weights, save, strip_module_prefix
+from ..errors import CheckpointError, TrainingStopped
 
-__all__ = ["atomic_save", "capture", "check_finite_weights", "restore", "restore_loader", "save_in"]
+__all__ = ["capture", "check_finite_weights", "restore", "restore_loader", "save_in"]
 
 STATE_VERSION = 1
 
@@ -96,12 +85,8 @@ def restore_loader(loader, ckpt: dict | None, path: str) -> None:
 
 
 def save_in(folder: str, obj, name: str) -> None:
-    """``obj`` to ``folder/name`` atomically; an unwritable folder is one :class:`InputError` line."""
-    try:
-        atomic_save(obj, os.path.join(folder, name))
-    except OSError as exc:
-        raise InputError(f"--ckpt_save {folder}: cannot write {name} ({exc.strerror or exc}); "
-                         "the last checkpoint written is kept") from None
+    """``obj`` to ``folder/name`` (:func:`dil_fast.checkpoints.save`: atomic, one line when it fails)."""
+    save(obj, folder, name)
 
 
 def check_finite_weights(algo, folder: str) -> None:

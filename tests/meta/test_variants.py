@@ -423,8 +423,9 @@ def test_pf_looped_union_averages_once_with_the_last_backward():
 
 
 def test_interface_defaults():
-    assert VARIANTS["pf"] is ParallelFirstOrder and VARIANTS["ss"] is SerialSecondOrder
-    assert VARIANTS["ps"] is ParallelSecondOrder and VARIANTS["ss-fo"] is SerialFirstOrderApprox
+    assert VARIANTS["pf"].obj is ParallelFirstOrder and VARIANTS["ss"].obj is SerialSecondOrder
+    assert VARIANTS["ps"].obj is ParallelSecondOrder and VARIANTS["ss-fo"].obj is SerialFirstOrderApprox
+    assert VARIANTS.names() == ("sf", "pf", "ss", "ss-fo", "ps", "erm")
     for name in ("ss", "ps", "ss-fo"):
         algo = VARIANTS[name](TinyConvNet())
         hp = algo.hparams()

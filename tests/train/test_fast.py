@@ -16,14 +16,17 @@ from dil_fast.meta import VARIANTS, SerialFirstOrder
 from dil_fast.models import RRDBNet
 from dil_fast.ops import optim as optim_ops
 from dil_fast.train import TrainConfig, Trainer
+from dil_fast.devices import resolve_device
+from dil_fast.train.plan import RunPlan
 from dil_fast.train.fast import (
+    FastForward,
     FastOptions,
     FastPath,
     GraphedStep,
     LossLog,
     resolve_options,
 )
-from dil_fast.train.reference_mode import ReferenceSF
+from dil_fast.meta.released import ReleasedSF
 from tests.conftest import make_png_folder
 
 TINY = ["--nf", "8", "--nb", "1", "--gc", "4"]
@@ -60,7 +63,7 @@ def _max_rel_update_err(a: torch.nn.Module, b: torch.nn.Module, w0: dict) -> flo
 def test_fast_sf_matches_reference_mode_step_by_step(fused, close):
     base = _model()
     w0 = {n: p.detach().clone() for n, p in base.named_parameters()}
-    ref = ReferenceSF(copy.deepcopy(base))
+    ref = ReleasedSF(copy.deepcopy(base))
     fast = SerialFirstOrder(copy.deepcopy(base), fused=fused)
     with FastPath(fast, resolve_options("cpu"), "cpu") as fp:
         for i, pairs in enumerate(_batches(5)):
@@ -78,10 +81,10 @@ def test_fast_sf_matches_reference_mode_step_by_step(fused, close):
 
 
 def test_reference_sf_state_round_trip():
-    a = ReferenceSF(_model())
+    a = ReleasedSF(_model())
     pairs = _batches(3)
     a.step(pairs[0])
-    b = ReferenceSF(_model(seed=5))
+    b = ReleasedSF(_model(seed=5))
     b.load_state_dict(copy.deepcopy(a.state_dict()))  # torch optimizers alias loaded tensors
     la, lb = a.step(pairs[1]), b.step(pairs[1])
     assert torch.equal(la, lb)
@@ -112,12 +115,18 @@ def cuda_looks_available(monkeypatch):
                         lambda device, backend=None: torch.device(device).type == "cuda" and backend != "torch")
 
 
+def _plan(**kw):
+    """The run plan of a config (what Trainer.open() resolves before anything is built)."""
+    cfg = TrainConfig(**kw).validate()
+    return RunPlan.resolve(cfg, resolve_device(cfg.device))
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_cuda_graphs_default_on_for_every_variant_on_cuda(cuda_looks_available, tmp_path, variant):
-    """The trainer's resolution (Trainer.fast_options): on for a one-process CUDA run of any
-    variant; the CPU, --no_cuda_graphs and --reference_mode leave it off."""
+    """The run plan's resolution: on for a one-process CUDA run of any variant; the CPU,
+    --no_cuda_graphs and --reference_mode leave it off."""
     def options(**kw):
-        return Trainer(TrainConfig(ckpt_save=str(tmp_path / "run"), variant=variant, **kw)).fast_options
+        return _plan(ckpt_save=str(tmp_path / "run"), variant=variant, **kw).fast
 
     on = options(device="cuda")
     assert on.cuda_graphs and on.graphs_off is None
@@ -155,12 +164,13 @@ def test_cuda_graphs_flags_parse():
 
 
 def test_config_refuses_what_the_fast_path_cannot_do(cuda_looks_available, tmp_path):
-    """The combinations are refused once, by the config (TrainConfig.validate)."""
+    """The combinations are refused once: by the config (TrainConfig.validate) or, where the answer
+    depends on the optimizer decision, by the run plan (before anything is built or written)."""
     out = str(tmp_path / "run")
 
     def refused(match, **kw):
         with pytest.raises(FlagError, match=match):
-            TrainConfig(ckpt_save=out, **kw).validate()
+            _plan(ckpt_save=out, **kw)
 
     refused("--cuda_graphs needs a CUDA device", device="cpu", cuda_graphs=True)
     refused("--precision", precision="fp16")
@@ -169,16 +179,16 @@ def test_config_refuses_what_the_fast_path_cannot_do(cuda_looks_available, tmp_p
     refused("--reference_mode cannot be combined with --cuda_graphs", device="cuda", cuda_graphs=True,
             reference_mode=True)
     for variant in VARIANTS:  # every variant may be captured (ss/ps/ss-fo fall back to eager when they cannot)
-        TrainConfig(ckpt_save=out, device="cuda", cuda_graphs=True, variant=variant).validate()
+        _plan(ckpt_save=out, device="cuda", cuda_graphs=True, variant=variant)
     # off by default with --distributed or --reference_mode: no refusal
-    TrainConfig(ckpt_save=out, device="cuda", distributed=True).validate()
-    TrainConfig(ckpt_save=out, device="cuda", reference_mode=True, cuda_graphs=False).validate()
+    _plan(ckpt_save=out, device="cuda", distributed=True)
+    _plan(ckpt_save=out, device="cuda", reference_mode=True, cuda_graphs=False)
 
 
 def test_config_refuses_graphs_without_the_native_core(cuda_looks_available, monkeypatch, tmp_path):
     monkeypatch.setattr(optim_ops, "fused_optimizer", lambda device, backend=None: False)
     with pytest.raises(FlagError, match="needs the fused optimizer .*dil-fast info"):
-        TrainConfig(ckpt_save=str(tmp_path / "run"), device="cuda", cuda_graphs=True).validate()
+        _plan(ckpt_save=str(tmp_path / "run"), device="cuda", cuda_graphs=True)
 
 
 # ---------------------------------------------------------------------- CUDA-graph fallback (T0)
@@ -409,28 +419,46 @@ def _compile_matches_eager(device, opts):
 
 def test_compile_traces_the_training_forward(monkeypatch):
     """--compile through dynamo + AOT autograd (the 'aot_eager' backend: the same graph capture as
-    inductor without its C++ build, which takes minutes on a CPU CI machine)."""
+    inductor without its C++ build, which takes minutes on a CPU CI machine), with the numbers of the
+    eager path. RRDBNet marks its RRDB as a compiled region: one compilation serves every block (one
+    graph for 3 blocks, no recompilation), the layers around them stay eager; a network without
+    regions has its whole training forward compiled."""
     import torch._dynamo
+    from torch._dynamo.backends.debugging import aot_eager
 
-    torch._dynamo.reset()
-    calls = []
-    real = torch.compile
-
-    def compile_aot_eager(fn, **kw):
-        calls.append(fn)
-        return real(fn, backend="aot_eager", **kw)
-
-    monkeypatch.setattr(torch, "compile", compile_aot_eager)
-    _compile_matches_eager("cpu", FastOptions(precision="fp32", channels_last=True, compile=True))
-    # regional: one compilation of the RRDB block serves every block; the rest stays eager
     from dil_fast.models.rrdb import RRDB
 
-    assert calls == [RRDB.forward]
-    # a network that names no repeated blocks: its whole training forward is compiled
-    calls.clear()
-    monkeypatch.setattr(RRDBNet, "repeated_blocks", ())
+    calls, graphs = [], []
+    real = torch.compile
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    def compile_counting(fn, **kw):
+        calls.append(fn)
+        return real(fn, backend=counting_backend, **kw)
+
+    monkeypatch.setattr(torch, "compile", compile_counting)
+    torch._dynamo.reset()
     _compile_matches_eager("cpu", FastOptions(precision="fp32", channels_last=True, compile=True))
-    assert len(calls) == 1 and calls[0].__name__ == "training_forward"
+    assert calls == [RRDB.forward.__wrapped__]
+    torch._dynamo.reset()
+    calls.clear()
+    graphs.clear()
+    torch.manual_seed(0)
+    model = RRDBNet(3, 3, nf=4, nb=3, gc=2)
+    forward = FastForward(FastOptions(precision="fp32", compile=True), "cpu", model)
+    forward(model, torch.rand(1, 3, 8, 8)).sum().backward()
+    assert len(calls) == 1 and len(graphs) == 1  # three blocks, one compilation
+
+    class Plain(torch.nn.Sequential):
+        pass
+
+    calls.clear()
+    plain = Plain(torch.nn.Conv2d(3, 3, 3, padding=1))
+    FastForward(FastOptions(precision="fp32", compile=True), "cpu", plain)(plain, torch.rand(1, 3, 8, 8))
+    assert len(calls) == 1 and calls[0].__name__ == "_forward"
 
 
 # ---------------------------------------------------------------------- the trainer (T0)
@@ -590,7 +618,7 @@ def _cuda_pair(precision="fp32", graphs=False, seed=0):
 def test_cuda_bf16_fast_path_tracks_reference_mode():
     base = _model(0, "cuda")
     w0 = {n: p.detach().clone() for n, p in base.named_parameters()}
-    ref = ReferenceSF(copy.deepcopy(base))
+    ref = ReleasedSF(copy.deepcopy(base))
     algo = SerialFirstOrder(copy.deepcopy(base), fused=True)
     pairs = _batches(4, device="cuda")
     with FastPath(algo, resolve_options("cuda"), "cuda") as fp:

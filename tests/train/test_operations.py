@@ -119,7 +119,8 @@ def test_tracking_writes_options_metrics_curves_and_labelled_lines(data):
     folder = data / "run"
     opts = json.loads((folder / "options.json").read_text())
     assert opts["resolved"]["confounders"] == ["noise5", "noise15"] and opts["config"]["nf"] == 4
-    assert opts["resolved"]["backends"] and opts["versions"]["torch"] == torch.__version__
+    assert opts["resolved"]["plan"]["backends"] and opts["versions"]["torch"] == torch.__version__
+    assert "optimizer" in opts["resolved"]["plan"]["fast_path"]
     rows = list(csv.DictReader(open(folder / "metrics.csv")))
     tags = {r["tag"] for r in rows}
     assert {"loss/noise5", "loss/noise15", "lr/task", "lr/meta", "speed/meta_it_s", "speed/images_s",
@@ -206,9 +207,9 @@ def test_a_ckpt_save_that_is_a_file_is_refused_before_anything_is_written(data, 
 def test_a_save_that_fails_mid_run_is_one_line_and_keeps_the_last_checkpoint(data, monkeypatch, capsys):
     import errno
 
-    from dil_fast.train import state as state_io
+    from dil_fast import checkpoints
 
-    real, calls = state_io.atomic_save, []
+    real, calls = checkpoints.atomic_save, []
 
     def disk_full_after_epoch_one(obj, path):
         calls.append(os.path.basename(path))
@@ -216,7 +217,7 @@ def test_a_save_that_fails_mid_run_is_one_line_and_keeps_the_last_checkpoint(dat
             raise OSError(errno.ENOSPC, "No space left on device")
         real(obj, path)
 
-    monkeypatch.setattr(state_io, "atomic_save", disk_full_after_epoch_one)
+    monkeypatch.setattr(checkpoints, "atomic_save", disk_full_after_epoch_one)
     rc = main(["train", "--trainset", str(data / "train"), "--testset", str(data / "test"), "--ckpt_save",
                str(data / "run"), "--patch_size", "16", "--batch_size", "2", "--total_epoch", "2", "--num_workers", "0",
                "--nf", "4", "--nb", "1", "--gc", "2", "--no_progress", "--no_tensorboard"])

@@ -1,4 +1,5 @@
-"""``dil-fast train --reference_mode``: the released trainer's behaviour, re-created for comparison.
+"""``dil-fast train --reference_mode``: the released trainer's DIL_sf, re-created for comparison
+(``--variant sf`` names this class as its ``released`` computation).
 
 What it re-creates (docs/released-trainer.md), deliberately including the released script's costs:
 
@@ -21,7 +22,6 @@ a PNG folder as ``--trainset`` (``--loader auto`` or ``reference``) and no fast-
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from typing import Sequence
@@ -29,10 +29,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..meta.base import Batch, MetaAlgorithm, as_float_betas, get_loss
+from .base import Batch, MetaAlgorithm, as_float_betas, get_loss
 
 
-class ReferenceSF(MetaAlgorithm):
+class ReleasedSF(MetaAlgorithm):
     """DIL_sf computed the released way (see the module doc). ``step`` returns the losses as a float64 CPU
     tensor (they were read with ``loss.item()`` at every inner step)."""
 
@@ -65,12 +65,16 @@ class ReferenceSF(MetaAlgorithm):
         return {"inner_lr": self.task_lr, "inner_betas": self.inner_betas, "meta_lr": self.meta_lr,
                 "meta_betas": self.meta_betas, "loss": self.loss_name}
 
-    def step(self, batches: Sequence[Batch], timer=None) -> torch.Tensor:
+    def capture_blocker(self) -> str | None:
+        return "--reference_mode reads every loss on the host, as released"
+
+    def step(self, batches: Sequence[Batch], *, query: Batch | None = None, timer=None) -> torch.Tensor:
         """One meta-iteration. ``timer`` (optional): ``timer(phase)`` returns a context manager
         around each phase ("fwd_bwd", "optimizer", "other"), for the benchmark's time split."""
         if len(batches) == 0:
             raise ValueError("step() needs at least one (input, target) pair")
-        phase = timer or (lambda _name: contextlib.nullcontext())
+        self._no_query(query)
+        phase = self._phases(timer)
         with phase("other"):
             self.task_model.load_state_dict(self.meta_model.state_dict())
             self._task_opt.load_state_dict(self._state_task)
@@ -78,7 +82,7 @@ class ReferenceSF(MetaAlgorithm):
         finite = True  # the loss is on the host anyway (as released): a non-finite one skips the rest
         for inp, target in batches:
             with phase("fwd_bwd"):
-                loss = self.loss_fn(self.task_forward(inp), target)
+                loss = self.loss_fn(self.train_forward(inp), target)
                 losses.append(loss.item())
                 finite = finite and math.isfinite(losses[-1])
                 if self._flag_sync is not None:  # all ranks skip or none (a lone backward would wait forever)
