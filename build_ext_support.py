@@ -14,6 +14,7 @@ an explicit arch list, DIL_FAST_BUILD_CUDA=1, or an nvcc that cannot build (no s
 a compile error) fails the build with the cause and the switch (:func:`decide_cuda`).
 Nothing here probes hardware: only files and environment variables are read.
 """
+
 from __future__ import annotations
 
 import glob
@@ -141,8 +142,7 @@ def decide_cuda(mode: str, archs_spec: str, toolkit: dict) -> dict | None:
     """
     if mode == "0":
         return None
-    asked = ("DIL_FAST_BUILD_CUDA=1" if mode == "1" else
-             f"DIL_FAST_CUDA_ARCHS={archs_spec!r}" if archs_spec else "")
+    asked = "DIL_FAST_BUILD_CUDA=1" if mode == "1" else f"DIL_FAST_CUDA_ARCHS={archs_spec!r}" if archs_spec else ""
     nvcc = toolkit.get("nvcc")
     if nvcc is None:
         if not asked:
@@ -204,13 +204,16 @@ __attribute__((visibility("hidden"))) uint32_t arc4random(void) {
 def _gcc_file(name: str) -> str:
     """The path of ``name`` in g++'s library search (``libstdc++.a``, ``libgcc_s.so.1``)."""
     try:
-        path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        path = subprocess.run(
+            ["g++", f"-print-file-name={name}"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
         raise SystemExit(f"dil_fast: DIL_FAST_MANYLINUX needs g++ to locate {name} ({exc}).") from exc
     if not os.path.isabs(path) or not os.path.isfile(path):
-        raise SystemExit(f"dil_fast: DIL_FAST_MANYLINUX needs {name} from g++ (libstdc++ development files), "
-                         "but g++ does not find it; install them or unset DIL_FAST_MANYLINUX.")
+        raise SystemExit(
+            f"dil_fast: DIL_FAST_MANYLINUX needs {name} from g++ (libstdc++ development files), "
+            "but g++ does not find it; install them or unset DIL_FAST_MANYLINUX."
+        )
     return path
 
 
@@ -235,9 +238,11 @@ def manylinux_plan(glibc: str | None, machine: str | None = None) -> dict | None
     try:
         import ziglang  # noqa: F401
     except ImportError:
-        raise SystemExit(f"dil_fast: DIL_FAST_MANYLINUX={glibc} links through Zig's linker, which is not "
-                         "installed; pip install ziglang, or unset DIL_FAST_MANYLINUX for a wheel for this "
-                         "machine's glibc.") from None
+        raise SystemExit(
+            f"dil_fast: DIL_FAST_MANYLINUX={glibc} links through Zig's linker, which is not "
+            "installed; pip install ziglang, or unset DIL_FAST_MANYLINUX for a wheel for this "
+            "machine's glibc."
+        ) from None
     return {
         "glibc": glibc,
         "linker": [sys.executable, "-m", "ziglang", "cc", "-target", f"{machine}-linux-gnu.{glibc}", "-shared"],
@@ -279,8 +284,13 @@ def make_extension():
         def build_extension(self, ext_):
             # A build folder reused with other switches (CUDA on/off, archs) must not keep a stale _C.
             stamp_path = os.path.join(self.build_temp, "dil_fast_build_config.txt")
-            stamp = repr((None if cuda is None else (cuda["nvcc"], cuda["gencode"], cuda["cudart_static"]),
-                          None if portable is None else portable["glibc"], STATIC_RUNTIME_LINK))
+            stamp = repr(
+                (
+                    None if cuda is None else (cuda["nvcc"], cuda["gencode"], cuda["cudart_static"]),
+                    None if portable is None else portable["glibc"],
+                    STATIC_RUNTIME_LINK,
+                )
+            )
             old = open(stamp_path).read() if os.path.isfile(stamp_path) else None
             if old != stamp:
                 self.force = True
@@ -313,14 +323,28 @@ def make_extension():
             if output_dir is not None:
                 output_filename = os.path.join(output_dir, output_filename)
             os.makedirs(os.path.dirname(os.path.abspath(output_filename)), exist_ok=True)
-            cmd = [*portable["linker"], "-o", output_filename, *objects, *portable["archives"], portable["libgcc_s"],
-                   "-lm", "-lpthread", "-ldl", "-lrt", "-pthread", f"-Wl,--version-script={self._exports}"]
+            cmd = [
+                *portable["linker"],
+                "-o",
+                output_filename,
+                *objects,
+                *portable["archives"],
+                portable["libgcc_s"],
+                "-lm",
+                "-lpthread",
+                "-ldl",
+                "-lrt",
+                "-pthread",
+                f"-Wl,--version-script={self._exports}",
+            ]
             print("dil_fast: " + " ".join(cmd), file=sys.stderr)
             try:
                 subprocess.run(cmd, check=True)
             except (OSError, subprocess.CalledProcessError) as exc:
-                raise SystemExit(f"dil_fast: the glibc {portable['glibc']} link of _C failed ({exc}); unset "
-                                 "DIL_FAST_MANYLINUX for a wheel for this machine's glibc.") from exc
+                raise SystemExit(
+                    f"dil_fast: the glibc {portable['glibc']} link of _C failed ({exc}); unset "
+                    "DIL_FAST_MANYLINUX for a wheel for this machine's glibc."
+                ) from exc
 
         def _compile_cuda(self) -> list[str]:
             out_dir = os.path.join(self.build_temp, "cuda")
@@ -333,13 +357,31 @@ def make_extension():
             for src in sorted(glob.glob(f"{CSRC}/*.cu")):
                 obj = os.path.join(out_dir, os.path.basename(src) + ".o")
                 inputs = [src, *glob.glob(f"{CSRC}/*.h")]
-                if not self.force and os.path.isfile(obj) and all(
-                        os.path.getmtime(obj) >= os.path.getmtime(i) for i in inputs):
+                if (
+                    not self.force
+                    and os.path.isfile(obj)
+                    and all(os.path.getmtime(obj) >= os.path.getmtime(i) for i in inputs)
+                ):
                     objects.append(obj)
                     continue
                 cmd = [
-                    cuda["nvcc"], "-c", src, "-o", obj, "-O3", "-std=c++17", "--threads", "0",
-                    "-Xcompiler", "-fPIC", "-I", CSRC, "-I", out_dir, "-include", "df_build_info.h",
+                    cuda["nvcc"],
+                    "-c",
+                    src,
+                    "-o",
+                    obj,
+                    "-O3",
+                    "-std=c++17",
+                    "--threads",
+                    "0",
+                    "-Xcompiler",
+                    "-fPIC",
+                    "-I",
+                    CSRC,
+                    "-I",
+                    out_dir,
+                    "-include",
+                    "df_build_info.h",
                     *cuda["gencode"],
                 ]
                 print("dil_fast: " + " ".join(cmd), file=sys.stderr)

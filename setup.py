@@ -3,6 +3,7 @@ and the native core dil_fast._C.
 
 Build switches are environment variables (docs/ENV.md); the logic lives in build_ext_support.py.
 """
+
 import os
 import sys
 

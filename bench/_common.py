@@ -13,6 +13,7 @@ measured, so a run stopped by ``timeout`` keeps everything it finished. The CSVs
 (``~/.cache/dil_fast/bench``): outside the source tree. ``bench/results/`` holds the curated record
 and is written only when ``--out bench/results`` is given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -138,12 +139,15 @@ def _probe_seconds(fn, dev: torch.device, clock: str | None, min_sample_s: float
     return min(times)
 
 
-def _timed_rounds(fns: dict, dev: torch.device, *, repeat: int, min_sample_s: float, clock: str | None,
-                  max_calls: int, setup=None) -> dict:
+def _timed_rounds(
+    fns: dict, dev: torch.device, *, repeat: int, min_sample_s: float, clock: str | None, max_calls: int, setup=None
+) -> dict:
     """Timing of each fn (already warm) in interleaved rounds: each round times, for every fn in turn,
     one sample of back-to-back calls and (when a sample holds more than one call) one single call."""
-    calls = {name: calls_per_sample(_probe_seconds(fn, dev, clock, min_sample_s, setup), min_sample_s, max_calls)
-             for name, fn in fns.items()}
+    calls = {
+        name: calls_per_sample(_probe_seconds(fn, dev, clock, min_sample_s, setup), min_sample_s, max_calls)
+        for name, fn in fns.items()
+    }
     per_call = {name: [] for name in fns}
     single = {name: [] for name in fns}
     for _ in range(repeat):
@@ -162,12 +166,22 @@ def _timed_rounds(fns: dict, dev: torch.device, *, repeat: int, min_sample_s: fl
     return out
 
 
-def time_fn(fn, *, device, warmup: int = 3, repeat: int = 20, setup=None, min_sample_s: float = MIN_SAMPLE_S,
-            clock: str | None = None, max_calls: int = MAX_CALLS) -> Timing:
+def time_fn(
+    fn,
+    *,
+    device,
+    warmup: int = 3,
+    repeat: int = 20,
+    setup=None,
+    min_sample_s: float = MIN_SAMPLE_S,
+    clock: str | None = None,
+    max_calls: int = MAX_CALLS,
+) -> Timing:
     """Per-call median seconds of ``fn()`` (a :class:`Timing`, also carrying the single-call median).
 
     After ``warmup`` calls, one call is timed to size the samples (the least of three when it is
-    short): n = ceil(min_sample_s / its time) calls, at most ``max_calls``. Then ``repeat`` rounds each time one sample of n back-to-back calls
+    short): n = ceil(min_sample_s / its time) calls, at most ``max_calls``. Then ``repeat`` rounds each time one
+    sample of n back-to-back calls
     (per call: its time / n) and, when n > 1, one single call. ``setup()`` (untimed) runs before
     every sample, e.g. to draw fresh random inputs; the calls of one sample share it. ``clock``: see
     :func:`sample_seconds`.
@@ -177,13 +191,21 @@ def time_fn(fn, *, device, warmup: int = 3, repeat: int = 20, setup=None, min_sa
         if setup:
             setup()
         fn()
-    return _timed_rounds({"fn": fn}, dev, repeat=repeat, min_sample_s=min_sample_s, clock=clock, max_calls=max_calls,
-                         setup=setup)["fn"]
+    return _timed_rounds(
+        {"fn": fn}, dev, repeat=repeat, min_sample_s=min_sample_s, clock=clock, max_calls=max_calls, setup=setup
+    )["fn"]
 
 
-def time_side_by_side(providers: dict, device, *, warmup: int = 3, repeat: int = 20,
-                      min_sample_s: float = MIN_SAMPLE_S, clock: str | None = None,
-                      max_calls: int = MAX_CALLS) -> dict:
+def time_side_by_side(
+    providers: dict,
+    device,
+    *,
+    warmup: int = 3,
+    repeat: int = 20,
+    min_sample_s: float = MIN_SAMPLE_S,
+    clock: str | None = None,
+    max_calls: int = MAX_CALLS,
+) -> dict:
     """:class:`Timing` of each provider of one case (name -> zero-argument callable), timed side by
     side: every round times each provider once (as :func:`time_fn` does), so the machine's condition
     (other jobs, clocks) hits them alike. A provider that raises during warm-up (e.g. an op its
@@ -223,9 +245,13 @@ def default_out_dir() -> str:
 
 def add_out_argument(parser: argparse.ArgumentParser) -> None:
     """The ``--out DIR`` every benchmark takes."""
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="folder of the result CSVs (default: $DIL_FAST_BENCH_OUT, else "
-                             "~/.cache/dil_fast/bench; the curated record is --out bench/results)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder of the result CSVs (default: $DIL_FAST_BENCH_OUT, else "
+        "~/.cache/dil_fast/bench; the curated record is --out bench/results)",
+    )
 
 
 def _free_name(path: str) -> str:

@@ -36,6 +36,7 @@ kernel claimed bit-exact holds approximate math outside its allowed kinds.
     python bench/bench_compile.py                # every kernel
     python bench/bench_compile.py --kernel blur  # the kernels whose name contains 'blur'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,47 +94,118 @@ def launches() -> list[Launch]:
     out = []
     noise_sizes = ("CHW", "HW", "stride_xk", "stride_xb", "stride_ok", "stride_ob")
     for variant, x, y, round8, gray, aligned, cl in (
-            ("fp32", P32, P32, False, False, noise_sizes, False),
-            ("fp32 odd-size", P32, P32, False, False, (), False),
-            ("u8 gray round8", PU8, P32, True, True, noise_sizes, False),
-            ("fp16", P16, P16, False, False, noise_sizes, False),
-            ("u8 channels_last", PU8, P32, False, False, noise_sizes, True),
-            ("u8 gray round8 channels_last", PU8, P32, True, True, noise_sizes, True)):
-        out.append(Launch("noise", "noise", "_noise_fwd_kernel", variant,
-                          {"x_ptr": x, "out_ptr": y, "sigma_ptr": P32, "gray_ptr": PI32},
-                          {"IN_U8": x == PU8, "CLIP": True, "ROUND8": round8, "HAS_GRAY": gray, "CL": cl},
-                          wide=("seed_lo", "seed_hi"), aligned=aligned, options="NOISE_LAUNCH_OPTIONS"))
+        ("fp32", P32, P32, False, False, noise_sizes, False),
+        ("fp32 odd-size", P32, P32, False, False, (), False),
+        ("u8 gray round8", PU8, P32, True, True, noise_sizes, False),
+        ("fp16", P16, P16, False, False, noise_sizes, False),
+        ("u8 channels_last", PU8, P32, False, False, noise_sizes, True),
+        ("u8 gray round8 channels_last", PU8, P32, True, True, noise_sizes, True),
+    ):
+        out.append(
+            Launch(
+                "noise",
+                "noise",
+                "_noise_fwd_kernel",
+                variant,
+                {"x_ptr": x, "out_ptr": y, "sigma_ptr": P32, "gray_ptr": PI32},
+                {"IN_U8": x == PU8, "CLIP": True, "ROUND8": round8, "HAS_GRAY": gray, "CL": cl},
+                wide=("seed_lo", "seed_hi"),
+                aligned=aligned,
+                options="NOISE_LAUNCH_OPTIONS",
+            )
+        )
     blur_sizes = ("H", "W", "stride_xk", "stride_xb", "stride_ok", "stride_ob")
-    for axis, variant, x, y, aligned in ((1, "u8->fp32 T=21", PU8, P32, blur_sizes),  # the first pass
-                                         (1, "fp32 T=21 odd-size", P32, P32, ()),
-                                         (0, "fp32 T=21", P32, P32, blur_sizes),
-                                         (0, "fp32->fp16 T=21 odd-size", P32, P16, ())):
-        out.append(Launch(f"blur_sep[AXIS={axis}]", "blur", "_blur_sep_fwd_kernel", variant,
-                          {"x_ptr": x, "w_ptr": P32, "out_ptr": y},
-                          {"IN_SCALE": 1 / 255 if x == PU8 else 1.0, "T": 21, "AXIS": axis}, aligned=aligned))
+    for axis, variant, x, y, aligned in (
+        (1, "u8->fp32 T=21", PU8, P32, blur_sizes),  # the first pass
+        (1, "fp32 T=21 odd-size", P32, P32, ()),
+        (0, "fp32 T=21", P32, P32, blur_sizes),
+        (0, "fp32->fp16 T=21 odd-size", P32, P16, ()),
+    ):
+        out.append(
+            Launch(
+                f"blur_sep[AXIS={axis}]",
+                "blur",
+                "_blur_sep_fwd_kernel",
+                variant,
+                {"x_ptr": x, "w_ptr": P32, "out_ptr": y},
+                {"IN_SCALE": 1 / 255 if x == PU8 else 1.0, "T": 21, "AXIS": axis},
+                aligned=aligned,
+            )
+        )
     for variant, x, y, aligned in (("fp32 T=21", P32, P32, ("H", "W")), ("u8->fp16 T=21 odd-size", PU8, P16, ())):
-        out.append(Launch("blur2d", "blur", "_blur2d_fwd_kernel", variant, {"x_ptr": x, "kern_ptr": P32, "out_ptr": y},
-                          {"IN_SCALE": 1 / 255 if x == PU8 else 1.0, "T": 21}, aligned=aligned))
-    for axis, variant, x, aligned in ((0, "u8->fp32", PU8, ("H_in", "W_in", "H_out", "W_out")),  # the first pass
-                                      (0, "fp32 odd-size", P32, ()),
-                                      (1, "fp32", P32, ("H_in", "W_in", "H_out", "W_out")),
-                                      (1, "fp32 odd-size", P32, ())):
-        out.append(Launch(f"resample[AXIS={axis}]", "resize", "_resample_fwd_kernel", variant,
-                          {"x_ptr": x, "idx_ptr": PI32, "wt_ptr": P32, "out_ptr": P32},
-                          {"IN_SCALE": 1 / 255 if x == PU8 else 1.0, "AXIS": axis}, aligned=aligned))
+        out.append(
+            Launch(
+                "blur2d",
+                "blur",
+                "_blur2d_fwd_kernel",
+                variant,
+                {"x_ptr": x, "kern_ptr": P32, "out_ptr": y},
+                {"IN_SCALE": 1 / 255 if x == PU8 else 1.0, "T": 21},
+                aligned=aligned,
+            )
+        )
+    for axis, variant, x, aligned in (
+        (0, "u8->fp32", PU8, ("H_in", "W_in", "H_out", "W_out")),  # the first pass
+        (0, "fp32 odd-size", P32, ()),
+        (1, "fp32", P32, ("H_in", "W_in", "H_out", "W_out")),
+        (1, "fp32 odd-size", P32, ()),
+    ):
+        out.append(
+            Launch(
+                f"resample[AXIS={axis}]",
+                "resize",
+                "_resample_fwd_kernel",
+                variant,
+                {"x_ptr": x, "idx_ptr": PI32, "wt_ptr": P32, "out_ptr": P32},
+                {"IN_SCALE": 1 / 255 if x == PU8 else 1.0, "AXIS": axis},
+                aligned=aligned,
+            )
+        )
     # Hp and Wp are multiples of 16 by construction (jpeg_fwd pads to whole 16 x 16 macroblocks)
-    out += [Launch("jpeg_blocks", "jpeg", "_jpeg_blocks_fwd_kernel", "fp32",
-                   {"x_ptr": P32, "q_ptr": P32, "d_ptr": P32, "out_ptr": P32}, {}, aligned=("Wp",)),
-            Launch("jpeg_pre", "jpeg", "_jpeg_pre_fwd_kernel", "u8 odd-size",
-                   {"x_ptr": PU8, "y_ptr": P32, "c_ptr": P32}, {"IN_SCALE": 1 / 255},
-                   aligned=("Hp", "Wp"), fixed=({"BH": 16, "BW": 32}, 4)),
-            Launch("jpeg_post", "jpeg", "_jpeg_post_fwd_kernel", "fp16 odd-size",
-                   {"y_ptr": P32, "c_ptr": P32, "out_ptr": P16}, {},
-                   aligned=("Hp", "Wp"), fixed=({"BH": 16, "BW": 32}, 4))]
+    out += [
+        Launch(
+            "jpeg_blocks",
+            "jpeg",
+            "_jpeg_blocks_fwd_kernel",
+            "fp32",
+            {"x_ptr": P32, "q_ptr": P32, "d_ptr": P32, "out_ptr": P32},
+            {},
+            aligned=("Wp",),
+        ),
+        Launch(
+            "jpeg_pre",
+            "jpeg",
+            "_jpeg_pre_fwd_kernel",
+            "u8 odd-size",
+            {"x_ptr": PU8, "y_ptr": P32, "c_ptr": P32},
+            {"IN_SCALE": 1 / 255},
+            aligned=("Hp", "Wp"),
+            fixed=({"BH": 16, "BW": 32}, 4),
+        ),
+        Launch(
+            "jpeg_post",
+            "jpeg",
+            "_jpeg_post_fwd_kernel",
+            "fp16 odd-size",
+            {"y_ptr": P32, "c_ptr": P32, "out_ptr": P16},
+            {},
+            aligned=("Hp", "Wp"),
+            fixed=({"BH": 16, "BW": 32}, 4),
+        ),
+    ]
     for variant, y, to_float in (("fp32 p=48", P32, True), ("fp16 p=48", P16, True), ("u8 p=48", PU8, False)):
-        out.append(Launch("sample_crops", "sample_crops", "_sample_crops_fwd_kernel", variant,
-                          {"store_ptr": PU8, "perm_ptr": PI64, "out_ptr": y}, {"PATCH": 48, "TO_FLOAT": to_float},
-                          wide=("key", "counter_base"), fixed=({"BLOCK": 1024}, 4)))
+        out.append(
+            Launch(
+                "sample_crops",
+                "sample_crops",
+                "_sample_crops_fwd_kernel",
+                variant,
+                {"store_ptr": PU8, "perm_ptr": PI64, "out_ptr": y},
+                {"PATCH": 48, "TO_FLOAT": to_float},
+                wide=("key", "counter_base"),
+                fixed=({"BLOCK": 1024}, 4),
+            )
+        )
     return out
 
 
@@ -150,9 +222,11 @@ class Numerics:
     why_not: str = ""
 
 
-_TOLERANCE_STENCIL = ("taps summed in the reference's order, but each tap is an FMA (one rounding where torch "
-                      "rounds the product and the sum) and uint8 input is scaled by x * (1/255): compared within "
-                      "tests.helpers.triton_tol; exact would cost a second instruction per tap")
+_TOLERANCE_STENCIL = (
+    "taps summed in the reference's order, but each tap is an FMA (one rounding where torch "
+    "rounds the product and the sum) and uint8 input is scaled by x * (1/255): compared within "
+    "tests.helpers.triton_tol; exact would cost a second instruction per tap"
+)
 
 # The one place where a kernel claims bit-exactness: a claimed kernel whose sm_90 PTX holds any
 # APPROX_MATH instruction outside its ``allowed`` kinds fails the report (and tests/ops/test_compile.py).
@@ -160,24 +234,34 @@ _TOLERANCE_STENCIL = ("taps summed in the reference's order, but each tap is an 
 NUMERICS = {
     "noise": Numerics(
         exact="everything after the normal draw (bytes / 255, x + sigma * n, clip, round8) given the same normal "
-              "field, against the reference on the CPU (test_noise_kernel_exact_given_the_same_normal_field)",
-        allowed={kind: "only the normal field's log/cos/sin (documented to agree with the reference up to their "
-                       "float rounding); today they are libdevice's logf/cosf/sinf, which hold none"
-                 for kind in ("lg2_approx", "sin_approx", "cos_approx")}),
+        "field, against the reference on the CPU (test_noise_kernel_exact_given_the_same_normal_field)",
+        allowed={
+            kind: "only the normal field's log/cos/sin (documented to agree with the reference up to their "
+            "float rounding); today they are libdevice's logf/cosf/sinf, which hold none"
+            for kind in ("lg2_approx", "sin_approx", "cos_approx")
+        },
+    ),
     "sample_crops": Numerics(
         exact="every output: byte copies, and bytes / 255 by IEEE division for float outputs "
-              "(tests/ops/test_sample_crops.py, torch.equal)"),
+        "(tests/ops/test_sample_crops.py, torch.equal)"
+    ),
     "blur_sep[AXIS=0]": Numerics(why_not=_TOLERANCE_STENCIL),
     "blur_sep[AXIS=1]": Numerics(why_not=_TOLERANCE_STENCIL),
     "blur2d": Numerics(why_not="the reference is F.conv2d (its own summation order): compared within triton_tol"),
     "resample[AXIS=0]": Numerics(why_not=_TOLERANCE_STENCIL),
     "resample[AXIS=1]": Numerics(why_not=_TOLERANCE_STENCIL),
-    "jpeg_blocks": Numerics(why_not="the reference's DCT is a matmul (another summation order): rare one-level "
-                                    "rounding flips are allowed by test_jpeg_block_kernel_matches_reference"),
-    "jpeg_pre": Numerics(why_not="the colour transform's products are contracted into FMAs before rounding: "
-                                 "rare one-level flips (test_jpeg_full_pipeline_triton_vs_torch)"),
-    "jpeg_post": Numerics(why_not="FMA-contracted colour transform and an approximate / 255: rare one-level flips "
-                                  "and 1 ulp (test_jpeg_full_pipeline_triton_vs_torch)"),
+    "jpeg_blocks": Numerics(
+        why_not="the reference's DCT is a matmul (another summation order): rare one-level "
+        "rounding flips are allowed by test_jpeg_block_kernel_matches_reference"
+    ),
+    "jpeg_pre": Numerics(
+        why_not="the colour transform's products are contracted into FMAs before rounding: "
+        "rare one-level flips (test_jpeg_full_pipeline_triton_vs_torch)"
+    ),
+    "jpeg_post": Numerics(
+        why_not="FMA-contracted colour transform and an approximate / 255: rare one-level flips "
+        "and 1 ulp (test_jpeg_full_pipeline_triton_vs_torch)"
+    ),
 }
 
 
@@ -208,10 +292,15 @@ def compile_config(launch: Launch, config: Config):
     while not isinstance(fn, triton.runtime.JITFunction):
         fn = fn.fn  # unwrap @autotune
     constexprs = {**launch.constexprs, **config.meta}
-    signature = {name: "constexpr" if name in constexprs else
-                 launch.pointers.get(name, "i64" if name in launch.wide else "i32") for name in fn.arg_names}
-    hints = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if name in launch.pointers or name in launch.aligned}
+    signature = {
+        name: "constexpr" if name in constexprs else launch.pointers.get(name, "i64" if name in launch.wide else "i32")
+        for name in fn.arg_names
+    }
+    hints = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if name in launch.pointers or name in launch.aligned
+    }
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=hints)
     log = io.StringIO()
     knobs = triton.knobs
@@ -304,8 +393,11 @@ def inexact(row: dict) -> dict:
     numerics = NUMERICS.get(row.get("kernel", ""))
     if numerics is None or not numerics.exact:
         return {}
-    return {column: int(row[column]) for column in APPROX_MATH
-            if column not in numerics.allowed and int(row.get(column) or 0)}
+    return {
+        column: int(row[column])
+        for column in APPROX_MATH
+        if column not in numerics.allowed and int(row.get(column) or 0)
+    }
 
 
 def problems(row: dict) -> list[str]:
@@ -324,8 +416,21 @@ def problems(row: dict) -> list[str]:
     return out
 
 
-COLUMNS = ["kernel", "variant", "config", "triton", "target", "registers", "spill_bytes", "stack_bytes",
-           "shared_bytes", "mulhi_per_element", "int32_products", *APPROX_MATH, "compile_s"]
+COLUMNS = [
+    "kernel",
+    "variant",
+    "config",
+    "triton",
+    "target",
+    "registers",
+    "spill_bytes",
+    "stack_bytes",
+    "shared_bytes",
+    "mulhi_per_element",
+    "int32_products",
+    *APPROX_MATH,
+    "compile_s",
+]
 
 
 def approx_summary(row: dict) -> str:
@@ -341,8 +446,11 @@ def main(argv=None) -> int:
     add_out_argument(ap)
     args = ap.parse_args(argv)
     if backends.triton_interpret() or backends.skip_autotune():
-        print("bench_compile: unset TRITON_INTERPRET and DIL_FAST_SKIP_AUTOTUNE; the report compiles every "
-              "autotune config with Triton's compiler", file=sys.stderr)
+        print(
+            "bench_compile: unset TRITON_INTERPRET and DIL_FAST_SKIP_AUTOTUNE; the report compiles every "
+            "autotune config with Triton's compiler",
+            file=sys.stderr,
+        )
         return 2
     if not backends.triton_status().available:
         print(f"bench_compile: {backends.triton_status().reason}", file=sys.stderr)
@@ -360,8 +468,21 @@ def main(argv=None) -> int:
             failures += [f"{row['kernel']} {row['variant']} {row['config']}: {p}" for p in problems(row)]
     for row in rows:
         row["approx_math"] = approx_summary(row)
-    print_table(rows, ["kernel", "variant", "config", "registers", "spill_bytes", "stack_bytes", "shared_bytes",
-                       "int32_products", "mulhi_per_element", "approx_math"])
+    print_table(
+        rows,
+        [
+            "kernel",
+            "variant",
+            "config",
+            "registers",
+            "spill_bytes",
+            "stack_bytes",
+            "shared_bytes",
+            "int32_products",
+            "mulhi_per_element",
+            "approx_math",
+        ],
+    )
     print(f"triton {rows[0]['triton']}, sm_{TARGET_ARCH}, {len(rows)} configs; appended to {path}")
     for line in failures:
         print(f"FAIL {line}")

@@ -12,12 +12,14 @@ Reported: ms per call (median over samples of back-to-back calls) beside ``ms_si
 timed alone), images/s (B*K distorted images per call), GB/s (clean read once + K outputs
 written, float32) and its fraction of the measured device copy bandwidth, and the per-image speedup
 of dil_fast over numpy-cpu. A provider whose output disagrees with the reference gets no speedup;
-``autotune`` says whether the Triton kernels tried all their configs. The rows of each (size, family) case are appended to ``<--out>/degrade.csv`` as soon as it is measured.
+``autotune`` says whether the Triton kernels tried all their configs. The rows of each (size, family) case are
+appended to ``<--out>/degrade.csv`` as soon as it is measured.
 
     python bench/bench_degrade.py            # B=32, 64x64 and 256x256, K=4, on CUDA if present
     python bench/bench_degrade.py --quick    # small CPU run (CI smoke test)
     python bench/bench_degrade.py --families noise --sizes 256    # the GPU check's fused-noise step
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +45,21 @@ FAMILIES = {
     "hybrid": lambda: [hybrid(level) for level in ("mild", "moderate", "severe", "severe")],
 }
 PROVIDERS = ("dil_fast", "dil_fast-loop", "torch", "numpy-cpu")
-COLUMNS = ["family", "size", "B", "K", "provider", "ms", "ms_single", "img_per_s", "GB_s", "frac_copy_bw", "correct",
-           "speedup_vs_numpy", "autotune"]
+COLUMNS = [
+    "family",
+    "size",
+    "B",
+    "K",
+    "provider",
+    "ms",
+    "ms_single",
+    "img_per_s",
+    "GB_s",
+    "frac_copy_bw",
+    "correct",
+    "speedup_vs_numpy",
+    "autotune",
+]
 
 
 def numpy_reference(family: str, imgs_u8: np.ndarray, specs) -> list:
@@ -85,8 +100,12 @@ def parse_args(argv=None):
     ap.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {','.join(FAMILIES)}")
     ap.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma-separated, of {','.join(PROVIDERS)}")
     ap.add_argument("--repeat", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: 1 with --quick, as a shared CI box oversubscribes)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 with --quick, as a shared CI box oversubscribes)",
+    )
     add_out_argument(ap)
     args = ap.parse_args(argv)
     for flag, given, known in (("--families", args.families, FAMILIES), ("--providers", args.providers, PROVIDERS)):
@@ -130,28 +149,40 @@ def main(argv=None) -> int:
             if "dil_fast" in providers:
                 timings["dil_fast"] = time_fn(fast, device=device, warmup=2, repeat=repeat)
             if "dil_fast-loop" in providers and family in ("noise", "blur"):
+
                 def loop():  # the same K confounders as K separate launches
-                    return torch.stack([s.apply(clean, Ctx(seed=1, step=0, k=k, batch=B, device=device))
-                                        for k, s in enumerate(specs)])
+                    return torch.stack(
+                        [s.apply(clean, Ctx(seed=1, step=0, k=k, batch=B, device=device)) for k, s in enumerate(specs)]
+                    )
+
                 timings["dil_fast-loop"] = time_fn(loop, device=device, warmup=2, repeat=repeat)
             if "torch" in providers:
                 timings["torch"] = time_fn(refr, device=device, warmup=1, repeat=max(2, repeat // 4))
             if "numpy-cpu" in providers and numpy_reference(family, imgs[:1], specs[:1]) is not None:
-                timings["numpy-cpu"] = time_fn(lambda: numpy_reference(family, imgs, specs), device="cpu", warmup=1,
-                                               repeat=max(2, repeat // 4))
+                timings["numpy-cpu"] = time_fn(
+                    lambda: numpy_reference(family, imgs, specs), device="cpu", warmup=1, repeat=max(2, repeat // 4)
+                )
             t_np = timings.get("numpy-cpu")
             rows = []
             for provider, t in timings.items():
                 on_device = provider != "numpy-cpu"
-                rows.append({
-                    "family": family, "size": size, "B": B, "K": K, "provider": provider,
-                    "ms": round(t * 1e3, 3), "ms_single": round(t.single * 1e3, 3), "img_per_s": round(B * K / t, 1),
-                    "GB_s": round(nbytes / t / 1e9, 2) if on_device else "",
-                    "frac_copy_bw": round(nbytes / t / bw, 3) if on_device else "",
-                    "correct": ok if provider.startswith("dil_fast") else "",
-                    "speedup_vs_numpy": (round(t_np / t, 1) if (t_np and ok and on_device) else ""),
-                    "autotune": autotune if on_device else "",
-                })
+                rows.append(
+                    {
+                        "family": family,
+                        "size": size,
+                        "B": B,
+                        "K": K,
+                        "provider": provider,
+                        "ms": round(t * 1e3, 3),
+                        "ms_single": round(t.single * 1e3, 3),
+                        "img_per_s": round(B * K / t, 1),
+                        "GB_s": round(nbytes / t / 1e9, 2) if on_device else "",
+                        "frac_copy_bw": round(nbytes / t / bw, 3) if on_device else "",
+                        "correct": ok if provider.startswith("dil_fast") else "",
+                        "speedup_vs_numpy": (round(t_np / t, 1) if (t_np and ok and on_device) else ""),
+                        "autotune": autotune if on_device else "",
+                    }
+                )
             path = record("degrade", rows, device, out=args.out, columns=COLUMNS)
             print_table(rows)
             print(flush=True)

@@ -52,6 +52,7 @@ samples (``us_per_call``) beside the median of single calls (``us_single``).
     python bench/bench_host.py --quick    # fewer samples and cases, a small model for (d): seconds on a CPU
     python bench/bench_host.py --devices cuda --parts a,b,c --repeat 7 --warmup 3   # the GPU check's step
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,10 +79,34 @@ from dil_fast.ops._common import seed_u64  # noqa: E402
 from dil_fast.ops.noise import gaussian_noise  # noqa: E402
 from dil_fast.optim import FusedAdam  # noqa: E402
 
-COLUMNS = ["part", "case", "on", "tensors", "shape", "calls", "us_per_call", "us_single", "target_us",
-           "within_target", "op", "count", "note"]
-PRINT_KEYS = ["part", "case", "on", "tensors", "shape", "calls", "us_per_call", "us_single", "target_us",
-              "within_target", "note"]
+COLUMNS = [
+    "part",
+    "case",
+    "on",
+    "tensors",
+    "shape",
+    "calls",
+    "us_per_call",
+    "us_single",
+    "target_us",
+    "within_target",
+    "op",
+    "count",
+    "note",
+]
+PRINT_KEYS = [
+    "part",
+    "case",
+    "on",
+    "tensors",
+    "shape",
+    "calls",
+    "us_per_call",
+    "us_single",
+    "target_us",
+    "within_target",
+    "note",
+]
 TINY_RRDB = {"nf": 4, "nb": 23, "gc": 2}  # 698 parameter tensors, like RRDB-23
 RRDB23 = {"nf": 64, "nb": 23, "gc": 32}
 OP_TARGET_US, STEP_TARGET_US = 30.0, 50.0
@@ -112,13 +137,15 @@ class Emit:
 
 
 def host_time(fn, device, args):
-    return time_fn(fn, device=device, warmup=args.warmup, repeat=args.repeat, min_sample_s=args.min_sample_ms / 1e3,
-                   clock="wall")
+    return time_fn(
+        fn, device=device, warmup=args.warmup, repeat=args.repeat, min_sample_s=args.min_sample_ms / 1e3, clock="wall"
+    )
 
 
 def host_side_by_side(providers: dict, device, args) -> dict:
-    return time_side_by_side(providers, device, warmup=args.warmup, repeat=args.repeat,
-                             min_sample_s=args.min_sample_ms / 1e3, clock="wall")
+    return time_side_by_side(
+        providers, device, warmup=args.warmup, repeat=args.repeat, min_sample_s=args.min_sample_ms / 1e3, clock="wall"
+    )
 
 
 # ------------------------------------------------------------------------------------- (a) op calls
@@ -128,18 +155,35 @@ def part_op_calls(device, args, emit) -> None:
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     step, lr = optim_ops.new_step(device), optim_ops.as_lr(1e-3, device)
     shape16 = "[16] float32"
-    emit([row("a", "aten add_ (one dispatcher op: the floor)", device, tensors=2, shape=shape16,
-              timing=host_time(lambda: p.add_(g), device, args))])
+    emit(
+        [
+            row(
+                "a",
+                "aten add_ (one dispatcher op: the floor)",
+                device,
+                tensors=2,
+                shape=shape16,
+                timing=host_time(lambda: p.add_(g), device, args),
+            )
+        ]
+    )
 
     x = torch.rand(1, 1, 2, 2, device=device, generator=gen)
     sigma = torch.full((1, 1), 15 / 255, device=device)
     noise_backend = "triton" if device.type == "cuda" else "torch"
     impl = backends.implementation("noise", noise_backend)
-    noise = host_side_by_side({  # a provider whose call fails is reported and left out
-        f"gaussian_noise [{noise_backend}]": lambda: gaussian_noise(x, sigma, seed=1, step=0, backend=noise_backend),
-        f"noise implementation called directly [{noise_backend}]":
-            lambda: impl(x, sigma, None, seed_u64(1), 0, 0, 0, 0, True, False, torch.float32),
-    }, device, args)
+    noise = host_side_by_side(
+        {  # a provider whose call fails is reported and left out
+            f"gaussian_noise [{noise_backend}]": lambda: gaussian_noise(
+                x, sigma, seed=1, step=0, backend=noise_backend
+            ),
+            f"noise implementation called directly [{noise_backend}]": lambda: impl(
+                x, sigma, None, seed_u64(1), 0, 0, 0, 0, True, False, torch.float32
+            ),
+        },
+        device,
+        args,
+    )
     stub_calls = [0]
 
     def empty_noise(x, sigma, *_):  # the op's output, unwritten: what is left is the op layer
@@ -149,10 +193,18 @@ def part_op_calls(device, args, emit) -> None:
     with mock.patch.object(backends, "implementation", lambda op, backend: empty_noise):
         layer = host_time(lambda: gaussian_noise(x, sigma, seed=1, step=0, backend=noise_backend), device, args)
     image = "[1, 1, 2, 2]"
-    layer_row = row("a", "gaussian_noise op layer (implementation stubbed)", device, tensors=1, shape=image,
-                    timing=layer, target=OP_TARGET_US if stub_calls[0] else None,
-                    note="validation + backend choice + torch.library.custom_op dispatch" if stub_calls[0] else
-                    "the stub was never called: this is the full op, not its layer")
+    layer_row = row(
+        "a",
+        "gaussian_noise op layer (implementation stubbed)",
+        device,
+        tensors=1,
+        shape=image,
+        timing=layer,
+        target=OP_TARGET_US if stub_calls[0] else None,
+        note="validation + backend choice + torch.library.custom_op dispatch"
+        if stub_calls[0]
+        else "the stub was never called: this is the full op, not its layer",
+    )
     emit([row("a", name, device, tensors=1, shape=image, timing=t) for name, t in noise.items()] + [layer_row])
 
     native_ok, why = backends.native_can_run(device)
@@ -161,16 +213,37 @@ def part_op_calls(device, args, emit) -> None:
         return
     hyper = (0.9, 0.999, 1e-8, 0.0, False)
     launch = optim_ops.NativeLaunch("adam", optim_ops.adam_args(p, g, m, v, step, lr, *hyper), device)
-    adam = host_side_by_side({
-        "torch.ops.dil_fast.adam_step_": lambda: torch.ops.dil_fast.adam_step_(p, g, m, v, step, lr, *hyper),
-        "dil_fast.ops.optim.adam_step_ (public)": lambda: optim_ops.adam_step_(p, g, m, v, step, lr),
-        "ops.optim.adam_args (validation + native struct)": lambda: optim_ops.adam_args(p, g, m, v, step, lr, *hyper),
-        "NativeLaunch (prevalidated adam)": launch,
-    }, device, args)
-    notes = {"NativeLaunch (prevalidated adam)": "what FusedAdam.step makes per bucket",
-             "ops.optim.adam_args (validation + native struct)": "part of each dispatcher call, no launch"}
-    emit([row("a", name, device, tensors=6, shape=shape16, timing=t, note=notes.get(name, ""),
-              target=None if name in notes else OP_TARGET_US) for name, t in adam.items()])
+    adam = host_side_by_side(
+        {
+            "torch.ops.dil_fast.adam_step_": lambda: torch.ops.dil_fast.adam_step_(p, g, m, v, step, lr, *hyper),
+            "dil_fast.ops.optim.adam_step_ (public)": lambda: optim_ops.adam_step_(p, g, m, v, step, lr),
+            "ops.optim.adam_args (validation + native struct)": lambda: optim_ops.adam_args(
+                p, g, m, v, step, lr, *hyper
+            ),
+            "NativeLaunch (prevalidated adam)": launch,
+        },
+        device,
+        args,
+    )
+    notes = {
+        "NativeLaunch (prevalidated adam)": "what FusedAdam.step makes per bucket",
+        "ops.optim.adam_args (validation + native struct)": "part of each dispatcher call, no launch",
+    }
+    emit(
+        [
+            row(
+                "a",
+                name,
+                device,
+                tensors=6,
+                shape=shape16,
+                timing=t,
+                note=notes.get(name, ""),
+                target=None if name in notes else OP_TARGET_US,
+            )
+            for name, t in adam.items()
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------ (b) optimizer
@@ -210,9 +283,20 @@ def part_optimizer_step(device, args, emit) -> None:
     """Each optimizer timed on its own (back-to-back steps, warm): the host cost of a step."""
     for i, (shape, params) in enumerate(optimizer_cases(device, args.quick)):
         fused = FusedAdam(params, lr=1e-4)
-        emit([row("b", "FusedAdam.step()", device, tensors=len(params), shape=shape,
-                  timing=host_time(fused.step, device, args), target=STEP_TARGET_US if i == 0 else None,
-                  note=f"backend {fused_backend(device)}")])
+        emit(
+            [
+                row(
+                    "b",
+                    "FusedAdam.step()",
+                    device,
+                    tensors=len(params),
+                    shape=shape,
+                    timing=host_time(fused.step, device, args),
+                    target=STEP_TARGET_US if i == 0 else None,
+                    note=f"backend {fused_backend(device)}",
+                )
+            ]
+        )
         for kind, kw in (("fused", {"fused": True}), ("foreach", {"foreach": True}), ("for-loop", {"foreach": False})):
             try:
                 opt = torch.optim.Adam(params, lr=1e-4, **kw)
@@ -230,8 +314,13 @@ def fused_backend(device) -> str:
 # ------------------------------------------------------------------------------- (c) meta-iteration
 def tiny_batches(k: int, device, size: int = 4, batch: int = 1, seed: int = 1) -> list:
     g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(batch, 3, size, size, generator=g).to(device),
-             torch.rand(batch, 3, size, size, generator=g).to(device)) for _ in range(k)]
+    return [
+        (
+            torch.rand(batch, 3, size, size, generator=g).to(device),
+            torch.rand(batch, 3, size, size, generator=g).to(device),
+        )
+        for _ in range(k)
+    ]
 
 
 def bare_fwd_bwd(model, batches) -> None:
@@ -296,12 +385,25 @@ def part_meta_iteration(device, args, emit) -> None:
             split = phase_split(algo, batches, device, args.repeat)
             rows += [
                 row("c", f"{name} meta-iteration", device, tensors=tensors, shape=shape, timing=t),
-                row("c", f"{name} minus bare", device, tensors=tensors, shape=shape,
-                    us_per_call=round((t - bare) * 1e6, 2), note="the framework's host time, as a difference"),
-                row("c", f"{name} phases optimizer + other", device, tensors=tensors, shape=shape,
+                row(
+                    "c",
+                    f"{name} minus bare",
+                    device,
+                    tensors=tensors,
+                    shape=shape,
+                    us_per_call=round((t - bare) * 1e6, 2),
+                    note="the framework's host time, as a difference",
+                ),
+                row(
+                    "c",
+                    f"{name} phases optimizer + other",
+                    device,
+                    tensors=tensors,
+                    shape=shape,
                     us_per_call=round((split.get("optimizer", 0.0) + split.get("other", 0.0)) * 1e6, 2),
-                    note="timed inside the step: " + ", ".join(f"{ph} {v * 1e6:.1f} us"
-                                                              for ph, v in sorted(split.items()))),
+                    note="timed inside the step: "
+                    + ", ".join(f"{ph} {v * 1e6:.1f} us" for ph, v in sorted(split.items())),
+                ),
             ]
         emit(rows)
 
@@ -349,8 +451,11 @@ def count_ops(algo, batches) -> tuple[collections.Counter, collections.Counter, 
 
 
 def part_op_count(args, emit) -> None:
-    cfg, label = (TINY_RRDB, "RRDBNet nf=4 nb=23 gc=2 (RRDB-23's graph)") if args.quick else \
-        (RRDB23, "RRDB-23 nf=64 nb=23 gc=32")
+    cfg, label = (
+        (TINY_RRDB, "RRDBNet nf=4 nb=23 gc=2 (RRDB-23's graph)")
+        if args.quick
+        else (RRDB23, "RRDB-23 nf=64 nb=23 gc=32")
+    )
     device = torch.device("cpu")
     batches = tiny_batches(4, device, size=8)
     for fused in (None, False):
@@ -375,15 +480,28 @@ WEIGHT_OPTIONS = {
     "(b) --weight_shadow": {"weight_shadow": True},
     "(a) + (b)": {"channels_last_weights": True, "weight_shadow": True},
 }
-STEP_COUNTS = ("dispatcher ops", "dispatcher ops, views excluded", "weight casts (per tensor)", "weight casts (whole buffer)", "gradient casts",
-               "gradient accumulations", "weight layout copies in convolutions")
+STEP_COUNTS = (
+    "dispatcher ops",
+    "dispatcher ops, views excluded",
+    "weight casts (per tensor)",
+    "weight casts (whole buffer)",
+    "gradient casts",
+    "gradient accumulations",
+    "weight layout copies in convolutions",
+)
 
 
 # ops that launch no kernel beyond views: metadata only
-_METADATA_OPS = {torch.ops.aten.detach.default, torch.ops.aten.set_.source_Storage_storage_offset,
-                 torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default,
-                 torch.ops.aten.empty_like.default, torch.ops.aten.new_empty.default,
-                 torch.ops.aten.new_empty_strided.default, torch.ops.aten.lift_fresh.default}
+_METADATA_OPS = {
+    torch.ops.aten.detach.default,
+    torch.ops.aten.set_.source_Storage_storage_offset,
+    torch.ops.aten.empty.memory_format,
+    torch.ops.aten.empty_strided.default,
+    torch.ops.aten.empty_like.default,
+    torch.ops.aten.new_empty.default,
+    torch.ops.aten.new_empty_strided.default,
+    torch.ops.aten.lift_fresh.default,
+}
 
 
 class StepCounter(TorchDispatchMode):
@@ -399,9 +517,16 @@ class StepCounter(TorchDispatchMode):
         if not func.is_view and func not in _METADATA_OPS:
             self.counts["dispatcher ops, views excluded"] += 1
         src = args[0] if args else None
-        if (func is torch.ops.aten._to_copy.default and isinstance(src, torch.Tensor) and src.dtype == torch.float32
-                and (kwargs or {}).get("dtype") == torch.bfloat16 and self.lo <= src.data_ptr() < self.hi):
-            self.counts["weight casts (whole buffer)" if src.numel() == self.whole else "weight casts (per tensor)"] += 1
+        if (
+            func is torch.ops.aten._to_copy.default
+            and isinstance(src, torch.Tensor)
+            and src.dtype == torch.float32
+            and (kwargs or {}).get("dtype") == torch.bfloat16
+            and self.lo <= src.data_ptr() < self.hi
+        ):
+            self.counts[
+                "weight casts (whole buffer)" if src.numel() == self.whole else "weight casts (per tensor)"
+            ] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -440,15 +565,22 @@ def count_fast_step(cfg: dict, k: int, options: dict) -> collections.Counter:
             counts["gradient casts"] += 1
         elif evt.name == "torch::autograd::AccumulateGrad":
             counts["gradient accumulations"] += 1
-        elif (evt.name == "aten::clone" and evt.input_shapes and tuple(evt.input_shapes[0]) in weight_shapes
-              and _under_convolution(evt)):
+        elif (
+            evt.name == "aten::clone"
+            and evt.input_shapes
+            and tuple(evt.input_shapes[0]) in weight_shapes
+            and _under_convolution(evt)
+        ):
             counts["weight layout copies in convolutions"] += 1
     return counts
 
 
 def part_weight_options(args, emit) -> None:
-    cfg, label = (TINY_RRDB, "RRDBNet nf=4 nb=23 gc=2 (RRDB-23's graph)") if args.quick else \
-        (RRDB23, "RRDB-23 nf=64 nb=23 gc=32")
+    cfg, label = (
+        (TINY_RRDB, "RRDBNet nf=4 nb=23 gc=2 (RRDB-23's graph)")
+        if args.quick
+        else (RRDB23, "RRDB-23 nf=64 nb=23 gc=32")
+    )
     device = torch.device("cpu")
     rows = []
     for case, options in WEIGHT_OPTIONS.items():
@@ -462,8 +594,11 @@ def part_weight_options(args, emit) -> None:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="fewer samples, (b) and (c) at their first case only, the small model for (d)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer samples, (b) and (c) at their first case only, the small model for (d)",
+    )
     ap.add_argument("--devices", default=None, help="comma-separated: cpu, cuda (default: cpu and cuda if present)")
     ap.add_argument("--parts", default="a,b,c,d,e", help="comma-separated parts to run, of a,b,c,d,e")
     ap.add_argument("--repeat", type=int, default=None, help="samples per timing, median reported (25; 5 quick)")
@@ -491,8 +626,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     emit = Emit(args, cpu)
-    print(f"host overhead; CPU threads {torch.get_num_threads()}; devices {', '.join(map(str, args.devices))}; "
-          f"native core: {backends.native_status().reason}", flush=True)
+    print(
+        f"host overhead; CPU threads {torch.get_num_threads()}; devices {', '.join(map(str, args.devices))}; "
+        f"native core: {backends.native_status().reason}",
+        flush=True,
+    )
     for device in args.devices:
         emit.device = device
         if "a" in args.parts:

@@ -2,7 +2,7 @@
 
 Providers (one meta-iteration = K batches of B patches; patches/s = K·B·iterations / seconds):
 
-* ``reference``: :class:`dil_fast.data.reference.ReferencePairLoader` (PNG decode, crop, dihedral
+* ``reference``: :class:`dil_fast.data.released.ReleasedPairLoader` (PNG decode, crop, dihedral
   and the Gaussian noise, in DataLoader worker processes, as released: its workers draw the noise);
 * ``dali-cpu`` / ``dali-gpu``: :class:`dil_fast.data.dali.DaliLoader` (``--dali_threads`` threads);
 * ``store-cpu`` / ``store-gpu``: :class:`dil_fast.data.store.StoreLoader` on a packed store,
@@ -17,6 +17,7 @@ CUDA synchronised at the end, median of ``--repeat`` runs. Each provider's row i
     python bench/bench_loader.py              # on a GPU machine: all providers
     python bench/bench_loader.py --providers store-gpu --images 256 --iters 20   # the GPU check's step
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,13 +123,18 @@ def main(argv=None) -> int:
                 print(f"skip {prov}: {dali_available()[1]}")
                 continue
             if kind == "reference":
-                from dil_fast.data.reference import ReferencePairLoader
+                from dil_fast.data.released import ReleasedPairLoader
 
                 dev = torch.device("cuda" if cuda else "cpu")
                 config = f"{args.workers} DataLoader workers"
-                make = lambda: ReferencePairLoader(  # noqa: E731
-                    folder, [5 * (i + 1) for i in range(k)], patch_size=p, batch_size=b,
-                    num_workers=args.workers, device=dev)
+                make = lambda: ReleasedPairLoader(  # noqa: E731
+                    folder,
+                    [5 * (i + 1) for i in range(k)],
+                    patch_size=p,
+                    batch_size=b,
+                    num_workers=args.workers,
+                    device=dev,
+                )
             elif kind == "dali":
                 config = f"{args.dali_threads} DALI threads"
                 make = lambda dev=dev: DaliLoader(folder, b, p, k, device=dev, num_threads=args.dali_threads)  # noqa: E731
@@ -138,8 +144,17 @@ def main(argv=None) -> int:
                 make = lambda store=store: StoreLoader(store, b, p, k)  # noqa: E731
             warm = 1 if args.quick else 3
             rate = throughput(make, k, b, iters, warm, args.repeat or (1 if args.quick else 3), dev)
-            row = {"provider": prov, "on": str(dev), "config": config, "K": k, "B": b, "p": p,
-                   "source": "256x256 png", "iters": iters, "patches_per_s": round(rate)}
+            row = {
+                "provider": prov,
+                "on": str(dev),
+                "config": config,
+                "K": k,
+                "B": b,
+                "p": p,
+                "source": "256x256 png",
+                "iters": iters,
+                "patches_per_s": round(rate),
+            }
             path = record("loader", [row], torch.device("cuda" if cuda else "cpu"), out=args.out, columns=COLUMNS)
             print_table([row], ["provider", "on", "config", "K", "B", "p", "iters", "patches_per_s"])
             print(flush=True)

@@ -15,6 +15,7 @@ trainer takes; ``--plain`` times the bare algorithms instead. Peak memory is CUD
     python bench/bench_meta.py --quick        # tiny sizes, runs on CPU in well under a minute
     python bench/bench_meta.py --models rrdb-23 --ks 4 --variants ss-fo pf sf   # a slice of the grid
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import add_out_argument, print_table, record, time_fn  # noqa: E402
 from dil_fast.meta import VARIANTS  # noqa: E402
+from dil_fast.meta.options import option_fields  # noqa: E402
 from dil_fast.models import RRDBNet  # noqa: E402
 from dil_fast.train.fast import FastPath, resolve_options  # noqa: E402
 
@@ -35,7 +37,8 @@ MODELS = {
     "rrdb-23": {"nf": 64, "nb": 23, "gc": 32},
     "rrdb-tiny": {"nf": 8, "nb": 1, "gc": 4},
 }
-VIRTUAL = ("ss", "ss-fo", "ps", "pf")
+# the variants with a batched/looped choice (a virtual_batching option), and sf as the reference point
+VIRTUAL = tuple(e.name for e in VARIANTS.entries() if "virtual_batching" in {f.name for f in option_fields(e.options)})
 COLUMNS = ["model", "size", "batch", "variant", "K", "path", "fast_path", "ms", "peak_mib", "batched/looped"]
 
 
@@ -68,8 +71,12 @@ def measure_group(variant, paths, cfg, k, batch, size, device, warmup, repeat, r
     rows, algos, fast = [], {}, []
     opts = resolve_options(device, cuda_graphs=False)
     for path in paths:
-        row = {"variant": variant, "path": path or "-", "K": k, "fast_path": "plain" if plain else
-               f"{opts.precision}{' channels_last' if opts.channels_last else ''}"}
+        row = {
+            "variant": variant,
+            "path": path or "-",
+            "K": k,
+            "fast_path": "plain" if plain else f"{opts.precision}{' channels_last' if opts.channels_last else ''}",
+        }
         try:
             algo = build(variant, RRDBNet(**cfg).to(device), path)
             if plain:
@@ -130,9 +137,10 @@ def main(argv=None) -> None:
     for name in models:
         for k in ks:
             for variant in args.variants:
-                paths = [None] if variant == "sf" else ["batched", "looped"]
-                group = measure_group(variant, paths, MODELS[name], k, batch, size, device, warmup, repeat, rounds,
-                                      plain=args.plain)
+                paths = ["batched", "looped"] if variant in VIRTUAL else [None]
+                group = measure_group(
+                    variant, paths, MODELS[name], k, batch, size, device, warmup, repeat, rounds, plain=args.plain
+                )
                 for r in group:
                     r.update(model=name, size=size, batch=batch)
                 if len(group) == 2 and all(isinstance(r["ms"], float) for r in group):

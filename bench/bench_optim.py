@@ -29,6 +29,7 @@ checked against torch.optim.Adam first; a failed check is reported and no speedu
     python bench/bench_optim.py --device cpu --sizes 16624131 --ks 1 --threads 1
     python bench/bench_optim.py --sizes 16624131 --ks 1 4 --repeat 20   # the GPU check's step
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +48,43 @@ from dil_fast.optim import FlatParams  # noqa: E402
 
 BYTES_PER_PARAM = 28  # fp32 Adam: read p, g, m, v (16) + write p, m, v (12)
 RRDB23 = 16_624_131
-ROW_KEYS = ["bench", "provider", "P", "K", "tensors", "dtype", "calls", "ms", "ms_single", "GBps", "frac_copy_bw",
-            "frac_rmw_bw", "ratio_vs_torch_fused", "ratio_vs_reference", "speedup_vs_for_loop", "correct", "copy_GBps",
-            "rmw_GBps"]
-PRINT_KEYS = ["bench", "provider", "P", "K", "tensors", "calls", "ms", "ms_single", "GBps", "frac_copy_bw",
-              "frac_rmw_bw", "ratio_vs_torch_fused", "ratio_vs_reference", "speedup_vs_for_loop", "correct"]
+ROW_KEYS = [
+    "bench",
+    "provider",
+    "P",
+    "K",
+    "tensors",
+    "dtype",
+    "calls",
+    "ms",
+    "ms_single",
+    "GBps",
+    "frac_copy_bw",
+    "frac_rmw_bw",
+    "ratio_vs_torch_fused",
+    "ratio_vs_reference",
+    "speedup_vs_for_loop",
+    "correct",
+    "copy_GBps",
+    "rmw_GBps",
+]
+PRINT_KEYS = [
+    "bench",
+    "provider",
+    "P",
+    "K",
+    "tensors",
+    "calls",
+    "ms",
+    "ms_single",
+    "GBps",
+    "frac_copy_bw",
+    "frac_rmw_bw",
+    "ratio_vs_torch_fused",
+    "ratio_vs_reference",
+    "speedup_vs_for_loop",
+    "correct",
+]
 
 
 def rrdb_shapes(nb: int = 23, nf: int = 64, gc: int = 32, in_nc: int = 3, out_nc: int = 3) -> list[tuple]:
@@ -138,29 +171,43 @@ def bench_adam(device, sizes, ks, args, bw, backend, ok_check, emit):
             step, lr = F.new_step(device, k), F.as_lr(1e-3, device)
 
             def fused_step(data=data, grad=grad, m=m, v=v, step=step, lr=lr):
-                F.adam_step_(data, grad, m, v, step, lr, backend=backend) if k > 1 else \
-                    F.adam_step_(data[0], grad[0], m[0], v[0], step, lr, backend=backend)
+                F.adam_step_(data, grad, m, v, step, lr, backend=backend) if k > 1 else F.adam_step_(
+                    data[0], grad[0], m[0], v[0], step, lr, backend=backend
+                )
 
             providers = {provider_name(device, backend): fused_step}
             del gen
             sets = [make_params(shapes, device, torch.Generator(device=device).manual_seed(2 + i)) for i in range(k)]
             for kind in ("for-loop", "foreach", "fused"):
                 steps = [torch_adam_provider(ps, kind, lr=1e-3) for ps in sets]
-                providers[f"torch-{kind}"] = (lambda steps=steps: [s() for s in steps])
-            timings = time_side_by_side(providers, device, warmup=2, repeat=args.repeat,
-                                        min_sample_s=args.min_sample_ms / 1e3, max_calls=1000)
+                providers[f"torch-{kind}"] = lambda steps=steps: [s() for s in steps]
+            timings = time_side_by_side(
+                providers, device, warmup=2, repeat=args.repeat, min_sample_s=args.min_sample_ms / 1e3, max_calls=1000
+            )
             nbytes = BYTES_PER_PARAM * p * k
             base, fused = timings.get("torch-for-loop"), timings.get("torch-fused")
             case = []
             for name, t in timings.items():
                 correct = ok_check if name.startswith("dil_fast") else True
-                case.append(new_row(
-                    bench="adam", provider=name, P=p, K=k, tensors=len(shapes), dtype="float32", calls=t.calls,
-                    ms=round(t * 1e3, 4), ms_single=round(t.single * 1e3, 4), GBps=round(nbytes / t / 1e9, 2),
-                    frac_copy_bw=round(nbytes / t / bw["copy"], 3), frac_rmw_bw=round(nbytes / t / bw["rmw"], 3),
-                    ratio_vs_torch_fused=(round(t / fused, 3) if fused and correct else ""),
-                    speedup_vs_for_loop=(round(base / t, 2) if base and correct else ""), correct=correct,
-                ))
+                case.append(
+                    new_row(
+                        bench="adam",
+                        provider=name,
+                        P=p,
+                        K=k,
+                        tensors=len(shapes),
+                        dtype="float32",
+                        calls=t.calls,
+                        ms=round(t * 1e3, 4),
+                        ms_single=round(t.single * 1e3, 4),
+                        GBps=round(nbytes / t / 1e9, 2),
+                        frac_copy_bw=round(nbytes / t / bw["copy"], 3),
+                        frac_rmw_bw=round(nbytes / t / bw["rmw"], 3),
+                        ratio_vs_torch_fused=(round(t / fused, 3) if fused and correct else ""),
+                        speedup_vs_for_loop=(round(base / t, 2) if base and correct else ""),
+                        correct=correct,
+                    )
+                )
             emit(case)
             rows += case
             del sets, providers, data, grad, m, v
@@ -210,18 +257,44 @@ def bench_dil_sf(device, nb, args, backend, ok_check, emit):
 
     reference = "reference (per-tensor Adam + load_state_dict)"
     ours = provider_name(device, backend)
-    timings = time_side_by_side({reference: reference_iteration, ours: fused_iteration}, device, warmup=2,
-                                repeat=args.repeat, min_sample_s=args.min_sample_ms / 1e3, max_calls=1000)
+    timings = time_side_by_side(
+        {reference: reference_iteration, ours: fused_iteration},
+        device,
+        warmup=2,
+        repeat=args.repeat,
+        min_sample_s=args.min_sample_ms / 1e3,
+        max_calls=1000,
+    )
     t_ref, t_fused = timings[reference], timings[ours]
     nbytes = BYTES_PER_PARAM * p * 5 + 4 * p  # 5 Adam passes + the reset's write of the task weights
     rows = [
-        new_row(bench="dil_sf_optimizer", provider=reference, P=p, K=4, tensors=len(shapes), dtype="float32",
-                calls=t_ref.calls, ms=round(t_ref * 1e3, 3), ms_single=round(t_ref.single * 1e3, 3),
-                correct=True),
-        new_row(bench="dil_sf_optimizer", provider=ours, P=p, K=4, tensors=len(shapes), dtype="float32",
-                calls=t_fused.calls, ms=round(t_fused * 1e3, 3), ms_single=round(t_fused.single * 1e3, 3), GBps=round(nbytes / t_fused / 1e9, 2),
-                correct=ok_check, ratio_vs_reference=(round(t_fused / t_ref, 3) if ok_check else ""),
-                speedup_vs_for_loop=(round(t_ref / t_fused, 2) if ok_check else "")),
+        new_row(
+            bench="dil_sf_optimizer",
+            provider=reference,
+            P=p,
+            K=4,
+            tensors=len(shapes),
+            dtype="float32",
+            calls=t_ref.calls,
+            ms=round(t_ref * 1e3, 3),
+            ms_single=round(t_ref.single * 1e3, 3),
+            correct=True,
+        ),
+        new_row(
+            bench="dil_sf_optimizer",
+            provider=ours,
+            P=p,
+            K=4,
+            tensors=len(shapes),
+            dtype="float32",
+            calls=t_fused.calls,
+            ms=round(t_fused * 1e3, 3),
+            ms_single=round(t_fused.single * 1e3, 3),
+            GBps=round(nbytes / t_fused / 1e9, 2),
+            correct=ok_check,
+            ratio_vs_reference=(round(t_fused / t_ref, 3) if ok_check else ""),
+            speedup_vs_for_loop=(round(t_ref / t_fused, 2) if ok_check else ""),
+        ),
     ]
     emit(rows)
     return rows
@@ -249,8 +322,10 @@ def main(argv=None) -> None:
     ok, why = check_adam(device, args.backend)
     print(f"correctness vs torch.optim.Adam: {'ok' if ok else 'FAILED'} ({why})")
     bw = {"copy": copy_bandwidth(device), "rmw": rmw_bandwidth(device, max(sizes), args.repeat)}
-    print(f"device copy bandwidth: {bw['copy'] / 1e9:.1f} GB/s; in-place add (a += b, P = {max(sizes)}): "
-          f"{bw['rmw'] / 1e9:.1f} GB/s; threads: {torch.get_num_threads() if device.type == 'cpu' else '-'}")
+    print(
+        f"device copy bandwidth: {bw['copy'] / 1e9:.1f} GB/s; in-place add (a += b, P = {max(sizes)}): "
+        f"{bw['rmw'] / 1e9:.1f} GB/s; threads: {torch.get_num_threads() if device.type == 'cpu' else '-'}"
+    )
     written = []
 
     def emit(case_rows):

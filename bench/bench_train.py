@@ -45,6 +45,7 @@ prints why, reports no speedup for that case (ratios 'refused') and exits with s
     python bench/bench_train.py --shapes 8x4    # one shape (the GPU check's step)
     python bench/bench_train.py --weight_options cw,ws,cw+ws   # + (b) with each weight option
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,12 +85,40 @@ FULL_SHAPES = [(8, 4), (32, 4), (8, 8)]  # (batch per confounder, K)
 QUICK_SHAPES = [(2, 4)]
 SIGMAS = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0)
 SPLIT = ("data", "degradation", "fwd_bwd", "optimizer", "other")
-WEIGHT_OPTIONS = {"cw": {"channels_last_weights": True, "channels_last": True}, "ws": {"weight_shadow": True},
-                  "cw+ws": {"channels_last_weights": True, "channels_last": True, "weight_shadow": True}}
-COLUMNS = ["shape", "model", "batch", "k", "patch", "case", "precision", "meta_it_s", "images_s", "ms_per_it",
-           "peak_mib", *[f"split_{n}_ms" for n in SPLIT], "speedup_vs_a", "time_vs_floor", "correct"]
-PRINT_KEYS = ["case", "precision", "meta_it_s", "images_s", "ms_per_it", "peak_mib", *[f"split_{n}_ms" for n in SPLIT],
-              "speedup_vs_a", "time_vs_floor", "correct"]
+WEIGHT_OPTIONS = {
+    "cw": {"channels_last_weights": True, "channels_last": True},
+    "ws": {"weight_shadow": True},
+    "cw+ws": {"channels_last_weights": True, "channels_last": True, "weight_shadow": True},
+}
+COLUMNS = [
+    "shape",
+    "model",
+    "batch",
+    "k",
+    "patch",
+    "case",
+    "precision",
+    "meta_it_s",
+    "images_s",
+    "ms_per_it",
+    "peak_mib",
+    *[f"split_{n}_ms" for n in SPLIT],
+    "speedup_vs_a",
+    "time_vs_floor",
+    "correct",
+]
+PRINT_KEYS = [
+    "case",
+    "precision",
+    "meta_it_s",
+    "images_s",
+    "ms_per_it",
+    "peak_mib",
+    *[f"split_{n}_ms" for n in SPLIT],
+    "speedup_vs_a",
+    "time_vs_floor",
+    "correct",
+]
 
 
 # ---------------------------------------------------------------------- plumbing
@@ -143,17 +172,35 @@ class TrainerCase:
         self.trainer.close()
 
 
-def case_config(kind: str, folder, store, device, batch, k, patch, opts: FastOptions | None, backend,
-                num_workers: int, out: str) -> TrainConfig:
+def case_config(
+    kind: str, folder, store, device, batch, k, patch, opts: FastOptions | None, backend, num_workers: int, out: str
+) -> TrainConfig:
     """The ``dil-fast train`` configuration of case ``kind`` ("reference" or "fast")."""
-    common = dict(ckpt_save=out, device=str(device), batch_size=batch, patch_size=patch, seed=1,
-                  num_workers=num_workers, levels=SIGMAS[:k], progress=False)
+    common = dict(
+        ckpt_save=out,
+        device=str(device),
+        batch_size=batch,
+        patch_size=patch,
+        seed=1,
+        num_workers=num_workers,
+        levels=SIGMAS[:k],
+        progress=False,
+    )
     if kind == "reference":
         return TrainConfig(trainset=folder, loader="reference", reference_mode=True, **common)
-    return TrainConfig(trainset=store, loader="store", confounders="noise:" + ",".join(f"{s:g}" for s in SIGMAS[:k]),
-                       backend=backend, precision=opts.precision, channels_last=opts.channels_last,
-                       compile=opts.compile, cuda_graphs=opts.cuda_graphs,
-                       channels_last_weights=opts.channels_last_weights, weight_shadow=opts.weight_shadow, **common)
+    return TrainConfig(
+        trainset=store,
+        loader="store",
+        confounders="noise:" + ",".join(f"{s:g}" for s in SIGMAS[:k]),
+        backend=backend,
+        precision=opts.precision,
+        channels_last=opts.channels_last,
+        compile=opts.compile,
+        cuda_graphs=opts.cuda_graphs,
+        channels_last_weights=opts.channels_last_weights,
+        weight_shadow=opts.weight_shadow,
+        **common,
+    )
 
 
 class FloorCase:
@@ -166,8 +213,13 @@ class FloorCase:
         self.settings.__enter__()
         self.forward = FastForward(floor_opts, device, self.model)
         g = torch.Generator().manual_seed(3)
-        self.pairs = [(torch.rand(batch, 3, patch, patch, generator=g).to(device),
-                       torch.rand(batch, 3, patch, patch, generator=g).to(device)) for _ in range(k)]
+        self.pairs = [
+            (
+                torch.rand(batch, 3, patch, patch, generator=g).to(device),
+                torch.rand(batch, 3, patch, patch, generator=g).to(device),
+            )
+            for _ in range(k)
+        ]
 
     def step(self, phase=None):
         with (phase or _null_phase)("fwd_bwd"):
@@ -231,13 +283,21 @@ def check_agreement(base, device, k, batch, patch, opts: FastOptions, cache: dic
     """
     cache = {} if cache is None else cache
     n = 4 + (GRAPH_WARMUP + 1 if opts.cuda_graphs else 0)
-    cfg = {"nf": base.conv_first.out_channels, "gc": base.RRDB_trunk[0].RDB1.conv1.out_channels,
-           "nb": min(len(base.RRDB_trunk), 2)}
+    cfg = {
+        "nf": base.conv_first.out_channels,
+        "gc": base.RRDB_trunk[0].RDB1.conv1.out_channels,
+        "nb": min(len(base.RRDB_trunk), 2),
+    }
     small = make_model(cfg, device, seed=1).double()
     b64 = [[(x.double(), y.double()) for x, y in pairs] for pairs in _batches(n, k, min(batch, 2), patch, device)]
     w64 = {name: p.detach().clone() for name, p in small.named_parameters()}
-    exact = FastOptions(precision="fp32", channels_last=opts.channels_last, compile=opts.compile,
-                        cuda_graphs=opts.cuda_graphs, channels_last_weights=opts.channels_last_weights)
+    exact = FastOptions(
+        precision="fp32",
+        channels_last=opts.channels_last,
+        compile=opts.compile,
+        cuda_graphs=opts.cuda_graphs,
+        channels_last_weights=opts.channels_last_weights,
+    )
     if ("f64", n) not in cache:
         cache["f64", n] = _trajectory(ReleasedSF, small, b64, w64, device, None)
     loss_err, w_err, _ = _errors(_trajectory(build_fast_algorithm, small, b64, w64, device, exact), cache["f64", n])
@@ -252,8 +312,10 @@ def check_agreement(base, device, k, batch, patch, opts: FastOptions, cache: dic
     bf16 = opts.precision == "bf16"
     loss_tol = 5e-2 if bf16 else (1e-3 if device.type == "cuda" or opts.precision == "tf32" else 1e-4)
     cos_min = 0.9 if bf16 else 0.99
-    notes.append(f"{opts.precision} as timed: loss rel err {loss_err:.1e} (tol {loss_tol:.0e}), update cosine "
-                 f"{cos:.4f} (min {cos_min})")
+    notes.append(
+        f"{opts.precision} as timed: loss rel err {loss_err:.1e} (tol {loss_tol:.0e}), update cosine "
+        f"{cos:.4f} (min {cos_min})"
+    )
     ok = ok and loss_err <= loss_tol and cos >= cos_min
     return bool(ok), "; ".join(notes)
 
@@ -270,7 +332,7 @@ def measure(case, device, warmup: int, iters: int, split_iters: int) -> dict:
         case.step()
     synchronize(device)
     elapsed = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     timer = PhaseTimer(device)
     t1 = time.perf_counter()
     for _ in range(split_iters):
@@ -289,13 +351,19 @@ def _fmt(v, spec=".3g"):
 def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, store, out) -> bool:
     """Gate, measure and record the cases of one shape; True when every correctness gate passed."""
     base = make_model(model_cfg, device)
-    opts_b = resolve_options(device, precision=args.precision, cuda_graphs=False if args.no_graphs else None,
-                             backend=args.backend)
+    opts_b = resolve_options(
+        device, precision=args.precision, cuda_graphs=False if args.no_graphs else None, backend=args.backend
+    )
     cuda = device.type == "cuda"
     opts_c = None
     if args.compile or opts_b.cuda_graphs:  # (b) + compile, else (b) without its graph
-        opts_c = resolve_options(device, precision=args.precision, compile=args.compile,
-                                 cuda_graphs=opts_b.cuda_graphs and args.compile, backend=args.backend)
+        opts_c = resolve_options(
+            device,
+            precision=args.precision,
+            compile=args.compile,
+            cuda_graphs=opts_b.cuda_graphs and args.compile,
+            backend=args.backend,
+        )
     shape = f"{model_name} b{batch} k{k} {patch}x{patch}"
     print(f"\n== {shape} on {device} ==")
     extra = {f"b+{name}": dataclasses.replace(opts_b, **WEIGHT_OPTIONS[name]) for name in args.weight_options}
@@ -310,14 +378,34 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
             print(f"CORRECTNESS GATE FAILED for case ({name}): refusing to report a speedup for it")
 
     def trainer_case(kind, opts):
-        return TrainerCase(base, case_config(kind, folder, store, device, batch, k, patch, opts, args.backend,
-                                             args.num_workers, os.path.join(out, kind)))
+        return TrainerCase(
+            base,
+            case_config(
+                kind,
+                folder,
+                store,
+                device,
+                batch,
+                k,
+                patch,
+                opts,
+                args.backend,
+                args.num_workers,
+                os.path.join(out, kind),
+            ),
+        )
 
     # the floor and the reference first, so every row has its ratios when it is measured and recorded
-    cases = [("d", "floor", opts_b, lambda: FloorCase(base, device, batch, k, patch, opts_b)),
-             ("a", "reference", None, lambda: trainer_case("reference", None)),
-             ("b", "default" + (" (cuda_graphs)" if opts_b.cuda_graphs else ""), opts_b,
-              lambda: trainer_case("fast", opts_b))]
+    cases = [
+        ("d", "floor", opts_b, lambda: FloorCase(base, device, batch, k, patch, opts_b)),
+        ("a", "reference", None, lambda: trainer_case("reference", None)),
+        (
+            "b",
+            "default" + (" (cuda_graphs)" if opts_b.cuda_graphs else ""),
+            opts_b,
+            lambda: trainer_case("fast", opts_b),
+        ),
+    ]
     for key, o in extra.items():
         label = "default + " + ", ".join(f"--{flag}" for flag in WEIGHT_OPTIONS[key[2:]] if flag != "channels_last")
         cases.append((key, label, o, lambda o=o: trainer_case("fast", o)))
@@ -343,10 +431,17 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
         speedup = None if key in ("a", "d") or "a" not in results else results["a"]["t"] / r["t"]
         vs_floor = None if key in ("a", "d") or "d" not in results else r["t"] / results["d"]["t"]
         row = {
-            "shape": shape, "model": model_name, "batch": batch, "k": k, "patch": patch,
-            "case": f"({key}) {label}", "precision": "fp32 (torch defaults)" if opts is None else opts.precision,
-            "meta_it_s": round(1 / r["t"], 4), "images_s": round(k * batch / r["t"], 2),
-            "ms_per_it": round(r["t"] * 1e3, 3), "peak_mib": None if r["peak_mib"] is None else round(r["peak_mib"]),
+            "shape": shape,
+            "model": model_name,
+            "batch": batch,
+            "k": k,
+            "patch": patch,
+            "case": f"({key}) {label}",
+            "precision": "fp32 (torch defaults)" if opts is None else opts.precision,
+            "meta_it_s": round(1 / r["t"], 4),
+            "images_s": round(k * batch / r["t"], 2),
+            "ms_per_it": round(r["t"] * 1e3, 3),
+            "peak_mib": None if r["peak_mib"] is None else round(r["peak_mib"]),
             **{f"split_{n}_ms": round(r["split"][n] * 1e3, 3) for n in SPLIT},
             "speedup_vs_a": "refused" if refused else (None if speedup is None else round(speedup, 3)),
             "time_vs_floor": "refused" if refused else (None if vs_floor is None else round(vs_floor, 3)),
@@ -365,16 +460,20 @@ def run_shape(args, device, model_name, model_cfg, batch, k, patch, folder, stor
         if key not in results and args.cases and key not in args.cases:
             continue
         if key not in results:
-            print(f"{key}/a, {key}/d: n/a (case ({key}) not run: without --compile it is the eager contrast to a "
-                  "captured (b), and (b) is not captured here)")
+            print(
+                f"{key}/a, {key}/d: n/a (case ({key}) not run: without --compile it is the eager contrast to a "
+                "captured (b), and (b) is not captured here)"
+            )
             continue
         if not gates.get(key, True):
             print(f"{key}/a, {key}/d: refused (correctness gate failed)")
             continue
         r = results[key]
         pipe = sum(r["split"][n] for n in ("data", "degradation", "optimizer"))
-        print(f"{key}/a = {ta / r['t']:.2f}x speedup; {key}/d = {r['t'] / td:.3f} (time over the bare model); "
-              f"data+degradation+optimizer = {pipe / max(r['split_total'], 1e-12):.1%} of the instrumented step")
+        print(
+            f"{key}/a = {ta / r['t']:.2f}x speedup; {key}/d = {r['t'] / td:.3f} (time over the bare model); "
+            f"data+degradation+optimizer = {pipe / max(r['split_total'], 1e-12):.1%} of the instrumented step"
+        )
     if "c" in results and opts_b.cuda_graphs and not opts_c.cuda_graphs and all(gates.get(x, True) for x in "bc"):
         print(f"b/c = {results['b']['t'] / results['c']['t']:.3f} (the captured step's time over the eager one)")
     if args.profile and (model_name, batch, k) == args.profile_shape:
@@ -393,13 +492,32 @@ def _profile(args, device, base, batch, k, patch, folder, store, out, opts_b, op
     for key, o in (("b", opts_b), ("c", opts_c)):
         if o is None:
             continue
-        case = TrainerCase(base, case_config("fast", folder, store, device, batch, k, patch, o, args.backend,
-                                             args.num_workers, os.path.join(out, f"profile_{key}")))
+        case = TrainerCase(
+            base,
+            case_config(
+                "fast",
+                folder,
+                store,
+                device,
+                batch,
+                k,
+                patch,
+                o,
+                args.backend,
+                args.num_workers,
+                os.path.join(out, f"profile_{key}"),
+            ),
+        )
         try:
             ceilings = measure_ceilings(device, o.precision)
-            res = profile_meta_iteration(case.step, device, os.path.join(out_root, f"profile_train_{key}"),
-                                         warmup=max(args.warmup, GRAPH_WARMUP + 1), ceilings=ceilings,
-                                         precision=o.precision)
+            res = profile_meta_iteration(
+                case.step,
+                device,
+                os.path.join(out_root, f"profile_train_{key}"),
+                warmup=max(args.warmup, GRAPH_WARMUP + 1),
+                ceilings=ceilings,
+                precision=o.precision,
+            )
             print(f"\n-- profile of case ({key}) --")
             print(format_table(res))
         finally:
@@ -436,19 +554,27 @@ def parse_args(argv=None):
     p.add_argument("--shapes", default=None, help="batch x K list, e.g. 8x4,32x4,8x8 (default: that; 2x4 quick)")
     p.add_argument("--patch", type=int, default=None, help="patch size (64; 16 with --quick)")
     p.add_argument("--iters", type=int, default=None, help="timed meta-iterations per case (20; 3 quick)")
-    p.add_argument("--warmup", type=int, default=None, help=f"untimed first meta-iterations ({GRAPH_WARMUP + 2}; 2 quick)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help=f"untimed first meta-iterations ({GRAPH_WARMUP + 2}; 2 quick)"
+    )
     p.add_argument("--split_iters", type=int, default=None, help="instrumented meta-iterations (5; 1 quick)")
     p.add_argument("--num_workers", type=int, default=None, help="reference DataLoader workers (8; 0 quick)")
     p.add_argument("--precision", default=None, choices=("fp32", "tf32", "bf16"), help="fast path precision")
     p.add_argument("--compile", action="store_true", help="case (c) is (b) plus torch.compile")
-    p.add_argument("--no_graphs", action="store_true",
-                   help="case (b) without its CUDA graph (--no_cuda_graphs); (c) then runs only with --compile")
+    p.add_argument(
+        "--no_graphs",
+        action="store_true",
+        help="case (b) without its CUDA graph (--no_cuda_graphs); (c) then runs only with --compile",
+    )
     p.add_argument("--backend", default=None, choices=("torch", "triton", "cuda"), help="sampling/degradation kernels")
     p.add_argument("--profile", action="store_true", help="profile one meta-iteration of (b)/(c) at the first shape")
     p.add_argument("--cases", default="", help="comma-separated subset of the cases to run (d,a,b,c,b+cw,...)")
-    p.add_argument("--weight_options", default="",
-                   help=f"comma-separated extra cases: (b) with weight options, of {', '.join(WEIGHT_OPTIONS)} "
-                        "(cw: --channels_last_weights, ws: --weight_shadow)")
+    p.add_argument(
+        "--weight_options",
+        default="",
+        help=f"comma-separated extra cases: (b) with weight options, of {', '.join(WEIGHT_OPTIONS)} "
+        "(cw: --channels_last_weights, ws: --weight_shadow)",
+    )
     add_out_argument(p)
     args = p.parse_args(argv)
     q = args.quick
@@ -491,8 +617,9 @@ def main(argv=None) -> int:
         size = max(args.patch + 8, 24) if args.quick else 256
         folder, store_path = make_dataset(tmp, n=max_batch * (per_case + 1), size=size)
         for batch, k in args.shape_list:
-            all_ok &= run_shape(args, device, args.model, model_cfg, batch, k, args.patch, folder, store_path,
-                                os.path.join(tmp, "runs"))
+            all_ok &= run_shape(
+                args, device, args.model, model_cfg, batch, k, args.patch, folder, store_path, os.path.join(tmp, "runs")
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nrows appended to {os.path.join(args.out or default_out_dir(), 'train.csv')}")

@@ -13,6 +13,7 @@ is 1 when one failed or a row it needs is missing, else 0 (a missed target is re
     python bench/gpu_micro.py --out DIR            # on the GPU
     python bench/gpu_micro.py --quick --out DIR    # the CPU rehearsal: tiny sizes, seconds
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ from bench import bench_degrade, bench_loader, bench_optim  # noqa: E402
 from bench._common import copy_bandwidth, record, time_fn  # noqa: E402
 
 RRDB23_P = 16_624_131
-TARGETS = (("flat Adam P=16.6M K=1 / copy bandwidth", 0.80), ("fused K-way noise / copy bandwidth", 0.70),
-           ("PatchStore sampler patches/s (B 32, p 64)", 1e6))
+TARGETS = (
+    ("flat Adam P=16.6M K=1 / copy bandwidth", 0.80),
+    ("fused K-way noise / copy bandwidth", 0.70),
+    ("PatchStore sampler patches/s (B 32, p 64)", 1e6),
+)
 
 
 def matmul_tflops(device, n: int) -> float:
@@ -40,7 +44,7 @@ def matmul_tflops(device, n: int) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     t = time_fn(lambda: a @ b, device=device, warmup=3, repeat=10)
-    return 2 * n ** 3 / t / 1e12
+    return 2 * n**3 / t / 1e12
 
 
 def _rows(path: str) -> list[dict]:
@@ -54,19 +58,33 @@ def targets(out: str, started: str, quick: bool) -> list[dict]:
     """The figures of :data:`TARGETS` from the rows recorded since ``started`` (ISO time)."""
     p = 100_003 if quick else RRDB23_P
     fresh = lambda rows: [r for r in rows if r.get("date", "") >= started]  # noqa: E731
-    adam = [r for r in fresh(_rows(os.path.join(out, "optim.csv")))
-            if r["bench"] == "adam" and r["provider"].startswith("dil_fast") and r["P"] == str(p) and r["K"] == "1"]
-    noise = [r for r in fresh(_rows(os.path.join(out, "degrade.csv")))
-             if r["family"] == "noise" and r["provider"] == "dil_fast"]
+    adam = [
+        r
+        for r in fresh(_rows(os.path.join(out, "optim.csv")))
+        if r["bench"] == "adam" and r["provider"].startswith("dil_fast") and r["P"] == str(p) and r["K"] == "1"
+    ]
+    noise = [
+        r
+        for r in fresh(_rows(os.path.join(out, "degrade.csv")))
+        if r["family"] == "noise" and r["provider"] == "dil_fast"
+    ]
     sampler = [r for r in fresh(_rows(os.path.join(out, "loader.csv"))) if r["provider"].startswith("store-")]
-    values = [float(adam[-1]["frac_copy_bw"]) if adam else None,
-              float(noise[-1]["frac_copy_bw"]) if noise else None,
-              float(sampler[-1]["patches_per_s"]) if sampler else None]
+    values = [
+        float(adam[-1]["frac_copy_bw"]) if adam else None,
+        float(noise[-1]["frac_copy_bw"]) if noise else None,
+        float(sampler[-1]["patches_per_s"]) if sampler else None,
+    ]
     out_rows = []
     for (name, goal), value in zip(TARGETS, values):
         met = "n/a" if value is None else ("met" if value >= goal else "MISSED")
-        out_rows.append({"figure": name, "value": "missing" if value is None else f"{value:.3g}",
-                         "target": f">= {goal:g}", "verdict": met})
+        out_rows.append(
+            {
+                "figure": name,
+                "value": "missing" if value is None else f"{value:.3g}",
+                "target": f">= {goal:g}",
+                "verdict": met,
+            }
+        )
     return out_rows
 
 
@@ -83,13 +101,23 @@ def main(argv=None) -> int:
         "ceilings": None,
         "bench_optim": lambda: bench_optim.main(
             (["--quick"] if args.quick else ["--sizes", str(RRDB23_P), "--ks", "1", "4", "--repeat", "20"])
-            + on + ["--out", args.out]),
+            + on
+            + ["--out", args.out]
+        ),
         "bench_degrade": lambda: bench_degrade.main(
             (["--quick"] if args.quick else ["--sizes", "256", "--repeat", "20"])
-            + ["--families", "noise", "--providers", "dil_fast,torch"] + on + ["--out", args.out]),
+            + ["--families", "noise", "--providers", "dil_fast,torch"]
+            + on
+            + ["--out", args.out]
+        ),
         "bench_loader": lambda: bench_loader.main(
-            (["--quick", "--providers", "store-cpu"] if args.quick or device.type != "cuda"
-             else ["--providers", "store-gpu", "--images", "256", "--iters", "20"]) + ["--out", args.out]),
+            (
+                ["--quick", "--providers", "store-cpu"]
+                if args.quick or device.type != "cuda"
+                else ["--providers", "store-gpu", "--images", "256", "--iters", "20"]
+            )
+            + ["--out", args.out]
+        ),
     }
     failed = []
     for name, run in steps.items():
@@ -99,9 +127,18 @@ def main(argv=None) -> int:
             if run is None:
                 bw = copy_bandwidth(device)
                 tf = matmul_tflops(device, 1024 if args.quick else 8192)
-                record("ceilings", [{"copy_GBps": round(bw / 1e9, 1), "matmul_TFLOPs": round(tf, 1),
-                                     "matmul": "fp32 1024^3" if args.quick else "bf16 8192^3 random"}],
-                       device, out=args.out)
+                record(
+                    "ceilings",
+                    [
+                        {
+                            "copy_GBps": round(bw / 1e9, 1),
+                            "matmul_TFLOPs": round(tf, 1),
+                            "matmul": "fp32 1024^3" if args.quick else "bf16 8192^3 random",
+                        }
+                    ],
+                    device,
+                    out=args.out,
+                )
                 print(f"device copy {bw / 1e9:.1f} GB/s (read + write); matmul {tf:.1f} TFLOP/s")
             else:
                 rc = run()

@@ -11,6 +11,7 @@ is printed last, and ``smoke.csv`` in ``--out`` gets one row per variant.
     python bench/gpu_smoke.py --out DIR                       # on the GPU
     python bench/gpu_smoke.py --out DIR --device cpu --tiny   # the CPU rehearsal
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import print_table, record  # noqa: E402
+from dil_fast.meta import VARIANTS  # noqa: E402
 
-VARIANTS = ("sf", "pf", "erm", "ss", "ps", "ss-fo")
 LOSS = re.compile(r"(?:Task loss: |noise[0-9.]+ )([-+0-9.eE]+|nan|inf|-inf)")
 
 
@@ -52,10 +53,33 @@ def run_variant(variant: str, patches: str, out: str, args) -> dict:
     from dil_fast.cli import main as cli
 
     run_dir = os.path.join(out, variant)
-    argv = ["train", "--trainset", patches, "--ckpt_save", run_dir, "--variant", variant,
-            "--stop_after", str(args.stop_after), "--print_every", "5", "--no_progress", "--no_tensorboard",
-            "--num_workers", "0", "--patch_size", str(args.patch), "--batch_size", str(args.batch),
-            "--nf", str(args.nf), "--nb", str(args.nb), "--gc", str(args.gc)]
+    argv = [
+        "train",
+        "--trainset",
+        patches,
+        "--ckpt_save",
+        run_dir,
+        "--variant",
+        variant,
+        "--stop_after",
+        str(args.stop_after),
+        "--print_every",
+        "5",
+        "--no_progress",
+        "--no_tensorboard",
+        "--num_workers",
+        "0",
+        "--patch_size",
+        str(args.patch),
+        "--batch_size",
+        str(args.batch),
+        "--nf",
+        str(args.nf),
+        "--nb",
+        str(args.nb),
+        "--gc",
+        str(args.gc),
+    ]
     if args.device:
         argv += ["--device", args.device]
     if args.tiny:  # the CPU's fast path, so the log names it as on CUDA (the plain fp32 path is not named)
@@ -74,8 +98,13 @@ def run_variant(variant: str, patches: str, out: str, args) -> dict:
     text = open(log).read() if os.path.exists(log) else ""
     status, path = check_log(text) if rc == 0 else (f"exit {rc}", "")
     notes = sorted({str(w.message).splitlines()[0][:160] for w in caught if issubclass(w.category, RuntimeWarning)})
-    return {"variant": variant, "status": status, "fast_path": path, "seconds": round(seconds, 1),
-            "warnings": " | ".join(notes)}
+    return {
+        "variant": variant,
+        "status": status,
+        "fast_path": path,
+        "seconds": round(seconds, 1),
+        "warnings": " | ".join(notes),
+    }
 
 
 def main(argv=None) -> int:
@@ -83,11 +112,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="folder of smoke.csv and the runs' train.log files")
     ap.add_argument("--device", default=None, help="--device of the runs (default: the trainer's, CUDA if present)")
     ap.add_argument("--tiny", action="store_true", help="the CPU rehearsal: tiny sizes, bf16 + channels_last")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS.names()))
     ap.add_argument("--stop_after", type=int, default=None, help="meta-iterations per run (20; 3 tiny)")
     args = ap.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in VARIANTS]  # a registry reads like a dict of names
     if unknown:
         ap.error(f"--variants: unknown {', '.join(unknown)}")
     args.stop_after = args.stop_after or (3 if args.tiny else 20)
@@ -99,14 +128,16 @@ def main(argv=None) -> int:
     work = tempfile.mkdtemp(prefix="dil_fast_smoke_")
     rows = []
     try:
-        patches = builtin_train_patches(os.path.join(work, "patches"), size=64 if not args.tiny else 32,
-                                        stride=64 if not args.tiny else 96)
+        patches = builtin_train_patches(
+            os.path.join(work, "patches"), size=64 if not args.tiny else 32, stride=64 if not args.tiny else 96
+        )
         for variant in variants:
             print(f"-- {variant}", flush=True)
             r = run_variant(variant, patches, os.path.join(work, "runs"), args)
             rows.append(r)
-            shutil.copy(os.path.join(work, "runs", variant, "train.log"), os.path.join(args.out, f"smoke_{variant}.log")) \
-                if os.path.exists(os.path.join(work, "runs", variant, "train.log")) else None
+            shutil.copy(
+                os.path.join(work, "runs", variant, "train.log"), os.path.join(args.out, f"smoke_{variant}.log")
+            ) if os.path.exists(os.path.join(work, "runs", variant, "train.log")) else None
             print(f"-- {variant}: {r['status']} in {r['seconds']} s; {r['fast_path']}", flush=True)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

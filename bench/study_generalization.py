@@ -6,9 +6,10 @@
 
 Writes results.md, results.csv, curves.csv and generalization_<task>.png into --out (see dil_fast/study).
 """
+
 import sys
 
-from dil_fast.study import main
+from dil_fast.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["study", "generalization", *sys.argv[1:]]))

@@ -1,4 +1,5 @@
 """dil_fast: fast DIL (Distortion-Invariant representation Learning) training for image restoration."""
+
 from ._version import __version__
 
 __all__ = ["__version__", "info"]

@@ -1,4 +1,5 @@
 """What ``dil-fast info`` reports: the truth about this installation."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -24,8 +25,10 @@ def _native_cuda(mod) -> dict:
     if not has_cuda:
         out["cuda_runtime"] = "none"
         return out
-    out["cuda_runtime"] = f"{_cuda_version(mod.cuda_runtime_version())} (static; built with " \
-                          f"{_cuda_version(mod.cuda_runtime_version_compiled())})"
+    out["cuda_runtime"] = (
+        f"{_cuda_version(mod.cuda_runtime_version())} (static; built with "
+        f"{_cuda_version(mod.cuda_runtime_version_compiled())})"
+    )
     out["cuda_driver"] = _cuda_version(mod.cuda_driver_version())
     try:
         n = mod.cuda_device_count()
@@ -37,9 +40,18 @@ def _native_cuda(mod) -> dict:
 
 # optional packages: (info key, module, distribution names, what it is for / how to get it)
 _OPTIONAL = (
-    ("dali", "nvidia.dali", ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110"),
-     "--loader dali; pip install dil_fast[dali]"),
-    ("scikit_image", "skimage", ("scikit-image",), "built-in sample images (demo, study); pip install dil_fast[samples]"),
+    (
+        "dali",
+        "nvidia.dali",
+        ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110"),
+        "--loader dali; pip install dil_fast[dali]",
+    ),
+    (
+        "scikit_image",
+        "skimage",
+        ("scikit-image",),
+        "built-in sample images (demo, study); pip install dil_fast[samples]",
+    ),
     ("tqdm", "tqdm", ("tqdm",), "progress bars; without it runs are silent"),
 )
 

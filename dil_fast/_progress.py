@@ -14,6 +14,7 @@ context manager). Leaving the ``with`` block through an exception erases a termi
 no closing line, so a failed command ends with its one ``error:`` line. tqdm is a dependency, but a
 missing tqdm (``pip install --no-deps``) must never stop a training, a crop or a pack.
 """
+
 from __future__ import annotations
 
 import sys
@@ -64,9 +65,17 @@ class LogLines(NullBar):
     ``clock`` is the time source in seconds (``time.monotonic``; tests pass a fake one).
     """
 
-    def __init__(self, total: int | None, *, desc: str, unit: str = "it", initial: int = 0,
-                 interval: float = LOG_INTERVAL_S, emit: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        total: int | None,
+        *,
+        desc: str,
+        unit: str = "it",
+        initial: int = 0,
+        interval: float = LOG_INTERVAL_S,
+        emit: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total, self.desc, self.unit = total, desc, unit
         self.done = self._start_count = int(initial)
         self.interval = float(interval)
@@ -113,8 +122,10 @@ class LogLines(NullBar):
         complete = self.total is None or self.done >= self.total
         if self.lines and complete and not failed:
             now = self._clock()
-            self._line(f"{self.desc}: {self.done}{f'/{self.total}' if self.total else ''} {self.unit} in "
-                       f"{_hms(now - self._start)}, {self._rate(now):.2f} {self.unit}/s")
+            self._line(
+                f"{self.desc}: {self.done}{f'/{self.total}' if self.total else ''} {self.unit} in "
+                f"{_hms(now - self._start)}, {self._rate(now):.2f} {self.unit}/s"
+            )
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(failed=exc_type is not None)
@@ -152,9 +163,19 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-def progress(total: int | None, *, desc: str, unit: str = "it", enabled: bool = True, initial: int = 0,
-             stream=None, isatty: bool | None = None, interval: float = LOG_INTERVAL_S,
-             emit: Callable[[str], None] | None = None, leave: bool = True):
+def progress(
+    total: int | None,
+    *,
+    desc: str,
+    unit: str = "it",
+    enabled: bool = True,
+    initial: int = 0,
+    stream=None,
+    isatty: bool | None = None,
+    interval: float = LOG_INTERVAL_S,
+    emit: Callable[[str], None] | None = None,
+    leave: bool = True,
+):
     """The progress reporter for ``total`` units of work, by the module's rule.
 
     ``stream`` is where a bar or the lines go (default ``sys.stderr`` at call time); ``isatty``
@@ -173,10 +194,13 @@ def progress(total: int | None, *, desc: str, unit: str = "it", enabled: bool = 
     if terminal and tqdm_available():
         from tqdm import tqdm
 
-        return _TerminalBar(tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream,
-                                 dynamic_ncols=True, leave=leave))
+        return _TerminalBar(
+            tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, dynamic_ncols=True, leave=leave)
+        )
     if emit is None:
+
         def emit(text: str) -> None:
             stream.write(text + "\n")
             stream.flush()
+
     return LogLines(total, desc=desc, unit=unit, initial=initial, interval=interval, emit=emit)

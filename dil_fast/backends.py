@@ -17,6 +17,7 @@ read once) restricts the choice to that backend: if it cannot serve the inputs, 
 up front for every op a run will use, listing each one that cannot be served. Availability is
 computed once and remembered; a failed import is kept with its reason and re-raised with the fix.
 """
+
 from __future__ import annotations
 
 import functools
@@ -93,8 +94,11 @@ def triton_status() -> Status:
         triton = importlib.import_module("triton")
     except Exception as exc:  # noqa: BLE001 - remembered and reported, never swallowed
         return Status(False, f"triton is not importable ({exc}); install it with `pip install triton`")
-    mode = ("interpreter: kernels run on CPU tensors (TRITON_INTERPRET=1)" if triton_interpret()
-            else "compiled: kernels run on CUDA tensors")
+    mode = (
+        "interpreter: kernels run on CPU tensors (TRITON_INTERPRET=1)"
+        if triton_interpret()
+        else "compiled: kernels run on CUDA tensors"
+    )
     return Status(True, f"triton {triton.__version__} ({mode})", triton)
 
 
@@ -223,17 +227,20 @@ def declare(op: str, **preference: tuple[str, ...]) -> None:
     select.cache_clear()
 
 
-def implement(op: str, backend: str, *, devices: Iterable[str] = ("cpu", "cuda"),
-              dtypes: Iterable[torch.dtype] | None = None):
+def implement(
+    op: str, backend: str, *, devices: Iterable[str] = ("cpu", "cuda"), dtypes: Iterable[torch.dtype] | None = None
+):
     """Decorator registering ``fn`` as ``op``'s implementation in ``backend``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
 
     def deco(fn):
-        _IMPLS.setdefault(op, {})[backend] = Implementation(op, backend, fn, tuple(devices),
-                                                            None if dtypes is None else tuple(dtypes))
+        _IMPLS.setdefault(op, {})[backend] = Implementation(
+            op, backend, fn, tuple(devices), None if dtypes is None else tuple(dtypes)
+        )
         select.cache_clear()
         return fn
+
     return deco
 
 
@@ -248,7 +255,9 @@ def _order(op: str, device: torch.device) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def select(op: str, device: torch.device, dtype: torch.dtype | None = None, forced: str | None = None) -> Implementation:
+def select(
+    op: str, device: torch.device, dtype: torch.dtype | None = None, forced: str | None = None
+) -> Implementation:
     """The implementation that serves ``op`` on ``device``/``dtype``: the first available backend of
     the op's preference, or exactly ``forced`` (:func:`forced_backend` is applied by the caller);
     :class:`BackendError` naming the reason when the forced one cannot serve. Cached."""
@@ -261,8 +270,10 @@ def select(op: str, device: torch.device, dtype: torch.dtype | None = None, forc
         why = "no implementation" if impl is None else impl.refusal(device, dtype)
         if why:
             served = [b for b in BACKENDS if b in impls and not impls[b].refusal(device, dtype)]
-            raise BackendError(f"{op}: backend {forced!r} cannot serve {device.type} tensors ({why}); "
-                               f"available here: {', '.join(served) or 'none'}")
+            raise BackendError(
+                f"{op}: backend {forced!r} cannot serve {device.type} tensors ({why}); "
+                f"available here: {', '.join(served) or 'none'}"
+            )
         return impl
     reasons = []
     for name in _order(op, device):

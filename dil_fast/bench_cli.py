@@ -4,6 +4,7 @@ The benchmarks' source is the repository's ``bench/`` folder, installed with the
 ``dil_fast.benchmarks``; this command finds them through ``--bench_dir``, else in the source
 checkout beside the package (editable installs), else installed, else in ``./bench``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,17 +34,21 @@ def _bench_dir(explicit: str | None) -> str:
                 # the scripts import their helpers as bench._common, the name they have in a checkout
                 sys.modules.setdefault("bench", importlib.import_module(INSTALLED_BENCH_PACKAGE))
             return c
-    raise FlagError("--bench_dir: no benchmarks found (neither installed with dil_fast nor in a source checkout); "
-                    "pass --bench_dir")
+    raise FlagError(
+        "--bench_dir: no benchmarks found (neither installed with dil_fast nor in a source checkout); pass --bench_dir"
+    )
 
 
 def topics(bench_dir: str) -> list[str]:
-    return sorted(f[len("bench_"):-3] for f in os.listdir(bench_dir) if f.startswith("bench_") and f.endswith(".py"))
+    return sorted(f[len("bench_") : -3] for f in os.listdir(bench_dir) if f.startswith("bench_") and f.endswith(".py"))
 
 
 def add_bench_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help="run a benchmark of bench/ (optim, degrade, loader, meta, train, ...)",
-                       description="Extra arguments go to the benchmark script (e.g. --quick).")
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark of bench/ (optim, degrade, loader, meta, train, ...)",
+        description="Extra arguments go to the benchmark script (e.g. --quick).",
+    )
     p.add_argument("topic", help="benchmark name: bench/bench_<topic>.py ('list' shows them)")
     p.add_argument("--bench_dir", default=None, help="the bench/ folder (default: beside the package)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")

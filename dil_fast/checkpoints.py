@@ -19,6 +19,7 @@ architecture (:data:`dil_fast.models.ARCHS` recognises them). Reads are safe loa
 (``weights_only=True``: a file that carries code is refused) with one-line errors; writes are
 atomic (:mod:`dil_fast.fileio`), and a failed write is one line that keeps the last checkpoint.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,9 +31,24 @@ from .errors import CheckpointError, InputError
 from .fileio import atomic_save
 
 __all__ = [
-    "TRAIN_STATE_FORMAT", "LAST", "LAYOUTS", "model_file", "is_checkpoint_name", "saves_model_checkpoint",
-    "load_file", "layout_of", "network_state", "strip_module_prefix", "is_state_dict", "is_train_state",
-    "model_weights", "load_into", "released_checkpoint", "basicsr_checkpoint", "save", "save_model_checkpoint",
+    "TRAIN_STATE_FORMAT",
+    "LAST",
+    "LAYOUTS",
+    "model_file",
+    "is_checkpoint_name",
+    "saves_model_checkpoint",
+    "load_file",
+    "layout_of",
+    "network_state",
+    "strip_module_prefix",
+    "is_state_dict",
+    "is_train_state",
+    "model_weights",
+    "load_into",
+    "released_checkpoint",
+    "basicsr_checkpoint",
+    "save",
+    "save_model_checkpoint",
     "save_train_state",
 ]
 
@@ -74,7 +90,8 @@ def load_file(path: str) -> dict:
             raise CheckpointError(
                 f"{path}: refused: the file carries Python objects beyond tensors and plain containers, and "
                 "loading it would run their code; dil_fast loads only weights (save the model's state_dict, "
-                "or convert the file in a Python session you trust)") from None
+                "or convert the file in a Python session you trust)"
+            ) from None
         first = text.splitlines()[0] if text else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({first[:160]})") from None
     if not isinstance(obj, dict):
@@ -84,12 +101,14 @@ def load_file(path: str) -> dict:
 
 def strip_module_prefix(sd: dict) -> dict:
     """A state_dict without DDP's ``module.`` prefix."""
-    return {k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k: v for k, v in sd.items()}
+    return {k[len("module.") :] if isinstance(k, str) and k.startswith("module.") else k: v for k, v in sd.items()}
 
 
 def is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -118,8 +137,10 @@ def network_state(ckpt: dict, key: str = "model_meta") -> tuple[dict, dict | Non
     if layout == "train_state":
         saved = ckpt.get("model_config")
         if isinstance(saved, dict) and saved and "arch" not in saved:  # states from before --arch: an RRDB
-            saved = {"arch": "rrdb_x4" if saved.get("x4") else "rrdb",
-                     "kwargs": {k: v for k, v in saved.items() if k != "x4"}}
+            saved = {
+                "arch": "rrdb_x4" if saved.get("x4") else "rrdb",
+                "kwargs": {k: v for k, v in saved.items() if k != "x4"},
+            }
         sd = ckpt["models"][key]
     elif layout == "basicsr":
         sd = next(ckpt[k] for k in _WRAPPERS if isinstance(ckpt.get(k), dict))
@@ -182,8 +203,9 @@ def save(obj, folder: str, name: str, flag: str = "--ckpt_save") -> str:
         atomic_save(obj, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
         reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
-        raise InputError(f"{flag} {folder}: cannot write {name} ({reason}); the last checkpoint written is kept") \
-            from None
+        raise InputError(
+            f"{flag} {folder}: cannot write {name} ({reason}); the last checkpoint written is kept"
+        ) from None
     return path
 
 

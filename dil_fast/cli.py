@@ -3,6 +3,7 @@
 Errors caused by the user's input print one line, ``error: <what, naming the file or flag>``, and
 exit with status 2; no traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,11 @@ from .errors import DilFastError
 def add_train_parser(sub) -> argparse.ArgumentParser:
     from .train.flags import add_train_arguments
 
-    p = sub.add_parser("train", help="train a restoration model with DIL (drop-in for DIL_sf_noise.py)",
-                       description="Flags of the released trainer keep their names and defaults.")
+    p = sub.add_parser(
+        "train",
+        help="train a restoration model with DIL (drop-in for DIL_sf_noise.py)",
+        description="Flags of the released trainer keep their names and defaults.",
+    )
     add_train_arguments(p)
     add_plugin_argument(p)
     p.set_defaults(func=run_train)
@@ -59,8 +63,13 @@ class _HelpWithDefaults(argparse.HelpFormatter):
     @staticmethod
     def _states_no_default(action) -> bool:
         d = action.default
-        return (not action.option_strings or d is None or d is argparse.SUPPRESS or isinstance(d, bool)
-                or "default" in (action.help or "").lower())
+        return (
+            not action.option_strings
+            or d is None
+            or d is argparse.SUPPRESS
+            or isinstance(d, bool)
+            or "default" in (action.help or "").lower()
+        )
 
     def _get_help_string(self, action):
         if self._states_no_default(action):
@@ -85,9 +94,11 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-PLUGIN_HELP = ("import MODULE before anything else (repeatable): a module of one's own that registers DIL variants "
-               "(dil_fast.meta.register_variant), confounder families (dil_fast.degrade.register_family) or "
-               "architectures (dil_fast.models.register_arch)")
+PLUGIN_HELP = (
+    "import MODULE before anything else (repeatable): a module of one's own that registers DIL variants "
+    "(dil_fast.meta.register_variant), confounder families (dil_fast.degrade.register_family) or "
+    "architectures (dil_fast.models.register_arch)"
+)
 
 
 def add_plugin_argument(p: argparse.ArgumentParser) -> None:
@@ -115,10 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrors)
     sub.required = True
     parser.train_parser = add_train_parser(sub)
-    for command, module in (("eval", "dil_fast.eval"), ("restore", "dil_fast.eval.restore"),
-                            ("crop", "dil_fast.data.crop"), ("pack", "dil_fast.data.pack"),
-                            ("bench", "dil_fast.bench_cli"),
-                            ("study", "dil_fast.study"), ("convert", "dil_fast.models.convert")):
+    for command, module in (
+        ("eval", "dil_fast.eval"),
+        ("restore", "dil_fast.eval.restore"),
+        ("crop", "dil_fast.data.crop"),
+        ("pack", "dil_fast.data.pack"),
+        ("bench", "dil_fast.bench_cli"),
+        ("study", "dil_fast.study"),
+        ("convert", "dil_fast.models.convert"),
+    ):
         _command_parser(sub, command, module)
     add_info_parser(sub)
     add_demo_parser(sub)

@@ -5,6 +5,7 @@ a reduced RRDB with DIL_sf on Gaussian noise sigma 5/10/15/20 for a few minutes 
 PSNR/SSIM on the built-in test images at a seen (15) and an unseen (50) noise level, next to the
 PSNR of the noisy input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,13 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unseen", type=float, default=50.0, help="a noise level outside training to report")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch (default 1: this small model's convolutions gain little from more "
-                        "threads, and extra threads slow to a crawl when another process shares the cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (default 1: this small model's convolutions gain little from more "
+        "threads, and extra threads slow to a crawl when another process shares the cores)",
+    )
     p.set_defaults(func=run_demo)
 
 
@@ -55,10 +60,25 @@ def run_demo(args) -> int:
     n = len(list_images(patches, flag="--trainset"))
     print(f"built-in data: {n} training patches of 64x64, test images in {testdir}")
     cfg = TrainConfig(
-        ckpt_save=os.path.join(args.out, "ckpt"), trainset=patches, testset=testdir, variant=args.variant,
-        patch_size=args.patch_size, batch_size=args.batch_size, total_epoch=args.epochs, save_every=args.epochs,
-        test_every=args.epochs + 1, print_every=20, num_workers=0, seed=args.seed, device=args.device,
-        nf=args.nf, nb=args.nb, gc=args.gc, lr=args.lr, meta_lr=args.meta_lr, progress=None,
+        ckpt_save=os.path.join(args.out, "ckpt"),
+        trainset=patches,
+        testset=testdir,
+        variant=args.variant,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        total_epoch=args.epochs,
+        save_every=args.epochs,
+        test_every=args.epochs + 1,
+        print_every=20,
+        num_workers=0,
+        seed=args.seed,
+        device=args.device,
+        nf=args.nf,
+        nb=args.nb,
+        gc=args.gc,
+        lr=args.lr,
+        meta_lr=args.meta_lr,
+        progress=None,
     )
     trainer = Trainer(cfg)
     rc = trainer.run()
@@ -68,13 +88,15 @@ def run_demo(args) -> int:
     ckpt = os.path.join(cfg.ckpt_save, LAST)  # the full state after the last epoch
     model = trainer.meta_model.eval()
     images = [(os.path.basename(f), read_image_rgb(f)) for f in list_images(testdir, flag="--testset")]
-    print(f"\nDIL_{args.variant}, RRDB nf={args.nf} nb={args.nb} gc={args.gc}, trained on sigma 5,10,15,20 "
-          f"for {args.epochs} epochs ({train_s:.0f} s incl. data preparation)")
+    print(
+        f"\nDIL_{args.variant}, RRDB nf={args.nf} nb={args.nb} gc={args.gc}, trained on sigma 5,10,15,20 "
+        f"for {args.epochs} epochs ({train_s:.0f} s incl. data preparation)"
+    )
     print(f"{'sigma':>6} {'':>7} {'input PSNR':>11} {'output PSNR':>12} {'output SSIM':>12}")
     for level, kind in ((args.seen, "seen"), (args.unseen, "unseen")):
         res = evaluate_model(model, images, level=level, seed=0, device=trainer.device)
         rng_in = []
-        for i, (name, clean) in enumerate(images):
+        for i, (_name, clean) in enumerate(images):
             noisy = _noisy_uint8(clean, level, seed=0, index=i)
             rng_in.append(calculate_psnr(noisy, clean, crop_border=0))
         p = float(np.mean([r[1] for r in res]))

@@ -1,5 +1,6 @@
 """The one function that turns a ``--device`` value into a ``torch.device`` (train, eval and the
 study all use it)."""
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ For the set-up step of a GPU machine, which must not go on with a ``_C`` built w
 optimizer ops would quietly serve CUDA tensors with the torch references). ``_C`` is loaded through
 :mod:`dil_fast.backends`, the only module that imports it; no CUDA runtime is started.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,12 +46,16 @@ def check(required: Iterable[str]) -> str:
         return f"dil_fast._C is not available: {status.reason}"
     compiled = list(status.module.cuda_archs())
     if not compiled:
-        return (f"dil_fast._C was built without CUDA kernels (CPU twins only), so it has no "
-                f"{', '.join(wanted)}; rebuild it where nvcc and the static CUDA runtime are found: {rebuild}")
+        return (
+            f"dil_fast._C was built without CUDA kernels (CPU twins only), so it has no "
+            f"{', '.join(wanted)}; rebuild it where nvcc and the static CUDA runtime are found: {rebuild}"
+        )
     missing = missing_archs(wanted, compiled)
     if missing:
-        return (f"dil_fast._C has no {', '.join(missing)} (it carries {', '.join(compiled)}); "
-                f"rebuild it for them: {rebuild}")
+        return (
+            f"dil_fast._C has no {', '.join(missing)} (it carries {', '.join(compiled)}); "
+            f"rebuild it for them: {rebuild}"
+        )
     return ""
 
 

@@ -4,6 +4,7 @@ of one. The file gets the mode a plain ``open`` would give (0666 less the umask:
 read the results), not ``mkstemp``'s 0600. Our temporary names start with a dot and end with
 :data:`TMP_SUFFIX`, so an interrupted write's leftover is recognisable (the run folder removes
 them at start). Used by every stage (data, train, eval), so it sits below all of them."""
+
 from __future__ import annotations
 
 import functools

@@ -33,6 +33,7 @@ are RGB, so their ``color_order`` defaults to ``"rgb"``. On inputs quantised to 
 ``data_range=1`` they match the NumPy versions on the corresponding uint8 images given the same
 ``color_order``.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -114,8 +115,9 @@ def _prepare(img1, img2, crop_border: int, input_order: str, test_y_channel: boo
     return a.astype(np.float64), b.astype(np.float64)
 
 
-def calculate_psnr(img1, img2, crop_border: int, input_order: str = "HWC", test_y_channel: bool = False,
-                   color_order: str = "bgr") -> float:
+def calculate_psnr(
+    img1, img2, crop_border: int, input_order: str = "HWC", test_y_channel: bool = False, color_order: str = "bgr"
+) -> float:
     """PSNR in dB between two images on the 0..255 scale (see the module docstring).
 
     ``color_order`` (``"bgr"`` as BasicSR, or ``"rgb"``) is the channel order of ``HWC``/``CHW``
@@ -150,8 +152,9 @@ def _ssim_channel(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> float:
     return float(ssim_map.mean())
 
 
-def calculate_ssim(img1, img2, crop_border: int, input_order: str = "HWC", test_y_channel: bool = False,
-                   color_order: str = "bgr") -> float:
+def calculate_ssim(
+    img1, img2, crop_border: int, input_order: str = "HWC", test_y_channel: bool = False, color_order: str = "bgr"
+) -> float:
     """SSIM between two images on the 0..255 scale (see the module docstring).
 
     ``color_order`` as in :func:`calculate_psnr`. Raises ``ValueError`` when the (cropped) image
@@ -179,8 +182,9 @@ def _y_channel_torch(x: torch.Tensor, data_range: float, color_order: str) -> to
     return (y.to(torch.float32) * 255.0).to(torch.float64)
 
 
-def _prepare_torch(x: torch.Tensor, y: torch.Tensor, data_range: float, crop_border: int, test_y_channel: bool,
-                   color_order: str):
+def _prepare_torch(
+    x: torch.Tensor, y: torch.Tensor, data_range: float, crop_border: int, test_y_channel: bool, color_order: str
+):
     _check_color_order(color_order)
     if x.shape != y.shape:
         raise ValueError(f"tensor shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
@@ -200,8 +204,14 @@ def _prepare_torch(x: torch.Tensor, y: torch.Tensor, data_range: float, crop_bor
     return x.detach().to(torch.float64) * scale, y.detach().to(torch.float64) * scale
 
 
-def psnr_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, crop_border: int = 0,
-               test_y_channel: bool = False, color_order: str = "rgb") -> torch.Tensor:
+def psnr_torch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    crop_border: int = 0,
+    test_y_channel: bool = False,
+    color_order: str = "rgb",
+) -> torch.Tensor:
     """Per-image PSNR ``[N]`` (float64, ``+inf`` where identical) of batches ``[N, C, H, W]``.
 
     ``color_order`` defaults to ``"rgb"`` (dil_fast's tensors); it matters only with ``test_y_channel``.
@@ -218,8 +228,14 @@ def _gaussian_window_torch(device) -> torch.Tensor:
     return torch.outer(g, g)
 
 
-def ssim_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, crop_border: int = 0,
-               test_y_channel: bool = False, color_order: str = "rgb") -> torch.Tensor:
+def ssim_torch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    crop_border: int = 0,
+    test_y_channel: bool = False,
+    color_order: str = "rgb",
+) -> torch.Tensor:
     """Per-image SSIM ``[N]`` (float64) of batches ``[N, C, H, W]``: per-channel mean SSIM, averaged.
 
     ``color_order`` as in :func:`psnr_torch`.

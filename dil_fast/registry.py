@@ -10,6 +10,7 @@ registries, so adding one is one file plus its test. Built-in entries are regist
 imports of their package's ``__init__``; one's own are imported with ``--plugin MODULE``
 (:func:`load_plugins`), never found by scanning the file system.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -43,8 +44,9 @@ class Entry:
         try:
             return self.facts[key]
         except KeyError:
-            raise AttributeError(f"{self.name!r} has no fact {key!r} (it has {', '.join(self.facts) or 'none'})") \
-                from None
+            raise AttributeError(
+                f"{self.name!r} has no fact {key!r} (it has {', '.join(self.facts) or 'none'})"
+            ) from None
 
 
 class Registry:
@@ -61,9 +63,11 @@ class Registry:
         """Register ``obj`` under ``name`` (and ``aliases``) with ``facts``; without ``obj``, a
         decorator that registers what it decorates and returns it unchanged."""
         if obj is None:
+
             def deco(target):
                 self.register(name, target, aliases=aliases, **facts)
                 return target
+
             return deco
         for n in (name, *aliases):
             if not n or n != n.strip():

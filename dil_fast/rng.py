@@ -27,6 +27,7 @@ position reproduces the crops exactly. Integer draws use the high 32 bits of ``h
 (bias below ``range / 2**32``); multiplications are split in 16-bit halves so int64 never
 overflows, which the Triton kernel repeats operation for operation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -83,8 +84,9 @@ def philox4x32(c0, c1, c2, c3, k0: int, k1: int, rounds: int = PHILOX_ROUNDS, *,
     mulhilo = mulhilo or _mulhilo
     # counters given as Python ints join the device of those given as tensors (CUDA sample indices)
     device = next((c.device for c in (c0, c1, c2, c3) if isinstance(c, torch.Tensor)), None)
-    c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64, device=device)
-                                               for c in (c0, c1, c2, c3)))
+    c0, c1, c2, c3 = torch.broadcast_tensors(
+        *(torch.as_tensor(c, dtype=torch.int64, device=device) for c in (c0, c1, c2, c3))
+    )
     k0, k1 = int(k0) & M32, int(k1) & M32
     for _ in range(rounds):
         hi0, lo0 = mulhilo(c0, PHILOX_M0)
@@ -102,8 +104,9 @@ def _to_uniform(x: torch.Tensor) -> torch.Tensor:
 def _counters(n: int, sample_index: torch.Tensor, *, seed: int, step: int, k: int, stream: int):
     k0, k1 = seed_key(seed)
     j = torch.arange((n + 3) // 4, dtype=torch.int64, device=sample_index.device)
-    return philox4x32(j[None, :], (sample_index.to(torch.int64) & M32)[:, None], stream_word(k, stream),
-                      int(step) & M32, k0, k1)
+    return philox4x32(
+        j[None, :], (sample_index.to(torch.int64) & M32)[:, None], stream_word(k, stream), int(step) & M32, k0, k1
+    )
 
 
 def philox_uniform(n: int, sample_index: torch.Tensor, *, seed: int, step: int, k: int, stream: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 and the test "is that process alive": a folder is named with its creator's PID and locked (flock on
 the folder itself) while the command works, so a later run tells a folder in use from one that a
 killed run left behind, and removes only the latter. Below every stage (data and train use it)."""
+
 from __future__ import annotations
 
 import os
@@ -86,7 +87,7 @@ def stale_folders(parent: str, prefix: str, started: float, *, by_age: bool = Tr
         path = os.path.join(parent, name)
         if not name.startswith(prefix) or os.path.islink(path) or not os.path.isdir(path):
             continue
-        match = re.match(r"(\d+)(?:\.|$)", name[len(prefix):])
+        match = re.match(r"(\d+)(?:\.|$)", name[len(prefix) :])
         pid_dead = match is not None and not pid_alive(int(match.group(1)))
         locked = _lock_state(path)
         if locked is True:

@@ -1,5 +1,6 @@
 """Wall-clock timing that waits for the device: the one helper the profiler, the virtual-batching
 tuner and the benchmarks share. (Timing code only: the training loop never synchronises.)"""
+
 from __future__ import annotations
 
 import time

@@ -1,6 +1,7 @@
 """Autotune config lists for the Triton kernels, collapsed to one config where autotuning cannot
 run (see :func:`dil_fast.backends.skip_autotune`): under the CPU interpreter one big program is
 fastest, and with ``DIL_FAST_SKIP_AUTOTUNE=1`` the first GPU config is used."""
+
 from __future__ import annotations
 
 import triton

@@ -1,6 +1,7 @@
 """Blur: separable per-sample passes (fused over K confounders) and per-sample 2-D correlation,
 both with reflect-101 borders (OpenCV BORDER_REFLECT_101, torch 'reflect'). Reference:
 dil_fast/ops/reference/blur.py."""
+
 from __future__ import annotations
 
 import torch
@@ -26,11 +27,23 @@ def _reflect101(i, n):
 @triton.autotune(configs=configs(_TILES, _TILE_INTERPRETER, (4, 8)), key=["H", "W", "K", "T", "AXIS"])
 @triton.jit
 def _blur_sep_fwd_kernel(
-    x_ptr, w_ptr, out_ptr,
-    K, B, C, H, W,
-    stride_xk, stride_xb, stride_ok, stride_ob,
-    IN_SCALE: tl.constexpr, T: tl.constexpr, AXIS: tl.constexpr,
-    BH: tl.constexpr, BW: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    out_ptr,
+    K,
+    B,
+    C,
+    H,
+    W,
+    stride_xk,
+    stride_xb,
+    stride_ok,
+    stride_ob,
+    IN_SCALE: tl.constexpr,
+    T: tl.constexpr,
+    AXIS: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """out[k, b, c, h, w] = sum_t w[k, b, t] * x[k, b, c, reflect(h + t - T//2), w]   (AXIS 0)
                           = sum_t w[k, b, t] * x[k, b, c, h, reflect(w + t - T//2)]   (AXIS 1),
@@ -68,9 +81,16 @@ def _blur_sep_fwd_kernel(
 @triton.autotune(configs=configs(_TILES, _TILE_INTERPRETER, (4, 8)), key=["H", "W", "T"])
 @triton.jit
 def _blur2d_fwd_kernel(
-    x_ptr, kern_ptr, out_ptr,
-    C, H, W,
-    IN_SCALE: tl.constexpr, T: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+    x_ptr,
+    kern_ptr,
+    out_ptr,
+    C,
+    H,
+    W,
+    IN_SCALE: tl.constexpr,
+    T: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """out[n, c, h, w] = sum_{i,j} kern[n, i, j] * x[n, c, reflect(h + i - T//2), reflect(w + j - T//2)],
     taps summed row by row in float32; both tap loops stay loops (see _blur_sep_fwd_kernel)."""
@@ -107,6 +127,7 @@ def _check_planes(planes: int) -> None:
 def _grid(H, W, planes):
     def grid(meta):
         return (triton.cdiv(H, meta["BH"]) * triton.cdiv(W, meta["BW"]), planes)
+
     return grid
 
 
@@ -120,10 +141,21 @@ def blur_sep_fwd(x: torch.Tensor, weights: torch.Tensor, axis: int, *, out_dtype
     out = torch.empty((K, B, C, H, W), dtype=out_dtype, device=x.device)
     _check_planes(B * C)
     _blur_sep_fwd_kernel[_grid(H, W, B * C)](
-        x, weights.to(device=x.device, dtype=torch.float32).contiguous(), out,
-        K, B, C, H, W,
-        0 if shared else B * C * H * W, C * H * W, B * C * H * W, C * H * W,
-        IN_SCALE=_scale(x), T=T, AXIS=axis,
+        x,
+        weights.to(device=x.device, dtype=torch.float32).contiguous(),
+        out,
+        K,
+        B,
+        C,
+        H,
+        W,
+        0 if shared else B * C * H * W,
+        C * H * W,
+        B * C * H * W,
+        C * H * W,
+        IN_SCALE=_scale(x),
+        T=T,
+        AXIS=axis,
     )
     return out
 
@@ -136,7 +168,13 @@ def blur2d_fwd(x: torch.Tensor, kernels: torch.Tensor, *, out_dtype=torch.float3
     out = torch.empty((N, C, H, W), dtype=out_dtype, device=x.device)
     _check_planes(N * C)
     _blur2d_fwd_kernel[_grid(H, W, N * C)](
-        x, kernels.to(device=x.device, dtype=torch.float32).contiguous(), out,
-        C, H, W, IN_SCALE=_scale(x), T=T,
+        x,
+        kernels.to(device=x.device, dtype=torch.float32).contiguous(),
+        out,
+        C,
+        H,
+        W,
+        IN_SCALE=_scale(x),
+        T=T,
     )
     return out

@@ -1,6 +1,7 @@
 """JPEG simulation: encoder colour stage, the 8x8 block stage (DCT, quantisation, dequantisation,
 inverse DCT; one program per group of blocks), decoder colour stage. The math and the reference:
 dil_fast/ops/reference/jpeg.py."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,14 @@ from ._autotune import configs
 @triton.autotune(configs=configs([{"NB": 32}, {"NB": 16}, {"NB": 64}], {"NB": 128}, (4, 8)), key=["n_blocks", "Wp"])
 @triton.jit
 def _jpeg_blocks_fwd_kernel(
-    x_ptr, q_ptr, d_ptr, out_ptr,
-    n_blocks, blocks_per_row, blocks_per_plane, Wp,
+    x_ptr,
+    q_ptr,
+    d_ptr,
+    out_ptr,
+    n_blocks,
+    blocks_per_row,
+    blocks_per_plane,
+    Wp,
     NB: tl.constexpr,
 ):
     """For NB blocks of 8x8 samples (0..255) of planes [P, Hp, Wp]:
@@ -57,9 +64,14 @@ def jpeg_blocks_fwd(plane: torch.Tensor, qtable: torch.Tensor, dct: torch.Tensor
         return (triton.cdiv(n_blocks, meta["NB"]),)
 
     _jpeg_blocks_fwd_kernel[grid](
-        plane, qtable.to(device=plane.device, dtype=torch.float32).contiguous(),
-        dct.to(device=plane.device, dtype=torch.float32).contiguous(), out,
-        n_blocks, bpr, bpp, Wp,
+        plane,
+        qtable.to(device=plane.device, dtype=torch.float32).contiguous(),
+        dct.to(device=plane.device, dtype=torch.float32).contiguous(),
+        out,
+        n_blocks,
+        bpr,
+        bpp,
+        Wp,
     )
     return out
 
@@ -71,9 +83,16 @@ def _rnd(x):
 
 @triton.jit
 def _jpeg_pre_fwd_kernel(
-    x_ptr, y_ptr, c_ptr,
-    H, W, Hp, Wp,
-    IN_SCALE: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+    x_ptr,
+    y_ptr,
+    c_ptr,
+    H,
+    W,
+    Hp,
+    Wp,
+    IN_SCALE: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """Encoder colour stage for one sample b and a tile of chroma positions (i, j):
     rgb = round(clamp(x, 0, 1) * 255) of the edge-replicated image padded to Hp x Wp (x16);
@@ -97,9 +116,19 @@ def _jpeg_pre_fwd_kernel(
         hs = tl.minimum(hh, H - 1).to(tl.int64)
         ws = tl.minimum(ww, W - 1)
         offs = hs[:, None] * W + ws[None, :]
-        r = _rnd(tl.minimum(tl.maximum(tl.load(src + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0) * 255.0)
-        g = _rnd(tl.minimum(tl.maximum(tl.load(src + plane + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0) * 255.0)
-        bl = _rnd(tl.minimum(tl.maximum(tl.load(src + 2 * plane + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0) * 255.0)
+        r = _rnd(
+            tl.minimum(tl.maximum(tl.load(src + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0) * 255.0
+        )
+        g = _rnd(
+            tl.minimum(tl.maximum(tl.load(src + plane + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0)
+            * 255.0
+        )
+        bl = _rnd(
+            tl.minimum(
+                tl.maximum(tl.load(src + 2 * plane + offs, mask=m, other=0.0).to(tl.float32) * IN_SCALE, 0.0), 1.0
+            )
+            * 255.0
+        )
         yv = 0.299 * r + 0.587 * g + 0.114 * bl
         cb = -0.168735892 * r - 0.331264108 * g + 0.5 * bl + 128.0
         cr = 0.5 * r - 0.418687589 * g - 0.081312411 * bl + 128.0
@@ -124,9 +153,15 @@ def _fancy(c_ptr, i, j, i2, j2, Wc, mask):
 
 @triton.jit
 def _jpeg_post_fwd_kernel(
-    y_ptr, c_ptr, out_ptr,
-    H, W, Hp, Wp,
-    BH: tl.constexpr, BW: tl.constexpr,
+    y_ptr,
+    c_ptr,
+    out_ptr,
+    H,
+    W,
+    Hp,
+    Wp,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """Decoder colour stage: fancy-upsample the decoded chroma (its ceil(H/2) x ceil(W/2) part,
     edges replicated), round, JFIF YCbCr -> RGB, round, clamp, / 255 -> out[b, 3, H, W]."""
@@ -154,11 +189,14 @@ def _jpeg_post_fwd_kernel(
     dst = out_ptr + b * 3 * plane + h[:, None].to(tl.int64) * W + w[None, :]
     tl.store(dst, (tl.minimum(tl.maximum(_rnd(r), 0.0), 255.0) / 255.0).to(out_ptr.dtype.element_ty), mask=m)
     tl.store(dst + plane, (tl.minimum(tl.maximum(_rnd(g), 0.0), 255.0) / 255.0).to(out_ptr.dtype.element_ty), mask=m)
-    tl.store(dst + 2 * plane, (tl.minimum(tl.maximum(_rnd(bl), 0.0), 255.0) / 255.0).to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(
+        dst + 2 * plane, (tl.minimum(tl.maximum(_rnd(bl), 0.0), 255.0) / 255.0).to(out_ptr.dtype.element_ty), mask=m
+    )
 
 
-def jpeg_fwd(x: torch.Tensor, luma_q: torch.Tensor, chroma_q: torch.Tensor, dct: torch.Tensor, *,
-             out_dtype=torch.float32) -> torch.Tensor:
+def jpeg_fwd(
+    x: torch.Tensor, luma_q: torch.Tensor, chroma_q: torch.Tensor, dct: torch.Tensor, *, out_dtype=torch.float32
+) -> torch.Tensor:
     """Whole JPEG simulation of x ``[B, 3, H, W]`` (float on [0, 1] or uint8), tables ``[B, 64]``:
     colour stage, luma and chroma block stages, decoder colour stage (4 launches)."""
     B, C, H, W = x.shape
@@ -168,7 +206,8 @@ def jpeg_fwd(x: torch.Tensor, luma_q: torch.Tensor, chroma_q: torch.Tensor, dct:
     c = torch.empty((B * 2, Hp // 2, Wp // 2), dtype=torch.float32, device=x.device)
     bh, bw = (64, 128) if x.device.type == "cpu" else (16, 32)
     _jpeg_pre_fwd_kernel[(triton.cdiv(Hp // 2, bh) * triton.cdiv(Wp // 2, bw), B)](
-        x, y, c, H, W, Hp, Wp, IN_SCALE=1.0 / 255.0 if x.dtype == torch.uint8 else 1.0, BH=bh, BW=bw)
+        x, y, c, H, W, Hp, Wp, IN_SCALE=1.0 / 255.0 if x.dtype == torch.uint8 else 1.0, BH=bh, BW=bw
+    )
     y = jpeg_blocks_fwd(y, luma_q, dct)
     c = jpeg_blocks_fwd(c, chroma_q.repeat_interleave(2, dim=0), dct)
     out = torch.empty((B, 3, H, W), dtype=out_dtype, device=x.device)

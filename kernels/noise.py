@@ -11,6 +11,7 @@ into an FMA (launched with ``NOISE_LAUNCH_OPTIONS``). The Box-Muller radius take
 root, so the compiled field equals torch's on CUDA bit for bit (H200, Triton 3.6; libdevice's
 log/cos/sin are CUDA's logf/cosf/sinf). bench/bench_compile.py (``NUMERICS``) checks the PTX.
 """
+
 from __future__ import annotations
 
 import torch
@@ -110,16 +111,35 @@ def _at(e, HW, C, CL: tl.constexpr):
     return e
 
 
-@triton.autotune(configs=configs(_BLOCKS, {"BLOCK": 8192, "TILE": 8192}, (4, 8)),
-                 key=["CHW", "K", "HAS_GRAY", "CL"])
+@triton.autotune(configs=configs(_BLOCKS, {"BLOCK": 8192, "TILE": 8192}, (4, 8)), key=["CHW", "K", "HAS_GRAY", "CL"])
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "step_lo", "sample_offset", "k_base", "stream"])
 def _noise_fwd_kernel(
-    x_ptr, out_ptr, sigma_ptr, gray_ptr,
-    K, B, CHW, HW, C,
-    stride_xk, stride_xb, stride_ok, stride_ob,
-    seed_lo, seed_hi, step_lo, sample_offset, k_base, stream,
-    IN_U8: tl.constexpr, CLIP: tl.constexpr, ROUND8: tl.constexpr, HAS_GRAY: tl.constexpr, CL: tl.constexpr,
-    BLOCK: tl.constexpr, TILE: tl.constexpr,
+    x_ptr,
+    out_ptr,
+    sigma_ptr,
+    gray_ptr,
+    K,
+    B,
+    CHW,
+    HW,
+    C,
+    stride_xk,
+    stride_xb,
+    stride_ok,
+    stride_ob,
+    seed_lo,
+    seed_hi,
+    step_lo,
+    sample_offset,
+    k_base,
+    stream,
+    IN_U8: tl.constexpr,
+    CLIP: tl.constexpr,
+    ROUND8: tl.constexpr,
+    HAS_GRAY: tl.constexpr,
+    CL: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILE: tl.constexpr,
 ):
     """out[k, b, e] = round8(clip(x[k, b, e] + sigma[k, b] * n_{k,b}(e))) for k < K, x / 255 if IN_U8.
 
@@ -181,9 +201,20 @@ def _noise_fwd_kernel(
                 tl.store(out_b + kk * stride_ok + at, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def noise_fwd(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k_base: int = 0,
-              sample_offset: int = 0, stream: int = 0, clip: bool = True, round8: bool = False,
-              gray: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def noise_fwd(
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    *,
+    seed: int,
+    step: int,
+    k_base: int = 0,
+    sample_offset: int = 0,
+    stream: int = 0,
+    clip: bool = True,
+    round8: bool = False,
+    gray: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """x ``[B, C, H, W]`` (shared) or ``[K, B, C, H, W]`` (independent), float or uint8 (read as
     x / 255); sigma ``[K, B]`` on the [0, 1] scale; gray ``[K, B]`` bool or None.
     Returns ``[K, B, C, H, W]`` of out_dtype, each sample stored NHWC when x's are (channels_last)."""
@@ -197,8 +228,11 @@ def noise_fwd(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k_b
     CHW, HW = C * H * W, H * W
     sigma = sigma.to(device=x.device, dtype=torch.float32).contiguous()
     has_gray = gray is not None
-    gray_t = (gray.to(device=x.device, dtype=torch.int32).contiguous() if has_gray
-              else torch.zeros(1, dtype=torch.int32, device=x.device))
+    gray_t = (
+        gray.to(device=x.device, dtype=torch.int32).contiguous()
+        if has_gray
+        else torch.zeros(1, dtype=torch.int32, device=x.device)
+    )
     seed = int(seed) & 0xFFFFFFFFFFFFFFFF
     if B > 65535:  # CUDA's limit on grid dimension 1
         raise ValueError(f"noise: batch {B} exceeds 65535; split the batch")
@@ -207,11 +241,30 @@ def noise_fwd(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k_b
         return (triton.cdiv(CHW, meta["BLOCK"]), B)
 
     _noise_fwd_kernel[grid](
-        x, out, sigma, gray_t,
-        K, B, CHW, HW, C,
-        0 if shared else B * CHW, CHW, B * CHW, CHW,
-        seed & 0xFFFFFFFF, seed >> 32, int(step) & 0xFFFFFFFF, int(sample_offset), int(k_base), int(stream),
-        IN_U8=x.dtype == torch.uint8, CLIP=bool(clip), ROUND8=bool(round8), HAS_GRAY=has_gray, CL=cl,
+        x,
+        out,
+        sigma,
+        gray_t,
+        K,
+        B,
+        CHW,
+        HW,
+        C,
+        0 if shared else B * CHW,
+        CHW,
+        B * CHW,
+        CHW,
+        seed & 0xFFFFFFFF,
+        seed >> 32,
+        int(step) & 0xFFFFFFFF,
+        int(sample_offset),
+        int(k_base),
+        int(stream),
+        IN_U8=x.dtype == torch.uint8,
+        CLIP=bool(clip),
+        ROUND8=bool(round8),
+        HAS_GRAY=has_gray,
+        CL=cl,
         **NOISE_LAUNCH_OPTIONS,
     )
     return out

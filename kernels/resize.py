@@ -1,5 +1,6 @@
 """Separable resampling by index/weight tables (the tables fix the convention: see
 resample_tables in dil_fast/ops/reference/resize.py, also the reference)."""
+
 from __future__ import annotations
 
 import torch
@@ -9,14 +10,25 @@ import triton.language as tl
 from ._autotune import configs
 
 
-@triton.autotune(configs=configs([{"BH": 16, "BW": 64}, {"BH": 32, "BW": 32}, {"BH": 8, "BW": 128}],
-                                 {"BH": 64, "BW": 128}, (4, 8)),
-                 key=["H_in", "W_in", "H_out", "W_out", "T", "AXIS"])
+@triton.autotune(
+    configs=configs([{"BH": 16, "BW": 64}, {"BH": 32, "BW": 32}, {"BH": 8, "BW": 128}], {"BH": 64, "BW": 128}, (4, 8)),
+    key=["H_in", "W_in", "H_out", "W_out", "T", "AXIS"],
+)
 @triton.jit
 def _resample_fwd_kernel(
-    x_ptr, idx_ptr, wt_ptr, out_ptr,
-    H_in, W_in, H_out, W_out, T,
-    IN_SCALE: tl.constexpr, AXIS: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+    x_ptr,
+    idx_ptr,
+    wt_ptr,
+    out_ptr,
+    H_in,
+    W_in,
+    H_out,
+    W_out,
+    T,
+    IN_SCALE: tl.constexpr,
+    AXIS: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """AXIS 0: out[n, h, w] = sum_t wt[h, t] * x[n, idx[h, t], w]   (W_out == W_in)
     AXIS 1: out[n, h, w] = sum_t wt[w, t] * x[n, h, idx[w, t]]   (H_out == H_in), t = 0..T-1."""
@@ -41,12 +53,16 @@ def _resample_fwd_kernel(
             wt = tl.load(wt_ptr + w * T + t, mask=mw, other=0.0)
             v = tl.load(src + h[:, None].to(tl.int64) * W_in + ii[None, :], mask=mask, other=0.0).to(tl.float32)
             acc += wt[None, :] * (v * IN_SCALE)
-    tl.store(out_ptr + plane * H_out * W_out + h[:, None].to(tl.int64) * W_out + w[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(
+        out_ptr + plane * H_out * W_out + h[:, None].to(tl.int64) * W_out + w[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=mask,
+    )
 
 
-def resample_fwd(x: torch.Tensor, idx: torch.Tensor, wt: torch.Tensor, axis: int, *,
-                 out_dtype=torch.float32) -> torch.Tensor:
+def resample_fwd(
+    x: torch.Tensor, idx: torch.Tensor, wt: torch.Tensor, axis: int, *, out_dtype=torch.float32
+) -> torch.Tensor:
     """One pass along axis (0 = H, 1 = W) of x ``[N, C, H, W]`` with tables ``[n_out, T]``."""
     N, C, H, W = x.shape
     n_out, T = idx.shape
@@ -59,10 +75,18 @@ def resample_fwd(x: torch.Tensor, idx: torch.Tensor, wt: torch.Tensor, axis: int
 
     def grid(meta):
         return (triton.cdiv(H_out, meta["BH"]) * triton.cdiv(W_out, meta["BW"]), N * C)
+
     _resample_fwd_kernel[grid](
-        x, idx.to(device=x.device, dtype=torch.int32).contiguous(),
-        wt.to(device=x.device, dtype=torch.float32).contiguous(), out,
-        H, W, H_out, W_out, T,
-        IN_SCALE=1.0 / 255.0 if x.dtype == torch.uint8 else 1.0, AXIS=axis,
+        x,
+        idx.to(device=x.device, dtype=torch.int32).contiguous(),
+        wt.to(device=x.device, dtype=torch.float32).contiguous(),
+        out,
+        H,
+        W,
+        H_out,
+        W_out,
+        T,
+        IN_SCALE=1.0 / 255.0 if x.dtype == torch.uint8 else 1.0,
+        AXIS=axis,
     )
     return out

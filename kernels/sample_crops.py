@@ -11,6 +11,7 @@ for sample ``s = k * B + j`` of the launch,
 
 Grid: (K * B, cdiv(p * p, BLOCK)); the hash is computed once per program on int64 scalars.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Shared fixtures. Nothing here touches a GPU or global state at import time."""
+
 from __future__ import annotations
 
 import fcntl
@@ -105,8 +106,10 @@ def close():
 @pytest.fixture
 def nan_like():
     """Fresh outputs filled with NaN, so an element a kernel forgets to write fails the test."""
+
     def make(*shape, dtype=torch.float32, device="cpu"):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
     return make
 
 

@@ -1,4 +1,5 @@
 """Plain helpers several test modules share (fixtures live in conftest.py)."""
+
 from __future__ import annotations
 
 import os
@@ -25,16 +26,23 @@ def natural_crops(h=64, w=80):
     """Crops of scikit-image's public-domain sample images, uint8 RGB [N, h, w, 3]."""
     data = pytest.importorskip("skimage.data")
     crops = []
-    for name, (y, x) in (("astronaut", (40, 150)), ("coffee", (120, 200)), ("chelsea", (60, 120)),
-                         ("rocket", (250, 300)), ("hubble_deep_field", (100, 300))):
+    for name, (y, x) in (
+        ("astronaut", (40, 150)),
+        ("coffee", (120, 200)),
+        ("chelsea", (60, 120)),
+        ("rocket", (250, 300)),
+        ("hubble_deep_field", (100, 300)),
+    ):
         img = getattr(data, name)()
-        crops.append(np.ascontiguousarray(img[y:y + h, x:x + w, :3]))
+        crops.append(np.ascontiguousarray(img[y : y + h, x : x + w, :3]))
     return np.stack(crops)
 
 
 def native_built() -> bool:
     """False when the install is pure Python on purpose (then the native tests skip, saying so)."""
-    return not (os.environ.get("DIL_FAST_BUILD_EXT", "1").strip() == "0" or os.environ.get("DIL_FAST_DISABLE_EXT") == "1")
+    return not (
+        os.environ.get("DIL_FAST_BUILD_EXT", "1").strip() == "0" or os.environ.get("DIL_FAST_DISABLE_EXT") == "1"
+    )
 
 
 def require(backend: str) -> None:

@@ -1,5 +1,6 @@
 """The one dispatcher: preferences, forced backends honoured or refused the same way on every path
 (degradation ops, the sampler, the optimizers, the loaders, the trainer), the fused-optimizer rule."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,20 @@ from dil_fast.ops.sample_crops import sample_crops
 from dil_fast.optim import FusedAdam
 from dil_fast.train import TrainConfig, Trainer
 
-ALL_OPS = ("noise", "blur_separable", "blur2d", "resize", "jpeg", "poisson", "isp", "sample_crops", "adam_step",
-           "meta_step", "sgd_step", "nonfinite_check")
+ALL_OPS = (
+    "noise",
+    "blur_separable",
+    "blur2d",
+    "resize",
+    "jpeg",
+    "poisson",
+    "isp",
+    "sample_crops",
+    "adam_step",
+    "meta_step",
+    "sgd_step",
+    "nonfinite_check",
+)
 
 
 def test_every_op_is_declared_and_torch_serves_it_everywhere():
@@ -40,7 +53,9 @@ def test_unknown_and_unservable_backends_are_refused_with_the_reason():
     sigma = torch.full((1, 2), 0.1)
     with pytest.raises(backends.BackendError, match="'gpu' is not one of"):
         gaussian_noise(x, sigma, seed=0, step=0, backend="gpu")
-    with pytest.raises(backends.BackendError, match=r"noise: backend 'cuda' cannot serve cpu tensors \(no implementation\)"):
+    with pytest.raises(
+        backends.BackendError, match=r"noise: backend 'cuda' cannot serve cpu tensors \(no implementation\)"
+    ):
         gaussian_noise(x, sigma, seed=0, step=0, backend="cuda")
     with pytest.raises(backends.BackendError, match="poisson: backend 'triton'"):
         counterfactual(x, [PoissonNoise(1.0)], seed=0, step=0, backend="triton")
@@ -106,9 +121,22 @@ def store_run(tmp_path, png_folder):
     png_folder(n=8, size=20)
     pack_folder(tmp_path / "train", tmp_path / "store", progress=False)
     test = png_folder(n=1, size=16, name="test")
-    return dict(trainset=str(tmp_path / "store"), testset=str(test[0]).rsplit("/", 1)[0], loader="store",
-                confounders="noise:5,15", patch_size=12, batch_size=2, total_epoch=1, num_workers=0, nf=4, nb=1,
-                gc=2, print_every=1, progress=False, ckpt_save=str(tmp_path / "ck"))
+    return dict(
+        trainset=str(tmp_path / "store"),
+        testset=str(test[0]).rsplit("/", 1)[0],
+        loader="store",
+        confounders="noise:5,15",
+        patch_size=12,
+        batch_size=2,
+        total_epoch=1,
+        num_workers=0,
+        nf=4,
+        nb=1,
+        gc=2,
+        print_every=1,
+        progress=False,
+        ckpt_save=str(tmp_path / "ck"),
+    )
 
 
 def test_trainer_refuses_a_forced_backend_up_front_naming_each_op(store_run):
@@ -120,8 +148,19 @@ def test_trainer_refuses_a_forced_backend_up_front_naming_each_op(store_run):
 
 def test_cli_prints_the_refusal_as_one_line(store_run, capsys):
     argv = ["train", "--backend", "cuda"]
-    for k in ("trainset", "testset", "loader", "confounders", "patch_size", "batch_size", "total_epoch", "nf", "nb",
-              "gc", "ckpt_save"):
+    for k in (
+        "trainset",
+        "testset",
+        "loader",
+        "confounders",
+        "patch_size",
+        "batch_size",
+        "total_epoch",
+        "nf",
+        "nb",
+        "gc",
+        "ckpt_save",
+    ):
         argv += [f"--{k}", str(store_run[k])]
     assert main(argv + ["--num_workers", "0", "--no_progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,4 +1,5 @@
 """dil_fast.devices: --device resolution, and the suite's rule that tiers T0-T2 run on the CPU."""
+
 import os
 import subprocess
 import sys
@@ -18,8 +19,10 @@ def test_tiers_below_t3_resolve_to_the_cpu_in_process_and_in_subprocesses():
     assert done.stdout.strip() == "cpu", done.stderr
 
 
-@pytest.mark.parametrize("name,needle", [("gpu", "not a device name"), ("cuda", "CUDA is not available"),
-                                         ("meta", "unsupported device type")])
+@pytest.mark.parametrize(
+    "name,needle",
+    [("gpu", "not a device name"), ("cuda", "CUDA is not available"), ("meta", "unsupported device type")],
+)
 def test_bad_device_names_are_flag_errors(name, needle):
     with pytest.raises(FlagError, match=needle):
         resolve_device(name)

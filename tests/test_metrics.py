@@ -1,5 +1,6 @@
 """PSNR / SSIM against hand-computed values, a re-statement of BasicSR's float32 Y path and an
 independent loop re-statement of BasicSR's SSIM."""
+
 from __future__ import annotations
 
 import math
@@ -117,7 +118,7 @@ def _to_y_channel_basicsr(img):
 def test_y_channel_matches_basicsr_bgr(crop):
     bgr = _rand(29, 31, seed=11)
     out = _noisy(bgr, 14, seed=12)
-    a, b = bgr[crop:29 - crop, crop:31 - crop], out[crop:29 - crop, crop:31 - crop]
+    a, b = bgr[crop : 29 - crop, crop : 31 - crop], out[crop : 29 - crop, crop : 31 - crop]
     ya = _to_y_channel_basicsr(a).astype(np.float64)
     yb = _to_y_channel_basicsr(b).astype(np.float64)
     assert _to_y_channel_basicsr(a).dtype == np.float32
@@ -138,8 +139,14 @@ def test_color_order_rgb_is_the_reversed_bgr(metric):
     for crop in (0, 2):
         expected = metric(bgr, out, crop, test_y_channel=True)
         assert metric(rgb, rgb_out, crop, test_y_channel=True, color_order="rgb") == expected
-        chw = metric(rgb.transpose(2, 0, 1), rgb_out.transpose(2, 0, 1), crop, input_order="CHW",
-                     test_y_channel=True, color_order="rgb")
+        chw = metric(
+            rgb.transpose(2, 0, 1),
+            rgb_out.transpose(2, 0, 1),
+            crop,
+            input_order="CHW",
+            test_y_channel=True,
+            color_order="rgb",
+        )
         assert chw == expected
     # without the Y channel the order changes nothing
     assert metric(bgr, out, 1, color_order="rgb") == metric(bgr, out, 1)
@@ -185,7 +192,7 @@ def _ssim_loops(img1, img2):
         for i in range(11):
             for j in range(11):
                 wt = g[i] * g[j]
-                xs, ys = x[i:i + oh, j:j + ow], y[i:i + oh, j:j + ow]
+                xs, ys = x[i : i + oh, j : j + ow], y[i : i + oh, j : j + ow]
                 mx += wt * xs
                 my += wt * ys
                 sxx += wt * xs * xs

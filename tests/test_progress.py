@@ -1,5 +1,6 @@
 """The progress rule: a bar on a terminal, plain lines in a pipe or a log, nothing when disabled; and
 without tqdm, crop, pack and train run all the same."""
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,10 @@ def test_log_lines_every_interval_with_rate_and_eta():
         clock.now += 0.25
         bar.update()
     bar.close()
-    assert lines[1:] == ["pack: 80/100 img (80%), 4.00 img/s, ETA 0:00:05, loss=0.0312",
-                         "pack: 100/100 img in 0:00:25, 4.00 img/s, loss=0.0312"]
+    assert lines[1:] == [
+        "pack: 80/100 img (80%), 4.00 img/s, ETA 0:00:05, loss=0.0312",
+        "pack: 100/100 img in 0:00:25, 4.00 img/s, loss=0.0312",
+    ]
 
 
 def test_log_lines_stay_quiet_for_short_or_failed_runs():
@@ -52,8 +55,10 @@ def test_log_lines_stay_quiet_for_short_or_failed_runs():
     with LogLines(3, desc="crop", unit="img", interval=10, emit=lines.append, clock=clock) as bar:
         bar.update(3)
     assert lines == []  # done within the interval: no line at all
-    with pytest.raises(RuntimeError), LogLines(10, desc="crop", unit="img", interval=1, emit=lines.append,
-                                               clock=clock) as bar:
+    with (
+        pytest.raises(RuntimeError),
+        LogLines(10, desc="crop", unit="img", interval=1, emit=lines.append, clock=clock) as bar,
+    ):
         clock.now += 2
         bar.update()
         raise RuntimeError("bad input")
@@ -130,7 +135,18 @@ def test_crop_pack_train_without_tqdm(no_tqdm, tmp_path):
     assert (tmp_path / "store").exists()
     from dil_fast.train import TrainConfig, Trainer
 
-    cfg = TrainConfig(ckpt_save=str(tmp_path / "run"), trainset=str(tmp_path / "patches"),
-                      testset=str(tmp_path / "test"), patch_size=16, batch_size=2, total_epoch=1, num_workers=0,
-                      device="cpu", nf=8, nb=1, gc=4, progress=True)
+    cfg = TrainConfig(
+        ckpt_save=str(tmp_path / "run"),
+        trainset=str(tmp_path / "patches"),
+        testset=str(tmp_path / "test"),
+        patch_size=16,
+        batch_size=2,
+        total_epoch=1,
+        num_workers=0,
+        device="cpu",
+        nf=8,
+        nb=1,
+        gc=4,
+        progress=True,
+    )
     assert Trainer(cfg).run() == 0 and (tmp_path / "run" / "model_1.pt").exists()

@@ -1,5 +1,6 @@
 """The README's promises that code can check: its task table is dil_fast.tasks' table, and every
 row of its paper-experiment table runs as written (tiny data, a tiny model, one epoch)."""
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,28 @@ CLEAN_TRAIN = ("DF2K_crop",)
 PAIRED_TRAIN = ("DID-MDN", "Rain14000", "HeavyRain")
 CLEAN_TEST = ("CBSD68", "Set5")
 PAIRED_TEST = {"RealSR_V3": 4, "Rain100L": 1, "SIDD_val": 1}  # folder -> LQ downscale
-TINY_TRAIN = ["--patch_size", "32", "--batch_size", "2", "--total_epoch", "1", "--num_workers", "0", "--nf", "4",
-              "--nb", "1", "--gc", "2", "--no_progress", "--no_tensorboard", "--print_every", "1",
-              "--testset", "CBSD68"]
+TINY_TRAIN = [
+    "--patch_size",
+    "32",
+    "--batch_size",
+    "2",
+    "--total_epoch",
+    "1",
+    "--num_workers",
+    "0",
+    "--nf",
+    "4",
+    "--nb",
+    "1",
+    "--gc",
+    "2",
+    "--no_progress",
+    "--no_tensorboard",
+    "--print_every",
+    "1",
+    "--testset",
+    "CBSD68",
+]
 TINY_STUDY = ["--tiny", "--budget", "2", "--testset", "CBSD68", "--trainset", "DF2K_crop", "--out", "runs/study"]
 
 
@@ -40,8 +60,8 @@ def test_the_readme_task_table_is_the_code_table():
 
 def _experiment_rows() -> list[tuple[str, list[str]]]:
     text = _readme()
-    section = text[text.index("## The paper's experiments"):]
-    section = section[:section.index("\n## ", 3)]
+    section = text[text.index("## The paper's experiments") :]
+    section = section[: section.index("\n## ", 3)]
     rows = []
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

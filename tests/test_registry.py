@@ -1,6 +1,7 @@
 """dil_fast.registry and the extension points that use it: a toy variant, a toy confounder family
 and a toy architecture, each one file under tests/plugins/, train and evaluate from the command line
 with ``--plugin`` and no edit anywhere else; the built-in lists come from the registries."""
+
 from __future__ import annotations
 
 import csv
@@ -16,14 +17,20 @@ from dil_fast.registry import Registry, UnknownEntry, load_plugins
 from tests.conftest import make_png_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLUGINS = ["--plugin", "tests.plugins.toy_variant", "--plugin", "tests.plugins.toy_family",
-           "--plugin=tests.plugins.toy_arch"]
+PLUGINS = [
+    "--plugin",
+    "tests.plugins.toy_variant",
+    "--plugin",
+    "tests.plugins.toy_family",
+    "--plugin=tests.plugins.toy_arch",
+]
 
 
 def _cli(*args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "dil_fast", *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "dil_fast", *args], capture_output=True, text=True, env=env, timeout=300, cwd=REPO
+    )
 
 
 def test_registry_names_facts_aliases_and_refusals():
@@ -69,7 +76,8 @@ def test_builtin_lists_come_from_the_registries():
 def test_a_variant_option_given_to_a_variant_without_it_is_refused(tmp_path):
     done = _cli("train", "--ckpt_save", str(tmp_path / "x"), "--trainset", str(tmp_path), "--alpha", "1e-3")
     assert done.returncode == 2 and done.stderr.strip() == (
-        "error: --alpha applies to --variant ss, ss-fo, ps; --variant sf has no such option")
+        "error: --alpha applies to --variant ss, ss-fo, ps; --variant sf has no such option"
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -80,24 +88,71 @@ def test_toy_variant_family_and_architecture_train_and_evaluate_from_the_command
     helped = _cli(*PLUGINS, "train", "--help")
     assert helped.returncode == 0 and "toy" in helped.stdout and "--toy_momentum" in helped.stdout
     run = tmp_path / "run"
-    trained = _cli(*PLUGINS, "train", "--trainset", str(tmp_path / "train"), "--testset", str(tmp_path / "test"),
-                   "--ckpt_save", str(run), "--variant", "toy", "--toy_momentum", "0.5", "--loader", "folder",
-                   "--confounders", "toyshift:10,20", "--test_confounders", "toyshift:30", "--arch", "toynet",
-                   "--arch_kwargs", '{"width": 6}', "--patch_size", "16", "--batch_size", "2", "--total_epoch", "1",
-                   "--num_workers", "0", "--print_every", "1", "--device", "cpu", "--no_progress", "--no_tensorboard",
-                   "--lr", "1e-3")
+    trained = _cli(
+        *PLUGINS,
+        "train",
+        "--trainset",
+        str(tmp_path / "train"),
+        "--testset",
+        str(tmp_path / "test"),
+        "--ckpt_save",
+        str(run),
+        "--variant",
+        "toy",
+        "--toy_momentum",
+        "0.5",
+        "--loader",
+        "folder",
+        "--confounders",
+        "toyshift:10,20",
+        "--test_confounders",
+        "toyshift:30",
+        "--arch",
+        "toynet",
+        "--arch_kwargs",
+        '{"width": 6}',
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--total_epoch",
+        "1",
+        "--num_workers",
+        "0",
+        "--print_every",
+        "1",
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--no_tensorboard",
+        "--lr",
+        "1e-3",
+    )
     assert trained.returncode == 0, trained.stderr
     log = (run / "train.log").read_text()
     assert "toyshift10" in log and "toyshift20" in log and "psnr" in log
     ckpt = torch.load(run / "model_1.pt", weights_only=True)
     assert ckpt["model_meta"]["head.weight"].shape[0] == 6
     # eval recognises the toy architecture from the checkpoint's keys and degrades at the toy levels
-    evaluated = _cli(*PLUGINS, "eval", "--ckpt", str(run / "model_1.pt"), "--testset", str(tmp_path / "test"),
-                     "--save", str(tmp_path / "ev"), "--confounders", "toyshift:30,40", "--device", "cpu")
+    evaluated = _cli(
+        *PLUGINS,
+        "eval",
+        "--ckpt",
+        str(run / "model_1.pt"),
+        "--testset",
+        str(tmp_path / "test"),
+        "--save",
+        str(tmp_path / "ev"),
+        "--confounders",
+        "toyshift:30,40",
+        "--device",
+        "cpu",
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     rows = list(csv.DictReader(open(tmp_path / "ev" / "results.csv")))
     assert {r["level"] for r in rows} == {"30", "40"} and all(float(r["psnr"]) > 0 for r in rows)
     # without the plugins the names are unknown: one line naming the flag
-    plain = _cli("train", "--trainset", str(tmp_path / "train"), "--ckpt_save", str(tmp_path / "r2"),
-                 "--variant", "toy")
+    plain = _cli(
+        "train", "--trainset", str(tmp_path / "train"), "--ckpt_save", str(tmp_path / "r2"), "--variant", "toy"
+    )
     assert plain.returncode == 2 and "--variant" in plain.stderr and "invalid choice" in plain.stderr

@@ -1,4 +1,5 @@
 """dil_fast.rng: Philox-4x32 known answers, the normal and uniform streams, the crop hash."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,12 @@ def test_normals_statistics_per_sample():
     mean, std = z.double().mean(1), z.double().std(1)
     assert (mean.abs() < 5 / math.sqrt(n)).all(), mean
     assert ((std - 1).abs() < 5 / math.sqrt(2 * n)).all(), std
-    others = [rng.philox_normal(n, idx, seed=3, step=12, k=1), rng.philox_normal(n, idx, seed=3, step=11, k=2),
-              rng.philox_normal(n, idx + 1, seed=3, step=11, k=1), rng.philox_normal(n, idx, seed=4, step=11, k=1)]
+    others = [
+        rng.philox_normal(n, idx, seed=3, step=12, k=1),
+        rng.philox_normal(n, idx, seed=3, step=11, k=2),
+        rng.philox_normal(n, idx + 1, seed=3, step=11, k=1),
+        rng.philox_normal(n, idx, seed=4, step=11, k=1),
+    ]
     for o in others:
         corr = torch.corrcoef(torch.stack([z.flatten(), o.flatten()]))[0, 1]
         assert abs(float(corr)) < 5 / math.sqrt(z.numel()), corr

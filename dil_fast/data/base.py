@@ -7,7 +7,7 @@ A *loader* serves one meta-iteration at a time. It declares what it yields in ``
   [0, 1] on the training device (K independent clean batches, one per confounder, as the released
   trainer draws them); the degradation stage (:class:`dil_fast.degrade.CounterfactualPairs`) turns
   them into pairs;
-* ``"pairs"`` (:class:`PairLoader`: the released trainer's reference path): ``list[(input,
+* ``"pairs"`` (:class:`PairLoader`: the released trainer's path): ``list[(input,
   target)]``, one pair per confounder, already degraded and on the training device.
 
 Either way it has epoch semantics (``set_epoch``), a length in meta-iterations per epoch (per
@@ -15,6 +15,7 @@ rank), ``epoch`` and ``position`` (meta-iterations of the epoch already served: 
 the degradation's randomness with them) and a state that restores the position exactly
 (``state_dict``/``load_state_dict``). A user's own loader only needs these members.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Literal, Protocol, runtime_checkable
@@ -76,8 +77,9 @@ class EpochCursor:
         self.position = int(state["position"])
 
 
-def check_shard_args(batch_size: int, rank: int, world_size: int, *, patch_size: int | None = None,
-                     num_confounders: int | None = None) -> None:
+def check_shard_args(
+    batch_size: int, rank: int, world_size: int, *, patch_size: int | None = None, num_confounders: int | None = None
+) -> None:
     """:class:`FlagError` unless ``batch_size``, ``patch_size`` and ``num_confounders`` (each checked
     when given) are at least 1 and ``rank`` is in ``0..world_size-1``; checked in that order."""
     if batch_size < 1:
@@ -103,8 +105,12 @@ def check_shard_count(count: int, batch_size: int, world_size: int, noun: str, s
 def loader_state(loader, kind: str, keys) -> dict:
     """The resume state common to the sharded loaders: ``kind``, the loader's epoch and position, and
     the attributes named in ``keys`` (the settings the state is only valid for)."""
-    return {"loader": kind, "epoch": loader.epoch, "position": loader.position,
-            **{key: getattr(loader, key) for key in keys}}
+    return {
+        "loader": kind,
+        "epoch": loader.epoch,
+        "position": loader.position,
+        **{key: getattr(loader, key) for key in keys},
+    }
 
 
 def check_loader_state(loader, state: dict, kind: str, keys) -> None:
@@ -122,8 +128,21 @@ def check_loader_state(loader, state: dict, kind: str, keys) -> None:
 
 def check_loader(loader) -> None:
     """A user's loader must declare every member of :class:`Loader` (TypeError naming the missing ones)."""
-    missing = [m for m in ("yields", "num_confounders", "epoch", "position", "__len__", "__iter__", "set_epoch",
-                           "state_dict", "load_state_dict") if not hasattr(loader, m)]
+    missing = [
+        m
+        for m in (
+            "yields",
+            "num_confounders",
+            "epoch",
+            "position",
+            "__len__",
+            "__iter__",
+            "set_epoch",
+            "state_dict",
+            "load_state_dict",
+        )
+        if not hasattr(loader, m)
+    ]
     if missing:
         raise TypeError(f"the loader {type(loader).__name__} lacks {', '.join(missing)} of dil_fast.data.base.Loader")
     if loader.yields not in YIELDS:

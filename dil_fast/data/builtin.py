@@ -32,6 +32,7 @@ refused rather than mixed with ours. Files are written atomically.
 The JPEG sources are decoded with OpenCV; a different libjpeg could decode them a few levels
 differently, so patch pixels are identical only for the same OpenCV build.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,13 +89,15 @@ def center_crop(img: np.ndarray, max_side: int) -> np.ndarray:
     h, w = img.shape[:2]
     ch, cw = min(h, max_side), min(w, max_side)
     y, x = (h - ch) // 2, (w - cw) // 2
-    return np.ascontiguousarray(img[y:y + ch, x:x + cw])
+    return np.ascontiguousarray(img[y : y + ch, x : x + cw])
 
 
 def builtin_test_images() -> list[tuple[str, np.ndarray]]:
     """The test images in memory, sorted by name: ``[(file name, HxWx3 uint8), ...]``."""
-    return [(name.rsplit(".", 1)[0] + ".png", center_crop(builtin_image(name), TEST_MAX_SIDE))
-            for name in sorted(TEST_IMAGES)]
+    return [
+        (name.rsplit(".", 1)[0] + ".png", center_crop(builtin_image(name), TEST_MAX_SIDE))
+        for name in sorted(TEST_IMAGES)
+    ]
 
 
 def _cached(folder: str, spec: dict) -> bool:
@@ -115,7 +118,9 @@ def _prepare_folder(folder: str, flag: str) -> None:
         raise InputError(f"{flag} {folder}: cannot create the folder ({exc.strerror or exc})") from None
     names = [n for n in os.listdir(folder) if not n.startswith(".")]
     if names and not os.path.exists(os.path.join(folder, _MARKER)):
-        raise InputError(f"{flag} {folder}: folder holds other files; give an empty or new folder for the built-in data")
+        raise InputError(
+            f"{flag} {folder}: folder holds other files; give an empty or new folder for the built-in data"
+        )
     # a stale layout of ours: clear our numbered patches / images so nothing from it remains
     if names:
         for n in names:
@@ -137,8 +142,13 @@ def builtin_train_patches(folder, size: int = 64, stride: int | None = None) -> 
     stride = size if stride is None else stride
     if size < 1 or stride < 1:
         raise ValueError(f"size and stride must be positive, got {size}, {stride}")
-    spec = {"kind": "train", "version": _LAYOUT_VERSION, "size": int(size), "stride": int(stride),
-            "images": list(TRAIN_IMAGES)}
+    spec = {
+        "kind": "train",
+        "version": _LAYOUT_VERSION,
+        "size": int(size),
+        "stride": int(stride),
+        "images": list(TRAIN_IMAGES),
+    }
     if _cached(folder, spec):
         return folder
     images = [builtin_image(n) for n in TRAIN_IMAGES]
@@ -167,9 +177,3 @@ def builtin_testset(folder) -> str:
         write_image_rgb(os.path.join(folder, name), img)
     _write_marker(folder, spec, [n for n, _ in images])
     return folder
-
-
-def default_cache_dir() -> str:
-    """``$XDG_CACHE_HOME/dil_fast/builtin`` (``~/.cache/dil_fast/builtin`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "dil_fast", "builtin")

@@ -1,4 +1,4 @@
-"""``dil-fast crop``: cut a folder of images into square patches on a grid (the reference crop script).
+"""``dil-fast crop``: cut a folder of images into square patches on a grid (the released crop script).
 
 Every image of ``--input`` (sorted by file name; PNG, JPEG, BMP, WebP; read with the policies of
 :mod:`dil_fast.data.images`) is cut into ``--size`` x ``--size`` windows whose top-left corners lie
@@ -21,8 +21,9 @@ Bad input (one-line error, exit 2): a missing or empty ``--input`` folder, a cor
 unsupported file (named), ``--size``/``--stride``/``--workers`` not positive, ``--output`` equal to
 ``--input`` or not writable. An image smaller than ``--size`` in either dimension yields no patch:
 it is skipped with a warning on stderr (count and names) -- a dataset with a few small images
-stays usable, as in the reference; if no image yields any patch, that is an error.
+stays usable, as in the released script; if no image yields any patch, that is an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def grid_positions(height: int, width: int, size: int, stride: int) -> list[tupl
 def crop_grid(img, size: int, stride: int) -> list:
     """The full windows of an ``HxWxC`` array on the grid, row-major (views, not copies)."""
     h, w = img.shape[:2]
-    return [img[y:y + size, x:x + size] for y, x in grid_positions(h, w, size, stride)]
+    return [img[y : y + size, x : x + size] for y, x in grid_positions(h, w, size, stride)]
 
 
 def _cut_one(task) -> tuple[int, int, int, int]:
@@ -80,8 +81,9 @@ def _positive(flag: str, value) -> int:
     return int(value)
 
 
-def crop_folder(input_dir, output_dir, size: int = 256, stride: int = 256, workers: int = 1,
-                progress: bool = True) -> dict:
+def crop_folder(
+    input_dir, output_dir, size: int = 256, stride: int = 256, workers: int = 1, progress: bool = True
+) -> dict:
     """Cut every image of ``input_dir`` into patches in ``output_dir`` (see the module docstring).
 
     Returns ``{"patches": n, "images": m, "skipped": [names of images smaller than size]}``.
@@ -126,15 +128,14 @@ def crop_folder(input_dir, output_dir, size: int = 256, stride: int = 256, worke
         skipped = [os.path.basename(p) for p, n in zip(paths, counts) if n == 0]
         total = sum(counts)
         if total == 0:
-            raise InputError(
-                f"--input {input_dir}: no image is at least {size}x{size} pixels; nothing to crop"
-            )
+            raise InputError(f"--input {input_dir}: no image is at least {size}x{size} pixels; nothing to crop")
         number = 0
         for index, n in enumerate(counts):
             for k in range(n):
                 number += 1
-                os.replace(os.path.join(staging, f"{index:07d}_{k:06d}.png"),
-                           os.path.join(output_dir, f"{number:06d}.png"))
+                os.replace(
+                    os.path.join(staging, f"{index:07d}_{k:06d}.png"), os.path.join(output_dir, f"{number:06d}.png")
+                )
     except OSError as exc:
         raise InputError(f"--output {output_dir}: cannot write patches ({exc.strerror or exc})") from None
     finally:
@@ -150,7 +151,7 @@ def crop_folder(input_dir, output_dir, size: int = 256, stride: int = 256, worke
 def add_crop_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "crop",
-        help="cut a folder of images into square patches (the reference crop script)",
+        help="cut a folder of images into square patches (the released crop script)",
         description="Cut every image of --input into --size x --size patches on a --stride grid, "
         "written as 000001.png, 000002.png, ... into --output.",
     )
@@ -158,18 +159,28 @@ def add_crop_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for the patches (created if missing)")
     p.add_argument("--size", type=int, default=256, help="patch side in pixels")
     p.add_argument("--stride", type=int, default=256, help="grid step in pixels")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="worker processes (at most 8, at most the CPU count)")
-    p.add_argument("--no_progress", action="store_true",
-                   help="no progress report (default: a bar on a terminal, a line every "
-                        f"{_progress.LOG_INTERVAL_S:.0f} s in a pipe or a log)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="worker processes (at most 8, at most the CPU count)",
+    )
+    p.add_argument(
+        "--no_progress",
+        action="store_true",
+        help="no progress report (default: a bar on a terminal, a line every "
+        f"{_progress.LOG_INTERVAL_S:.0f} s in a pipe or a log)",
+    )
     p.set_defaults(func=run_crop)
     return p
 
 
 def run_crop(args) -> int:
-    summary = crop_folder(args.input, args.output, size=args.size, stride=args.stride, workers=args.workers,
-                          progress=not args.no_progress)
-    print(f"wrote {summary['patches']} patches of {args.size}x{args.size} from {summary['images']} images "
-          f"to {args.output}")
+    summary = crop_folder(
+        args.input, args.output, size=args.size, stride=args.stride, workers=args.workers, progress=not args.no_progress
+    )
+    print(
+        f"wrote {summary['patches']} patches of {args.size}x{args.size} from {summary['images']} images "
+        f"to {args.output}"
+    )
     return 0

@@ -10,7 +10,8 @@ its own seeded order, like the released trainer's K DataLoaders):
     -> flip(vertical=FR, horizontal=FC) with FR, FC, T fair coins
     -> on the training device: transpose where T, to ``[K, B, 3, p, p]`` float / 255.
 
-The mode ``T + 2·FR + 4·FC`` follows the released numbering (docs/released-trainer.md; :mod:`dil_fast.ops.reference.sample_crops`);
+The mode ``T + 2·FR + 4·FC`` follows the released numbering (docs/released-trainer.md;
+:mod:`dil_fast.ops.reference.sample_crops`);
 the draws come from DALI's RNG (seeded by seed, epoch and rank), so crops differ from the
 PatchStore's counter-based ones. Sharding: DALI gives rank ``r`` the contiguous block
 ``r·L·B ... (r+1)·L·B - 1`` of each order: no duplicates, no gaps; the ``N mod (W·B)`` tail of each
@@ -20,6 +21,7 @@ Resume: ``state_dict()`` holds (epoch, position) and this rank's DALI checkpoint
 positions and RNG states); ``load_state_dict`` rebuilds the pipeline from it, so the next batch is
 exactly the one that would have come. The checkpoint is per rank: each rank keeps its own state.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -75,9 +77,22 @@ class DaliLoader:
     yields = "clean"
     _RESUME_KEYS = ("seed", "batch_size", "patch_size", "world_size", "rank", "num_confounders")
 
-    def __init__(self, folder, batch_size: int, patch_size: int, num_confounders: int = 4, *,
-                 device="cpu", seed: int = 1, rank: int = 0, world_size: int = 1, num_threads: int = 4,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False, prefetch: int = 2):
+    def __init__(
+        self,
+        folder,
+        batch_size: int,
+        patch_size: int,
+        num_confounders: int = 4,
+        *,
+        device="cpu",
+        seed: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        num_threads: int = 4,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        prefetch: int = 2,
+    ):
         self._dali = _import_dali()
         check_shard_args(batch_size, rank, world_size, patch_size=patch_size)
         if num_threads < 1:
@@ -125,7 +140,9 @@ class DaliLoader:
         used = len(self) * self.world_size * self.batch_size
         out = []
         for k in range(self.num_confounders):
-            g = torch.Generator().manual_seed((stream_key(self.seed, epoch, 200 + 2 * k) << 31) | stream_key(self.seed, epoch, 201 + 2 * k))
+            g = torch.Generator().manual_seed(
+                (stream_key(self.seed, epoch, 200 + 2 * k) << 31) | stream_key(self.seed, epoch, 201 + 2 * k)
+            )
             perm = torch.randperm(len(self.files), generator=g)[:used].tolist()
             out.append([self.files[i] for i in perm])
         return out
@@ -141,8 +158,11 @@ class DaliLoader:
             outs = []
             for k in range(self.num_confounders):
                 encoded, _ = fn.readers.file(
-                    files=orders[k], shard_id=self.rank, num_shards=self.world_size,
-                    random_shuffle=False, name=f"reader{k}",
+                    files=orders[k],
+                    shard_id=self.rank,
+                    num_shards=self.world_size,
+                    random_shuffle=False,
+                    name=f"reader{k}",
                 )
                 shape = fn.peek_image_shape(encoded)  # [H, W, C] of the encoded image
                 img = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
@@ -153,8 +173,15 @@ class DaliLoader:
                     pos = dali.math.clamp(dali.math.floor(u * span), 0.0, span - 1)
                     corner.append(pos)
                 anchor = fn.stack(*corner)
-                crop = fn.slice(img, anchor, [float(p), float(p)], axes=[0, 1], normalized_anchor=False,
-                                normalized_shape=False, out_of_bounds_policy="error")
+                crop = fn.slice(
+                    img,
+                    anchor,
+                    [float(p), float(p)],
+                    axes=[0, 1],
+                    normalized_anchor=False,
+                    normalized_shape=False,
+                    out_of_bounds_policy="error",
+                )
                 t = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
                 fr = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
                 fc = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
@@ -180,7 +207,9 @@ class DaliLoader:
         except RuntimeError as exc:
             reason = _dali_reason(exc)
             if "out of bounds" in reason:
-                reason = f"an image is smaller than the {self.patch_size}x{self.patch_size} patch (--patch_size): {reason}"
+                reason = (
+                    f"an image is smaller than the {self.patch_size}x{self.patch_size} patch (--patch_size): {reason}"
+                )
             raise InputError(f"--trainset {self.folder}: DALI could not produce a batch: {reason}") from None
         k_n, b, p = self.num_confounders, self.batch_size, self.patch_size
         crops = torch.empty(k_n, b, p, p, 3, dtype=torch.uint8, device=self.device)
@@ -215,8 +244,11 @@ class DaliLoader:
             checkpoint = self._pipe[1].checkpoint()
         else:
             checkpoint = self._pending_checkpoint
-        return {**loader_state(self, "dali", self._RESUME_KEYS), "num_files": len(self.files),
-                "dali_checkpoint": checkpoint}
+        return {
+            **loader_state(self, "dali", self._RESUME_KEYS),
+            "num_files": len(self.files),
+            "dali_checkpoint": checkpoint,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         check_loader_state(self, state, "dali", self._RESUME_KEYS)

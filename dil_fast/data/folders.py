@@ -3,16 +3,16 @@ then distort them on the device) and paired folders (LQ/GT, e.g. three rain data
 confounders, or real LR/HR pairs).
 
 Both are built on :class:`ShardedLoader`, which reads data as the released path's
-:class:`~dil_fast.data.reference.ReferencePairLoader` does: K datasets, one per confounder, each
-visited in its own seeded per-epoch order (:class:`~dil_fast.data.reference.EpochShardSampler`,
+:class:`~dil_fast.data.released.ReleasedPairLoader` does: K datasets, one per confounder, each
+visited in its own seeded per-epoch order (:class:`~dil_fast.data.released.EpochShardSampler`,
 sharded over DDP ranks), one batch of each per meta-iteration; every sample's crop and dihedral
 mode come from ``numpy.random.default_rng([seed, epoch, confounder, index])``, so they depend only
 on those four numbers (not on workers, batch split or ranks) and a resume continues exactly.
-The workers are the reference loader's too: ``--num_workers`` per confounder capped to the CPUs
-(:func:`~dil_fast.data.reference.cap_workers`, said in ``worker_note``), a bad image raised in the
-main process as its own one-line error (:func:`~dil_fast.data.reference.make_dataloader`,
-:func:`~dil_fast.data.reference.next_batch`), and the workers stopped as soon as an iteration
-ends, fails or is abandoned (:func:`~dil_fast.data.reference.shutdown_workers`).
+The workers are the released loader's too: ``--num_workers`` per confounder capped to the CPUs
+(:func:`~dil_fast.data.released.cap_workers`, said in ``worker_note``), a bad image raised in the
+main process as its own one-line error (:func:`~dil_fast.data.released.make_dataloader`,
+:func:`~dil_fast.data.released.next_batch`), and the workers stopped as soon as an iteration
+ends, fails or is abandoned (:func:`~dil_fast.data.released.shutdown_workers`).
 
 * :class:`FolderCleanLoader` (``yields = "clean"``): ``--trainset`` a folder of PNG/JPEG/BMP/WebP
   images of any sizes >= the patch; crops drawn over every valid corner ``0 .. H-p`` inclusive (as
@@ -24,6 +24,7 @@ ends, fails or is abandoned (:func:`~dil_fast.data.reference.shutdown_workers`).
   multiple of s) at ``s * (y, x)`` and the LQ crop ``patch / s`` at ``(y, x)``, both under the same
   dihedral mode, so the pair stays aligned.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,7 @@ from torch.utils.data import Dataset
 from ..errors import FlagError, InputError
 from .base import EpochCursor
 from .images import list_images, read_image_rgb
-from .reference import (
+from .released import (
     EpochShardSampler,
     augment,
     cap_workers,
@@ -64,29 +65,44 @@ class ShardedLoader(EpochCursor):
     ``len``: ``min_k len(dataset_k) // (batch_size * gpus)`` meta-iterations per epoch (``drop_last``;
     the released arithmetic). Subclasses set ``yields`` and turn the K collated batches into their
     output (:meth:`_emit`). ``num_workers`` (per confounder) is capped by
-    :func:`~dil_fast.data.reference.cap_workers` (``cpus`` overrides the CPU count);
+    :func:`~dil_fast.data.released.cap_workers` (``cpus`` overrides the CPU count);
     ``num_workers`` holds the count in use and ``worker_note`` the line saying it was lowered
     (None when it was not).
     """
 
     yields = "pairs"
 
-    def __init__(self, datasets, *, batch_size: int, seed: int, num_workers: int = 0, device="cpu", rank: int = 0,
-                 world_size: int = 1, gpus: int | None = None, source: str = "--trainset", cpus: int | None = None):
+    def __init__(
+        self,
+        datasets,
+        *,
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        device="cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        gpus: int | None = None,
+        source: str = "--trainset",
+        cpus: int | None = None,
+    ):
         self.datasets = list(datasets)
         self.num_confounders = len(self.datasets)
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.gpus = gpus or world_size
         self.num_workers, self.worker_note = cap_workers(int(num_workers), self.num_confounders, cpus)
-        self.samplers = [EpochShardSampler(len(ds), seed=seed, confounder=k, rank=rank, world_size=world_size)
-                         for k, ds in enumerate(self.datasets)]
+        self.samplers = [
+            EpochShardSampler(len(ds), seed=seed, confounder=k, rank=rank, world_size=world_size)
+            for k, ds in enumerate(self.datasets)
+        ]
         self.epoch = 0
         self.position = 0
         if len(self) == 0:
             smallest = min(len(ds) for ds in self.datasets)
-            raise InputError(f"{source}: {smallest} images is fewer than one batch (--batch_size {batch_size} x "
-                             f"{self.gpus} GPU(s))")
+            raise InputError(
+                f"{source}: {smallest} images is fewer than one batch (--batch_size {batch_size} x {self.gpus} GPU(s))"
+            )
 
     def __len__(self) -> int:
         return min(len(ds) for ds in self.datasets) // (self.batch_size * self.gpus)
@@ -102,16 +118,27 @@ class ShardedLoader(EpochCursor):
                 ds.set_epoch(self.epoch)
                 sampler.set_epoch(self.epoch)
                 sampler.start = self.position * self.batch_size
-                loaders.append(iter(make_dataloader(ds, batch_size=self.batch_size, sampler=sampler,
-                                                    num_workers=self.num_workers, drop_last=True,
-                                                    pin_memory=self.device.type == "cuda")))
+                loaders.append(
+                    iter(
+                        make_dataloader(
+                            ds,
+                            batch_size=self.batch_size,
+                            sampler=sampler,
+                            num_workers=self.num_workers,
+                            drop_last=True,
+                            pin_memory=self.device.type == "cuda",
+                        )
+                    )
+                )
             while self.position < len(self):
                 batches = []
                 for it in loaders:
                     batch = next_batch(it)
-                    batches.append(tuple(t.to(self.device, non_blocking=non_blocking) for t in batch)
-                                   if isinstance(batch, (tuple, list))
-                                   else batch.to(self.device, non_blocking=non_blocking))
+                    batches.append(
+                        tuple(t.to(self.device, non_blocking=non_blocking) for t in batch)
+                        if isinstance(batch, (tuple, list))
+                        else batch.to(self.device, non_blocking=non_blocking)
+                    )
                 self.position += 1
                 yield self._emit(batches)
         finally:
@@ -124,7 +151,12 @@ class CleanPatchDataset(Dataset):
     """``dataset[i] -> [3, p, p]`` float32 on [0, 1]: a random crop of image i under a random mode."""
 
     def __init__(self, files, patch_size: int, *, seed: int, confounder: int):
-        self.files, self.patch_size, self.seed, self.confounder = list(files), int(patch_size), int(seed), int(confounder)
+        self.files, self.patch_size, self.seed, self.confounder = (
+            list(files),
+            int(patch_size),
+            int(seed),
+            int(confounder),
+        )
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -142,7 +174,7 @@ class CleanPatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.confounder, idx])
         top, left = _crop_corner(rng, h, w, p)
         mode = int(rng.integers(0, 8))
-        return _chw(augment(img[top:top + p, left:left + p], mode).astype(np.float32) / 255.0)
+        return _chw(augment(img[top : top + p, left : left + p], mode).astype(np.float32) / 255.0)
 
 
 class FolderCleanLoader(ShardedLoader):
@@ -152,8 +184,13 @@ class FolderCleanLoader(ShardedLoader):
 
     def __init__(self, folder, num_confounders: int, *, patch_size: int, batch_size: int, seed: int, **kw):
         files = list_images(folder, exts=IMAGE_EXTS, flag="--trainset")
-        super().__init__([CleanPatchDataset(files, patch_size, seed=seed, confounder=k) for k in range(num_confounders)],
-                         batch_size=batch_size, seed=seed, source=f"--trainset {folder}", **kw)
+        super().__init__(
+            [CleanPatchDataset(files, patch_size, seed=seed, confounder=k) for k in range(num_confounders)],
+            batch_size=batch_size,
+            seed=seed,
+            source=f"--trainset {folder}",
+            **kw,
+        )
 
     def _emit(self, batches):
         return torch.stack(batches)
@@ -201,8 +238,10 @@ def paired_files(folder, flag: str = "--trainset") -> list[tuple[str, str]]:
         only_gt, only_lq = sorted(set(gts) - set(lqs)), sorted(set(lqs) - set(gts))
         if only_gt or only_lq:
             side, names_ = ("GT", only_gt) if only_gt else ("LQ", only_lq)
-            raise InputError(f"{flag} {folder}: {len(names_)} image(s) only in {side}/ (e.g. {names_[0]}); GT and LQ "
-                             "images are matched by file name")
+            raise InputError(
+                f"{flag} {folder}: {len(names_)} image(s) only in {side}/ (e.g. {names_[0]}); GT and LQ "
+                "images are matched by file name"
+            )
         stems = sorted(gts)
     return [(gts[s], lqs[s]) for s in stems]
 
@@ -225,17 +264,21 @@ class PairedPatchDataset(Dataset):
         gt, lq = read_image_rgb(gt_path), read_image_rgb(lq_path)
         s, p = self.scale, self.patch_size
         if (lq.shape[0] * s, lq.shape[1] * s) != gt.shape[:2]:
-            raise InputError(f"{lq_path}: LQ image is {lq.shape[0]}x{lq.shape[1]}, GT {gt_path} is "
-                             f"{gt.shape[0]}x{gt.shape[1]}; with --scale {s} the GT must be {s}x the LQ")
+            raise InputError(
+                f"{lq_path}: LQ image is {lq.shape[0]}x{lq.shape[1]}, GT {gt_path} is "
+                f"{gt.shape[0]}x{gt.shape[1]}; with --scale {s} the GT must be {s}x the LQ"
+            )
         q = p // s
         if lq.shape[0] < q or lq.shape[1] < q:
-            raise InputError(f"{lq_path}: LQ image is {lq.shape[0]}x{lq.shape[1]}, smaller than the {q}x{q} crop "
-                             f"(--patch_size {p} / --scale {s})")
+            raise InputError(
+                f"{lq_path}: LQ image is {lq.shape[0]}x{lq.shape[1]}, smaller than the {q}x{q} crop "
+                f"(--patch_size {p} / --scale {s})"
+            )
         rng = np.random.default_rng([self.seed, self.epoch, self.confounder, idx])
         y, x = _crop_corner(rng, lq.shape[0], lq.shape[1], q)
         mode = int(rng.integers(0, 8))
-        lq_c = augment(lq[y:y + q, x:x + q], mode).astype(np.float32) / 255.0
-        gt_c = augment(gt[s * y:s * y + p, s * x:s * x + p], mode).astype(np.float32) / 255.0
+        lq_c = augment(lq[y : y + q, x : x + q], mode).astype(np.float32) / 255.0
+        gt_c = augment(gt[s * y : s * y + p, s * x : s * x + p], mode).astype(np.float32) / 255.0
         return _chw(lq_c), _chw(gt_c)
 
 
@@ -244,14 +287,25 @@ class PairedLoader(ShardedLoader):
 
     yields = "pairs"
 
+    @property
+    def confounder_names(self) -> list[str]:
+        """One confounder per paired folder, named by the folder."""
+        return [os.path.basename(os.path.normpath(f)) for f in self.folders]
+
     def __init__(self, folders, *, patch_size: int, batch_size: int, seed: int, scale: int = 1, **kw):
         if patch_size % scale:
-            raise FlagError(f"--patch_size {patch_size} must be a multiple of --scale {scale} (the GT crop is "
-                            "patch_size, the LQ crop patch_size / scale)")
+            raise FlagError(
+                f"--patch_size {patch_size} must be a multiple of --scale {scale} (the GT crop is "
+                "patch_size, the LQ crop patch_size / scale)"
+            )
         self.folders = [os.fspath(f) for f in folders]
-        datasets = [PairedPatchDataset(paired_files(f), patch_size, scale, seed=seed, confounder=k)
-                    for k, f in enumerate(self.folders)]
-        super().__init__(datasets, batch_size=batch_size, seed=seed, source=f"--trainset {' '.join(self.folders)}", **kw)
+        datasets = [
+            PairedPatchDataset(paired_files(f), patch_size, scale, seed=seed, confounder=k)
+            for k, f in enumerate(self.folders)
+        ]
+        super().__init__(
+            datasets, batch_size=batch_size, seed=seed, source=f"--trainset {' '.join(self.folders)}", **kw
+        )
 
     def _emit(self, batches):
         return [tuple(b) for b in batches]

@@ -1,22 +1,22 @@
 """Image files in and out: one reader, one writer, one conversion each way.
 
-Everything in dil_fast sees images as ``HxWx3 uint8`` RGB arrays (the reference reads with OpenCV
+Everything in dil_fast sees images as ``HxWx3 uint8`` RGB arrays (the released code reads with OpenCV
 and converts BGR to RGB; so do we). Files are read from their bytes with ``cv2.imdecode`` so paths
 with non-ASCII characters work on every platform.
 
 Policies for files that are not plain 8-bit RGB (all errors are :class:`InputError` naming the file):
 
 * **grayscale** (1 channel, 8-bit): *converted* -- the gray value is replicated into R, G and B
-  (the same thing the reference's ``cv2.imread(path)`` does implicitly).
+  (the same thing the released code's ``cv2.imread(path)`` does implicitly).
 * **RGBA / gray+alpha**: *refused* unless the alpha channel is fully opaque (all 255), in which
-  case alpha is dropped. A translucent pixel has no single right colour (the reference silently
+  case alpha is dropped. A translucent pixel has no single right colour (the released code silently
   drops alpha, which keeps whatever colour sits under a transparent pixel); we refuse and say so.
 * **16-bit** (PNG/TIFF with uint16 samples): *refused* with "16-bit image; convert to 8-bit".
-  Training and metrics are defined on 8-bit data (the reference quantises to uint8 and its PSNR
+  Training and metrics are defined on 8-bit data (the released code quantises to uint8 and its PSNR
   uses a peak of 255); silently rescaling would change the numbers, so the user chooses the
   conversion (e.g. ``round(x / 257)``).
 * **float / other depths**: refused likewise.
-* **JPEG EXIF orientation** is applied (the image is rotated/flipped upright), as the reference's
+* **JPEG EXIF orientation** is applied (the image is rotated/flipped upright), as the released code's
   ``cv2.imread`` does; orientation metadata in other formats is ignored.
 * **not an image / corrupt / truncated**: refused. OpenCV decodes some truncated PNGs into a
   partly-black image without complaint, so PNGs are also checked for a complete ``IEND`` chunk.
@@ -24,6 +24,7 @@ Policies for files that are not plain 8-bit RGB (all errors are :class:`InputErr
 Writing is atomic: the PNG is encoded in memory, written to a temporary name in the target folder
 and renamed, so a crash never leaves half a file under the final name.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,7 +62,7 @@ def _decode(path: str) -> np.ndarray:
         raise InputError(f"{path}: truncated or corrupt PNG (no IEND chunk at the end)")
     buf = np.frombuffer(data, dtype=np.uint8)
     # JPEG is always 8-bit without alpha: decode as colour so its EXIF orientation is applied,
-    # as the reference's cv2.imread does; other formats unchanged so the policies can see them
+    # as the released code's cv2.imread does; other formats unchanged so the policies can see them
     flags = cv2.IMREAD_COLOR if data.startswith(_JPEG_SOI) else cv2.IMREAD_UNCHANGED
     try:
         img = cv2.imdecode(buf, flags)
@@ -87,8 +88,7 @@ def read_image_rgb(path) -> np.ndarray:
         alpha = img[:, :, -1]
         if not bool((alpha == 255).all()):
             raise InputError(
-                f"{path}: image has a transparent alpha channel; flatten it onto a background "
-                "or save it without alpha"
+                f"{path}: image has a transparent alpha channel; flatten it onto a background or save it without alpha"
             )
         img = img[:, :, :-1]
         channels -= 1
@@ -165,7 +165,7 @@ def image_to_tensor(img: np.ndarray) -> "torch.Tensor":
 def tensor_to_uint8(t: "torch.Tensor") -> np.ndarray:
     """``[3, H, W]`` (or ``[1, 3, H, W]``) float in [0, 1] -> ``HxWx3`` uint8: x * 255, round, clip.
 
-    Rounding is half-to-even (``torch.round``), as the reference's ``np.round`` / ``torch.round``.
+    Rounding is half-to-even (``torch.round``), as the released code's ``np.round`` / ``torch.round``.
     """
     import torch
 

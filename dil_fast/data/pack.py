@@ -23,6 +23,7 @@ removes every stale one when it starts (see :func:`dil_fast.staging.stale_folder
 (``--overwrite``) moves the old one to ``OUTPUT.old-<pid>`` for the moment of the swap; a run
 killed inside that moment is repaired likewise (the old store is put back when no new one arrived).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -335,15 +336,22 @@ def add_pack_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--input", required=True, help="folder of images (not recursive)")
     p.add_argument("--output", required=True, help="store folder to create")
-    p.add_argument("--size", type=int, default=None,
-                   help="cut full images into SIZE x SIZE patches (default: every file is one ready patch)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="cut full images into SIZE x SIZE patches (default: every file is one ready patch)",
+    )
     p.add_argument("--stride", type=int, default=None, help="grid step of the cut (default: --size)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
     p.add_argument("--skip_bad", action="store_true", help="skip unreadable or too-small images (counted)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.add_argument("--no_progress", action="store_true",
-                   help="no progress report (default: a bar on a terminal, a line every "
-                        f"{_progress.LOG_INTERVAL_S:.0f} s in a pipe or a log)")
+    p.add_argument(
+        "--no_progress",
+        action="store_true",
+        help="no progress report (default: a bar on a terminal, a line every "
+        f"{_progress.LOG_INTERVAL_S:.0f} s in a pipe or a log)",
+    )
     return p
 
 

@@ -26,6 +26,7 @@ Epoch semantics of :class:`StoreLoader` (one per rank, same seed everywhere):
   only valid for; resume: ``load_state_dict(state)`` then ``set_epoch(state epoch)`` (a
   ``set_epoch`` to the current epoch keeps the position; a new epoch starts at 0).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -124,13 +125,17 @@ class PatchStore:
             with open(ipath) as f:
                 index = json.load(f)
         except FileNotFoundError:
-            raise InputError(f"{self.path}: no {INDEX_FILE}; not a packed store (create one with `dil-fast pack`)") from None
+            raise InputError(
+                f"{self.path}: no {INDEX_FILE}; not a packed store (create one with `dil-fast pack`)"
+            ) from None
         except (OSError, ValueError) as exc:
             raise InputError(f"{ipath}: unreadable store index ({exc})") from None
         if not isinstance(index, dict) or index.get("format") != STORE_FORMAT:
             raise InputError(f"{ipath}: not a dil_fast patch store index")
         if index.get("version") != STORE_VERSION:
-            raise InputError(f"{ipath}: store version {index.get('version')} is not supported (expected {STORE_VERSION})")
+            raise InputError(
+                f"{ipath}: store version {index.get('version')} is not supported (expected {STORE_VERSION})"
+            )
         for key in ("count", "height", "width", "sha256", "chunks", "chunk_bytes"):
             if key not in index:
                 raise InputError(f"{ipath}: store index lacks {key!r}")
@@ -151,8 +156,7 @@ class PatchStore:
         first = bad * self.index["chunk_bytes"] // patch_bytes
         last = min(self.count, ((bad + 1) * self.index["chunk_bytes"] + patch_bytes - 1) // patch_bytes) - 1
         raise InputError(
-            f"{self.path}: store checksum does not match (patches {first}..{last} damaged); "
-            "re-run `dil-fast pack`"
+            f"{self.path}: store checksum does not match (patches {first}..{last} damaged); re-run `dil-fast pack`"
         )
 
     def _load(self, data_path: str, verify: bool) -> torch.Tensor:
@@ -173,12 +177,17 @@ class PatchStore:
         dev = torch.empty(shape, dtype=torch.uint8, device=self.device) if host is None else None
         chunk = int(self.index["chunk_bytes"])
         slots = 4
-        staging = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(slots)] if dev is not None else None
+        staging = (
+            [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(slots)] if dev is not None else None
+        )
         flat_dev = dev.view(-1) if dev is not None else None
         flat_host = host.view(-1).numpy() if host is not None else None
         copied = [None] * slots  # H2D copy out of each staging buffer
         digests = []  # futures: hashing runs on threads (hashlib releases the GIL) while reading on
-        with ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1))) as pool, open(data_path, "rb", buffering=0) as f:
+        with (
+            ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1))) as pool,
+            open(data_path, "rb", buffering=0) as f,
+        ):
             for n, off in enumerate(range(0, self.nbytes, chunk)):
                 size = min(chunk, self.nbytes - off)
                 if flat_host is not None:
@@ -230,12 +239,22 @@ class PatchStore:
     def check_patch_size(self, patch: int, flag: str = "--patch_size") -> None:
         if patch < 1 or patch > min(self.height, self.width):
             raise FlagError(
-                f"{flag} {patch}: must be between 1 and the store's patch size "
-                f"{self.width}x{self.height} ({self.path})"
+                f"{flag} {patch}: must be between 1 and the store's patch size {self.width}x{self.height} ({self.path})"
             )
 
-    def crops(self, perm, start, batch, patch, key, counter_base=None, *, dtype=torch.float32,
-              channels_last=False, backend=None) -> torch.Tensor:
+    def crops(
+        self,
+        perm,
+        start,
+        batch,
+        patch,
+        key,
+        counter_base=None,
+        *,
+        dtype=torch.float32,
+        channels_last=False,
+        backend=None,
+    ) -> torch.Tensor:
         """``[K, B, 3, p, p]`` on ``self.device``: see :func:`dil_fast.ops.sample_crops.sample_crops`.
 
         ``perm``: ``[K, L]`` patch indices (on the store data's device for "device" placement, on
@@ -244,13 +263,33 @@ class PatchStore:
         """
         counter_base = start if counter_base is None else counter_base
         if self.placement == "device":
-            return sample_crops(self.data, perm, start, batch, patch, key, counter_base,
-                                dtype=dtype, channels_last=channels_last, backend=backend)
+            return sample_crops(
+                self.data,
+                perm,
+                start,
+                batch,
+                patch,
+                key,
+                counter_base,
+                dtype=dtype,
+                channels_last=channels_last,
+                backend=backend,
+            )
         idx = perm[:, start : start + batch].reshape(-1).cpu()
         gathered = self.data.index_select(0, idx).to(self.device)
         local = torch.arange(idx.numel(), device=self.device).view(perm.shape[0], batch)
-        return sample_crops(gathered, local, 0, batch, patch, key, counter_base,
-                            dtype=dtype, channels_last=channels_last, backend=backend)
+        return sample_crops(
+            gathered,
+            local,
+            0,
+            batch,
+            patch,
+            key,
+            counter_base,
+            dtype=dtype,
+            channels_last=channels_last,
+            backend=backend,
+        )
 
 
 class _HostFeeder:
@@ -293,9 +332,20 @@ class StoreLoader(EpochCursor):
     yields = "clean"
     _RESUME_KEYS = ("seed", "batch_size", "patch_size", "world_size", "num_confounders")
 
-    def __init__(self, store: PatchStore, batch_size: int, patch_size: int, num_confounders: int = 4, *,
-                 seed: int = 1, rank: int = 0, world_size: int = 1, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False, backend: str | None = None):
+    def __init__(
+        self,
+        store: PatchStore,
+        batch_size: int,
+        patch_size: int,
+        num_confounders: int = 4,
+        *,
+        seed: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        backend: str | None = None,
+    ):
         check_shard_args(batch_size, rank, world_size, num_confounders=num_confounders)
         if dtype not in OUT_DTYPES:
             raise FlagError(f"dtype {dtype}: must be one of {OUT_DTYPES}")
@@ -329,7 +379,9 @@ class StoreLoader(EpochCursor):
         epoch = self.epoch if epoch is None else epoch
         rows = []
         for k in range(self.num_confounders):
-            g = torch.Generator().manual_seed((stream_key(self.seed, epoch, 100 + 2 * k) << 31) | stream_key(self.seed, epoch, 101 + 2 * k))
+            g = torch.Generator().manual_seed(
+                (stream_key(self.seed, epoch, 100 + 2 * k) << 31) | stream_key(self.seed, epoch, 101 + 2 * k)
+            )
             rows.append(torch.randperm(self.store.count, generator=g))
         return torch.stack(rows)
 

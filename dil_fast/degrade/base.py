@@ -7,6 +7,7 @@ sample's global index, so a sample's parameters do not depend on the batch it is
 choices (resize scale and mode, which branch of a Choice) are drawn once per
 (seed, step, confounder, stage). Noise levels are on the 0..255 scale, as in the paper.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,23 @@ from ..ops._common import samples_channels_last, to_device
 from ..registry import Registry
 from .ctx import Ctx
 
-__all__ = ["Confounder", "SPEC_TYPES", "register", "spec_from_dict", "fmt", "is_range", "check_range", "constant",
-           "FAMILIES", "Fused", "register_family", "non_negative", "int_in", "as_kernel_input", "as_float_nchw"]
+__all__ = [
+    "Confounder",
+    "SPEC_TYPES",
+    "register",
+    "spec_from_dict",
+    "fmt",
+    "is_range",
+    "check_range",
+    "constant",
+    "FAMILIES",
+    "Fused",
+    "register_family",
+    "non_negative",
+    "int_in",
+    "as_kernel_input",
+    "as_float_nchw",
+]
 
 #: confounder families by the name ``--confounders`` / ``--levels`` write (``noise:5,10``): each
 #: family module registers its parser (value text -> a spec, or a list of specs), the axis label of
@@ -41,8 +57,9 @@ class Fused:
     run: Callable
 
 
-def register_family(name: str, parse: Callable, *, axis: str | None = None, aliases: tuple[str, ...] = (),
-                    fused: Fused | None = None) -> Callable:
+def register_family(
+    name: str, parse: Callable, *, axis: str | None = None, aliases: tuple[str, ...] = (), fused: Fused | None = None
+) -> Callable:
     """Register a confounder family: ``parse(value)`` -> a spec (or a list of specs) from one written
     value, ValueError with the reason when it is not one; ``axis``: the label of a numeric family's
     values (a sweep's x-axis; None: named levels); ``aliases``: other names of the same family."""
@@ -60,11 +77,13 @@ def non_negative(v: str) -> float:
 
 def int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
     """A parser of integer values in ``[lo, hi]`` (``what`` names them in the refusal)."""
+
     def parse(v: str) -> int:
         x = int(v)
         if not lo <= x <= hi:
             raise ValueError(f"{what} {v!r} is not in {lo}..{hi}")
         return x
+
     return parse
 
 
@@ -84,15 +103,18 @@ def as_kernel_input(x: torch.Tensor, keep_channels_last: bool = False) -> torch.
         return x if keep_channels_last and samples_channels_last(x) else x.contiguous()
     return as_float_nchw(x)
 
+
 SPEC_TYPES: dict[str, type] = {}
 
 
 def register(kind: str):
     """Class decorator: registers a spec under ``kind`` (its ``to_dict()`` type tag)."""
+
     def deco(cls):
         cls.kind = kind
         SPEC_TYPES[kind] = cls
         return cls
+
     return deco
 
 
@@ -153,6 +175,7 @@ class Confounder:
     @classmethod
     def from_dict(cls, d: dict) -> "Confounder":
         return spec_from_dict(d)
+
 
 @functools.lru_cache(maxsize=256)
 def constant(values: tuple, batch: int, device: str, dtype: torch.dtype) -> torch.Tensor:

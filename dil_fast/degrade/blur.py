@@ -1,5 +1,6 @@
 """Blur confounders: Gaussian blur (the paper's deblurring levels; isotropic runs separable) and
 Real-ESRGAN's random-kernel blur (Gaussian / generalized / plateau families, sinc)."""
+
 from __future__ import annotations
 
 import math
@@ -85,7 +86,6 @@ class GaussianBlur(Confounder):
         return blur2d(x, self.kernels_2d(ctx), backend=backend)
 
 
-
 @register("random_kernel_blur")
 @dataclass(frozen=True)
 class RandomKernelBlur(Confounder):
@@ -123,9 +123,12 @@ class RandomKernelBlur(Confounder):
         bp = spread(u[:, 5], self.beta_p).double()
         zero = torch.zeros_like(theta)
         fams = [
-            bk.gaussian_2d(sx, sx, zero, T), bk.gaussian_2d(sx, sy, theta, T),
-            bk.generalized_gaussian_2d(sx, sx, zero, bg, T), bk.generalized_gaussian_2d(sx, sy, theta, bg, T),
-            bk.plateau_2d(sx, sx, zero, bp, T), bk.plateau_2d(sx, sy, theta, bp, T),
+            bk.gaussian_2d(sx, sx, zero, T),
+            bk.gaussian_2d(sx, sy, theta, T),
+            bk.generalized_gaussian_2d(sx, sx, zero, bg, T),
+            bk.generalized_gaussian_2d(sx, sy, theta, bg, T),
+            bk.plateau_2d(sx, sx, zero, bp, T),
+            bk.plateau_2d(sx, sy, theta, bp, T),
         ]
         cum = torch.tensor(np.cumsum(self.family_probs) / np.sum(self.family_probs))
         fam = torch.searchsorted(cum, u[:, 6].contiguous(), right=True).clamp_max(len(fams) - 1)
@@ -137,7 +140,7 @@ class RandomKernelBlur(Confounder):
         kern = torch.where(use_sinc[:, None, None], sinc, kern)
         # cut each kernel to its own size (centred), renormalise
         r = torch.arange(T, dtype=torch.float64) - T // 2
-        inside = (r.abs()[None, :] <= (size[:, None] // 2))
+        inside = r.abs()[None, :] <= (size[:, None] // 2)
         kern = kern.double() * (inside[:, :, None] & inside[:, None, :])
         kern = kern / kern.sum(dim=(1, 2), keepdim=True)
         apply = ctx.sample_uniform(10)[:, 9] < self.prob
@@ -162,5 +165,9 @@ def _fused_blur(clean, specs, ctxs, *, seed, step, sample_offset, out_dtype, bac
     return blur_separable(as_kernel_input(clean), weights, out_dtype=out_dtype, backend=backend)
 
 
-register_family("blur", lambda v: GaussianBlur(non_negative(v)), axis="Gaussian blur sigma",
-                fused=Fused("blur_separable", _fusable, _fused_blur))
+register_family(
+    "blur",
+    lambda v: GaussianBlur(non_negative(v)),
+    axis="Gaussian blur sigma",
+    fused=Fused("blur_separable", _fusable, _fused_blur),
+)

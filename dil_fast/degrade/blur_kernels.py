@@ -1,6 +1,7 @@
 """Per-sample blur kernels (float32, normalised to sum 1): Gaussian (isotropic, anisotropic),
 generalized and plateau Gaussian, circular sinc (low-pass), motion lines. Shapes ``[B, T, T]`` or
 ``[B, T]`` (1-D); T odd. Grids are pixel offsets from the centre."""
+
 from __future__ import annotations
 
 import math
@@ -77,10 +78,3 @@ def delta_2d(B: int, T: int, device=None) -> torch.Tensor:
     k = torch.zeros(B, T, T, device=device)
     k[:, T // 2, T // 2] = 1.0
     return k
-
-
-def embed(kern: torch.Tensor, T: int) -> torch.Tensor:
-    """Centre ``[B, t, t]`` kernels in ``[B, T, T]`` (T >= t, both odd)."""
-    t = kern.shape[-1]
-    p = (T - t) // 2
-    return torch.nn.functional.pad(kern, (p, p, p, p))

@@ -1,4 +1,5 @@
 """Composite confounders: stages in sequence (Compose) and one of several per batch (Choice)."""
+
 from __future__ import annotations
 
 import dataclasses

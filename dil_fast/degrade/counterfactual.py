@@ -1,4 +1,5 @@
 """The counterfactual batch builder: one clean batch (or K) -> K distorted batches."""
+
 from __future__ import annotations
 
 import torch
@@ -27,9 +28,17 @@ def confounder_ops(confounders) -> tuple[str, ...]:
     return tuple(dict.fromkeys(op for c in confounders for op in c.ops()))
 
 
-def counterfactual(clean: torch.Tensor, confounders: list[Confounder], *, seed: int, step: int, mode: str = "shared",
-                   sample_offset: int = 0, out_dtype: torch.dtype = torch.float32,
-                   backend: str | None = None) -> torch.Tensor:
+def counterfactual(
+    clean: torch.Tensor,
+    confounders: list[Confounder],
+    *,
+    seed: int,
+    step: int,
+    mode: str = "shared",
+    sample_offset: int = 0,
+    out_dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+) -> torch.Tensor:
     """K distorted versions of clean images -> ``[K, B, C, H', W']`` float on [0, 1].
 
     clean: ``[B, C, H, W]`` (``mode='shared'``: every confounder sees the same batch, the paper's
@@ -54,13 +63,23 @@ def counterfactual(clean: torch.Tensor, confounders: list[Confounder], *, seed: 
         raise ValueError(f"mode={mode!r} takes clean images {shape}, got {tuple(clean.shape)}")
     B = clean.shape[-4]
     device = clean.device
-    ctxs = [Ctx(seed=int(seed), step=int(step), k=k, sample_offset=int(sample_offset), batch=B, device=device)
-            for k in range(K)]
+    ctxs = [
+        Ctx(seed=int(seed), step=int(step), k=k, sample_offset=int(sample_offset), batch=B, device=device)
+        for k in range(K)
+    ]
 
     fused = _fused(confounders)
     if fused is not None:
-        return fused.run(clean, confounders, ctxs, seed=seed, step=step, sample_offset=sample_offset,
-                         out_dtype=out_dtype, backend=backend)
+        return fused.run(
+            clean,
+            confounders,
+            ctxs,
+            seed=seed,
+            step=step,
+            sample_offset=sample_offset,
+            out_dtype=out_dtype,
+            backend=backend,
+        )
 
     x = as_float_nchw(clean)
     outs = []

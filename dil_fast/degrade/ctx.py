@@ -1,5 +1,6 @@
 """Where a spec's random numbers come from: a :class:`Ctx` names (seed, step, confounder k, global
 sample offset, stage) and draws from the Philox counter scheme of :mod:`dil_fast.rng`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -42,8 +43,9 @@ class Ctx:
     def sample_uniform(self, n: int) -> torch.Tensor:
         """``[B, n]`` uniforms in (0, 1), a function of each sample's global index only (on the CPU:
         parameters are a few numbers per sample; ``ops._common.to_device`` moves them without a sync)."""
-        return rng.philox_uniform(n, self.sample_index(), seed=self.seed, step=self.step, k=self.k,
-                                      stream=self.stream(SAMPLE_PARAMS))
+        return rng.philox_uniform(
+            n, self.sample_index(), seed=self.seed, step=self.step, k=self.k, stream=self.stream(SAMPLE_PARAMS)
+        )
 
     def batch_uniform(self, n: int) -> list[float]:
         """``n`` uniforms shared by the whole batch (per-batch choices such as a resize scale)."""
@@ -53,13 +55,15 @@ class Ctx:
 
     def field_uniform(self, n: int) -> torch.Tensor:
         """``[B, n]`` uniforms of the auxiliary pixel field (rain drops, Poisson inversion)."""
-        return rng.philox_uniform(n, self.sample_index(self.device), seed=self.seed, step=self.step, k=self.k,
-                                      stream=self.stream(AUX_FIELD))
+        return rng.philox_uniform(
+            n, self.sample_index(self.device), seed=self.seed, step=self.step, k=self.k, stream=self.stream(AUX_FIELD)
+        )
 
     def field_normal(self, n: int) -> torch.Tensor:
         """``[B, n]`` normals of the pixel field (the stream the noise kernel uses)."""
-        return rng.philox_normal(n, self.sample_index(self.device), seed=self.seed, step=self.step, k=self.k,
-                                     stream=self.stream(FIELD))
+        return rng.philox_normal(
+            n, self.sample_index(self.device), seed=self.seed, step=self.step, k=self.k, stream=self.stream(FIELD)
+        )
 
 
 def spread(u: torch.Tensor, value) -> torch.Tensor:

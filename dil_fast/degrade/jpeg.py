@@ -1,4 +1,5 @@
 """The JPEG confounder (baseline libjpeg quality scaling)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ class JPEG(Confounder):
             return torch.full((ctx.batch,), int(self.quality), dtype=torch.int64)
         u = ctx.sample_uniform(1)[:, 0]
         lo, hi = int(self.quality[0]), int(self.quality[1])
-        return lo + torch.floor(u.double() * (hi - lo + 1)).long().clamp_max(hi - lo)  # stays on the host: ops.jpeg builds its tables there
+        return lo + torch.floor(u.double() * (hi - lo + 1)).long().clamp_max(
+            hi - lo
+        )  # stays on the host: ops.jpeg builds its tables there
 
     def ops(self):
         return ("jpeg",)

@@ -1,5 +1,6 @@
 """Noise confounders: additive Gaussian (the paper's denoising levels), Poisson shot noise, and
 Real-ESRGAN's random Gaussian-or-Poisson stage."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,9 +69,19 @@ class GaussianNoise(Confounder):
         if self.reference_numpy:
             return self._apply_numpy(x, self.params(ctx, torch.float64)[0], ctx)
         sigma, gray = self.params(ctx)
-        return gaussian_noise(x, sigma[None], seed=ctx.seed, step=ctx.step, k_base=ctx.k,
-                                  sample_offset=ctx.sample_offset, stream=ctx.stream(FIELD), clip=self.clip,
-                                  round8=self.round8, gray=None if gray is None else gray[None], backend=backend)[0]
+        return gaussian_noise(
+            x,
+            sigma[None],
+            seed=ctx.seed,
+            step=ctx.step,
+            k_base=ctx.k,
+            sample_offset=ctx.sample_offset,
+            stream=ctx.stream(FIELD),
+            clip=self.clip,
+            round8=self.round8,
+            gray=None if gray is None else gray[None],
+            backend=backend,
+        )[0]
 
     def ops(self):
         return () if self.reference_numpy else ("noise",)
@@ -79,7 +90,9 @@ class GaussianNoise(Confounder):
         imgs = x.detach().cpu().float().numpy()
         out = np.empty_like(imgs)
         for b in range(imgs.shape[0]):
-            rng = np.random.default_rng([ctx.seed & 0xFFFFFFFFFFFFFFFF, ctx.step, ctx.k, ctx.sample_offset + b, ctx.stage])
+            rng = np.random.default_rng(
+                [ctx.seed & 0xFFFFFFFFFFFFFFFF, ctx.step, ctx.k, ctx.sample_offset + b, ctx.stage]
+            )
             noisy = imgs[b].astype(np.float64) + rng.standard_normal(imgs[b].shape) * float(sigma[b])
             out[b] = np.clip(noisy, 0.0, 1.0) if self.clip else noisy
         return torch.from_numpy(out).to(x.device)
@@ -112,8 +125,16 @@ class PoissonNoise(Confounder):
         u = ctx.sample_uniform(2)
         scale = to_device(spread(u[:, 0], self.scale).float(), x.device)
         gray = to_device(u[:, 1] < self.gray_prob, x.device)
-        return poisson_noise(x, scale, gray, ctx.field_uniform(C * H * W), ctx.field_normal(C * H * W),
-                             levels=self.levels, clip=self.clip, backend=backend)
+        return poisson_noise(
+            x,
+            scale,
+            gray,
+            ctx.field_uniform(C * H * W),
+            ctx.field_normal(C * H * W),
+            levels=self.levels,
+            clip=self.clip,
+            backend=backend,
+        )
 
     def ops(self):
         return ("poisson",)
@@ -149,18 +170,39 @@ def _fusable(specs) -> bool:
     """K Gaussian noises the fused kernel serves: drawn in dil_fast's way, no gray fields, one
     clip/round8 setting."""
     s0 = specs[0]
-    return all(isinstance(s, GaussianNoise) and not s.reference_numpy and s.gray_prob == 0
-               and s.clip == s0.clip and s.round8 == s0.round8 for s in specs)
+    return all(
+        isinstance(s, GaussianNoise)
+        and not s.reference_numpy
+        and s.gray_prob == 0
+        and s.clip == s0.clip
+        and s.round8 == s0.round8
+        for s in specs
+    )
 
 
 def _fused_noise(clean, specs, ctxs, *, seed, step, sample_offset, out_dtype, backend):
     """One launch for the K noise levels, reading the clean batch once (channels-last kept)."""
     sigma = torch.stack([c.params(ctx)[0] for c, ctx in zip(specs, ctxs)])
-    return gaussian_noise(as_kernel_input(clean, keep_channels_last=True), sigma, seed=seed, step=step, k_base=0,
-                          sample_offset=sample_offset, stream=ctxs[0].stream(FIELD), clip=specs[0].clip,
-                          round8=specs[0].round8, out_dtype=out_dtype, backend=backend)
+    return gaussian_noise(
+        as_kernel_input(clean, keep_channels_last=True),
+        sigma,
+        seed=seed,
+        step=step,
+        k_base=0,
+        sample_offset=sample_offset,
+        stream=ctxs[0].stream(FIELD),
+        clip=specs[0].clip,
+        round8=specs[0].round8,
+        out_dtype=out_dtype,
+        backend=backend,
+    )
 
 
-register_family("noise", lambda v: GaussianNoise(non_negative(v)), axis="Gaussian noise sigma (0..255)",
-                aliases=("gaussian",), fused=Fused("noise", _fusable, _fused_noise))
+register_family(
+    "noise",
+    lambda v: GaussianNoise(non_negative(v)),
+    axis="Gaussian noise sigma (0..255)",
+    aliases=("gaussian",),
+    fused=Fused("noise", _fusable, _fused_noise),
+)
 register_family("poisson", lambda v: PoissonNoise(non_negative(v)), axis="Poisson noise scale")

@@ -1,5 +1,6 @@
 """The degradation stage of the training loop: one meta-iteration's clean batches -> the K
 (distorted, clean) pairs the DIL algorithms consume."""
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,9 @@ class CounterfactualPairs:
     distortions do not depend on the number of ranks.
     """
 
-    def __init__(self, confounders, *, seed: int, rank: int = 0, pairing: str = "independent",
-                 backend: str | None = None):
+    def __init__(
+        self, confounders, *, seed: int, rank: int = 0, pairing: str = "independent", backend: str | None = None
+    ):
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be 'independent' or 'shared', got {pairing!r}")
         self.confounders: list[Confounder] = list(confounders)
@@ -44,9 +46,23 @@ class CounterfactualPairs:
         offset = self.rank * clean.shape[1]
         if self.pairing == "shared":
             clean = clean[0]
-            noisy = counterfactual(clean, self.confounders, seed=self.seed, step=step, mode="shared",
-                                   sample_offset=offset, backend=self.backend)
+            noisy = counterfactual(
+                clean,
+                self.confounders,
+                seed=self.seed,
+                step=step,
+                mode="shared",
+                sample_offset=offset,
+                backend=self.backend,
+            )
             return [(noisy[k], clean) for k in range(self.num_confounders)]
-        noisy = counterfactual(clean, self.confounders, seed=self.seed, step=step, mode="independent",
-                               sample_offset=offset, backend=self.backend)
+        noisy = counterfactual(
+            clean,
+            self.confounders,
+            seed=self.seed,
+            step=step,
+            mode="independent",
+            sample_offset=offset,
+            backend=self.backend,
+        )
         return [(noisy[k], clean[k].to(noisy.dtype)) for k in range(self.num_confounders)]

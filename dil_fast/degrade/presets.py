@@ -1,4 +1,5 @@
 """Confounder sets and presets of the paper's tasks, and the CLI parser for confounder lists."""
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,8 @@ __all__ = [
     "parse_confounders",
 ]
 
-# The paper's confounder levels (docs/released-trainer.md, 'Confounder sets'): noise sigma on the 0..255 scale, blur sigma.
+# The paper's confounder levels (docs/released-trainer.md, 'Confounder sets'): noise sigma on the 0..255 scale,
+# blur sigma.
 PAPER_DENOISE_TRAIN = (5, 10, 15, 20)
 PAPER_DENOISE_UNSEEN = (30, 40, 50)
 PAPER_DEBLUR_TRAIN = (1, 2, 3, 4)
@@ -87,20 +89,25 @@ def hybrid(level: str = "severe", kernel_size: int = 21) -> Compose:
     if level not in HYBRID_LEVELS:
         raise ValueError(f"hybrid level must be one of {', '.join(HYBRID_LEVELS)}, got {level!r}")
     p = HYBRID_LEVELS[level]
-    return Compose((GaussianBlur(p["blur"], kernel_size=kernel_size), GaussianNoise(p["noise"]), JPEG(p["quality"])),
-                   label=f"hybrid-{level}")
+    return Compose(
+        (GaussianBlur(p["blur"], kernel_size=kernel_size), GaussianNoise(p["noise"]), JPEG(p["quality"])),
+        label=f"hybrid-{level}",
+    )
 
 
 def realesrgan_first_order(scale: int = 4) -> Compose:
     """Real-ESRGAN's first degradation (its default training ranges): random kernel blur, random
     resize, Gaussian/Poisson noise, JPEG 30..95, then a bicubic resize to 1/scale of the input."""
-    return Compose((
-        RandomKernelBlur(),
-        RandomResize(),
-        RandomNoise(),
-        JPEG((30, 95)),
-        Resize(scale=1.0 / scale, mode="bicubic", relative_to="original"),
-    ), label=f"realesrgan1-x{scale}")
+    return Compose(
+        (
+            RandomKernelBlur(),
+            RandomResize(),
+            RandomNoise(),
+            JPEG((30, 95)),
+            Resize(scale=1.0 / scale, mode="bicubic", relative_to="original"),
+        ),
+        label=f"realesrgan1-x{scale}",
+    )
 
 
 def realesrgan_second_order(scale: int = 4) -> Compose:
@@ -110,16 +117,19 @@ def realesrgan_second_order(scale: int = 4) -> Compose:
     final_resize = Resize(scale=1.0 / scale, mode="bicubic", relative_to="original")
     final_sinc = RandomKernelBlur(sinc_only=True, prob=0.8)
     jpeg = JPEG((30, 95))
-    return Compose((
-        RandomKernelBlur(),
-        RandomResize(),
-        RandomNoise(),
-        JPEG((30, 95)),
-        RandomKernelBlur(sigma=(0.2, 1.5), prob=0.8),
-        RandomResize(probs=(0.3, 0.4, 0.3), up=(1.0, 1.2), down=(0.3, 1.0)),
-        RandomNoise(sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5)),
-        Choice((Compose((final_resize, final_sinc, jpeg)), Compose((jpeg, final_resize, final_sinc)))),
-    ), label=f"realesrgan2-x{scale}")
+    return Compose(
+        (
+            RandomKernelBlur(),
+            RandomResize(),
+            RandomNoise(),
+            JPEG((30, 95)),
+            RandomKernelBlur(sigma=(0.2, 1.5), prob=0.8),
+            RandomResize(probs=(0.3, 0.4, 0.3), up=(1.0, 1.2), down=(0.3, 1.0)),
+            RandomNoise(sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5)),
+            Choice((Compose((final_resize, final_sinc, jpeg)), Compose((jpeg, final_resize, final_sinc)))),
+        ),
+        label=f"realesrgan2-x{scale}",
+    )
 
 
 def rain(level: str = "medium") -> Rain:
@@ -141,10 +151,12 @@ def realsr_confounders(order: int = 1, scale: int = 4) -> list[Compose]:
         stages = [RandomKernelBlur(**t["blur"]), RandomResize(), RandomNoise(**noise), JPEG((30, 95))]
         if order == 2:
             jpeg, sinc = JPEG((30, 95)), RandomKernelBlur(sinc_only=True, prob=0.8)
-            stages += [RandomKernelBlur(sigma=(0.2, 1.5), prob=0.8, **t["blur"]),
-                       RandomResize(probs=(0.3, 0.4, 0.3), up=(1.0, 1.2), down=(0.3, 1.0)),
-                       RandomNoise(sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5), **noise),
-                       Choice((Compose((final, sinc, jpeg)), Compose((jpeg, final, sinc))))]
+            stages += [
+                RandomKernelBlur(sigma=(0.2, 1.5), prob=0.8, **t["blur"]),
+                RandomResize(probs=(0.3, 0.4, 0.3), up=(1.0, 1.2), down=(0.3, 1.0)),
+                RandomNoise(sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5), **noise),
+                Choice((Compose((final, sinc, jpeg)), Compose((jpeg, final, sinc)))),
+            ]
         else:
             stages.append(final)
         out.append(Compose(tuple(stages), label=f"realsr{order}-{name}-x{scale}"))
@@ -174,8 +186,12 @@ def _scale(v: str) -> float:
 
 
 def _realesrgan(v: str) -> Compose:
-    orders = {"1": realesrgan_first_order, "first": realesrgan_first_order,
-              "2": realesrgan_second_order, "second": realesrgan_second_order}
+    orders = {
+        "1": realesrgan_first_order,
+        "first": realesrgan_first_order,
+        "2": realesrgan_second_order,
+        "second": realesrgan_second_order,
+    }
     if v.lower() not in orders:
         raise ValueError(f"unknown variant {v!r} (1, first, 2 or second)")
     return orders[v.lower()]()
@@ -199,7 +215,8 @@ def parse_confounders(spec: str) -> list[Confounder]:
     """'noise:5,10,15,20' | 'blur:1,2,3,4' | '5,10,15,20' (bare numbers: Gaussian noise levels) |
     'jpeg:10,30' | 'poisson:1,2' | 'hybrid:mild,severe,severe-low' | 'rain:light,heavy' |
     'bicubic:4' | 'realesrgan:first,second' | 'realsr:1' (the four realsr confounders; 'realsr:2'
-    second order) | 'isp:raw,linear,srgb,jpeg' (camera-pipeline noise by stage; 'isp:mixed'); groups may be joined with ';' ('noise:15;blur:2'). Raises ValueError with a
+    second order) | 'isp:raw,linear,srgb,jpeg' (camera-pipeline noise by stage; 'isp:mixed'); groups may be joined
+    with ';' ('noise:15;blur:2'). Raises ValueError with a
     one-line message."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError("empty confounder list; expected e.g. 'noise:5,10,15,20' or 'blur:1,2,3,4'")
@@ -211,8 +228,10 @@ def parse_confounders(spec: str) -> list[Confounder]:
             family, values = "noise", group
         family = family.strip().lower()
         if family not in FAMILIES:
-            raise ValueError(f"unknown confounder family {family!r} in {spec!r}; use one of "
-                             f"{', '.join(FAMILIES.names(aliases=True))}")
+            raise ValueError(
+                f"unknown confounder family {family!r} in {spec!r}; use one of "
+                f"{', '.join(FAMILIES.names(aliases=True))}"
+            )
         items = [v.strip() for v in values.split(",")]
         if not values.strip() or any(not v for v in items):
             raise ValueError(f"confounder group {group!r} in {spec!r} has an empty value")

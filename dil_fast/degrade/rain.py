@@ -1,4 +1,5 @@
 """The synthetic rain confounder (streaks: drops smeared along per-sample motion lines)."""
+
 from __future__ import annotations
 
 import math
@@ -49,5 +50,12 @@ class Rain(Confounder):
         lmax = max(self.length) if is_range(self.length) else self.length
         T = 2 * int(math.ceil(lmax / 2)) + 1
         kernels = to_device(bk.motion_line_2d(length, angle, T), x.device)
-        return add_rain(x, ctx.field_uniform(2 * H * W), density, kernels, to_device(length.float(), x.device),
-                        intensity, backend=backend)
+        return add_rain(
+            x,
+            ctx.field_uniform(2 * H * W),
+            density,
+            kernels,
+            to_device(length.float(), x.device),
+            intensity,
+            backend=backend,
+        )

@@ -23,6 +23,7 @@ its docstrings: :mod:`dil_fast.ops.reference.isp`.
   gammas around sRGB's 2.2, standing in for CBDNet's 201 measured response curves (DoRF,
   Grossberg and Nayar), which are data this package does not carry.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,8 +76,9 @@ class CameraNoise(Confounder):
             raise ValueError(f"CameraNoise needs RGB images [B, 3, H, W], got {tuple(x.shape)}")
         _, _, H, W = x.shape
         u = ctx.sample_uniform(3)
-        gamma, sigma_s, sigma_c = (to_device(spread(u[:, i], v).float(), x.device)
-                                   for i, v in enumerate((self.gamma, self.shot, self.read)))
+        gamma, sigma_s, sigma_c = (
+            to_device(spread(u[:, i], v).float(), x.device) for i, v in enumerate((self.gamma, self.shot, self.read))
+        )
         # the qualities come from a child stream so they do not reuse the uniforms drawn above
         quality = JPEG(self.jpeg_quality).qualities(ctx.child(0)) if stage_has_jpeg(self.stage) else None
         normal = ctx.field_normal(normal_count(self.stage, H, W))

@@ -1,5 +1,6 @@
 """Resize confounders: a fixed resize (the final x1/s of a super-resolution degradation) and
 Real-ESRGAN's random resize."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,8 +76,13 @@ class RandomResize(Confounder):
         u0, u1, u2 = ctx.batch_uniform(3)
         cum = np.cumsum(self.probs) / np.sum(self.probs)
         which = int(np.searchsorted(cum, u0, side="right"))
-        scale = (self.up[0] + (self.up[1] - self.up[0]) * u1 if which == 0
-                 else self.down[0] + (self.down[1] - self.down[0]) * u1 if which == 1 else 1.0)
+        scale = (
+            self.up[0] + (self.up[1] - self.up[0]) * u1
+            if which == 0
+            else self.down[0] + (self.down[1] - self.down[0]) * u1
+            if which == 1
+            else 1.0
+        )
         mode = self.modes[min(int(u2 * len(self.modes)), len(self.modes) - 1)]
         H, W = x.shape[2:]
         size = (max(1, int(H * scale)), max(1, int(W * scale)))

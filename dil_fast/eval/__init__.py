@@ -77,6 +77,7 @@ is unseeded); the mean SSIM is correct (the release's is always 0); restored ima
 PNG; the network is whatever the checkpoint holds (``--arch``/``--arch_kwargs``/``--nf --nb --gc``
 override), on any device.
 """
+
 from .checkpoint import EvalCheckpoint, load_checkpoint, parse_ckpt_arg
 from .cli import add_eval_parser, run_eval
 from .levels import EvalLevel, as_level, noise_level, parse_levels, parse_sweep, training_range
@@ -88,11 +89,34 @@ from .synthesis import add_noise, degrade_image, mod_crop, noise_rng
 from .testsets import is_paired_testset, load_paired_folder, load_paired_images, load_test_images, output_names
 
 __all__ = [
-    "evaluate", "evaluate_model", "iter_evaluate", "iter_evaluate_pairs", "ImageResult", "restore_tensor", "score",
-    "EvalLevel", "as_level", "noise_level", "parse_levels", "parse_sweep", "training_range",
-    "noise_rng", "add_noise", "degrade_image", "mod_crop",
-    "load_test_images", "load_paired_images", "load_paired_folder", "is_paired_testset", "output_names",
-    "EvalCheckpoint", "load_checkpoint", "parse_ckpt_arg",
-    "format_log", "PLOT_SIZE", "plot_generalization",
-    "add_eval_parser", "run_eval",
+    "evaluate",
+    "evaluate_model",
+    "iter_evaluate",
+    "iter_evaluate_pairs",
+    "ImageResult",
+    "restore_tensor",
+    "score",
+    "EvalLevel",
+    "as_level",
+    "noise_level",
+    "parse_levels",
+    "parse_sweep",
+    "training_range",
+    "noise_rng",
+    "add_noise",
+    "degrade_image",
+    "mod_crop",
+    "load_test_images",
+    "load_paired_images",
+    "load_paired_folder",
+    "is_paired_testset",
+    "output_names",
+    "EvalCheckpoint",
+    "load_checkpoint",
+    "parse_ckpt_arg",
+    "format_log",
+    "PLOT_SIZE",
+    "plot_generalization",
+    "add_eval_parser",
+    "run_eval",
 ]

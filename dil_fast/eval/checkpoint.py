@@ -1,6 +1,7 @@
 """Checkpoints to evaluate: ``path`` or ``label=path``, any layout
 :func:`dil_fast.models.registry.model_from_checkpoint` reads, with the training state's config
 kept (a sweep reads its training range from it)."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def parse_ckpt_arg(text: str) -> tuple[str, str]:
     return os.path.splitext(os.path.basename(text))[0] or text, text
 
 
-def load_checkpoint(label: str, path: str, *, arch: str | None = None, arch_kwargs: dict | None = None,
-                    key: str = "model_meta") -> EvalCheckpoint:
+def load_checkpoint(
+    label: str, path: str, *, arch: str | None = None, arch_kwargs: dict | None = None, key: str = "model_meta"
+) -> EvalCheckpoint:
     """Load ``path`` and build its ``key`` network (``arch``/``arch_kwargs`` override what the
     checkpoint says); :class:`CheckpointError` (one line naming the file) when it cannot."""
     ckpt = load_file(path)

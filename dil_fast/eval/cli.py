@@ -2,6 +2,7 @@
 released ``--level``, at a task's or a confounder list's levels, on a paired folder, or across a
 sweep with a plot. The flags, the outputs and the errors are in :mod:`dil_fast.eval`'s docstring.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -118,8 +119,10 @@ def _levels(args, task, paired_folder: bool) -> list[EvalLevel] | None:
     if paired_folder:
         given = [f"--{m}" for m in ("level", "confounders", "sweep") if getattr(args, m) is not None]
         if given:
-            raise FlagError(f"--testset {args.testset} is a paired folder (GT/ and LQ/): its LQ images are the "
-                            f"inputs, drop {given[0]}")
+            raise FlagError(
+                f"--testset {args.testset} is a paired folder (GT/ and LQ/): its LQ images are the "
+                f"inputs, drop {given[0]}"
+            )
         return None
     if args.sweep is not None:
         return parse_sweep(args.sweep)
@@ -164,8 +167,11 @@ def _load_checkpoints(args, task) -> tuple[list[EvalCheckpoint], int]:
             raise CheckpointError(f"{ck.path}: holds a x{own} {ck.arch} network; {why} evaluates x{wanted}")
         scales[ck.label] = wanted or own
     if len(set(scales.values())) > 1:
-        raise CheckpointError("--ckpt: the checkpoints have different scales ("
-                              + ", ".join(f"{k} x{v}" for k, v in scales.items()) + "); evaluate them separately")
+        raise CheckpointError(
+            "--ckpt: the checkpoints have different scales ("
+            + ", ".join(f"{k} x{v}" for k, v in scales.items())
+            + "); evaluate them separately"
+        )
     return ckpts, next(iter(scales.values()))
 
 
@@ -177,8 +183,10 @@ def _check_sizes(args, images, levels, scale: int, crop_border: int) -> None:
         if h < scale or w < scale:
             raise InputError(f"{name}: {img.shape[0]}x{img.shape[1]} is smaller than the scale {scale}")
         if h - 2 * crop_border < SSIM_WINDOW or w - 2 * crop_border < SSIM_WINDOW:
-            raise InputError(f"{name}: {h}x{w} less --crop_border {crop_border} on each side is smaller than "
-                             f"SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window")
+            raise InputError(
+                f"{name}: {h}x{w} less --crop_border {crop_border} on each side is smaller than "
+                f"SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window"
+            )
         for level in levels or ():
             try:
                 needs_final_resize(level, scale, h, w)
@@ -243,8 +251,23 @@ def _plan(args) -> _Plan:
         if train_range is not None:
             print(f"training range: {train_range[0]:g}..{train_range[1]:g} ({source})")
     paired_name = os.path.basename(os.path.abspath(paired_level)) if paired_level else ""
-    return _Plan(ckpts, levels, images, paired_name, scale, args.seed, y, crop_border, device, sweep, write_images,
-                 args.save_inputs, out_names, plot_size, train_range)
+    return _Plan(
+        ckpts,
+        levels,
+        images,
+        paired_name,
+        scale,
+        args.seed,
+        y,
+        crop_border,
+        device,
+        sweep,
+        write_images,
+        args.save_inputs,
+        out_names,
+        plot_size,
+        train_range,
+    )
 
 
 def _sweep_train_range(ckpts: list[EvalCheckpoint], family: str) -> tuple[tuple[float, float] | None, str]:
@@ -255,8 +278,11 @@ def _sweep_train_range(ckpts: list[EvalCheckpoint], family: str) -> tuple[tuple[
     if not found:
         return None, ""
     if len({r for _, r in found}) > 1:
-        print("note: the training ranges differ (" + ", ".join(f"{label} {r[0]:g}..{r[1]:g}" for label, r in found)
-              + f"); the plot shades {found[0][0]}'s")
+        print(
+            "note: the training ranges differ ("
+            + ", ".join(f"{label} {r[0]:g}..{r[1]:g}" for label, r in found)
+            + f"); the plot shades {found[0][0]}'s"
+        )
     return found[0][1], f"{found[0][0]}'s training state"
 
 
@@ -270,12 +296,21 @@ def _run(plan: _Plan, out: StagedFolder) -> list[_Section]:
         for level in levels:
             if level is None:
                 confounder, level_text, value = "paired", plan.paired_level, None
-                results = iter_evaluate_pairs(model, plan.images, device=plan.device, y=plan.y,
-                                              crop_border=plan.crop_border, scale=plan.scale)
+                results = iter_evaluate_pairs(
+                    model, plan.images, device=plan.device, y=plan.y, crop_border=plan.crop_border, scale=plan.scale
+                )
             else:
                 confounder, level_text, value = level.family, level.level, level.value
-                results = iter_evaluate(model, plan.images, level, seed=plan.seed, device=plan.device, y=plan.y,
-                                        crop_border=plan.crop_border, scale=plan.scale)
+                results = iter_evaluate(
+                    model,
+                    plan.images,
+                    level,
+                    seed=plan.seed,
+                    device=plan.device,
+                    y=plan.y,
+                    crop_border=plan.crop_border,
+                    scale=plan.scale,
+                )
             title = (f"{ck.label} " if many_ckpts else "") + f"{confounder}:{level_text}"
             folder = os.path.join(ck.label if many_ckpts else "", level.folder if many_levels else "", "")
             if many_ckpts or many_levels:
@@ -298,11 +333,19 @@ def _run(plan: _Plan, out: StagedFolder) -> list[_Section]:
 
 def _plot_sweep(plan: _Plan, sections: list[_Section], path: str) -> None:
     family = plan.levels[0].family
-    series = {ck.label: [(s.value, mean_scores(s.scores)[0]) for s in sections if s.label == ck.label]
-              for ck in plan.ckpts}
+    series = {
+        ck.label: [(s.value, mean_scores(s.scores)[0]) for s in sections if s.label == ck.label] for ck in plan.ckpts
+    }
     n = len(plan.images)
-    plot_generalization(path, series, plan.train_range, f"PSNR against {family} level ({n} test images)",
-                        NUMERIC_FAMILIES[family], size=plan.plot_size, dashed=())
+    plot_generalization(
+        path,
+        series,
+        plan.train_range,
+        f"PSNR against {family} level ({n} test images)",
+        NUMERIC_FAMILIES[family],
+        size=plan.plot_size,
+        dashed=(),
+    )
 
 
 def run_eval(args) -> int:
@@ -311,8 +354,9 @@ def run_eval(args) -> int:
         try:
             sections = _run(plan, out)
         except torch.cuda.OutOfMemoryError:
-            raise InputError(f"--testset {args.testset}: an image does not fit in {plan.device} memory; "
-                             "try --device cpu") from None
+            raise InputError(
+                f"--testset {args.testset}: an image does not fit in {plan.device} memory; try --device cpu"
+            ) from None
         out.write_bytes(RESULTS, results_csv([s.row() for s in sections]))
         if plan.sweep:
             out.write_bytes(SWEEP_CSV, sweep_csv([s.row() for s in sections]))
@@ -331,42 +375,90 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         "--confounders' levels, or a --sweep), restore it with each --ckpt, write the restored images, "
         "results.csv and log.txt into --save (a sweep: sweep.csv and sweep.png). --lq evaluates a paired folder.",
     )
-    p.add_argument("--ckpt", required=True, nargs="+", metavar="[LABEL=]PATH",
-                   help="checkpoint(s): a training state, model_N.pt, a state_dict, BasicSR/Real-ESRGAN or official "
-                        "SwinIR; labelled by file stem or LABEL=PATH")
-    p.add_argument("--testset", default=".",
-                   help="folder of clean (ground-truth) test images (default: the current folder, as released); "
-                        "'default': the built-in images; a paired folder (GT/ and LQ/) is evaluated on its pairs")
-    p.add_argument("--lq", default=None, metavar="DIR",
-                   help="folder of degraded images matching --testset by file name stem (1/scale of the size for SR)")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        nargs="+",
+        metavar="[LABEL=]PATH",
+        help="checkpoint(s): a training state, model_N.pt, a state_dict, BasicSR/Real-ESRGAN or official "
+        "SwinIR; labelled by file stem or LABEL=PATH",
+    )
+    p.add_argument(
+        "--testset",
+        default=".",
+        help="folder of clean (ground-truth) test images (default: the current folder, as released); "
+        "'default': the built-in images; a paired folder (GT/ and LQ/) is evaluated on its pairs",
+    )
+    p.add_argument(
+        "--lq",
+        default=None,
+        metavar="DIR",
+        help="folder of degraded images matching --testset by file name stem (1/scale of the size for SR)",
+    )
     p.add_argument("--save", required=True, help="output folder (restored images, results.csv, log.txt)")
-    p.add_argument("--task", default=None, choices=list(TASKS),
-                   help=f"one of {tasks}: its eval levels, metric convention (Y, crop border) and scale")
-    p.add_argument("--level", type=float, default=None,
-                   help=f"Gaussian noise sigma on 0..255, the released flag (default {RELEASED_LEVEL:g} when no "
-                        "--task, --confounders, --sweep or --lq is given)")
-    p.add_argument("--confounders", default=None,
-                   help="levels to evaluate at: noise:30,40,50 | blur:4.2,5 | hybrid:mild,moderate,severe | "
-                        "jpeg:10,20,30 | bicubic:4 | ...; groups joined with ';' (default: the task's eval levels)")
-    p.add_argument("--sweep", default=None, metavar="FAMILY:START:STOP:STEP",
-                   help="levels of one numeric family, an inclusive range (noise:5:70:5) or a list (blur:1,2,3); "
-                        "writes sweep.csv and sweep.png (no restored images unless --save_inputs)")
-    p.add_argument("--train_range", default=None, metavar="LO,HI",
-                   help="the sweep plot's shaded training range when no checkpoint's training state gives one")
-    p.add_argument("--plot_size", default=None, metavar="WxH",
-                   help=f"sweep plot size in pixels (default {PLOT_SIZE[0]}x{PLOT_SIZE[1]})")
+    p.add_argument(
+        "--task",
+        default=None,
+        choices=list(TASKS),
+        help=f"one of {tasks}: its eval levels, metric convention (Y, crop border) and scale",
+    )
+    p.add_argument(
+        "--level",
+        type=float,
+        default=None,
+        help=f"Gaussian noise sigma on 0..255, the released flag (default {RELEASED_LEVEL:g} when no "
+        "--task, --confounders, --sweep or --lq is given)",
+    )
+    p.add_argument(
+        "--confounders",
+        default=None,
+        help="levels to evaluate at: noise:30,40,50 | blur:4.2,5 | hybrid:mild,moderate,severe | "
+        "jpeg:10,20,30 | bicubic:4 | ...; groups joined with ';' (default: the task's eval levels)",
+    )
+    p.add_argument(
+        "--sweep",
+        default=None,
+        metavar="FAMILY:START:STOP:STEP",
+        help="levels of one numeric family, an inclusive range (noise:5:70:5) or a list (blur:1,2,3); "
+        "writes sweep.csv and sweep.png (no restored images unless --save_inputs)",
+    )
+    p.add_argument(
+        "--train_range",
+        default=None,
+        metavar="LO,HI",
+        help="the sweep plot's shaded training range when no checkpoint's training state gives one",
+    )
+    p.add_argument(
+        "--plot_size",
+        default=None,
+        metavar="WxH",
+        help=f"sweep plot size in pixels (default {PLOT_SIZE[0]}x{PLOT_SIZE[1]})",
+    )
     p.add_argument("--seed", type=int, default=0, help="degradation seed; image i uses (seed, i) (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    p.add_argument("--y", action=argparse.BooleanOptionalAction, default=None,
-                   help="PSNR/SSIM on the BT.601 Y channel (--no-y: RGB) (default: the task's, else RGB)")
-    p.add_argument("--crop_border", type=int, default=None,
-                   help="pixels removed on each side before the metrics (default: the task's, else 0)")
-    p.add_argument("--scale", type=int, default=None,
-                   help="network output / input size (default: the task's, else the network's)")
-    p.add_argument("--save_inputs", action="store_true",
-                   help="also write input | output | ground truth side by side (NAME_input_output_gt.png)")
-    p.add_argument("--arch", default=None, help="rrdb, rrdb_x4, swinir or package.module:Class (default: from "
-                                                "the checkpoint)")
+    p.add_argument(
+        "--y",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="PSNR/SSIM on the BT.601 Y channel (--no-y: RGB) (default: the task's, else RGB)",
+    )
+    p.add_argument(
+        "--crop_border",
+        type=int,
+        default=None,
+        help="pixels removed on each side before the metrics (default: the task's, else 0)",
+    )
+    p.add_argument(
+        "--scale", type=int, default=None, help="network output / input size (default: the task's, else the network's)"
+    )
+    p.add_argument(
+        "--save_inputs",
+        action="store_true",
+        help="also write input | output | ground truth side by side (NAME_input_output_gt.png)",
+    )
+    p.add_argument(
+        "--arch", default=None, help="rrdb, rrdb_x4, swinir or package.module:Class (default: from the checkpoint)"
+    )
     p.add_argument("--arch_kwargs", default=None, help="JSON keyword arguments of --arch (override the checkpoint's)")
     p.add_argument("--nf", type=int, default=None, help="RRDB width (default: from the checkpoint)")
     p.add_argument("--nb", type=int, default=None, help="number of RRDB blocks (default: from the checkpoint)")

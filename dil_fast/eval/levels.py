@@ -9,18 +9,27 @@ confounders, each a level named by its spec (``realsr1-gaussian-x4``, ...).
 Sweeps (``--sweep``) are levels of one numeric family, given as a list (``noise:10,30,50``) or as
 an inclusive range ``family:start:stop:step`` (``noise:5:70:5`` is 5, 10, ..., 70).
 """
+
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from ..degrade import FAMILIES, Confounder, GaussianNoise, parse_confounders
 from ..errors import FlagError
 
-__all__ = ["EvalLevel", "NUMERIC_FAMILIES", "as_level", "noise_level", "parse_levels", "parse_sweep",
-           "training_range", "format_number"]
+__all__ = [
+    "EvalLevel",
+    "NUMERIC_FAMILIES",
+    "as_level",
+    "noise_level",
+    "parse_levels",
+    "parse_sweep",
+    "training_range",
+    "format_number",
+]
+
 
 class _NumericFamilies(Mapping):
     """The families whose values are numbers (a registered ``axis``), name or alias -> the axis
@@ -83,8 +92,14 @@ class EvalLevel:
         """The sigma of a plain Gaussian noise level (one number, clipped, not rounded): those take
         the released numpy path (:func:`dil_fast.eval.synthesis.add_noise`); None otherwise."""
         s = self.spec
-        if (type(s) is GaussianNoise and not isinstance(s.sigma, (tuple, list)) and s.clip and not s.round8
-                and s.gray_prob == 0 and not s.reference_numpy):
+        if (
+            type(s) is GaussianNoise
+            and not isinstance(s.sigma, (tuple, list))
+            and s.clip
+            and not s.round8
+            and s.gray_prob == 0
+            and not s.reference_numpy
+        ):
             return float(s.sigma)
         return None
 
@@ -110,8 +125,9 @@ def as_level(level) -> EvalLevel:
         if not math.isfinite(level) or level < 0:
             raise ValueError(f"a noise level must be a finite number >= 0, got {level!r}")
         return noise_level(level)
-    raise TypeError(f"a level is a number, a string such as 'blur:5', a confounder spec or an EvalLevel; "
-                    f"got {type(level).__name__}")
+    raise TypeError(
+        f"a level is a number, a string such as 'blur:5', a confounder spec or an EvalLevel; got {type(level).__name__}"
+    )
 
 
 def _groups(text: str):
@@ -171,8 +187,10 @@ def parse_sweep(text: str, flag: str = "--sweep") -> list[EvalLevel]:
     if not sep or ";" in text:
         raise FlagError(f"{flag} {text}: expected one family with its levels, e.g. noise:5:70:5 or blur:1,2,3")
     if family not in NUMERIC_FAMILIES:
-        raise FlagError(f"{flag} {text}: a sweep plots PSNR against a numeric level; {family!r} is not one of "
-                        f"{', '.join(NUMERIC_FAMILIES)} (evaluate named levels with --confounders)")
+        raise FlagError(
+            f"{flag} {text}: a sweep plots PSNR against a numeric level; {family!r} is not one of "
+            f"{', '.join(NUMERIC_FAMILIES)} (evaluate named levels with --confounders)"
+        )
     values = _sweep_values(text, rest, flag) if rest.count(":") == 2 else [v.strip() for v in rest.split(",")]
     return parse_levels(f"{family}:{','.join(values)}", flag=f"{flag} {text}")
 
@@ -196,8 +214,7 @@ def training_range(config: dict | None, family: str) -> tuple[float, float] | No
             levels = parse_levels(str(text), flag="config")
         except FlagError:
             return None
-        values = [lv.value for lv in levels
-                  if _same_family(lv.family) == family and lv.value is not None]
+        values = [lv.value for lv in levels if _same_family(lv.family) == family and lv.value is not None]
     elif family == "noise":
         try:
             values = [float(v) for v in config.get("levels") or ()]

@@ -1,6 +1,7 @@
 """What ``dil-fast eval`` writes: ``log.txt`` (the released line format), ``results.csv``,
 ``sweep.csv``, side-by-side comparison images (labelled panels with gaps, drawn on a matplotlib
 canvas), all staged so the output folder gets a whole run or nothing new."""
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,20 @@ from ..data.images import write_image_rgb
 from ..errors import InputError
 from ..fileio import atomic_write_bytes
 
-__all__ = ["format_log", "format_sections", "mean_scores", "results_csv", "sweep_csv", "side_by_side",
-           "side_by_side_figure", "PANEL_LABELS", "PANEL_GAP", "StagedFolder", "RESULTS_FIELDS", "SWEEP_FIELDS"]
+__all__ = [
+    "format_log",
+    "format_sections",
+    "mean_scores",
+    "results_csv",
+    "sweep_csv",
+    "side_by_side",
+    "side_by_side_figure",
+    "PANEL_LABELS",
+    "PANEL_GAP",
+    "StagedFolder",
+    "RESULTS_FIELDS",
+    "SWEEP_FIELDS",
+]
 
 RESULTS_FIELDS = ("ckpt", "confounder", "level", "image", "psnr", "ssim")
 SWEEP_FIELDS = ("ckpt", "confounder", "level", "psnr", "ssim")
@@ -109,8 +122,14 @@ def side_by_side_figure(degraded: np.ndarray, restored: np.ndarray, clean: np.nd
     for i, (label, img) in enumerate(zip(labels, (degraded, restored, clean))):
         left = i * (column + PANEL_GAP) + (column - w) // 2
         fig.figimage(np.ascontiguousarray(img), xo=left, yo=0, origin="upper")  # offsets from the bottom left
-        fig.text((left + w / 2) / width, 1 - (_LABEL_BAND / 2) / height, label, ha="center", va="center",
-                 fontsize=_LABEL_PX * 72 / fig.dpi)
+        fig.text(
+            (left + w / 2) / width,
+            1 - (_LABEL_BAND / 2) / height,
+            label,
+            ha="center",
+            va="center",
+            fontsize=_LABEL_PX * 72 / fig.dpi,
+        )
         boxes.append((_LABEL_BAND, left, h, w))
     return fig, boxes
 
@@ -184,8 +203,9 @@ class StagedFolder:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.replace(os.path.join(self._staging, relpath), target)
         except OSError as exc:
-            raise InputError(f"{self.flag} {self.folder}: cannot move {relpath} into place "
-                             f"({exc.strerror or exc})") from None
+            raise InputError(
+                f"{self.flag} {self.folder}: cannot move {relpath} into place ({exc.strerror or exc})"
+            ) from None
         shutil.rmtree(self._staging, ignore_errors=True)
         self._staging = None
 

@@ -14,6 +14,7 @@ Each ``*_figure`` function returns a :class:`matplotlib.figure.Figure` of exactl
 :func:`save_figure` writes it as a PNG atomically. matplotlib is a dependency of dil-fast; a
 missing one is a one-line :class:`~dil_fast.errors.DilFastError` saying how to install it.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,20 @@ import numpy as np
 from ..errors import DilFastError, InputError
 from ..fileio import atomic_write_bytes
 
-__all__ = ["PLOT_SIZE", "CURVES_SIZE", "MIN_PSNR_SPAN", "DPI", "new_figure", "render", "save_figure", "write_png",
-           "generalization_figure", "plot_generalization", "curves_figure", "matplotlib_missing"]
+__all__ = [
+    "PLOT_SIZE",
+    "CURVES_SIZE",
+    "MIN_PSNR_SPAN",
+    "DPI",
+    "new_figure",
+    "render",
+    "save_figure",
+    "write_png",
+    "generalization_figure",
+    "plot_generalization",
+    "curves_figure",
+    "matplotlib_missing",
+]
 
 PLOT_SIZE = (960, 600)  # width, height of a sweep's PNG
 CURVES_SIZE = (960, 420)  # one panel of curves.png
@@ -39,8 +52,10 @@ def matplotlib_missing() -> str | None:
         import matplotlib  # noqa: F401
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
     except ImportError as exc:
-        return (f"matplotlib is not installed ({exc}); it draws dil-fast's plots: pip install matplotlib "
-                "(a dependency of dil-fast)")
+        return (
+            f"matplotlib is not installed ({exc}); it draws dil-fast's plots: pip install matplotlib "
+            "(a dependency of dil-fast)"
+        )
     return None
 
 
@@ -146,15 +161,30 @@ def _draw_series(ax, series: dict[str, list[tuple[float, float]]], dashed: tuple
         if not good:
             continue
         xs, vals = zip(*good)
-        ax.plot(xs, vals, ls="--" if grey else "-", color=color, lw=1.8, label=name,
-                marker="o" if markers or len(good) == 1 else None, ms=4)
+        ax.plot(
+            xs,
+            vals,
+            ls="--" if grey else "-",
+            color=color,
+            lw=1.8,
+            label=name,
+            marker="o" if markers or len(good) == 1 else None,
+            ms=4,
+        )
         ys += vals
     return ys
 
 
-def generalization_figure(series: dict[str, list[tuple[float, float]]], train_range: tuple[float, float] | None,
-                          title: str, xlabel: str, ylabel: str = "PSNR (dB)", *, size: tuple[int, int] = PLOT_SIZE,
-                          dashed: tuple[str, ...] = ("input",)):
+def generalization_figure(
+    series: dict[str, list[tuple[float, float]]],
+    train_range: tuple[float, float] | None,
+    title: str,
+    xlabel: str,
+    ylabel: str = "PSNR (dB)",
+    *,
+    size: tuple[int, int] = PLOT_SIZE,
+    dashed: tuple[str, ...] = ("input",),
+):
     """PSNR against level: ``series`` (name -> [(level, psnr)]) as lines with markers, x ticks at
     the evaluated levels, ``train_range`` (lo, hi) shaded (None: none), the legend outside."""
     fig = new_figure(size)
@@ -174,17 +204,30 @@ def generalization_figure(series: dict[str, list[tuple[float, float]]], train_ra
     return fig
 
 
-def plot_generalization(path: str, series: dict[str, list[tuple[float, float]]],
-                        train_range: tuple[float, float] | None, title: str, xlabel: str, ylabel: str = "PSNR (dB)",
-                        size: tuple[int, int] = PLOT_SIZE, dashed: tuple[str, ...] = ("input",)) -> np.ndarray:
+def plot_generalization(
+    path: str,
+    series: dict[str, list[tuple[float, float]]],
+    train_range: tuple[float, float] | None,
+    title: str,
+    xlabel: str,
+    ylabel: str = "PSNR (dB)",
+    size: tuple[int, int] = PLOT_SIZE,
+    dashed: tuple[str, ...] = ("input",),
+) -> np.ndarray:
     """:func:`generalization_figure` written to ``path`` as a PNG of ``size`` (width, height)
     pixels, atomically; returns the ``H x W x 3`` BGR image written."""
-    return save_figure(generalization_figure(series, train_range, title, xlabel, ylabel, size=size, dashed=dashed),
-                       path)
+    return save_figure(
+        generalization_figure(series, train_range, title, xlabel, ylabel, size=size, dashed=dashed), path
+    )
 
 
-def curves_figure(losses: dict[str, list[tuple[float, float]]], psnr: dict[str, list[tuple[float, float]]],
-                  title: str = "", *, panel: tuple[int, int] = CURVES_SIZE):
+def curves_figure(
+    losses: dict[str, list[tuple[float, float]]],
+    psnr: dict[str, list[tuple[float, float]]],
+    title: str = "",
+    *,
+    panel: tuple[int, int] = CURVES_SIZE,
+):
     """``curves.png``: the training loss per confounder against the meta-iteration, and (when
     there is any) the periodic test's PSNR per test degradation below it on the same iteration
     range, one ``panel``-sized row each; integer iteration ticks, legends outside."""

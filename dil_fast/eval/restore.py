@@ -38,6 +38,7 @@ API: :class:`Restorer` (``Restorer(model, device=..., precision=..., tile=..., t
 batch_size=...)``, called with a list of same-size ``HxWx3`` uint8 images) and
 :func:`tile_windows`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,13 +109,22 @@ class Restorer:
     same-size images) per forward pass.
     """
 
-    def __init__(self, model: torch.nn.Module, *, device="cpu", precision: str = "fp32", tile: int = 0,
-                 tile_pad: int = DEFAULT_TILE_PAD, batch_size: int = 1):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device="cpu",
+        precision: str = "fp32",
+        tile: int = 0,
+        tile_pad: int = DEFAULT_TILE_PAD,
+        batch_size: int = 1,
+    ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if tile < 0 or tile_pad < 0 or batch_size < 1:
-            raise ValueError(f"tile >= 0, tile_pad >= 0 and batch_size >= 1 needed, got {tile}, {tile_pad}, "
-                             f"{batch_size}")
+            raise ValueError(
+                f"tile >= 0, tile_pad >= 0 and batch_size >= 1 needed, got {tile}, {tile_pad}, {batch_size}"
+            )
         self.device = torch.device(device)
         self.dtype = PRECISIONS[precision]
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
@@ -129,8 +139,10 @@ class Restorer:
             raise CheckpointError(f"the network maps {tuple(x.shape)} to {tuple(out.shape)}; expected [N, 3, s*h, s*w]")
         sh, sw = out.shape[2] / x.shape[2], out.shape[3] / x.shape[3]
         if sh != sw or not sh.is_integer() or sh < 1:
-            raise CheckpointError(f"the network maps a {x.shape[2]}x{x.shape[3]} input to "
-                                  f"{out.shape[2]}x{out.shape[3]}; restore needs one integer scale for both sides")
+            raise CheckpointError(
+                f"the network maps a {x.shape[2]}x{x.shape[3]} input to "
+                f"{out.shape[2]}x{out.shape[3]}; restore needs one integer scale for both sides"
+            )
         if self.scale is None:
             self.scale = int(sh)
         elif int(sh) != self.scale:
@@ -150,15 +162,16 @@ class Restorer:
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # uint8 on the host: windows move
         out = None  # uint8 [sH, sW, 3] on the host, filled tile by tile (a large SR output stays off the device)
         for i in range(0, len(tiles), self.batch_size):
-            group = tiles[i:i + self.batch_size]
-            windows = torch.stack([x[:, t.wy:t.wy + wh, t.wx:t.wx + ww] for t in group])
+            group = tiles[i : i + self.batch_size]
+            windows = torch.stack([x[:, t.wy : t.wy + wh, t.wx : t.wx + ww] for t in group])
             restored = self._forward(windows.to(self.device).float().div_(255.0))
             s = self.scale
             if out is None:
                 out = torch.empty((h * s, w * s, 3), dtype=torch.uint8)
             for t, r in zip(group, self._to_uint8(restored)):  # one copy to the host per batch
-                out[t.y0 * s:t.y1 * s, t.x0 * s:t.x1 * s] = \
-                    r[(t.y0 - t.wy) * s:(t.y1 - t.wy) * s, (t.x0 - t.wx) * s:(t.x1 - t.wx) * s]
+                out[t.y0 * s : t.y1 * s, t.x0 * s : t.x1 * s] = r[
+                    (t.y0 - t.wy) * s : (t.y1 - t.wy) * s, (t.x0 - t.wx) * s : (t.x1 - t.wx) * s
+                ]
         return out.numpy()
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -228,19 +241,24 @@ def _output_paths(args, inputs: list[str]) -> tuple[str, list[str]]:
     if not os.access(path, os.W_OK | os.X_OK):
         raise InputError(f"--output {args.output}: folder is not writable ({path})")
     if os.path.isdir(folder) and any(os.path.samefile(os.path.dirname(os.path.abspath(p)), folder) for p in inputs):
-        raise InputError(f"--output {args.output}: is the --input folder; the outputs would replace or mix with "
-                         "the inputs, give another folder")
+        raise InputError(
+            f"--output {args.output}: is the --input folder; the outputs would replace or mix with "
+            "the inputs, give another folder"
+        )
     names = output_names([os.path.basename(p) for p in inputs])
     if args.suffix:
         names = [f"{os.path.splitext(n)[0]}_{args.suffix}.png" for n in names]
     paths = [os.path.join(folder, n) for n in names]
     for p in paths:
         if os.path.isdir(p):
-            raise InputError(f"--output {args.output}: {os.path.basename(p)} is a folder there; an output needs "
-                             "that name")
+            raise InputError(
+                f"--output {args.output}: {os.path.basename(p)} is a folder there; an output needs that name"
+            )
         if os.path.exists(p) and not args.overwrite:
-            raise InputError(f"--output {args.output}: {os.path.basename(p)} exists (an earlier run?); pass "
-                             "--overwrite to replace it, or give another folder")
+            raise InputError(
+                f"--output {args.output}: {os.path.basename(p)} exists (an earlier run?); pass "
+                "--overwrite to replace it, or give another folder"
+            )
     return folder, paths
 
 
@@ -275,10 +293,13 @@ def _load_model(args) -> tuple[torch.nn.Module, str]:
             raise
         options, spec = found
         if args.arch is None and is_custom_arch(spec["arch"]):
-            raise CheckpointError(f"{exc}; {options} says the run used --arch {spec['arch']}: pass it to rebuild "
-                                  "the network (dil_fast imports no code that a file names)") from None
-        ck = load_checkpoint("", args.ckpt, arch=spec["arch"], arch_kwargs={**spec["kwargs"], **arch_kwargs},
-                             key=args.key)
+            raise CheckpointError(
+                f"{exc}; {options} says the run used --arch {spec['arch']}: pass it to rebuild "
+                "the network (dil_fast imports no code that a file names)"
+            ) from None
+        ck = load_checkpoint(
+            "", args.ckpt, arch=spec["arch"], arch_kwargs={**spec["kwargs"], **arch_kwargs}, key=args.key
+        )
         print(f"network: {spec['arch']} {spec['kwargs']} (from {options})")
     return ck.model, ck.arch
 
@@ -292,8 +313,14 @@ def _plan(args) -> _Plan:
     shapes = []
     for p in inputs:  # every image decodes (the policies of dil_fast.data.images) before any output exists
         shapes.append(read_image_rgb(p).shape[:2])
-    restorer = Restorer(model, device=device, precision=args.precision, tile=args.tile, tile_pad=args.tile_pad,
-                        batch_size=args.batch_size)
+    restorer = Restorer(
+        model,
+        device=device,
+        precision=args.precision,
+        tile=args.tile,
+        tile_pad=args.tile_pad,
+        batch_size=args.batch_size,
+    )
     return _Plan(inputs, shapes, outputs, folder, restorer, arch)
 
 
@@ -332,8 +359,10 @@ def run_restore(args) -> int:
                     done += 1
                     bar.update()
     except torch.cuda.OutOfMemoryError:
-        raise InputError(f"{current}: out of {restorer.device} memory ({_written(done, plan)}); try --tile 512 "
-                         "(or smaller), a smaller --batch_size or --precision fp16") from None
+        raise InputError(
+            f"{current}: out of {restorer.device} memory ({_written(done, plan)}); try --tile 512 "
+            "(or smaller), a smaller --batch_size or --precision fp16"
+        ) from None
     except (InputError, CheckpointError) as exc:
         raise type(exc)(f"{exc} ({_written(done, plan)})") from None
     except RuntimeError as exc:  # the network refused an input (too small for its padding, a shape it cannot take)
@@ -341,8 +370,10 @@ def run_restore(args) -> int:
         raise InputError(f"{current}: the network failed on this image ({first}) ({_written(done, plan)})") from None
     seconds = time.monotonic() - start
     tiles = f"tile {args.tile}, pad {args.tile_pad}" if args.tile else "whole images"
-    print(f"restored {done} image(s) into {plan.folder} ({plan.arch} x{restorer.scale}, {tiles}, batch "
-          f"{args.batch_size}, {args.precision}, {restorer.device}) in {seconds:.1f} s")
+    print(
+        f"restored {done} image(s) into {plan.folder} ({plan.arch} x{restorer.scale}, {tiles}, batch "
+        f"{args.batch_size}, {args.precision}, {restorer.device}) in {seconds:.1f} s"
+    )
     return 0
 
 
@@ -357,27 +388,45 @@ def add_restore_parser(subparsers) -> argparse.ArgumentParser:
         description="Restore every image of --input (a file or a folder) with --ckpt and write one PNG per input "
         "into --output. --tile N cuts large images into N x N tiles with --tile_pad pixels of context each.",
     )
-    p.add_argument("--ckpt", required=True, metavar="PATH",
-                   help="checkpoint: a training state, model_N.pt, a state_dict, BasicSR/Real-ESRGAN or official "
-                        "SwinIR")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        metavar="PATH",
+        help="checkpoint: a training state, model_N.pt, a state_dict, BasicSR/Real-ESRGAN or official SwinIR",
+    )
     p.add_argument("--input", required=True, metavar="DIR|FILE", help="an image file or a folder of images")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (created if needed)")
-    p.add_argument("--tile", type=int, default=0,
-                   help="tile size in input pixels for large images (default 0: whole images)")
-    p.add_argument("--tile_pad", type=int, default=DEFAULT_TILE_PAD,
-                   help="context pixels around each tile; at least the network's receptive field makes the tiled "
-                        f"output equal to the untiled one (default {DEFAULT_TILE_PAD})")
-    p.add_argument("--batch_size", type=int, default=4,
-                   help="tiles, or consecutive same-size images, per forward pass (default 4)")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="the network's number type: fp32, bf16, or fp16 (CUDA only) (default fp32)")
+    p.add_argument(
+        "--tile", type=int, default=0, help="tile size in input pixels for large images (default 0: whole images)"
+    )
+    p.add_argument(
+        "--tile_pad",
+        type=int,
+        default=DEFAULT_TILE_PAD,
+        help="context pixels around each tile; at least the network's receptive field makes the tiled "
+        f"output equal to the untiled one (default {DEFAULT_TILE_PAD})",
+    )
+    p.add_argument(
+        "--batch_size", type=int, default=4, help="tiles, or consecutive same-size images, per forward pass (default 4)"
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=list(PRECISIONS),
+        help="the network's number type: fp32, bf16, or fp16 (CUDA only) (default fp32)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--suffix", default=None, help="output names NAME_SUFFIX.png instead of NAME.png")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist in --output")
-    p.add_argument("--key", default="model_meta", choices=["model_meta", "model_task"],
-                   help="which network of a dil_fast checkpoint (default model_meta)")
-    p.add_argument("--arch", default=None, help="rrdb, rrdb_x4, swinir or package.module:Class (default: from "
-                                                "the checkpoint)")
+    p.add_argument(
+        "--key",
+        default="model_meta",
+        choices=["model_meta", "model_task"],
+        help="which network of a dil_fast checkpoint (default model_meta)",
+    )
+    p.add_argument(
+        "--arch", default=None, help="rrdb, rrdb_x4, swinir or package.module:Class (default: from the checkpoint)"
+    )
     p.add_argument("--arch_kwargs", default=None, help="JSON keyword arguments of --arch (override the checkpoint's)")
     p.add_argument("--nf", type=int, default=None, help="RRDB width (default: from the checkpoint)")
     p.add_argument("--nb", type=int, default=None, help="number of RRDB blocks (default: from the checkpoint)")

@@ -1,5 +1,6 @@
 """Restore test images with a network and score them: PSNR / SSIM per image (:mod:`dil_fast.metrics`,
 BasicSR conventions, RGB images so ``color_order="rgb"``) at one level or on given degraded images."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -40,8 +41,9 @@ def restore(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     return tensor_to_uint8(out.float().cpu())
 
 
-def score(clean: np.ndarray, restored: np.ndarray, *, name: str, y: bool = False,
-          crop_border: int = 0) -> tuple[float, float]:
+def score(
+    clean: np.ndarray, restored: np.ndarray, *, name: str, y: bool = False, crop_border: int = 0
+) -> tuple[float, float]:
     """(PSNR, SSIM) of ``restored`` against ``clean`` (both ``HxWx3`` uint8 RGB); :class:`InputError`
     naming the image when it is too small for SSIM after ``crop_border``."""
     try:
@@ -52,20 +54,29 @@ def score(clean: np.ndarray, restored: np.ndarray, *, name: str, y: bool = False
     return psnr, ssim
 
 
-def _scored(model, name: str, clean: np.ndarray, x: torch.Tensor, scale: int, y: bool,
-            crop_border: int) -> ImageResult:
+def _scored(model, name: str, clean: np.ndarray, x: torch.Tensor, scale: int, y: bool, crop_border: int) -> ImageResult:
     restored = restore(model, x)
     if restored.shape != clean.shape:
         out, truth = restored.shape, clean.shape
-        raise InputError(f"{name}: the network turned a {x.shape[2]}x{x.shape[3]} input into {out[0]}x{out[1]}, "
-                         f"the ground truth is {truth[0]}x{truth[1]} (a x{scale} evaluation)")
+        raise InputError(
+            f"{name}: the network turned a {x.shape[2]}x{x.shape[3]} input into {out[0]}x{out[1]}, "
+            f"the ground truth is {truth[0]}x{truth[1]} (a x{scale} evaluation)"
+        )
     psnr, ssim = score(clean, restored, name=name, y=y, crop_border=crop_border)
     return ImageResult(name, psnr, ssim, restored, x, clean)
 
 
-def iter_evaluate(model: torch.nn.Module, images: Iterable[tuple[str, np.ndarray]], level, *, seed: int = 0,
-                  device="cpu", y: bool = False, crop_border: int = 0,
-                  scale: int | None = None) -> Iterator[ImageResult]:
+def iter_evaluate(
+    model: torch.nn.Module,
+    images: Iterable[tuple[str, np.ndarray]],
+    level,
+    *,
+    seed: int = 0,
+    device="cpu",
+    y: bool = False,
+    crop_border: int = 0,
+    scale: int | None = None,
+) -> Iterator[ImageResult]:
     """:class:`ImageResult` of each ``(name, HxWx3 uint8)`` of ``images`` in order, image ``i``
     degraded at ``level`` (:func:`dil_fast.eval.levels.as_level`) by
     :func:`dil_fast.eval.synthesis.degrade_image` with ``(seed, i)``. ``scale`` defaults to the
@@ -82,9 +93,15 @@ def iter_evaluate(model: torch.nn.Module, images: Iterable[tuple[str, np.ndarray
         yield _scored(model, name, clean, x, scale, y, crop_border)
 
 
-def iter_evaluate_pairs(model: torch.nn.Module, pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], *,
-                        device="cpu", y: bool = False, crop_border: int = 0,
-                        scale: int | None = None) -> Iterator[ImageResult]:
+def iter_evaluate_pairs(
+    model: torch.nn.Module,
+    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    *,
+    device="cpu",
+    y: bool = False,
+    crop_border: int = 0,
+    scale: int | None = None,
+) -> Iterator[ImageResult]:
     """:class:`ImageResult` of each ``(name, GT HxWx3 uint8, LQ hxwx3 uint8)`` of a paired test set
     (:func:`dil_fast.eval.testsets.load_paired_images`): the network restores the given LQ."""
     scale = model_scale(model) if scale is None else int(scale)
@@ -93,8 +110,17 @@ def iter_evaluate_pairs(model: torch.nn.Module, pairs: Iterable[tuple[str, np.nd
         yield _scored(model, name, clean, image_to_tensor(degraded)[None].to(device), scale, y, crop_border)
 
 
-def evaluate(model: torch.nn.Module, images, level, *, seed: int = 0, device="cpu", y: bool = False,
-             crop_border: int = 0, scale: int | None = None) -> list[tuple[str, float, float, np.ndarray]]:
+def evaluate(
+    model: torch.nn.Module,
+    images,
+    level,
+    *,
+    seed: int = 0,
+    device="cpu",
+    y: bool = False,
+    crop_border: int = 0,
+    scale: int | None = None,
+) -> list[tuple[str, float, float, np.ndarray]]:
     """Degrade ``images`` (``[(name, HxWx3 uint8)]``) at ``level``, restore and score them:
     ``[(name, psnr, ssim, restored HxWx3 uint8)]`` in the order given.
 
@@ -109,15 +135,19 @@ def evaluate(model: torch.nn.Module, images, level, *, seed: int = 0, device="cp
     was_training = model.training
     model.eval()
     try:
-        return [(r.name, r.psnr, r.ssim, r.restored)
-                for r in iter_evaluate(model, images, level, seed=seed, device=device, y=y, crop_border=crop_border,
-                                       scale=scale)]
+        return [
+            (r.name, r.psnr, r.ssim, r.restored)
+            for r in iter_evaluate(
+                model, images, level, seed=seed, device=device, y=y, crop_border=crop_border, scale=scale
+            )
+        ]
     finally:
         model.train(was_training)
 
 
-def evaluate_model(model: torch.nn.Module, images, level: float, seed: int, device, y: bool = False,
-                   crop_border: int = 0) -> list[tuple[str, float, float, np.ndarray]]:
+def evaluate_model(
+    model: torch.nn.Module, images, level: float, seed: int, device, y: bool = False, crop_border: int = 0
+) -> list[tuple[str, float, float, np.ndarray]]:
     """Gaussian noise of ``level`` (0..255 scale), image ``i`` drawing from
     :func:`~dil_fast.eval.synthesis.noise_rng` ``(seed, i)``: :func:`evaluate` with a number."""
     return evaluate(model, images, float(level), seed=seed, device=device, y=y, crop_border=crop_border)

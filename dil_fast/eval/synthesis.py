@@ -15,6 +15,7 @@ truth: a level that keeps the size is followed by a bicubic resize to ``1/s``
 (:func:`dil_fast.degrade.bicubic`; ``bicubic:s`` is that resize alone); the ground truth is first
 cropped to a multiple of ``s`` (:func:`mod_crop`, BasicSR's convention).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,8 +61,9 @@ def needs_final_resize(level: EvalLevel, scale: int, h: int, w: int) -> bool:
     raise ValueError(f"{level.name} turns a {h}x{w} image into {got}; a x{scale} network needs {want} inputs")
 
 
-def degrade_image(clean: np.ndarray, level: EvalLevel, *, seed: int, index: int, scale: int = 1,
-                  device="cpu") -> torch.Tensor:
+def degrade_image(
+    clean: np.ndarray, level: EvalLevel, *, seed: int, index: int, scale: int = 1, device="cpu"
+) -> torch.Tensor:
     """The network input of test image ``index`` at ``level``: float32 ``[1, 3, H/s, W/s]`` on
     ``device`` with values in [0, 1] (see the module docstring; ``clean`` is ``HxWx3`` uint8, its
     sides multiples of ``scale``)."""

@@ -1,6 +1,7 @@
 """Test images: a folder of clean images (or the built-in ones), or ground truth and degraded images
 matched by file name stem (two folders, or one paired folder with ``GT/`` and ``LQ/``); the names of
 the restored files."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,10 @@ def _by_stem(folder: str, flag: str) -> dict[str, str]:
     for path in list_images(folder, exts=IMAGE_EXTS, flag=flag):
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in out:
-            raise InputError(f"{flag} {folder}: {os.path.basename(out[stem])} and {os.path.basename(path)} have the "
-                             "same name stem; pairs are matched by stem, keep one")
+            raise InputError(
+                f"{flag} {folder}: {os.path.basename(out[stem])} and {os.path.basename(path)} have the "
+                "same name stem; pairs are matched by stem, keep one"
+            )
         out[stem] = path
     return out
 
@@ -42,14 +45,17 @@ def _load_pairs(pairs: list[tuple[str, str]], scale: int) -> list[tuple[str, np.
         (H, W), (h, w) = clean.shape[:2], degraded.shape[:2]
         if (H, W) != (h * scale, w * scale):
             want = f"{H // scale}x{W // scale}" if H % scale == 0 and W % scale == 0 else f"1/{scale} of it"
-            raise InputError(f"{lq_path}: {h}x{w}, but its ground truth {os.path.basename(gt_path)} is {H}x{W}; "
-                             f"a x{scale} evaluation needs {want}")
+            raise InputError(
+                f"{lq_path}: {h}x{w}, but its ground truth {os.path.basename(gt_path)} is {H}x{W}; "
+                f"a x{scale} evaluation needs {want}"
+            )
         out.append((os.path.basename(gt_path), clean, degraded))
     return out
 
 
-def load_paired_images(gt_folder: str, lq_folder: str, scale: int = 1, *, gt_flag: str = "--testset",
-                       lq_flag: str = "--lq") -> list[tuple[str, np.ndarray, np.ndarray]]:
+def load_paired_images(
+    gt_folder: str, lq_folder: str, scale: int = 1, *, gt_flag: str = "--testset", lq_flag: str = "--lq"
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``[(ground-truth file name, GT HxWx3 uint8, LQ hxwx3 uint8)]`` sorted by the GT name, the
     images of the two folders matched by file name stem (``a.png`` with ``a.jpg``), each LQ
     exactly ``1/scale`` of its GT (``H = scale h``, ``W = scale w``).
@@ -58,17 +64,23 @@ def load_paired_images(gt_folder: str, lq_folder: str, scale: int = 1, *, gt_fla
     files with one stem in a folder, or an LQ of the wrong size.
     """
     if gt_folder == "default":
-        raise InputError(f"{lq_flag} {lq_folder}: the degraded images need their ground truth; give {gt_flag} "
-                         "the folder of clean images (not 'default')")
+        raise InputError(
+            f"{lq_flag} {lq_folder}: the degraded images need their ground truth; give {gt_flag} "
+            "the folder of clean images (not 'default')"
+        )
     gt, lq = _by_stem(gt_folder, gt_flag), _by_stem(lq_folder, lq_flag)
     for stem, path in sorted(lq.items()):
         if stem not in gt:
-            raise InputError(f"{lq_flag} {lq_folder}: {os.path.basename(path)} has no ground truth named "
-                             f"{stem}.* in {gt_flag} {gt_folder}")
+            raise InputError(
+                f"{lq_flag} {lq_folder}: {os.path.basename(path)} has no ground truth named "
+                f"{stem}.* in {gt_flag} {gt_folder}"
+            )
     for stem, path in sorted(gt.items()):
         if stem not in lq:
-            raise InputError(f"{gt_flag} {gt_folder}: {os.path.basename(path)} has no degraded image named "
-                             f"{stem}.* in {lq_flag} {lq_folder}")
+            raise InputError(
+                f"{gt_flag} {gt_folder}: {os.path.basename(path)} has no degraded image named "
+                f"{stem}.* in {lq_flag} {lq_folder}"
+            )
     return _load_pairs([(gt[stem], lq[stem]) for stem in gt], scale)
 
 
@@ -79,8 +91,9 @@ def is_paired_testset(testset: str) -> bool:
     return testset != "default" and is_paired_folder(testset)
 
 
-def load_paired_folder(folder: str, scale: int = 1,
-                       flag: str = "--testset") -> list[tuple[str, np.ndarray, np.ndarray]]:
+def load_paired_folder(
+    folder: str, scale: int = 1, flag: str = "--testset"
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """As :func:`load_paired_images` for a paired folder (``GT/`` + ``LQ/``, or the other names and
     the ``meta_info`` file :func:`dil_fast.data.folders.paired_files` reads)."""
     from ..data.folders import paired_files

@@ -1,4 +1,5 @@
 """The interface every DIL algorithm implements, and the pieces they share."""
+
 from __future__ import annotations
 
 import abc
@@ -22,8 +23,15 @@ VARIANTS = Registry("variant", "--variant")
 def register_variant(cls):
     """Class decorator: register a :class:`MetaAlgorithm` subclass under its ``name``, with the facts
     the trainer, the flags and the study read from it."""
-    VARIANTS.register(cls.name, cls, summary=cls.summary, options=cls.Options, ops=cls.ops,
-                      trains_module_forward=cls.trains_module_forward, released=cls.released)
+    VARIANTS.register(
+        cls.name,
+        cls,
+        summary=cls.summary,
+        options=cls.Options,
+        ops=cls.ops,
+        trains_module_forward=cls.trains_module_forward,
+        released=cls.released,
+    )
     return cls
 
 
@@ -96,8 +104,9 @@ def resolve_fused(fused: bool | None, model: nn.Module, backend: str | None = No
     return fused_optimizer("cpu" if first is None else first.device, backend)
 
 
-def make_adam(params, lr: float, betas: tuple[float, float], fused: bool, backend: str | None = None
-              ) -> torch.optim.Optimizer:
+def make_adam(
+    params, lr: float, betas: tuple[float, float], fused: bool, backend: str | None = None
+) -> torch.optim.Optimizer:
     """Adam over ``params``: :class:`dil_fast.optim.FusedAdam` (flat buffers; the same state_dict
     layout; ``backend`` forces its kernels) when ``fused``, else ``torch.optim.Adam``."""
     if fused:
@@ -237,8 +246,10 @@ class MetaAlgorithm(abc.ABC):
         the host whether to skip)."""
         opts = [self.meta_optimizer] + ([self.task_optimizer] if self.task_optimizer is not None else [])
         if not all(isinstance(o, FusedAdam) for o in opts):
-            return ("its optimizers are not the fused flat-buffer ones (a torch.optim step decides on the host "
-                    "whether to skip); `dil-fast info` says why the native core is not in use")
+            return (
+                "its optimizers are not the fused flat-buffer ones (a torch.optim step decides on the host "
+                "whether to skip); `dil-fast info` says why the native core is not in use"
+            )
         return None
 
     def use_forward_policy(self, policy=None) -> None:
@@ -285,8 +296,12 @@ class MetaAlgorithm(abc.ABC):
             self.grad_sync(module)
 
     # -- distributed training --
-    def distribute(self, wrap: Callable[[nn.Module], nn.Module], grad_sync: Callable[[nn.Module], None],
-                   flag_sync: Callable[[torch.Tensor], None]) -> None:
+    def distribute(
+        self,
+        wrap: Callable[[nn.Module], nn.Module],
+        grad_sync: Callable[[nn.Module], None],
+        flag_sync: Callable[[torch.Tensor], None],
+    ) -> None:
         """Train across ranks: ``wrap(task_model)`` (a ``DistributedDataParallel``) runs the inner
         steps' forward and averages their gradients during backward; variants without a task-network
         backward (:attr:`ddp_task_model` False) average with ``grad_sync`` instead. ``flag_sync``

@@ -13,6 +13,7 @@ differentiable, per tensor; :func:`stacked_virtual_sgd` on flat ``[K, P]`` buffe
 native core's fused ``sgd_step_`` when it serves the device; :func:`meta_reduce`), the support/query
 construction (:func:`support_and_query`), and the record of path choices (:class:`PathChooser`).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -127,8 +128,8 @@ def virtual_update(
     if adam is None:
         return [p - alpha * g for p, g in zip(params, grads)], None, None
     exp_avg, exp_avg_sq, step, (b1, b2), eps = adam
-    bc1 = 1.0 - b1 ** step
-    bc2 = 1.0 - b2 ** step
+    bc1 = 1.0 - b1**step
+    bc2 = 1.0 - b2**step
     phi, new_m, new_v = [], [], []
     for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
         m_new = b1 * m + (1.0 - b1) * g
@@ -157,8 +158,9 @@ def flat_views(flat: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.T
     return [t.view(k, *s) for t, s in zip(flat.split(sizes, dim=1), shapes)]
 
 
-def stacked_virtual_sgd(theta: torch.Tensor, grads: torch.Tensor, alpha: float | torch.Tensor, *, fused: bool,
-                        backend: str | None = None) -> torch.Tensor:
+def stacked_virtual_sgd(
+    theta: torch.Tensor, grads: torch.Tensor, alpha: float | torch.Tensor, *, fused: bool, backend: str | None = None
+) -> torch.Tensor:
     """K plain virtual steps from one set of weights, no autograd: ``φ[k] = θ − α g[k]``.
     ``theta`` ``[P]``, ``grads`` ``[K, P]`` -> ``[K, P]``. ``fused``: one ``sgd_step_`` op
     (:mod:`dil_fast.ops.optim`, ``backend`` forcing its implementation; ``alpha`` a float or a

@@ -1,4 +1,5 @@
 """ERM: the plain baseline - one model, one optimizer step on the union of the confounder batches."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -21,8 +22,16 @@ class ERM(MetaAlgorithm):
     summary = "the plain baseline: one step on the union of the confounder batches"
     ops = ("adam_step",)
 
-    def __init__(self, model: nn.Module, *, lr: float = 1e-4, betas=(0.9, 0.999), loss: str = "l1",
-                 fused: bool | None = None, backend: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float = 1e-4,
+        betas=(0.9, 0.999),
+        loss: str = "l1",
+        fused: bool | None = None,
+        backend: str | None = None,
+    ):
         super().__init__()
         self.fused = resolve_fused(fused, model, backend)
         self.backend = backend
@@ -47,8 +56,14 @@ class ERM(MetaAlgorithm):
 
     @classmethod
     def from_config(cls, cfg, model, task_model=None, *, fused=None):
-        return cls(model, lr=cfg.lr, loss=cfg.loss, backend=cfg.backend, fused=fused,
-                   **vars(cls.options_from(cfg.variant_options)))
+        return cls(
+            model,
+            lr=cfg.lr,
+            loss=cfg.loss,
+            backend=cfg.backend,
+            fused=fused,
+            **vars(cls.options_from(cfg.variant_options)),
+        )
 
     def step(self, batches: Sequence[Batch], *, query: Batch | None = None, timer=None) -> torch.Tensor:
         if len(batches) == 0:
@@ -70,8 +85,9 @@ class ERM(MetaAlgorithm):
             if self.fused:
                 self._flag_nonfinite(bad, loss, flat_grad=self._opt.flat_params().grad)
             else:
-                self._flag_nonfinite(bad, loss, grads=[p.grad for p in self.meta_model.parameters()
-                                                       if p.grad is not None])
+                self._flag_nonfinite(
+                    bad, loss, grads=[p.grad for p in self.meta_model.parameters() if p.grad is not None]
+                )
             self._optimizer_step(self._opt, self._agree(bad))
         self.iteration += 1
         return per_pair.detach()

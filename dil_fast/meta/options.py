@@ -1,6 +1,7 @@
 """A variant's own options (beyond the learning rates and the loss every variant takes): a
 dataclass whose fields carry their flag's help and choices, from which ``dil-fast train`` makes its
 flags (:func:`option_fields`) and checks the values (:func:`make_options`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,12 +30,18 @@ class NoOptions:
 class QueryOptions:
     """The options of the variants with a query (outer) batch (pf, and the virtual-model ones)."""
 
-    query: str = option("mixture", "outer (query) batch: drawn from the given batches (mixture) or a held-out "
-                        "half of each batch (split)", choices=QUERY_CHOICES)
+    query: str = option(
+        "mixture",
+        "outer (query) batch: drawn from the given batches (mixture) or a held-out half of each batch (split)",
+        choices=QUERY_CHOICES,
+    )
     virtual_batching: str = option(
-        "auto", "the K virtual models in one batched pass or one at a time (pf/ps: how the union loss is "
+        "auto",
+        "the K virtual models in one batched pass or one at a time (pf/ps: how the union loss is "
         "evaluated); auto: looped on CPU, else batched unless it fails (deterministic); tune: time both once, "
-        "keep the faster", choices=VIRTUAL_BATCHING)
+        "keep the faster",
+        choices=VIRTUAL_BATCHING,
+    )
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,9 @@ class VirtualOptions(QueryOptions):
     """The options of the second-order variants and their first-order approximation (ss, ps, ss-fo)."""
 
     alpha: float = option(1e-4, "inner (virtual) step size", positive=True)
-    inner_optimizer: str = option("sgd", "inner step: a plain gradient step (sgd) or one Adam step",
-                                  choices=INNER_OPTIMIZERS)
+    inner_optimizer: str = option(
+        "sgd", "inner step: a plain gradient step (sgd) or one Adam step", choices=INNER_OPTIMIZERS
+    )
 
 
 def option_fields(options_cls) -> list[dataclasses.Field]:
@@ -56,8 +64,9 @@ def make_options(options_cls, values: dict, variant: str):
     known = {f.name: f for f in option_fields(options_cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"--variant {variant} takes no --{unknown[0]} (its options: "
-                         f"{', '.join('--' + n for n in known) or 'none'})")
+        raise ValueError(
+            f"--variant {variant} takes no --{unknown[0]} (its options: {', '.join('--' + n for n in known) or 'none'})"
+        )
     for name, value in values.items():
         meta = known[name].metadata
         if meta.get("choices") and value not in meta["choices"]:

@@ -1,4 +1,5 @@
 """DIL_pf: parallel first-order DIL (Reptile on the averaged confounder loss)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """DIL_ps: parallel second-order (Eq. 5)."""
+
 from __future__ import annotations
 
 from typing import Sequence

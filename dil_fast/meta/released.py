@@ -4,8 +4,8 @@
 What it re-creates (docs/released-trainer.md), deliberately including the released script's costs:
 
 * the data path: one shuffled DataLoader per confounder with ``--num_workers`` worker processes,
-  OpenCV PNG reads, numpy crops/flips and float64 numpy noise (:class:`~dil_fast.data.reference.
-  ReferencePairLoader`; per-sample seeding is the one deliberate difference, see that module);
+  OpenCV PNG reads, numpy crops/flips and float64 numpy noise (:class:`~dil_fast.data.released.
+  ReleasedPairLoader`; per-sample seeding is the one deliberate difference, see that module);
 * two networks and per-tensor ``torch.optim.Adam`` (``foreach=False, fused=False``): task Adam
   ``betas=(0.0, 0.999)``, meta Adam ``betas=(0.9, 0.999)``;
 * every meta-iteration: ``task.load_state_dict(meta.state_dict())`` and
@@ -20,6 +20,7 @@ interchangeable); only the way it is computed differs. ``--reference_mode`` need
 a PNG folder as ``--trainset`` (``--loader auto`` or ``reference``) and no fast-path flags
 (checked with the config: :meth:`dil_fast.train.config.TrainConfig.validate`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,17 @@ class ReleasedSF(MetaAlgorithm):
 
     name = "sf"
 
-    def __init__(self, model: nn.Module, *, inner_lr: float = 1e-4, inner_betas=(0.0, 0.999), meta_lr: float = 1e-4,
-                 meta_betas=(0.9, 0.999), loss: str = "l1", task_model: nn.Module | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_lr: float = 1e-4,
+        inner_betas=(0.0, 0.999),
+        meta_lr: float = 1e-4,
+        meta_betas=(0.9, 0.999),
+        loss: str = "l1",
+        task_model: nn.Module | None = None,
+    ):
         super().__init__()
         self.loss_name = loss
         self.loss_fn = get_loss(loss)
@@ -47,10 +57,12 @@ class ReleasedSF(MetaAlgorithm):
         self.meta_betas = as_float_betas(meta_betas, "meta_betas")
         self.meta_model = model
         self.task_model = copy.deepcopy(model) if task_model is None else task_model.to(next(model.parameters()).device)
-        self._task_opt = torch.optim.Adam(self.task_model.parameters(), lr=inner_lr, betas=self.inner_betas,
-                                          foreach=False, fused=False)
-        self._meta_opt = torch.optim.Adam(self.meta_model.parameters(), lr=meta_lr, betas=self.meta_betas,
-                                          foreach=False, fused=False)
+        self._task_opt = torch.optim.Adam(
+            self.task_model.parameters(), lr=inner_lr, betas=self.inner_betas, foreach=False, fused=False
+        )
+        self._meta_opt = torch.optim.Adam(
+            self.meta_model.parameters(), lr=meta_lr, betas=self.meta_betas, foreach=False, fused=False
+        )
         self._state_task = self._task_opt.state_dict()
 
     @property
@@ -62,8 +74,13 @@ class ReleasedSF(MetaAlgorithm):
         return self._task_opt
 
     def hparams(self) -> dict:
-        return {"inner_lr": self.task_lr, "inner_betas": self.inner_betas, "meta_lr": self.meta_lr,
-                "meta_betas": self.meta_betas, "loss": self.loss_name}
+        return {
+            "inner_lr": self.task_lr,
+            "inner_betas": self.inner_betas,
+            "meta_lr": self.meta_lr,
+            "meta_betas": self.meta_betas,
+            "loss": self.loss_name,
+        }
 
     def capture_blocker(self) -> str | None:
         return "--reference_mode reads every loss on the host, as released"

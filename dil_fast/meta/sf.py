@@ -1,4 +1,5 @@
 """DIL_sf: serial first-order DIL (Reptile over the confounders), the released variant."""
+
 from __future__ import annotations
 
 import copy
@@ -30,7 +31,8 @@ class SerialFirstOrder(MetaAlgorithm):
     3. meta gradient = meta - task; one meta-Adam step.
 
     ``fused`` (default: the rule of :func:`dil_fast.ops.optim.fused_optimizer`: the native core
-    serves the optimizer ops on the model's device) keeps both networks' parameters in flat buffers (:class:`~dil_fast.optim.FusedAdam`): each task-Adam step is one
+    serves the optimizer ops on the model's device) keeps both networks' parameters in flat buffers
+    (:class:`~dil_fast.optim.FusedAdam`): each task-Adam step is one
     launch, and the meta gradient, the meta-Adam step and the task <- meta reset of the next
     iteration are one fused pass. Results equal the unfused path (``torch.optim.Adam``) to fp32
     rounding, and the state_dict is the same in both modes. The fused path assumes the task weights
@@ -87,16 +89,27 @@ class SerialFirstOrder(MetaAlgorithm):
 
     def hparams(self) -> dict:
         return {
-            "inner_lr": self.task_lr, "inner_betas": self.inner_betas,
-            "meta_lr": self.meta_lr, "meta_betas": self.meta_betas, "loss": self.loss_name,
+            "inner_lr": self.task_lr,
+            "inner_betas": self.inner_betas,
+            "meta_lr": self.meta_lr,
+            "meta_betas": self.meta_betas,
+            "loss": self.loss_name,
         }
 
     @classmethod
     def from_config(cls, cfg, model, task_model=None, *, fused=None):
         if cfg.reference_mode:
             return cls.released(model, inner_lr=cfg.lr, meta_lr=cfg.meta_lr, loss=cfg.loss, task_model=task_model)
-        return cls(model, inner_lr=cfg.lr, meta_lr=cfg.meta_lr, loss=cfg.loss, backend=cfg.backend, fused=fused,
-                   task_model=task_model, **vars(cls.options_from(cfg.variant_options)))
+        return cls(
+            model,
+            inner_lr=cfg.lr,
+            meta_lr=cfg.meta_lr,
+            loss=cfg.loss,
+            backend=cfg.backend,
+            fused=fused,
+            task_model=task_model,
+            **vars(cls.options_from(cfg.variant_options)),
+        )
 
     def step(self, batches: Sequence[Batch], *, query: Batch | None = None, timer=None) -> torch.Tensor:
         """One meta-iteration. ``timer`` (optional): ``timer(phase)`` returns a context manager

@@ -1,4 +1,5 @@
 """DIL_ss, serial second-order (Eq. 4), and its first-order approximation ss-fo."""
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -4,6 +4,7 @@ optimizer state, query construction and the batched/looped path choice.
 No task network exists here: the virtual models ``φ`` are functions of θ (``meta_model``'s
 parameters) evaluated with ``torch.func.functional_call``; ``task_model`` is ``meta_model``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -21,7 +22,6 @@ from .batched import (
     check_choice,
     support_and_query,
 )
-
 from .options import INNER_OPTIMIZERS, VIRTUAL_BATCHING, VirtualOptions
 
 __all__ = ["VirtualModelDIL", "INNER_OPTIMIZERS"]
@@ -76,8 +76,14 @@ class VirtualModelDIL(MetaAlgorithm):
 
     @classmethod
     def from_config(cls, cfg, model, task_model=None, *, fused=None):
-        return cls(model, meta_lr=cfg.meta_lr, loss=cfg.loss, backend=cfg.backend, fused=fused,
-                   **vars(cls.options_from(cfg.variant_options)))
+        return cls(
+            model,
+            meta_lr=cfg.meta_lr,
+            loss=cfg.loss,
+            backend=cfg.backend,
+            fused=fused,
+            **vars(cls.options_from(cfg.variant_options)),
+        )
 
     def capture_blocker(self) -> str | None:
         if self.inner_optimizer == "adam":
@@ -98,9 +104,14 @@ class VirtualModelDIL(MetaAlgorithm):
 
     def hparams(self) -> dict:
         return {
-            "alpha": self.alpha, "inner_optimizer": self.inner_optimizer, "inner_betas": self.inner_betas,
-            "meta_lr": self.meta_lr, "meta_betas": self.meta_betas, "loss": self.loss_name,
-            "query": self.query, "virtual_batching": self.virtual_batching,
+            "alpha": self.alpha,
+            "inner_optimizer": self.inner_optimizer,
+            "inner_betas": self.inner_betas,
+            "meta_lr": self.meta_lr,
+            "meta_betas": self.meta_betas,
+            "loss": self.loss_name,
+            "query": self.query,
+            "virtual_batching": self.virtual_batching,
         }
 
     def state_dict(self) -> dict:
@@ -144,8 +155,7 @@ class VirtualModelDIL(MetaAlgorithm):
                 return self._chooser.record(key, "looped"), None
             return "batched", key
         runners = {
-            path: (lambda path=path: self.meta_gradient(support, query, path=path))
-            for path in ("batched", "looped")
+            path: (lambda path=path: self.meta_gradient(support, query, path=path)) for path in ("batched", "looped")
         }
         return self._chooser.choose(key, runners, support[0][0].device), None
 
@@ -189,13 +199,20 @@ class VirtualModelDIL(MetaAlgorithm):
                 if isinstance(exc, torch.cuda.OutOfMemoryError):
                     torch.cuda.empty_cache()
                 first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                warnings.warn(f'{self.name}: virtual_batching="auto" runs the K virtual models one at a time for '
-                              f"inputs {probe}: the batched pass failed ({type(exc).__name__}: {first_line})",
-                              RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f'{self.name}: virtual_batching="auto" runs the K virtual models one at a time for '
+                    f"inputs {probe}: the batched pass failed ({type(exc).__name__}: {first_line})",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 path, probe = self._chooser.record(probe, "looped"), None
                 grads, inner_losses, moments = self.meta_gradient(support, q, path=path)
-            elif (path != "batched" or self.virtual_batching != "batched" or not isinstance(exc, RuntimeError)
-                  or isinstance(exc, torch.cuda.OutOfMemoryError)):
+            elif (
+                path != "batched"
+                or self.virtual_batching != "batched"
+                or not isinstance(exc, RuntimeError)
+                or isinstance(exc, torch.cuda.OutOfMemoryError)
+            ):
                 raise
             else:
                 raise RuntimeError(

@@ -6,6 +6,7 @@ Real-ESRGAN names (RRDBNetX4 only: BasicSR has no same-size RRDBNet). The input 
 training state, a released checkpoint, a bare state_dict or a BasicSR / Real-ESRGAN checkpoint
 (``params_ema`` preferred); the layout is detected from the keys.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +44,21 @@ def convert(src: str, dst: str, fmt: str, key: str = "model_meta") -> str:
 
 
 def add_convert_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("convert", help="write a checkpoint in dil_fast's (released) or BasicSR's layout",
-                              description="Detects the input layout (dil_fast training state, released model_N.pt, "
-                                          "BasicSR / Real-ESRGAN params or params_ema) and writes it as --to says.")
+    p = subparsers.add_parser(
+        "convert",
+        help="write a checkpoint in dil_fast's (released) or BasicSR's layout",
+        description="Detects the input layout (dil_fast training state, released model_N.pt, "
+        "BasicSR / Real-ESRGAN params or params_ema) and writes it as --to says.",
+    )
     p.add_argument("--ckpt", required=True, help="the checkpoint to convert")
     p.add_argument("--to", required=True, choices=FORMATS, help="dil: {model_meta, model_task}; basicsr: {params}")
     p.add_argument("--out", required=True, help="the file to write")
-    p.add_argument("--key", default="model_meta", choices=("model_meta", "model_task"),
-                   help="which network of a two-network checkpoint")
+    p.add_argument(
+        "--key",
+        default="model_meta",
+        choices=("model_meta", "model_task"),
+        help="which network of a two-network checkpoint",
+    )
     p.set_defaults(func=run_convert)
     return p
 

@@ -26,6 +26,7 @@ taken), a bare state_dict, BasicSR's ``{"params": sd}`` / ``{"params_ema": sd}``
 preferred when both exist, as Real-ESRGAN's ``RealESRGANer`` does), each possibly with DataParallel's
 ``module.`` prefix. Tensors are never copied or changed, only re-keyed.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,14 @@ __all__ = ["detect_layout", "basicsr_to_dil", "dil_to_basicsr", "extract_state_d
 # keys every RRDBNet of a layout holds, whatever its depth
 _DIL_SIGNATURE = ("conv_first.weight", "trunk_conv.weight", "HRconv.weight", "conv_last.weight")
 _BASICSR_SIGNATURE = ("conv_first.weight", "conv_body.weight", "conv_hr.weight", "conv_last.weight")
-_DIL_TOP = {"conv_first": "conv_first", "trunk_conv": "conv_body", "upconv1": "conv_up1",
-            "upconv2": "conv_up2", "HRconv": "conv_hr", "conv_last": "conv_last"}
+_DIL_TOP = {
+    "conv_first": "conv_first",
+    "trunk_conv": "conv_body",
+    "upconv1": "conv_up1",
+    "upconv2": "conv_up2",
+    "HRconv": "conv_hr",
+    "conv_last": "conv_last",
+}
 _BASICSR_TOP = {v: k for k, v in _DIL_TOP.items()}
 _DIL_BLOCK = re.compile(r"RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)")
 _BASICSR_BLOCK = re.compile(r"body\.(\d+)\.rdb([123])\.conv([1-5])\.(weight|bias)")
@@ -136,8 +143,10 @@ def basicsr_to_dil(sd: dict, scale: int | None = None) -> dict:
     sd = strip_module_prefix(sd)
     if scale is None:
         scale = _basicsr_scale(sd)
-        why = (f"conv_first takes {sd['conv_first.weight'].shape[1]} input channels for "
-               f"{sd['conv_last.weight'].shape[0]} output channels")
+        why = (
+            f"conv_first takes {sd['conv_first.weight'].shape[1]} input channels for "
+            f"{sd['conv_last.weight'].shape[0]} output channels"
+        )
     else:
         why = f"scale={scale} was given"
     if scale != 4:

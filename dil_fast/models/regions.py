@@ -9,6 +9,7 @@ The fast path switches the regions on for its training forward; nothing patches 
 refuses parameters that alias one another, which the flat parameter buffers of the fused
 optimizers are.)
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -14,6 +14,7 @@ Checkpoints read by :func:`model_from_checkpoint`: our training state; the relea
 ``params_ema``, keys ``body.N.rdbK.convJ``, :mod:`dil_fast.models.interchange`); official SwinIR
 (``params``). The layout is detected from the keys.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -23,22 +24,40 @@ from torch import nn
 
 from ..registry import Registry
 
-__all__ = ["ARCHS", "register_arch", "build_model", "model_spec", "parse_arch_kwargs", "arch_from_state_dict",
-           "model_from_checkpoint", "model_scale", "is_custom_arch", "size_kwargs"]
+__all__ = [
+    "ARCHS",
+    "register_arch",
+    "build_model",
+    "model_spec",
+    "parse_arch_kwargs",
+    "arch_from_state_dict",
+    "model_from_checkpoint",
+    "model_scale",
+    "is_custom_arch",
+    "size_kwargs",
+]
 
 #: architectures by ``--arch`` name (see :func:`register_arch`)
 ARCHS = Registry("architecture", "--arch")
 SIZE_FLAGS = ("nf", "nb", "gc")  # the released trainer's RRDB size flags
 
 
-def register_arch(name: str, cls: type, *, defaults: dict | None = None, size_flags: tuple[str, ...] = (),
-                  recognise=None, keys_hint: str = "") -> type:
+def register_arch(
+    name: str,
+    cls: type,
+    *,
+    defaults: dict | None = None,
+    size_flags: tuple[str, ...] = (),
+    recognise=None,
+    keys_hint: str = "",
+) -> type:
     """Register architecture ``name``: ``cls`` built with ``defaults`` updated by ``--arch_kwargs``;
     ``size_flags``: which of ``--nf --nb --gc`` it takes as keyword arguments of the same names;
     ``recognise(state_dict) -> (kwargs, state_dict in its own names) or None``: its checkpoints,
     told from the keys (``keys_hint``: what it looks for, for the refusal of an unknown one)."""
-    return ARCHS.register(name, cls, defaults=dict(defaults or {}), size_flags=tuple(size_flags),
-                          recognise=recognise, keys_hint=keys_hint)
+    return ARCHS.register(
+        name, cls, defaults=dict(defaults or {}), size_flags=tuple(size_flags), recognise=recognise, keys_hint=keys_hint
+    )
 
 
 def size_kwargs(arch: str, overrides: dict) -> dict:
@@ -62,8 +81,9 @@ def parse_arch_kwargs(text: str | None, flag: str = "--arch_kwargs") -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{flag}: not JSON ({exc.msg} at character {exc.pos}); e.g. '{{\"nf\": 32, \"nb\": 4}}'")\
-            from None
+        raise ValueError(
+            f'{flag}: not JSON ({exc.msg} at character {exc.pos}); e.g. \'{{"nf": 32, "nb": 4}}\''
+        ) from None
     if not isinstance(value, dict):
         raise ValueError(f"{flag}: expected a JSON object of keyword arguments, got {type(value).__name__}")
     return value
@@ -126,8 +146,9 @@ def arch_from_state_dict(sd: dict) -> tuple[str, dict, dict]:
     raise ValueError(f"not a network dil_fast knows (keys {', '.join(list(sd)[:3])}, ...; expected {hints})")
 
 
-def model_from_checkpoint(ckpt: dict, path: str, *, key: str = "model_meta", arch: str | None = None,
-                          arch_kwargs: dict | None = None) -> tuple[nn.Module, str, dict]:
+def model_from_checkpoint(
+    ckpt: dict, path: str, *, key: str = "model_meta", arch: str | None = None, arch_kwargs: dict | None = None
+) -> tuple[nn.Module, str, dict]:
     """``(model with the weights loaded, arch, kwargs)`` from a loaded checkpoint of any supported
     layout (see the module docstring). ``arch``/``arch_kwargs`` (``--arch``) override what the
     checkpoint says; ValueError (one line, naming ``path``) when it cannot be done."""
@@ -137,8 +158,10 @@ def model_from_checkpoint(ckpt: dict, path: str, *, key: str = "model_meta", arc
     try:
         if arch is None and saved is not None:
             if is_custom_arch(saved["arch"]):
-                raise ValueError(f"it was trained with --arch {saved['arch']}; pass --arch {saved['arch']} to rebuild "
-                                 "it (dil_fast does not import code a checkpoint names)")
+                raise ValueError(
+                    f"it was trained with --arch {saved['arch']}; pass --arch {saved['arch']} to rebuild "
+                    "it (dil_fast does not import code a checkpoint names)"
+                )
             arch, kwargs = saved["arch"], dict(saved["kwargs"])
         elif arch is not None and is_custom_arch(arch):
             kwargs = dict(saved["kwargs"]) if saved is not None and saved.get("arch") == arch else {}
@@ -153,8 +176,9 @@ def model_from_checkpoint(ckpt: dict, path: str, *, key: str = "model_meta", arc
         raise ValueError(f"{path}: {exc}") from None
     missing, unexpected = _load(model, sd)
     if missing or unexpected:
-        raise ValueError(f"{path}: the {key} weights do not fit {arch} {kwargs} (missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]})")
+        raise ValueError(
+            f"{path}: the {key} weights do not fit {arch} {kwargs} (missing {missing[:4]}, unexpected {unexpected[:4]})"
+        )
     return model, arch, kwargs
 
 

@@ -13,6 +13,7 @@ and nearest upsampling are all positively homogeneous, so the bias-free network 
 ``f(a x) = a f(x)`` for every ``a > 0``. A state_dict without biases is recognised as such
 (:func:`infer_rrdb_config` gives ``bias=False``), so it saves and loads like the biased one.
 """
+
 from __future__ import annotations
 
 import torch
@@ -77,8 +78,7 @@ class RRDBNet(nn.Module):
 
     upscale = 1
 
-    def __init__(self, in_nc: int = 3, out_nc: int = 3, nf: int = 64, nb: int = 23, gc: int = 32,
-                 bias: bool = True):
+    def __init__(self, in_nc: int = 3, out_nc: int = 3, nf: int = 64, nb: int = 23, gc: int = 32, bias: bool = True):
         super().__init__()
         for name, value in (("in_nc", in_nc), ("out_nc", out_nc), ("nf", nf), ("nb", nb), ("gc", gc)):
             if int(value) != value or value < 1:
@@ -128,7 +128,7 @@ def infer_rrdb_config(state_dict: dict) -> dict:
 
     Raises ``ValueError`` when the dict is not an RRDBNet's, or has biases on some convolutions only.
     """
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()}
     try:
         w_first = sd["conv_first.weight"]
         w_last = sd["conv_last.weight"]
@@ -142,8 +142,10 @@ def infer_rrdb_config(state_dict: dict) -> dict:
     weights = sum(k.endswith(".weight") for k in sd)
     biases = sum(k.endswith(".bias") for k in sd)
     if biases and biases != weights:
-        raise ValueError(f"not an RRDBNet state_dict ({biases} bias tensors for {weights} convolutions: "
-                         "either every convolution has one or none does)")
+        raise ValueError(
+            f"not an RRDBNet state_dict ({biases} bias tensors for {weights} convolutions: "
+            "either every convolution has one or none does)"
+        )
     cfg = {
         "in_nc": int(w_first.shape[1]),
         "out_nc": int(w_last.shape[0]),
@@ -172,6 +174,7 @@ _RRDB_KEYS = "conv_first.weight, RRDB_trunk.0.RDB1.conv1.weight, ... (BasicSR: c
 def _recognise(x4: bool):
     """The recogniser of RRDBNet (``x4`` False) or RRDBNetX4: ``(kwargs, state_dict in dil_fast's
     names)`` of an RRDB state_dict in dil_fast's or BasicSR's names, None for another network."""
+
     def recognise(sd: dict):
         try:
             layout = detect_layout(sd)
@@ -180,10 +183,18 @@ def _recognise(x4: bool):
         own = basicsr_to_dil(sd) if layout == "basicsr" else sd
         cfg = infer_rrdb_config(own)
         return (cfg, own) if cfg.pop("x4") == x4 else None
+
     return recognise
 
 
-register_arch("rrdb", RRDBNet, defaults=RRDB_DEFAULTS, size_flags=SIZE_FLAGS, recognise=_recognise(False),
-              keys_hint=_RRDB_KEYS)
-register_arch("rrdb_x4", RRDBNetX4, defaults=RRDB_DEFAULTS, size_flags=SIZE_FLAGS, recognise=_recognise(True),
-              keys_hint=_RRDB_KEYS + " with upconv1/upconv2")
+register_arch(
+    "rrdb", RRDBNet, defaults=RRDB_DEFAULTS, size_flags=SIZE_FLAGS, recognise=_recognise(False), keys_hint=_RRDB_KEYS
+)
+register_arch(
+    "rrdb_x4",
+    RRDBNetX4,
+    defaults=RRDB_DEFAULTS,
+    size_flags=SIZE_FLAGS,
+    recognise=_recognise(True),
+    keys_hint=_RRDB_KEYS + " with upconv1/upconv2",
+)

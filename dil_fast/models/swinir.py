@@ -31,6 +31,7 @@ double backward. Random ops run only in training with a nonzero ``drop_path_rate
 ``drop_rate`` / ``attn_drop_rate``: there ``vmap`` needs ``randomness="different"`` (or
 ``"same"``); the default ``"error"`` raises. ``use_checkpoint`` does not compose with ``vmap``.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,24 +87,55 @@ class SwinIR(nn.Module):
     constructor arguments except ``norm_layer``).
     """
 
-    def __init__(self, img_size=64, patch_size=1, in_chans: int = 3, embed_dim: int = 96,
-                 depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
-                 window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 qk_scale: float | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.1, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
-                 ape: bool = False, patch_norm: bool = True, use_checkpoint: bool = False, upscale: int = 2,
-                 img_range: float = 1.0, upsampler: str | None = "", resi_connection: str = "1conv"):
+    def __init__(
+        self,
+        img_size=64,
+        patch_size=1,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (6, 6, 6, 6),
+        num_heads: Sequence[int] = (6, 6, 6, 6),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        ape: bool = False,
+        patch_norm: bool = True,
+        use_checkpoint: bool = False,
+        upscale: int = 2,
+        img_range: float = 1.0,
+        upsampler: str | None = "",
+        resi_connection: str = "1conv",
+    ):
         super().__init__()
         upsampler = upsampler or ""
         depths, num_heads = tuple(int(d) for d in depths), tuple(int(h) for h in num_heads)
         self._check_arguments(in_chans, embed_dim, depths, num_heads, window_size, upscale, upsampler, resi_connection)
         self.config = {
-            "img_size": img_size, "patch_size": patch_size, "in_chans": in_chans, "embed_dim": embed_dim,
-            "depths": depths, "num_heads": num_heads, "window_size": window_size, "mlp_ratio": mlp_ratio,
-            "qkv_bias": qkv_bias, "qk_scale": qk_scale, "drop_rate": drop_rate, "attn_drop_rate": attn_drop_rate,
-            "drop_path_rate": drop_path_rate, "ape": ape, "patch_norm": patch_norm,
-            "use_checkpoint": use_checkpoint, "upscale": upscale, "img_range": img_range,
-            "upsampler": upsampler, "resi_connection": resi_connection,
+            "img_size": img_size,
+            "patch_size": patch_size,
+            "in_chans": in_chans,
+            "embed_dim": embed_dim,
+            "depths": depths,
+            "num_heads": num_heads,
+            "window_size": window_size,
+            "mlp_ratio": mlp_ratio,
+            "qkv_bias": qkv_bias,
+            "qk_scale": qk_scale,
+            "drop_rate": drop_rate,
+            "attn_drop_rate": attn_drop_rate,
+            "drop_path_rate": drop_path_rate,
+            "ape": ape,
+            "patch_norm": patch_norm,
+            "use_checkpoint": use_checkpoint,
+            "upscale": upscale,
+            "img_range": img_range,
+            "upsampler": upsampler,
+            "resi_connection": resi_connection,
         }
         self.img_range = float(img_range)
         self.upsampler = upsampler
@@ -127,11 +159,24 @@ class SwinIR(nn.Module):
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
             start = sum(depths[:i])
-            self.layers.append(ResidualSwinTransformerBlock(
-                embed_dim, resi_connection, input_resolution=self.patches_resolution, depth=depth,
-                num_heads=heads, window_size=window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
-                drop_path=drop_path[start:start + depth], norm_layer=norm_layer, use_checkpoint=use_checkpoint))
+            self.layers.append(
+                ResidualSwinTransformerBlock(
+                    embed_dim,
+                    resi_connection,
+                    input_resolution=self.patches_resolution,
+                    depth=depth,
+                    num_heads=heads,
+                    window_size=window_size,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=drop_path[start : start + depth],
+                    norm_layer=norm_layer,
+                    use_checkpoint=use_checkpoint,
+                )
+            )
         self.norm = norm_layer(embed_dim)
         self.conv_after_body = residual_conv(embed_dim, resi_connection)
         self._build_reconstruction(embed_dim, in_chans, int(upscale))
@@ -143,13 +188,18 @@ class SwinIR(nn.Module):
             raise ValueError(f"SwinIR: upsampler must be one of {', '.join(map(repr, UPSAMPLERS))}, got {upsampler!r}")
         if resi_connection not in RESI_CONNECTIONS:
             raise ValueError(f"SwinIR: resi_connection must be '1conv' or '3conv', got {resi_connection!r}")
-        for name, value in (("in_chans", in_chans), ("embed_dim", embed_dim), ("window_size", window_size),
-                            ("upscale", upscale)):
+        for name, value in (
+            ("in_chans", in_chans),
+            ("embed_dim", embed_dim),
+            ("window_size", window_size),
+            ("upscale", upscale),
+        ):
             if int(value) != value or value < 1:
                 raise ValueError(f"SwinIR: {name} must be a positive integer, got {value!r}")
         if not depths or len(depths) != len(num_heads) or min(depths) < 1:
-            raise ValueError(f"SwinIR: depths {depths} and num_heads {num_heads} must be equally long lists of "
-                             "positive integers")
+            raise ValueError(
+                f"SwinIR: depths {depths} and num_heads {num_heads} must be equally long lists of positive integers"
+            )
         if any(h < 1 or embed_dim % h for h in num_heads):
             raise ValueError(f"SwinIR: embed_dim {embed_dim} must be divisible by every num_heads {num_heads}")
         if resi_connection == "3conv" and embed_dim < 4:
@@ -172,8 +222,9 @@ class SwinIR(nn.Module):
             self.upsample = nn.Sequential(*stages)
             self.conv_last = nn.Conv2d(feat, out_chans, 3, 1, 1)
         elif self.upsampler == "pixelshuffledirect":
-            self.upsample = nn.Sequential(nn.Conv2d(embed_dim, upscale * upscale * out_chans, 3, 1, 1),
-                                          nn.PixelShuffle(upscale))
+            self.upsample = nn.Sequential(
+                nn.Conv2d(embed_dim, upscale * upscale * out_chans, 3, 1, 1), nn.PixelShuffle(upscale)
+            )
         elif self.upsampler == "nearest+conv":
             self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, feat, 3, 1, 1), nn.LeakyReLU())
             self.conv_up1 = nn.Conv2d(feat, feat, 3, 1, 1)
@@ -207,8 +258,10 @@ class SwinIR(nn.Module):
         tokens = self.patch_embed(x)
         if self.ape:
             if tokens.shape[1] != self.absolute_pos_embed.shape[1]:
-                raise ValueError(f"SwinIR(ape=True) takes inputs of img_size {self.patches_resolution} (after "
-                                 f"padding to the window), got {x_size}")
+                raise ValueError(
+                    f"SwinIR(ape=True) takes inputs of img_size {self.patches_resolution} (after "
+                    f"padding to the window), got {x_size}"
+                )
             tokens = tokens + self.absolute_pos_embed
         tokens = dropout(tokens, self.drop_rate, self.training)
         for layer in self.layers:
@@ -243,7 +296,7 @@ def _unwrap_checkpoint(state_dict: dict) -> dict:
         if isinstance(state_dict.get(key), dict):
             state_dict = state_dict[key]
             break
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
 def _mask_resolution(mask: torch.Tensor, window: int) -> tuple[int, int]:
@@ -285,7 +338,7 @@ def swinir_config_from_state_dict(state_dict: dict) -> dict:
         depths, num_heads, tables = [], [], []
         for i in layer_ids:
             prefix = f"layers.{i}.residual_group.blocks."
-            blocks = sorted({int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)})
+            blocks = sorted({int(k[len(prefix) :].split(".")[0]) for k in sd if k.startswith(prefix)})
             if blocks != list(range(len(blocks))):
                 raise ValueError(f"not a SwinIR state_dict (layer {i} has blocks {blocks})")
             table = sd[block_key.format(i, 0) + "attn.relative_position_bias_table"]
@@ -303,8 +356,13 @@ def swinir_config_from_state_dict(state_dict: dict) -> dict:
     if "conv_up1.weight" in sd:
         upsampler, upscale = "nearest+conv", 4
     elif "conv_before_upsample.0.weight" in sd:
-        stages = [sd[k] for k in sorted((k for k in sd if k.startswith("upsample.") and k.endswith(".weight")),
-                                        key=lambda k: int(k.split(".")[1]))]
+        stages = [
+            sd[k]
+            for k in sorted(
+                (k for k in sd if k.startswith("upsample.") and k.endswith(".weight")),
+                key=lambda k: int(k.split(".")[1]),
+            )
+        ]
         if not stages:
             raise ValueError("not a SwinIR state_dict (conv_before_upsample without upsample convs)")
         ratio = int(stages[0].shape[0]) // int(stages[0].shape[1])
@@ -349,5 +407,9 @@ def _recognise(sd: dict):
     return swinir_config_from_state_dict(sd), sd
 
 
-register_arch("swinir", SwinIR, recognise=_recognise,
-              keys_hint="layers.0.residual_group.blocks.0.attn.qkv.weight, conv_after_body.weight, ...")
+register_arch(
+    "swinir",
+    SwinIR,
+    recognise=_recognise,
+    keys_hint="layers.0.residual_group.blocks.0.attn.qkv.weight, conv_after_body.weight, ...",
+)

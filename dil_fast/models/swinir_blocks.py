@@ -7,6 +7,7 @@ shifted blocks roll the feature map by ``-shift`` first and mask attention betwe
 from different regions (``MASK_VALUE``); every head adds a learned bias indexed by the relative
 position of the two tokens inside the window.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -55,8 +56,9 @@ def relative_position_index(window: int) -> torch.Tensor:
     return dy * (2 * window - 1) + dx
 
 
-def shifted_window_mask(h: int, w: int, window: int, shift: int, *, device=None,
-                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def shifted_window_mask(
+    h: int, w: int, window: int, shift: int, *, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Additive attention mask of the shifted windows of an ``h x w`` map (``h, w`` multiples of
     ``window``). After the cyclic shift by ``-shift``, rows ``[0, h-window)``, ``[h-window, h-shift)``
     and ``[h-shift, h)`` (same for columns) are the regions; two tokens of one window in different
@@ -123,8 +125,16 @@ class WindowAttention(nn.Module):
     buffer ``relative_position_index [n, n]``.
     """
 
-    def __init__(self, dim: int, window: int, num_heads: int, qkv_bias: bool = True,
-                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        window: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
         super().__init__()
         self.dim = dim
         self.window = window
@@ -178,10 +188,21 @@ class SwinTransformerBlock(nn.Module):
     the official model fails to build); other sizes compute theirs on the input's device.
     """
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int = 7,
-                 shift_size: int = 0, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int = 7,
+        shift_size: int = 0,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
         super().__init__()
         self.dim = dim
         self.input_resolution = tuple(input_resolution)
@@ -224,26 +245,53 @@ class SwinTransformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, input_resolution={self.input_resolution}, window_size={self.window_size}, "
-                f"shift_size={self.shift_size}")
+        return (
+            f"dim={self.dim}, input_resolution={self.input_resolution}, window_size={self.window_size}, "
+            f"shift_size={self.shift_size}"
+        )
 
 
 class SwinTransformerLayer(nn.Module):
     """``depth`` blocks, alternately unshifted and shifted by ``window_size // 2`` (``blocks.{j}``).
     ``[B, H*W, D] -> [B, H*W, D]``."""
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 mlp_ratio: float, qkv_bias: bool, qk_scale: float | None, drop: float, attn_drop: float,
-                 drop_path: Sequence[float], norm_layer: Callable[[int], nn.Module], use_checkpoint: bool):
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        qk_scale: float | None,
+        drop: float,
+        attn_drop: float,
+        drop_path: Sequence[float],
+        norm_layer: Callable[[int], nn.Module],
+        use_checkpoint: bool,
+    ):
         super().__init__()
         self.use_checkpoint = use_checkpoint
-        self.blocks = nn.ModuleList([
-            SwinTransformerBlock(dim, input_resolution, num_heads, window_size,
-                                 shift_size=0 if j % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio,
-                                 qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop, attn_drop=attn_drop,
-                                 drop_path=drop_path[j], norm_layer=norm_layer)
-            for j in range(depth)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                SwinTransformerBlock(
+                    dim,
+                    input_resolution,
+                    num_heads,
+                    window_size,
+                    shift_size=0 if j % 2 == 0 else window_size // 2,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    drop=drop,
+                    attn_drop=attn_drop,
+                    drop_path=drop_path[j],
+                    norm_layer=norm_layer,
+                )
+                for j in range(depth)
+            ]
+        )
 
     def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
         recompute = self.use_checkpoint and torch.is_grad_enabled()
@@ -269,8 +317,10 @@ def residual_conv(dim: int, kind: str) -> nn.Module:
     if kind == "1conv":
         return nn.Conv2d(dim, dim, 3, 1, 1)
     return nn.Sequential(
-        nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(0.2),
+        nn.Conv2d(dim, dim // 4, 3, 1, 1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(dim // 4, dim // 4, 1, 1, 0),
+        nn.LeakyReLU(0.2),
         nn.Conv2d(dim // 4, dim, 3, 1, 1),
     )
 

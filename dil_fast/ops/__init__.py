@@ -18,6 +18,7 @@ optim           adam_step_, meta_step_,        csrc/optim*.{h,cpp,cu}       refe
 
 Importing this package declares every op (the explicit list below).
 """
+
 from . import blur, isp, jpeg, noise, optim, poisson, rain, resize, sample_crops  # noqa: F401
 
 __all__ = ["blur", "isp", "jpeg", "noise", "optim", "poisson", "rain", "resize", "sample_crops"]

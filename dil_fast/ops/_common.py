@@ -1,4 +1,5 @@
 """Small helpers the op modules share."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@
 Implementations: ``triton`` (``kernels/blur.py``) and ``torch``
 (:mod:`dil_fast.ops.reference.blur`); the dispatcher picks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,9 @@ def _sep_triton(x, weights, out_dtype):
     K, B, _ = weights.shape
     kern = backends.triton_kernels("blur")
     tmp = kern.blur_sep_fwd(x, weights, 1)
-    return kern.blur_sep_fwd(tmp.reshape(K * B, *tmp.shape[2:]), weights.reshape(1, K * B, -1), 0,
-                             out_dtype=out_dtype).reshape(tmp.shape)
+    return kern.blur_sep_fwd(
+        tmp.reshape(K * B, *tmp.shape[2:]), weights.reshape(1, K * B, -1), 0, out_dtype=out_dtype
+    ).reshape(tmp.shape)
 
 
 @backends.implement(SEP, "torch")
@@ -49,8 +51,9 @@ def _(x, weights, out_dtype, backend):
     return x.new_empty((weights.shape[0],) + tuple(x.shape[-4:]), dtype=out_dtype)
 
 
-def blur_separable(x: torch.Tensor, weights: torch.Tensor, *, out_dtype: torch.dtype = torch.float32,
-                   backend: str | None = None) -> torch.Tensor:
+def blur_separable(
+    x: torch.Tensor, weights: torch.Tensor, *, out_dtype: torch.dtype = torch.float32, backend: str | None = None
+) -> torch.Tensor:
     """K separable blurs (the same 1-D kernel along W, then along H): x ``[B, C, H, W]`` (shared)
     or ``[K, B, C, H, W]``; weights ``[K, B, T]`` (T odd) -> ``[K, B, C, H, W]``."""
     if weights.dim() != 3 or weights.shape[-1] % 2 != 1:
@@ -79,10 +82,16 @@ def _(x, kernels, out_dtype, backend):
     return x.new_empty(x.shape, dtype=out_dtype)
 
 
-def blur2d(x: torch.Tensor, kernels: torch.Tensor, *, out_dtype: torch.dtype = torch.float32,
-           backend: str | None = None) -> torch.Tensor:
+def blur2d(
+    x: torch.Tensor, kernels: torch.Tensor, *, out_dtype: torch.dtype = torch.float32, backend: str | None = None
+) -> torch.Tensor:
     """Per-sample 2-D correlation: x ``[N, C, H, W]``, kernels ``[N, T, T]`` (T odd) -> ``[N, C, H, W]``."""
-    if kernels.dim() != 3 or kernels.shape[0] != x.shape[0] or kernels.shape[1] != kernels.shape[2] or kernels.shape[1] % 2 != 1:
+    if (
+        kernels.dim() != 3
+        or kernels.shape[0] != x.shape[0]
+        or kernels.shape[1] != kernels.shape[2]
+        or kernels.shape[1] % 2 != 1
+    ):
         raise ValueError(f"kernels must be [N, T, T] with T odd and N = {x.shape[0]}, got {tuple(kernels.shape)}")
     be = backends.backend_for(TWO_D, x.device, x.dtype, backend)
     return _2d_op(x.contiguous(), kernels.to(device=x.device, dtype=torch.float32).contiguous(), out_dtype, be)

@@ -6,6 +6,7 @@ The pipeline has one implementation, the torch reference
 so a forced ``triton``/``cuda`` backend is refused for it like for any other op; the JPEG step is
 the dispatched :func:`dil_fast.ops.jpeg.jpeg` (its Triton kernel on CUDA).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,9 +22,17 @@ backends.declare(OP, default=("torch",))
 backends.implement(OP, "torch")(camera_pipeline_ref)
 
 
-def camera_noise(x: torch.Tensor, stage: str, gamma: torch.Tensor, sigma_s: torch.Tensor, sigma_c: torch.Tensor,
-                 normal: torch.Tensor, *, quality: torch.Tensor | None = None,
-                 backend: str | None = None) -> torch.Tensor:
+def camera_noise(
+    x: torch.Tensor,
+    stage: str,
+    gamma: torch.Tensor,
+    sigma_s: torch.Tensor,
+    sigma_c: torch.Tensor,
+    normal: torch.Tensor,
+    *,
+    quality: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """See :func:`~dil_fast.ops.reference.isp.camera_noise_ref` (stages, shapes and math): x
     ``[B, 3, H, W]`` on [0, 1]; gamma, sigma_s, sigma_c ``[B]``; normals ``[B, normal_count(stage,
     H, W)]``; quality ``[B]`` host ints for ``jpeg``/``mixed`` -> ``[B, 3, H, W]`` float32 on [0, 1]."""

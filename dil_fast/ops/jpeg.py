@@ -5,6 +5,7 @@ Implementations: ``triton`` (``kernels/jpeg.py``: colour stage, 8x8 block stages
 stage) and ``torch`` (:func:`dil_fast.ops.reference.jpeg.jpeg_ref`); the dispatcher picks. The
 differentiable variant (cubic rounding surrogate) is the torch reference only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,9 @@ def _jpeg_torch(x, luma_q, chroma_q, out_dtype):
 
 
 @torch.library.custom_op("dil_fast::jpeg", mutates_args=())
-def _jpeg_op(x: torch.Tensor, luma_q: torch.Tensor, chroma_q: torch.Tensor, out_dtype: torch.dtype,
-             backend: str) -> torch.Tensor:
+def _jpeg_op(
+    x: torch.Tensor, luma_q: torch.Tensor, chroma_q: torch.Tensor, out_dtype: torch.dtype, backend: str
+) -> torch.Tensor:
     return backends.implementation(OP, backend)(x, luma_q, chroma_q, out_dtype)
 
 
@@ -47,8 +49,14 @@ def _(x, luma_q, chroma_q, out_dtype, backend):
     return x.new_empty(x.shape, dtype=out_dtype)
 
 
-def jpeg(x: torch.Tensor, quality: torch.Tensor, *, differentiable: bool = False,
-         out_dtype: torch.dtype = torch.float32, backend: str | None = None) -> torch.Tensor:
+def jpeg(
+    x: torch.Tensor,
+    quality: torch.Tensor,
+    *,
+    differentiable: bool = False,
+    out_dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Baseline JPEG simulation (:func:`~dil_fast.ops.reference.jpeg.jpeg_ref`): x ``[B, 3, H, W]``
     on [0, 1] (or uint8), quality ``[B]`` ints (host tensor or list; the tables are built on the
     host). ``differentiable=True`` runs the torch reference with the rounding surrogate (autograd)."""
@@ -59,8 +67,9 @@ def jpeg(x: torch.Tensor, quality: torch.Tensor, *, differentiable: bool = False
     if differentiable:
         forced = backends.forced_backend(backend)
         if forced not in (None, "torch"):
-            raise backends.BackendError(f"{OP}: differentiable=True runs only the torch reference; backend "
-                                        f"{forced!r} cannot serve it")
+            raise backends.BackendError(
+                f"{OP}: differentiable=True runs only the torch reference; backend {forced!r} cannot serve it"
+            )
         return jpeg_ref(as_float(x), quality, differentiable=True, tables=(luma_q, chroma_q)).to(out_dtype)
     be = backends.backend_for(OP, x.device, x.dtype, backend)
     return _jpeg_op(x.contiguous(), luma_q, chroma_q, out_dtype, be)

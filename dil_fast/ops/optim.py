@@ -21,9 +21,9 @@ that :func:`adam_args` / :func:`meta_args` / :func:`sgd_args` fill. Those builde
 buffers are built, and each step is one native call.
 
 The ops are registered with ``torch.library.Library.define``/``impl`` rather than
-``torch.library.custom_op``: measured on torch 2.13 (CPU), a mutating ``custom_op`` costs about
-55 us of host time per call against about 3.5 us for the same schema defined this way.
+``torch.library.custom_op``, for the host time per call (bench/RESULTS.md, "Host overhead").
 """
+
 from __future__ import annotations
 
 import torch
@@ -55,13 +55,13 @@ _FLOATS = tuple(DTYPE_CODES)
 _LIB = torch.library.Library("dil_fast", "FRAGMENT")
 _SCHEMAS = {
     "adam_step_": "adam_step_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
-                  "Tensor(d!) step, Tensor lr, float beta1, float beta2, float eps, float weight_decay, "
-                  "bool adamw, Tensor? found_inf=None, Tensor? grad_scale=None) -> ()",
+    "Tensor(d!) step, Tensor lr, float beta1, float beta2, float eps, float weight_decay, "
+    "bool adamw, Tensor? found_inf=None, Tensor? grad_scale=None) -> ()",
     "meta_step_": "meta_step_(Tensor(a!) meta, Tensor(b!) sources, Tensor(c!) exp_avg, Tensor(d!) exp_avg_sq, "
-                  "Tensor(e!) step, Tensor lr, float beta1, float beta2, float eps, float weight_decay, "
-                  "bool adamw, int reduction, bool reset, Tensor? found_inf=None) -> ()",
+    "Tensor(e!) step, Tensor lr, float beta1, float beta2, float eps, float weight_decay, "
+    "bool adamw, int reduction, bool reset, Tensor? found_inf=None) -> ()",
     "sgd_step_": "sgd_step_(Tensor(a!) param, Tensor grad, Tensor lr, float weight_decay, Tensor? base=None, "
-                 "Tensor? found_inf=None) -> ()",
+    "Tensor? found_inf=None) -> ()",
     "nonfinite_check_": "nonfinite_check_(Tensor x, Tensor(a!) found_inf) -> ()",
 }
 for _schema in _SCHEMAS.values():
@@ -101,26 +101,43 @@ def _check_buffers(what: str, ref: Tensor, **others: Tensor | None) -> None:
 
 def _same(what: str, ref: Tensor, **others: Tensor) -> None:
     for name, t in others.items():
-        _require(t.shape == ref.shape and t.dtype == ref.dtype,
-                 f"{what}: {name} has shape {tuple(t.shape)} / {t.dtype}, expected {tuple(ref.shape)} / {ref.dtype}")
+        _require(
+            t.shape == ref.shape and t.dtype == ref.dtype,
+            f"{what}: {name} has shape {tuple(t.shape)} / {t.dtype}, expected {tuple(ref.shape)} / {ref.dtype}",
+        )
 
 
-def _check_scalars(what: str, ref: Tensor, rows: int, step: Tensor | None, lr: Tensor, found_inf: Tensor | None,
-                   grad_scale: Tensor | None = None, *, lr_per_row: bool = True) -> None:
+def _check_scalars(
+    what: str,
+    ref: Tensor,
+    rows: int,
+    step: Tensor | None,
+    lr: Tensor,
+    found_inf: Tensor | None,
+    grad_scale: Tensor | None = None,
+    *,
+    lr_per_row: bool = True,
+) -> None:
     if step is not None:
-        _require(step.dtype == torch.float32 and step.numel() >= 1,
-                 f"{what}: step must be a float32 tensor with at least one element, got {step.dtype}")
+        _require(
+            step.dtype == torch.float32 and step.numel() >= 1,
+            f"{what}: step must be a float32 tensor with at least one element, got {step.dtype}",
+        )
         if ref.dim() == 2:
             _require(step.numel() in (1, rows), f"{what}: step needs 1 or K={rows} elements, got {step.numel()}")
         _require(step.device == ref.device and step.is_contiguous(), f"{what}: step must be contiguous on {ref.device}")
     _require(lr.dtype in _FLOATS, f"{what}: lr must be float32 or float64, got {lr.dtype}")
-    _require(lr.numel() == 1 or (lr_per_row and lr.numel() == rows),
-             f"{what}: lr needs 1{' or K=' + str(rows) if lr_per_row else ''} elements, got {lr.numel()}")
+    _require(
+        lr.numel() == 1 or (lr_per_row and lr.numel() == rows),
+        f"{what}: lr needs 1{' or K=' + str(rows) if lr_per_row else ''} elements, got {lr.numel()}",
+    )
     _require(lr.device == ref.device, f"{what}: lr is on {lr.device} but the parameters are on {ref.device}")
     for name, t in (("found_inf", found_inf), ("grad_scale", grad_scale)):
         if t is not None:
-            _require(t.dtype == torch.float32 and t.numel() == 1 and t.device == ref.device,
-                     f"{what}: {name} must be a one-element float32 tensor on {ref.device}")
+            _require(
+                t.dtype == torch.float32 and t.numel() == 1 and t.device == ref.device,
+                f"{what}: {name} must be a one-element float32 tensor on {ref.device}",
+            )
 
 
 def _native_for(device: torch.device):
@@ -131,8 +148,9 @@ def _native_for(device: torch.device):
 
 
 # ------------------------------------------------------------------- native argument structs
-def adam_args(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, adamw,
-              found_inf=None, grad_scale=None):
+def adam_args(
+    param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, adamw, found_inf=None, grad_scale=None
+):
     """Validate the arguments of ``adam_step_`` and return the native ``AdamArgs`` struct."""
     what = "adam_step_"
     _check_buffers(what, param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
@@ -144,21 +162,43 @@ def adam_args(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wei
     a.param, a.grad, a.exp_avg, a.exp_avg_sq = (t.data_ptr() for t in (param, grad, exp_avg, exp_avg_sq))
     a.step, a.step_numel = step.data_ptr(), step.numel()
     a.lr, a.lr_dtype, a.lr_numel = lr.data_ptr(), _code(lr, "lr"), lr.numel()
-    a.beta1, a.beta2, a.eps, a.weight_decay, a.adamw = float(beta1), float(beta2), float(eps), float(weight_decay), bool(adamw)
+    a.beta1, a.beta2, a.eps, a.weight_decay, a.adamw = (
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        bool(adamw),
+    )
     a.found_inf, a.grad_scale = _addr(found_inf), _addr(grad_scale)
     return a
 
 
-def meta_args(meta, sources, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, adamw, reduction,
-              reset, found_inf=None):
+def meta_args(
+    meta,
+    sources,
+    exp_avg,
+    exp_avg_sq,
+    step,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    adamw,
+    reduction,
+    reset,
+    found_inf=None,
+):
     """Validate the arguments of ``meta_step_`` (``reduction`` 0 = diff, 1 = mean) -> ``MetaArgs``."""
     what = "meta_step_"
     _check_buffers(what, meta, sources=sources, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     _require(meta.dim() == 1, f"{what}: meta must be a flat [P] buffer, got shape {tuple(meta.shape)}")
     _same(what, meta, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
-    _require(sources.dtype == meta.dtype and sources.shape[-1] == meta.shape[0] and sources.dim() in (1, 2),
-             f"{what}: sources must be [P] or [K, P] of {meta.dtype} with P={meta.shape[0]}, "
-             f"got {tuple(sources.shape)} / {sources.dtype}")
+    _require(
+        sources.dtype == meta.dtype and sources.shape[-1] == meta.shape[0] and sources.dim() in (1, 2),
+        f"{what}: sources must be [P] or [K, P] of {meta.dtype} with P={meta.shape[0]}, "
+        f"got {tuple(sources.shape)} / {sources.dtype}",
+    )
     _require(reduction in (0, 1), f"{what}: reduction must be 0 (mean of meta - sources) or 1 (mean of sources)")
     _require(not (reset and reduction == 1), f"{what}: reset needs reduction 0 (the sources are task weights)")
     _check_scalars(what, meta, 1, step, lr, found_inf, lr_per_row=False)
@@ -170,7 +210,13 @@ def meta_args(meta, sources, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, w
     a.param, a.grad, a.exp_avg, a.exp_avg_sq = (t.data_ptr() for t in (meta, sources, exp_avg, exp_avg_sq))
     a.step, a.step_numel = step.data_ptr(), step.numel()
     a.lr, a.lr_dtype, a.lr_numel = lr.data_ptr(), _code(lr, "lr"), 1
-    a.beta1, a.beta2, a.eps, a.weight_decay, a.adamw = float(beta1), float(beta2), float(eps), float(weight_decay), bool(adamw)
+    a.beta1, a.beta2, a.eps, a.weight_decay, a.adamw = (
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        bool(adamw),
+    )
     a.found_inf, a.grad_scale = _addr(found_inf), 0
     m.adam = a
     m.mode, m.reset = int(reduction), bool(reset)
@@ -183,8 +229,10 @@ def sgd_args(param, grad, lr, weight_decay, base=None, found_inf=None):
     _check_buffers(what, param, grad=grad, base=base)
     _same(what, param, grad=grad)
     if base is not None:
-        _require(base.dim() == 1 and base.shape[0] == param.shape[-1] and base.dtype == param.dtype,
-                 f"{what}: base must be [P] with P={param.shape[-1]} and dtype {param.dtype}")
+        _require(
+            base.dim() == 1 and base.shape[0] == param.shape[-1] and base.dtype == param.dtype,
+            f"{what}: base must be [P] with P={param.shape[-1]} and dtype {param.dtype}",
+        )
     rows = 1 if param.dim() == 1 else param.shape[0]
     _check_scalars(what, param, rows, None, lr, found_inf)
     a = _native_for(param.device).SgdArgs()
@@ -198,8 +246,10 @@ def sgd_args(param, grad, lr, weight_decay, base=None, found_inf=None):
 def _nonfinite_args(x, found_inf) -> tuple:
     what = "nonfinite_check_"
     _require(x.is_contiguous(), f"{what}: x must be contiguous")
-    _require(found_inf.dtype == torch.float32 and found_inf.numel() == 1 and found_inf.device == x.device,
-             f"{what}: found_inf must be a one-element float32 tensor on {x.device}")
+    _require(
+        found_inf.dtype == torch.float32 and found_inf.numel() == 1 and found_inf.device == x.device,
+        f"{what}: found_inf must be a one-element float32 tensor on {x.device}",
+    )
     return _code(x, what), x.numel(), x.data_ptr(), found_inf.data_ptr()
 
 
@@ -227,8 +277,10 @@ class NativeLaunch:
 
 
 def _cuda_launch(t: Tensor) -> tuple[int, int]:
-    return (t.device.index if t.device.index is not None else torch.cuda.current_device(),
-            torch.cuda.current_stream(t.device).cuda_stream)
+    return (
+        t.device.index if t.device.index is not None else torch.cuda.current_device(),
+        torch.cuda.current_stream(t.device).cuda_stream,
+    )
 
 
 # ------------------------------------------------------------------- dispatcher kernels (native)
@@ -264,8 +316,12 @@ def _nonfinite_cuda(x, found_inf):
     _native_for(x.device).nonfinite_cuda(*_nonfinite_args(x, found_inf), *_cuda_launch(x))
 
 
-for _name, _cpu, _cuda in (("adam_step_", _adam_cpu, _adam_cuda), ("meta_step_", _meta_cpu, _meta_cuda),
-                           ("sgd_step_", _sgd_cpu, _sgd_cuda), ("nonfinite_check_", _nonfinite_cpu, _nonfinite_cuda)):
+for _name, _cpu, _cuda in (
+    ("adam_step_", _adam_cpu, _adam_cuda),
+    ("meta_step_", _meta_cpu, _meta_cuda),
+    ("sgd_step_", _sgd_cpu, _sgd_cuda),
+    ("nonfinite_check_", _nonfinite_cpu, _nonfinite_cuda),
+):
     _LIB.impl(_name, _cpu, "CPU")
     _LIB.impl(_name, _cuda, "CUDA")
     torch.library.register_fake(f"dil_fast::{_name}", lambda *args, **kwargs: None, lib=_LIB)
@@ -299,28 +355,68 @@ def fused_optimizer(device, backend: str | None = None) -> bool:
     ``device`` (with ``backend`` forced, when that backend is ``cuda``); otherwise the algorithms use
     ``torch.optim.Adam`` per tensor (``backend="torch"`` is the reference path).
 
-    On the CPU the rule is the measured one, fixed: the native twin's flat Adam (AVX2, one pass)
-    took 0.72x the time of torch's fused CPU Adam at P = 16.6 M, 1 thread (bench/RESULTS.md), so
-    the native core is preferred whenever it is loaded; nothing is timed at run time."""
+    On the CPU the rule is the measured one, fixed: the native twin's flat Adam is faster than
+    torch's fused CPU Adam (bench/RESULTS.md), so the native core is preferred whenever it is
+    loaded; nothing is timed at run time."""
     return backends.backend_for("adam_step", device, torch.float32, backend) == "cuda"
 
 
-def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor, lr,
-               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-               adamw: bool = False, found_inf: Tensor | None = None, grad_scale: Tensor | None = None, *,
-               backend: str | None = None) -> None:
+def adam_step_(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    lr,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    adamw: bool = False,
+    found_inf: Tensor | None = None,
+    grad_scale: Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> None:
     """Adam / AdamW (``torch.optim.Adam`` math) in place on ``param`` [P] or [K, P] (K independent
     rows, ``lr`` and ``step`` per row or shared), one launch."""
     lr = as_lr(lr, param.device)
     fn = backends.select("adam_step", param.device, param.dtype, backends.forced_backend(backend)).fn
-    fn(param, grad, exp_avg, exp_avg_sq, step, lr, float(beta1), float(beta2), float(eps), float(weight_decay),
-       bool(adamw), found_inf, grad_scale)
+    fn(
+        param,
+        grad,
+        exp_avg,
+        exp_avg_sq,
+        step,
+        lr,
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        bool(adamw),
+        found_inf,
+        grad_scale,
+    )
 
 
-def meta_step_(meta: Tensor, sources: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor, lr,
-               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-               adamw: bool = False, *, reduction: str = "diff", reset: bool = False,
-               found_inf: Tensor | None = None, backend: str | None = None) -> None:
+def meta_step_(
+    meta: Tensor,
+    sources: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    lr,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    adamw: bool = False,
+    *,
+    reduction: str = "diff",
+    reset: bool = False,
+    found_inf: Tensor | None = None,
+    backend: str | None = None,
+) -> None:
     """Meta Adam step of ``meta`` [P] with the gradient reduced over ``sources`` [K, P] (or [P]):
     ``reduction="diff"``: mean_k(meta - sources[k]) (task weights, the Reptile step); ``"mean"``:
     mean_k(sources[k]) (task gradients). ``reset`` (diff only): every source row <- the new meta,
@@ -330,12 +426,34 @@ def meta_step_(meta: Tensor, sources: Tensor, exp_avg: Tensor, exp_avg_sq: Tenso
         raise ValueError(f"meta_step_: reduction must be 'diff' or 'mean', got {reduction!r}")
     lr = as_lr(lr, meta.device)
     fn = backends.select("meta_step", meta.device, meta.dtype, backends.forced_backend(backend)).fn
-    fn(meta, sources, exp_avg, exp_avg_sq, step, lr, float(beta1), float(beta2), float(eps), float(weight_decay),
-       bool(adamw), REDUCTIONS[reduction], bool(reset), found_inf)
+    fn(
+        meta,
+        sources,
+        exp_avg,
+        exp_avg_sq,
+        step,
+        lr,
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        bool(adamw),
+        REDUCTIONS[reduction],
+        bool(reset),
+        found_inf,
+    )
 
 
-def sgd_step_(param: Tensor, grad: Tensor, lr, weight_decay: float = 0.0, base: Tensor | None = None,
-              found_inf: Tensor | None = None, *, backend: str | None = None) -> None:
+def sgd_step_(
+    param: Tensor,
+    grad: Tensor,
+    lr,
+    weight_decay: float = 0.0,
+    base: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> None:
     """SGD (no momentum, ``torch.optim.SGD`` math) on ``param`` [P] or [K, P]; with ``base`` [P]
     every row becomes a virtual update of one set of weights: ``param[k] = base - lr_k * grad[k]``."""
     lr = as_lr(lr, param.device)

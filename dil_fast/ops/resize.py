@@ -4,6 +4,7 @@ bicubic, 'area' pooling), its ``torch.library`` registration and fake.
 Implementations: ``triton`` (``kernels/resize.py``) and ``torch``
 (:mod:`dil_fast.ops.reference.resize`); the dispatcher picks.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,15 @@ def _resize_torch(x, idx_h, wt_h, idx_w, wt_w, out_dtype):
 
 
 @torch.library.custom_op("dil_fast::resize", mutates_args=())
-def _resize_op(x: torch.Tensor, idx_h: torch.Tensor, wt_h: torch.Tensor, idx_w: torch.Tensor,
-               wt_w: torch.Tensor, out_dtype: torch.dtype, backend: str) -> torch.Tensor:
+def _resize_op(
+    x: torch.Tensor,
+    idx_h: torch.Tensor,
+    wt_h: torch.Tensor,
+    idx_w: torch.Tensor,
+    wt_w: torch.Tensor,
+    out_dtype: torch.dtype,
+    backend: str,
+) -> torch.Tensor:
     return backends.implementation(OP, backend)(x, idx_h, wt_h, idx_w, wt_w, out_dtype)
 
 
@@ -49,8 +57,14 @@ def _(x, idx_h, wt_h, idx_w, wt_w, out_dtype, backend):
     return x.new_empty((x.shape[0], x.shape[1], idx_h.shape[0], idx_w.shape[0]), dtype=out_dtype)
 
 
-def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic", *, out_dtype: torch.dtype = torch.float32,
-           backend: str | None = None) -> torch.Tensor:
+def resize(
+    x: torch.Tensor,
+    size: tuple[int, int],
+    mode: str = "bicubic",
+    *,
+    out_dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+) -> torch.Tensor:
     """x ``[N, C, H, W]`` -> ``[N, C, size[0], size[1]]``, as ``F.interpolate(x, size, mode=mode,
     antialias=True)`` for 'bilinear'/'bicubic' and ``mode='area'`` for 'area' (no clamping)."""
     H, W = x.shape[-2:]

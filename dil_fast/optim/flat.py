@@ -28,6 +28,7 @@ backward-input otherwise). The flat optimizers are elementwise, so the layout ch
 they compute; two flat sets paired element by element (meta and task networks) must share the
 layout, which a copy of the model does.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,7 +86,7 @@ class FlatBucket:
     def segment(self, buf: Tensor, i: int) -> Tensor:
         n = math.prod(self.shapes[i])
         layout = self.layouts[i] if self.layouts else CONTIGUOUS
-        return segment_view(buf[self.offsets[i]:self.offsets[i] + n], self.shapes[i], layout)
+        return segment_view(buf[self.offsets[i] : self.offsets[i] + n], self.shapes[i], layout)
 
 
 def adjacent_views(tensors: list[Tensor], layouts: list[str] | None = None) -> Tensor | None:
@@ -98,9 +99,14 @@ def adjacent_views(tensors: list[Tensor], layouts: list[str] | None = None) -> T
     pos = first.storage_offset()
     for i, t in enumerate(tensors):
         layout = dense_layout(t)
-        if (t.untyped_storage().data_ptr() != storage or t.storage_offset() != pos or layout is None
-                or (layouts is not None and layout != layouts[i])
-                or t.dtype != first.dtype or t.device != first.device):
+        if (
+            t.untyped_storage().data_ptr() != storage
+            or t.storage_offset() != pos
+            or layout is None
+            or (layouts is not None and layout != layouts[i])
+            or t.dtype != first.dtype
+            or t.device != first.device
+        ):
             return None
         pos += t.numel()
     total = pos - first.storage_offset()
@@ -184,9 +190,12 @@ class FlatParams:
             first, last = b.params[0], b.params[-1]
             if first.data_ptr() != b.data.data_ptr() or last.data_ptr() != b.addr(b.data, len(b.params) - 1):
                 return self.sync()
-            if b.grad is not None and (first.grad is None or last.grad is None
-                                       or first.grad.data_ptr() != b.grad.data_ptr()
-                                       or last.grad.data_ptr() != b.addr(b.grad, len(b.params) - 1)):
+            if b.grad is not None and (
+                first.grad is None
+                or last.grad is None
+                or first.grad.data_ptr() != b.grad.data_ptr()
+                or last.grad.data_ptr() != b.addr(b.grad, len(b.params) - 1)
+            ):
                 return self.sync()
 
     def sync(self) -> None:
@@ -240,9 +249,7 @@ class FlatParams:
     # ------------------------------------------------------------------ public buffers
     def _single(self) -> FlatBucket:
         if len(self.buckets) != 1:
-            raise ValueError(
-                f"FlatParams holds {len(self.buckets)} buckets (one per device/dtype); use .buckets[i]"
-            )
+            raise ValueError(f"FlatParams holds {len(self.buckets)} buckets (one per device/dtype); use .buckets[i]")
         return self.buckets[0]
 
     @property
@@ -311,7 +318,9 @@ class FlatParams:
 
     def copy_from(self, other: "FlatParams") -> None:
         """``self <- other`` for a FlatParams of the same architecture (one copy per bucket)."""
-        if len(self.buckets) != len(other.buckets) or any(a.numel != b.numel for a, b in zip(self.buckets, other.buckets)):
+        if len(self.buckets) != len(other.buckets) or any(
+            a.numel != b.numel for a, b in zip(self.buckets, other.buckets)
+        ):
             raise ValueError("FlatParams.copy_from: the two parameter sets have different layouts")
         self.sync()
         other.sync()
@@ -339,7 +348,9 @@ class StackedParams:
             raise ValueError("StackedParams: the model has no parameters")
         dtypes = {(p.device, p.dtype) for _, p in named}
         if len(dtypes) != 1:
-            raise ValueError(f"StackedParams needs one device and dtype for all parameters, got {sorted(map(str, dtypes))}")
+            raise ValueError(
+                f"StackedParams needs one device and dtype for all parameters, got {sorted(map(str, dtypes))}"
+            )
         if k < 1:
             raise ValueError(f"StackedParams: k must be >= 1, got {k}")
         self.names = [n for n, _ in named]
@@ -364,7 +375,7 @@ class StackedParams:
         out = {}
         for n, off, shape in zip(self.names, self.offsets, self.shapes):
             size = math.prod(shape)
-            out[n] = buf[:, off:off + size].view(self.k, *shape) if batched else buf[off:off + size].view(shape)
+            out[n] = buf[:, off : off + size].view(self.k, *shape) if batched else buf[off : off + size].view(shape)
         return out
 
     def row(self, k: int, *, grad: bool = False) -> dict[str, Tensor]:

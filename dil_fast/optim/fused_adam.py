@@ -18,6 +18,7 @@ without a gradient contributes a zero gradient (its moments decay and it moves w
 update (step counters included) when one is NaN/inf, without a host sync. ``GradScaler`` is
 supported (``grad_scale`` / ``found_inf``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -84,8 +85,16 @@ class FusedAdam(torch.optim.Optimizer):
         self.check_finite = check_finite
         self.backend = backend
         defaults = dict(
-            lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps, weight_decay=weight_decay, amsgrad=False,
-            maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
+            lr=lr,
+            betas=(float(betas[0]), float(betas[1])),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=False,
+            maximize=False,
+            foreach=None,
+            capturable=False,
+            differentiable=False,
+            fused=None,
             decoupled_weight_decay=decoupled_weight_decay,
         )
         super().__init__(params, defaults)
@@ -140,8 +149,10 @@ class FusedAdam(torch.optim.Optimizer):
                 raise ValueError("FusedAdam implements neither amsgrad nor maximize; the state asks for them")
         counts = {float(s["step"]) for s in state_dict["state"].values() if "step" in s}
         if len(counts) > 1:
-            raise ValueError(f"FusedAdam steps all parameters together; this state has per-parameter step counts "
-                             f"{min(counts):g}..{max(counts):g}")
+            raise ValueError(
+                f"FusedAdam steps all parameters together; this state has per-parameter step counts "
+                f"{min(counts):g}..{max(counts):g}"
+            )
         super().load_state_dict(state_dict)
         with torch.no_grad():
             for flat, states in zip(self._flats, self._bstates):
@@ -170,8 +181,13 @@ class FusedAdam(torch.optim.Optimizer):
     @staticmethod
     def _hyper(group: dict) -> tuple:
         beta1, beta2 = (float(b) for b in group["betas"])
-        return beta1, beta2, float(group["eps"]), float(group["weight_decay"]),\
-            bool(group.get("decoupled_weight_decay", False))
+        return (
+            beta1,
+            beta2,
+            float(group["eps"]),
+            float(group["weight_decay"]),
+            bool(group.get("decoupled_weight_decay", False)),
+        )
 
     def _adam_launch(self, b: FlatBucket, st: _BucketState, hyper: tuple):
         backend = backends.backend_for("adam_step", b.data.device, b.data.dtype, self.backend)
@@ -181,6 +197,7 @@ class FusedAdam(torch.optim.Optimizer):
 
         def reference(found_inf=None, grad_scale=None, lr=st.lr):
             adam_step_ref_(b.data, b.grad, st.exp_avg, st.exp_avg_sq, st.steps, lr, *hyper, found_inf, grad_scale)
+
         return reference
 
     @torch.no_grad()
@@ -252,7 +269,8 @@ class FusedAdam(torch.optim.Optimizer):
             raise ValueError("meta_step_ needs an optimizer with a single param group")
         group, flat, states = self.param_groups[0], self._flats[0], self._bstates[0]
         if len(task.buckets) != len(flat.buckets) or any(
-                tb.data.shape != mb.data.shape for tb, mb in zip(task.buckets, flat.buckets)):
+            tb.data.shape != mb.data.shape for tb, mb in zip(task.buckets, flat.buckets)
+        ):
             raise ValueError("meta_step_: the task parameters do not match this optimizer's parameters")
         hyper = self._hyper(group)
         for mb, tb, st in zip(flat.buckets, task.buckets, states):
@@ -278,9 +296,11 @@ class FusedAdam(torch.optim.Optimizer):
                 adam.found_inf = 0 if flag is None else flag.data_ptr()
                 launch.args.adam = adam
                 launch()
+
             return native
-        return lambda flag=None: meta_step_ref_(mb.data, tb.data, st.exp_avg, st.exp_avg_sq, st.steps, lr, *hyper, 0,
-                                                reset, flag)
+        return lambda flag=None: meta_step_ref_(
+            mb.data, tb.data, st.exp_avg, st.exp_avg_sq, st.steps, lr, *hyper, 0, reset, flag
+        )
 
     @torch.no_grad()
     def sync_lr(self) -> None:

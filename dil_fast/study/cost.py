@@ -34,12 +34,24 @@ dense) at the same efficiency. ``cpu``: :data:`CPU_GFLOPS_PER_THREAD` per torch 
 this project's 2-core machine for RRDB nf 16 (docs/RESULTS-generalization.md). Fixed costs per
 run (building the trainer, cuDNN autotuning, the CUDA-graph capture) are :data:`RUN_SETUP_S`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["rrdb_macs_per_pixel", "patches_per_meta_iteration", "Rates", "rates_for", "RunCost", "run_cost",
-           "GPU_BF16_TFLOPS", "GPU_TF32_TFLOPS", "GPU_EFFICIENCY", "CPU_GFLOPS_PER_THREAD", "RUN_SETUP_S"]
+__all__ = [
+    "rrdb_macs_per_pixel",
+    "patches_per_meta_iteration",
+    "Rates",
+    "rates_for",
+    "RunCost",
+    "run_cost",
+    "GPU_BF16_TFLOPS",
+    "GPU_TF32_TFLOPS",
+    "GPU_EFFICIENCY",
+    "CPU_GFLOPS_PER_THREAD",
+    "RUN_SETUP_S",
+]
 
 GPU_BF16_TFLOPS = 790.0
 GPU_TF32_TFLOPS = 395.0
@@ -64,8 +76,15 @@ def rrdb_macs_per_pixel(nf: int, nb: int, gc: int, in_nc: int = 3, out_nc: int =
 def patches_per_meta_iteration(method: str, k: int, batch: int) -> float:
     """Patches through forward + backward in one meta-iteration (the table in the module docstring)."""
     base = method[:-3] if method.endswith("-bf") else method
-    per = {"erm": k, "erm-steps": k, "sf": k, "pf": k + 1, "ss-fo": 2 * k, "ss": k * (1 + _SECOND_ORDER),
-           "ps": k * _SECOND_ORDER + 1}
+    per = {
+        "erm": k,
+        "erm-steps": k,
+        "sf": k,
+        "pf": k + 1,
+        "ss-fo": 2 * k,
+        "ss": k * (1 + _SECOND_ORDER),
+        "ps": k * _SECOND_ORDER + 1,
+    }
     if base not in per:
         raise ValueError(f"no cost model for method {method!r}")
     return per[base] * batch
@@ -85,14 +104,23 @@ def rates_for(device_type: str, threads: int = 1, efficiency: float | None = Non
     """The rates the estimate assumes on ``device_type`` (``cuda`` or ``cpu``)."""
     if device_type == "cuda":
         eff = GPU_EFFICIENCY if efficiency is None else efficiency
-        return Rates(GPU_BF16_TFLOPS * 1e12 * eff, GPU_TF32_TFLOPS * 1e12 * eff, RUN_SETUP_S["cuda"],
-                     f"{eff:.0%} of {GPU_BF16_TFLOPS:.0f} TFLOP/s bf16 (training) and of {GPU_TF32_TFLOPS:.0f} "
-                     f"TFLOP/s TF32 (evaluation), H100/H200")
+        return Rates(
+            GPU_BF16_TFLOPS * 1e12 * eff,
+            GPU_TF32_TFLOPS * 1e12 * eff,
+            RUN_SETUP_S["cuda"],
+            f"{eff:.0%} of {GPU_BF16_TFLOPS:.0f} TFLOP/s bf16 (training) and of {GPU_TF32_TFLOPS:.0f} "
+            f"TFLOP/s TF32 (evaluation), H100/H200",
+        )
     scale = 1.0 if efficiency is None else efficiency
     rate = CPU_GFLOPS_PER_THREAD * 1e9 * max(1, threads) * scale
-    return Rates(rate, rate, RUN_SETUP_S["cpu"], f"{rate / 1e9:.0f} GFLOP/s ({CPU_GFLOPS_PER_THREAD:.0f} GFLOP/s "
-                 f"per thread x {max(1, threads)} thread(s){'' if efficiency is None else f' x {scale:g}'}, "
-                 f"measured for RRDB nf 16 on the project's 2-core machine)")
+    return Rates(
+        rate,
+        rate,
+        RUN_SETUP_S["cpu"],
+        f"{rate / 1e9:.0f} GFLOP/s ({CPU_GFLOPS_PER_THREAD:.0f} GFLOP/s "
+        f"per thread x {max(1, threads)} thread(s){'' if efficiency is None else f' x {scale:g}'}, "
+        f"measured for RRDB nf 16 on the project's 2-core machine)",
+    )
 
 
 @dataclass(frozen=True)
@@ -112,8 +140,18 @@ class RunCost:
         return self.train_s + self.eval_s + self.setup_s
 
 
-def run_cost(method: str, *, macs_per_pixel: int, k: int, batch: int, patch: int, budget: int, evals: int,
-             eval_pixels: int, rates: Rates) -> RunCost:
+def run_cost(
+    method: str,
+    *,
+    macs_per_pixel: int,
+    k: int,
+    batch: int,
+    patch: int,
+    budget: int,
+    evals: int,
+    eval_pixels: int,
+    rates: Rates,
+) -> RunCost:
     """The cost of training ``method`` for ``budget`` meta-iterations and evaluating it ``evals``
     times on ``eval_pixels`` input pixels (every test image at every level)."""
     per_it = patches_per_meta_iteration(method, k, batch) * patch * patch * macs_per_pixel * 2 * 3

@@ -13,6 +13,7 @@ convolutions run as the device's float32 default (cuDNN allows TF32), like ``dil
 
 Only the per-image scores come back to the host: one copy per pass.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,8 +76,18 @@ class BatchedEvaluator:
     float64 arrays per test set, rows the levels in the order given, columns the images.
     """
 
-    def __init__(self, testsets: list[TestSet], levels: tuple[EvalLevel, ...], *, seed: int, device,
-                 scale: int = 1, y: bool = False, crop_border: int = 0, channels_last: bool = False):
+    def __init__(
+        self,
+        testsets: list[TestSet],
+        levels: tuple[EvalLevel, ...],
+        *,
+        seed: int,
+        device,
+        scale: int = 1,
+        y: bool = False,
+        crop_border: int = 0,
+        channels_last: bool = False,
+    ):
         self.testsets, self.levels = list(testsets), tuple(levels)
         self.device = torch.device(device)
         self.scale, self.y, self.crop_border = int(scale), bool(y), int(crop_border)
@@ -88,8 +99,12 @@ class BatchedEvaluator:
             for i, (name, img) in enumerate(ts.images):
                 clean = mod_crop(img, self.scale)
                 try:
-                    x = torch.cat([degrade_image(clean, lv, seed=seed, index=i, scale=self.scale, device=self.device)
-                                   for lv in self.levels])
+                    x = torch.cat(
+                        [
+                            degrade_image(clean, lv, seed=seed, index=i, scale=self.scale, device=self.device)
+                            for lv in self.levels
+                        ]
+                    )
                 except ValueError as exc:
                     raise InputError(f"{ts.label}/{name}: {exc}") from None
                 if channels_last:
@@ -109,9 +124,11 @@ class BatchedEvaluator:
                     for x, truth in per_image:
                         out = model(x).float()
                         if out.shape[-2:] != truth.shape[-2:]:
-                            raise InputError(f"the network turned a {x.shape[2]}x{x.shape[3]} input into "
-                                             f"{out.shape[2]}x{out.shape[3]}, the ground truth is "
-                                             f"{truth.shape[2]}x{truth.shape[3]}")
+                            raise InputError(
+                                f"the network turned a {x.shape[2]}x{x.shape[3]} input into "
+                                f"{out.shape[2]}x{out.shape[3]}, the ground truth is "
+                                f"{truth.shape[2]}x{truth.shape[3]}"
+                            )
                         q = out.mul(255.0).round().clamp_(0, 255).to(torch.float64)  # the 8-bit image, 0..255
                         t = truth.expand_as(q)
                         kw = dict(data_range=255.0, crop_border=self.crop_border, test_y_channel=self.y)
@@ -127,6 +144,6 @@ class BatchedEvaluator:
         out_psnr, out_ssim, at = [], [], 0
         for rows, dest in ((psnr_rows, out_psnr), (ssim_rows, out_ssim)):
             for r in rows:
-                dest.append(flat[at:at + r.numel()].reshape(r.shape))
+                dest.append(flat[at : at + r.numel()].reshape(r.shape))
                 at += r.numel()
         return out_psnr, (out_ssim if ssim else None)

@@ -1,6 +1,7 @@
 """The generalization study's tasks, presets, methods and data; evaluating a model at one level with
 :func:`dil_fast.eval.evaluate` (training a run is :mod:`dil_fast.study.runner`; the study's reading of
 budgets: the package docstring of :mod:`dil_fast.study`)."""
+
 from __future__ import annotations
 
 import os
@@ -62,7 +63,9 @@ class StudyTask:
     @property
     def metric(self) -> str:
         """The metric convention of the row (what the tables say PSNR is computed on)."""
-        return ("Y" if self.row.y else "RGB") + (f", crop border {self.row.crop_border}" if self.row.crop_border else "")
+        return ("Y" if self.row.y else "RGB") + (
+            f", crop border {self.row.crop_border}" if self.row.crop_border else ""
+        )
 
 
 def level_label(task: StudyTask, level: EvalLevel) -> str:
@@ -92,7 +95,9 @@ def study_task(name: str, order: int = 1, test_confounders: str | None = None) -
     confounders = training_confounders(row, order)
     seen = tuple(parse_levels(confounders, flag=f"--task {name}"))
     if test_confounders is None:
-        candidates = parse_levels(row.eval_levels, flag=f"--task {name}") + parse_levels(row.test, flag=f"--task {name}")
+        candidates = parse_levels(row.eval_levels, flag=f"--task {name}") + parse_levels(
+            row.test, flag=f"--task {name}"
+        )
     else:
         candidates = parse_levels(test_confounders, flag="--test_confounders")
     trained = {lv.name for lv in seen}
@@ -124,24 +129,72 @@ class Preset:
 
 PRESETS = {
     # the CI size: seconds, not science
-    "tiny": Preset(nf=8, nb=1, gc=4, patch_size=24, batch_size=4, budget=3, lr=5e-4, meta_lr=5e-4, crop=64,
-                   stride=64, test_max_side=48, variants="erm,sf", note="CI smoke size; the numbers mean nothing",
-                   eval_every=1, last_evals=2, decay_from=0.5, lr_floor=0.1),
+    "tiny": Preset(
+        nf=8,
+        nb=1,
+        gc=4,
+        patch_size=24,
+        batch_size=4,
+        budget=3,
+        lr=5e-4,
+        meta_lr=5e-4,
+        crop=64,
+        stride=64,
+        test_max_side=48,
+        variants="erm,sf",
+        note="CI smoke size; the numbers mean nothing",
+        eval_every=1,
+        last_evals=2,
+        decay_from=0.5,
+        lr_floor=0.1,
+    ),
     # every method x 3 seeds in about 90 minutes on 2 shared CPU cores, one process per seed at one torch
     # thread (measured: docs/RESULTS-generalization.md); ERM beats the noisy input at every seen level there
-    "cpu": Preset(nf=16, nb=1, gc=8, patch_size=24, batch_size=4, budget=4000, lr=1e-3, meta_lr=1e-3, crop=64,
-                  stride=32, test_max_side=128, variants="erm,erm-steps,erm-bf,sf,pf,ss-fo",
-                  note="reduced RRDB on the built-in images, 2 to 9 minutes per run on one CPU thread",
-                  eval_every=250, last_evals=3, seeds="1,2,3", decay_from=0.5, lr_floor=0.05),
+    "cpu": Preset(
+        nf=16,
+        nb=1,
+        gc=8,
+        patch_size=24,
+        batch_size=4,
+        budget=4000,
+        lr=1e-3,
+        meta_lr=1e-3,
+        crop=64,
+        stride=32,
+        test_max_side=128,
+        variants="erm,erm-steps,erm-bf,sf,pf,ss-fo",
+        note="reduced RRDB on the built-in images, 2 to 9 minutes per run on one CPU thread",
+        eval_every=250,
+        last_evals=3,
+        seeds="1,2,3",
+        decay_from=0.5,
+        lr_floor=0.05,
+    ),
     # one H200 within one prepared device call (bench/gpu_study.sh): RRDB nf 64 / gc 32 with 2 blocks
     # (1.5 M parameters, 34 convolutions: a capacity at which biased denoisers over-fit their noise
     # levels, Mohan et al. 2020), batch 32 per confounder of 64 x 64 patches; the cost model
     # (dil_fast.study.cost) puts ERM at 4.8 TFLOP per meta-iteration, 24 ms at 25 % of 790 TFLOP/s; sf runs
     # first: its inner steps are the smallest kernels, so the budget fitted to --time_limit on it fits the others
-    "gpu": Preset(nf=64, nb=2, gc=32, patch_size=64, batch_size=32, budget=1200, lr=5e-4, meta_lr=5e-4, crop=96,
-                  stride=32, test_max_side=0, variants="sf,erm,erm-bf",
-                  note="RRDB-2 (nf 64, gc 32) on the built-in images, one device call on an H200",
-                  eval_every=100, last_evals=3, seeds="1", decay_from=0.5, lr_floor=0.05),
+    "gpu": Preset(
+        nf=64,
+        nb=2,
+        gc=32,
+        patch_size=64,
+        batch_size=32,
+        budget=1200,
+        lr=5e-4,
+        meta_lr=5e-4,
+        crop=96,
+        stride=32,
+        test_max_side=0,
+        variants="sf,erm,erm-bf",
+        note="RRDB-2 (nf 64, gc 32) on the built-in images, one device call on an H200",
+        eval_every=100,
+        last_evals=3,
+        seeds="1",
+        decay_from=0.5,
+        lr_floor=0.05,
+    ),
 }
 
 EXTRA_METHODS = ("erm-steps",)
@@ -168,8 +221,10 @@ def parse_methods(text: str) -> list[str]:
     known = available_methods()
     bad = [v for v in names if base_method(v) not in known]
     if not names or bad:
-        raise FlagError(f"--variants: unknown method(s) {', '.join(bad) or '(none given)'}; "
-                        f"choose from {', '.join(known)}, each also as NAME{BIAS_FREE} (the bias-free network)")
+        raise FlagError(
+            f"--variants: unknown method(s) {', '.join(bad) or '(none given)'}; "
+            f"choose from {', '.join(known)}, each also as NAME{BIAS_FREE} (the bias-free network)"
+        )
     if len(set(names)) != len(names):
         raise FlagError(f"--variants {text}: a method is listed twice")
     return names
@@ -204,8 +259,16 @@ def steps_per_meta_iteration(method: str, k: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def prepare_trainset(out: str, preset: Preset, trainset: str | None, progress: bool, *, crop: int | None = None,
-                     stride: int | None = None, workers: int = 1) -> str:
+def prepare_trainset(
+    out: str,
+    preset: Preset,
+    trainset: str | None,
+    progress: bool,
+    *,
+    crop: int | None = None,
+    stride: int | None = None,
+    workers: int = 1,
+) -> str:
     """A packed store to train from: ``--trainset`` (a store as it is; a folder packed once into
     ``out``: cut into ``crop`` x ``crop`` patches on a ``stride`` grid when ``crop`` is given,
     else taken as ready patches), or the built-in training photographs cut at the preset's (or
@@ -217,8 +280,10 @@ def prepare_trainset(out: str, preset: Preset, trainset: str | None, progress: b
 
     if trainset and is_store(trainset):
         if crop is not None:
-            raise FlagError(f"--crop: --trainset {trainset} is a packed store, already cut (pack the source "
-                            "folder with dil-fast pack --size/--stride, or give the folder here)")
+            raise FlagError(
+                f"--crop: --trainset {trainset} is a packed store, already cut (pack the source "
+                "folder with dil-fast pack --size/--stride, or give the folder here)"
+            )
         return trainset
     if stride is not None and crop is None and trainset:
         raise FlagError("--stride needs --crop for a --trainset folder (without --crop its files are ready patches)")
@@ -267,12 +332,16 @@ def check_methods(methods: list[str], task: StudyTask, batch_size: int) -> None:
     method for a network that is not an RRDB."""
     k = len(task.seen)
     if any(base_method(m) == "erm-steps" for m in methods) and batch_size % k:
-        raise FlagError(f"--variants erm-steps needs --batch_size divisible by the {k} confounders of --task "
-                        f"{task.name}, got {batch_size} (e.g. --batch_size {k * max(1, batch_size // k)})")
+        raise FlagError(
+            f"--variants erm-steps needs --batch_size divisible by the {k} confounders of --task "
+            f"{task.name}, got {batch_size} (e.g. --batch_size {k * max(1, batch_size // k)})"
+        )
     bias_free = [m for m in methods if is_bias_free(m)]
     if bias_free and not task.row.arch.startswith("rrdb"):
-        raise FlagError(f"--variants {','.join(bias_free)}: the bias-free network is an RRDB option; --task "
-                        f"{task.name} trains {task.row.arch}")
+        raise FlagError(
+            f"--variants {','.join(bias_free)}: the bias-free network is an RRDB option; --task "
+            f"{task.name} trains {task.row.arch}"
+        )
 
 
 def check_synthetic_data(task: StudyTask, trainset: str | None, testsets: list[str]) -> None:
@@ -281,14 +350,18 @@ def check_synthetic_data(task: StudyTask, trainset: str | None, testsets: list[s
     from ..data.folders import is_paired_folder
 
     if trainset and is_paired_folder(trainset):
-        raise InputError(f"--trainset {trainset}: a paired folder (GT/ and LQ/); the study trains --task {task.name} "
-                         f"on clean patches with its synthetic confounders ({task.confounders}) and reads no pairs: "
-                         f"train on paired data with dil-fast train --task {task.name} --trainset FOLDER [FOLDER ...]")
+        raise InputError(
+            f"--trainset {trainset}: a paired folder (GT/ and LQ/); the study trains --task {task.name} "
+            f"on clean patches with its synthetic confounders ({task.confounders}) and reads no pairs: "
+            f"train on paired data with dil-fast train --task {task.name} --trainset FOLDER [FOLDER ...]"
+        )
     for testset in testsets:
         if testset and testset != "default" and is_paired_folder(testset):
-            raise InputError(f"--testset {testset}: a paired folder (GT/ and LQ/); the study degrades clean test "
-                             f"images at the levels of --task {task.name} and reads no pairs: score real pairs with "
-                             f"dil-fast eval --task {task.name} --testset {testset} --ckpt CKPT")
+            raise InputError(
+                f"--testset {testset}: a paired folder (GT/ and LQ/); the study degrades clean test "
+                f"images at the levels of --task {task.name} and reads no pairs: score real pairs with "
+                f"dil-fast eval --task {task.name} --testset {testset} --ckpt CKPT"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -312,6 +385,14 @@ def evaluate_level(model, task: StudyTask, images, level: EvalLevel, seed: int, 
     :func:`dil_fast.eval.evaluate` with the task's scale and metric convention (Y, crop border)."""
     if model is None:
         model = DegradedInput(task.row.scale)
-    res = evaluate(model, images, level, seed=seed, device=device, y=task.row.y, crop_border=task.row.crop_border,
-                   scale=task.row.scale)
+    res = evaluate(
+        model,
+        images,
+        level,
+        seed=seed,
+        device=device,
+        y=task.row.y,
+        crop_border=task.row.crop_border,
+        scale=task.row.scale,
+    )
     return float(np.mean([r[1] for r in res])), float(np.mean([r[2] for r in res]))

@@ -9,6 +9,7 @@ stopping?), then each method's paired difference to ERM against the level with i
 Without matplotlib (``pip install matplotlib``) :func:`plot_figure` returns False and the study
 draws its OpenCV plot of PSNR against level instead (:func:`dil_fast.study.report.plot_study`).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -90,8 +91,17 @@ def plot_figure(path: str, res: StudyResults, title: str) -> bool:
             off = (j - (len(pairs) - 1) / 2) * width
             mean = [d.mean for d in ds]
             err = [[d.mean - d.lo if d.n > 1 else 0 for d in ds], [d.hi - d.mean if d.n > 1 else 0 for d in ds]]
-            ax.errorbar([x + off for x in xs], mean, yerr=err, fmt="o-", color=colors[m], ms=3, lw=1, capsize=2,
-                        label=f"{m} − {base}")
+            ax.errorbar(
+                [x + off for x in xs],
+                mean,
+                yerr=err,
+                fmt="o-",
+                color=colors[m],
+                ms=3,
+                lw=1,
+                capsize=2,
+                label=f"{m} − {base}",
+            )
         ax.axhline(0.0, color="k", lw=0.8)
         if k < len(levels):
             ax.axvspan(xs[0] - width, xs[k - 1] + width, color="0.9", zorder=0)
@@ -102,7 +112,7 @@ def plot_figure(path: str, res: StudyResults, title: str) -> bool:
         ax.grid(alpha=0.3)
         if pairs:
             ax.legend(fontsize=7)
-        for ax in panels[len(levels) + 2:]:
+        for ax in panels[len(levels) + 2 :]:
             ax.axis("off")
         handles, labels = panels[0].get_legend_handles_labels()
         panels[0].legend(handles, labels, fontsize=7)

@@ -5,6 +5,7 @@ The plots are :mod:`dil_fast.study.plots`.
 The old single-point helpers stay for ``dil-fast eval --sweep``'s kind of plot
 (:func:`plot_study`, drawn by :func:`dil_fast.eval.plot.plot_generalization`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,11 +18,32 @@ from ..fileio import atomic_write_bytes
 from .methods import StudyTask, level_label
 from .results import StudyResults, comparisons
 
-__all__ = ["PLOT_SIZE", "CURVE_FIELDS", "describe_levels", "write_curves", "write_results_csv", "markdown_report",
-           "plot_study"]
+__all__ = [
+    "PLOT_SIZE",
+    "CURVE_FIELDS",
+    "describe_levels",
+    "write_curves",
+    "write_results_csv",
+    "markdown_report",
+    "plot_study",
+]
 
-CURVE_FIELDS = ["task", "testset", "method", "seed", "meta_iteration", "images_seen", "train_seconds", "loss",
-                "confounder", "level", "seen", "image", "psnr", "ssim"]
+CURVE_FIELDS = [
+    "task",
+    "testset",
+    "method",
+    "seed",
+    "meta_iteration",
+    "images_seen",
+    "train_seconds",
+    "loss",
+    "confounder",
+    "level",
+    "seen",
+    "image",
+    "psnr",
+    "ssim",
+]
 
 
 def describe_levels(task: StudyTask) -> str:
@@ -55,16 +77,47 @@ def write_curves(path: str, res: StudyResults) -> None:
         names = [n for n, _ in ts.images]
         for li, lv in enumerate(task.levels):
             for i, name in enumerate(names):
-                rows.append([task.name, ts.label, "input", "", 0, 0, 0.0, "", lv.family, lv.level, li < seen, name,
-                             _fmt(float(res.input_psnr[t][li, i])), _fmt(float(res.input_ssim[t][li, i]))])
+                rows.append(
+                    [
+                        task.name,
+                        ts.label,
+                        "input",
+                        "",
+                        0,
+                        0,
+                        0.0,
+                        "",
+                        lv.family,
+                        lv.level,
+                        li < seen,
+                        name,
+                        _fmt(float(res.input_psnr[t][li, i])),
+                        _fmt(float(res.input_ssim[t][li, i])),
+                    ]
+                )
         for r in res.runs:
             for p in r.points:
                 for li, lv in enumerate(task.levels):
                     for i, name in enumerate(names):
                         ssim = float(p.ssim[t][li, i]) if p.ssim is not None else None
-                        rows.append([task.name, ts.label, r.run.method, r.run.seed, p.meta_iteration, p.images_seen,
-                                     f"{p.seconds:.3f}", f"{p.loss:.6f}", lv.family, lv.level, li < seen, name,
-                                     _fmt(float(p.psnr[t][li, i])), _fmt(ssim)])
+                        rows.append(
+                            [
+                                task.name,
+                                ts.label,
+                                r.run.method,
+                                r.run.seed,
+                                p.meta_iteration,
+                                p.images_seen,
+                                f"{p.seconds:.3f}",
+                                f"{p.loss:.6f}",
+                                lv.family,
+                                lv.level,
+                                li < seen,
+                                name,
+                                _fmt(float(p.psnr[t][li, i])),
+                                _fmt(ssim),
+                            ]
+                        )
     _write_rows(path, CURVE_FIELDS, rows)
 
 
@@ -73,8 +126,21 @@ def write_results_csv(path: str, res: StudyResults) -> None:
     over seeds, SSIM, seeds) and ``difference`` rows (method - baseline: mean, 95 % interval,
     pairs, verdict), the levels then ``mean seen`` / ``mean unseen``."""
     task = res.task
-    fields = ["kind", "testset", "name", "confounder", "level", "seen", "psnr", "psnr_std", "ssim", "lo", "hi", "n",
-              "verdict"]
+    fields = [
+        "kind",
+        "testset",
+        "name",
+        "confounder",
+        "level",
+        "seen",
+        "psnr",
+        "psnr_std",
+        "ssim",
+        "lo",
+        "hi",
+        "n",
+        "verdict",
+    ]
     cols = [(lv.family, lv.level, str(i < len(task.seen)), [i]) for i, lv in enumerate(task.levels)]
     cols += [("", name, "True" if name == "mean seen" else "False", rows) for name, rows in res.level_groups()]
     out = []
@@ -84,13 +150,29 @@ def write_results_csv(path: str, res: StudyResults) -> None:
             for fam, lvl, seen, rows in cols:
                 mean, std = res.cell(m, t, rows)
                 ssim = res.ssim_cell(m, t, rows[0]) if len(rows) == 1 else float("nan")
-                out.append(["score", ts.label, m, fam, lvl, seen, _fmt(mean, 9), _fmt(std, 9), _fmt(ssim, 9), "", "", n,
-                            ""])
+                out.append(
+                    ["score", ts.label, m, fam, lvl, seen, _fmt(mean, 9), _fmt(std, 9), _fmt(ssim, 9), "", "", n, ""]
+                )
         for m, base in comparisons(res.methods):
             for fam, lvl, seen, rows in cols:
                 d = res.paired(m, base, t, rows)
-                out.append(["difference", ts.label, f"{m} - {base}", fam, lvl, seen, _fmt(d.mean, 9), "", "",
-                            _fmt(d.lo, 9), _fmt(d.hi, 9), d.n, d.verdict])
+                out.append(
+                    [
+                        "difference",
+                        ts.label,
+                        f"{m} - {base}",
+                        fam,
+                        lvl,
+                        seen,
+                        _fmt(d.mean, 9),
+                        "",
+                        "",
+                        _fmt(d.lo, 9),
+                        _fmt(d.hi, 9),
+                        d.n,
+                        d.verdict,
+                    ]
+                )
     _write_rows(path, fields, out)
 
 
@@ -109,8 +191,11 @@ def headline(res: StudyResults) -> list[str]:
             for name, rows in res.level_groups():
                 d = res.paired(m, base, t, rows)
                 parts.append(f"{name} {d.cell()} dB: {d.verdict}")
-            per_level = [f"{level_label(res.task, lv)}: {res.paired(m, base, t, [i]).verdict}"
-                         for i, lv in enumerate(res.task.levels) if i >= len(res.task.seen)]
+            per_level = [
+                f"{level_label(res.task, lv)}: {res.paired(m, base, t, [i]).verdict}"
+                for i, lv in enumerate(res.task.levels)
+                if i >= len(res.task.seen)
+            ]
             extra = f" (per unseen level: {', '.join(per_level)})" if per_level else ""
             lines.append(f"- `{ts.label}`, {m} − {base}: {'; '.join(parts)}{extra}.")
     return lines
@@ -123,16 +208,28 @@ def markdown_report(res: StudyResults, title: str, conditions: dict, plan: list[
     task = res.task
     seeds, groups = res.seeds, res.level_groups()
     n_img = {ts.label: len(ts.images) for ts in res.testsets}
-    lines = [f"# {title}", "",
-             f"Task `{task.name}` ({task.row.paper}); {describe_levels(task)}. PSNR in dB ({task.metric}). "
-             f"Seeds {', '.join(map(str, seeds))}; each run's score is the mean of its last {res.last_evals} "
-             f"evaluation(s) up to meta-iteration {res.horizon} (every run reached it).", "",
-             "## Verdict (paired difference over seeds x test images, 95 % interval)", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Task `{task.name}` ({task.row.paper}); {describe_levels(task)}. PSNR in dB ({task.metric}). "
+        f"Seeds {', '.join(map(str, seeds))}; each run's score is the mean of its last {res.last_evals} "
+        f"evaluation(s) up to meta-iteration {res.horizon} (every run reached it).",
+        "",
+        "## Verdict (paired difference over seeds x test images, 95 % interval)",
+        "",
+    ]
     lines += headline(res) or ["- (no comparison: the study needs erm and at least one other method)"]
     # summary across test sets
     head = ["method"] + [f"{ts.label}: {name}" for ts in res.testsets for name, _ in groups]
-    lines += ["", "## Summary", "", "PSNR mean ± std over seeds (dB).", "", "| " + " | ".join(head) + " |",
-              "|" + "---|" * len(head)]
+    lines += [
+        "",
+        "## Summary",
+        "",
+        "PSNR mean ± std over seeds (dB).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for m in ["input"] + res.methods:
         cells = [m]
         for t, _ in enumerate(res.testsets):
@@ -142,11 +239,17 @@ def markdown_report(res: StudyResults, title: str, conditions: dict, plan: list[
         lines.append("| " + " | ".join(cells) + " |")
     for t, ts in enumerate(res.testsets):
         lines += _testset_section(res, t, ts, n_img[ts.label])
-    lines += ["", "## Budget and wall time", "",
-              "One meta-iteration gives every method the same K batches of B patches (one per confounder); "
-              "train time is the wall time of the iterations, evaluations excluded (mean over seeds).", "",
-              "| method | meta-iterations | trainer iterations | batch per confounder | optimizer steps | "
-              "images seen | train time (s) | ms per meta-iteration | note |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Budget and wall time",
+        "",
+        "One meta-iteration gives every method the same K batches of B patches (one per confounder); "
+        "train time is the wall time of the iterations, evaluations excluded (mean over seeds).",
+        "",
+        "| method | meta-iterations | trainer iterations | batch per confounder | optimizer steps | "
+        "images seen | train time (s) | ms per meta-iteration | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in res.methods:
         runs = res.runs_of(m)
         r0 = runs[0].run
@@ -154,8 +257,10 @@ def markdown_report(res: StudyResults, title: str, conditions: dict, plan: list[
         per = 1000 * mean_s / max(1, np.mean([r.run.meta_iterations for r in runs]))
         stops = "; ".join(sorted({f"seed {r.run.seed}: {r.run.stopped}" for r in runs if r.run.stopped}))
         sd = f" ± {std_s:.0f}" if len(runs) > 1 else ""
-        lines.append(f"| {m} | {r0.meta_iterations} | {r0.trainer_iterations} | {r0.batch_per_confounder} | "
-                     f"{r0.optimizer_steps} | {r0.images_seen} | {mean_s:.0f}{sd} | {per:.0f} | {stops} |")
+        lines.append(
+            f"| {m} | {r0.meta_iterations} | {r0.trainer_iterations} | {r0.batch_per_confounder} | "
+            f"{r0.optimizer_steps} | {r0.images_seen} | {mean_s:.0f}{sd} | {per:.0f} | {stops} |"
+        )
     if plan:
         lines += ["", "## Plan (cost model, before the run)", "", "```"] + plan + ["```"]
     lines += ["", "## Conditions", ""] + [f"- {k}: {v}" for k, v in conditions.items()]
@@ -169,9 +274,15 @@ def _testset_section(res: StudyResults, t: int, ts, n_images: int) -> list[str]:
     cols = [[i] for i in range(len(task.levels))] + [rows for _, rows in groups]
     head = ["method"] + labels + [name for name, _ in groups]
     sizes = ", ".join(f"{n} {img.shape[1]}x{img.shape[0]}" for n, img in ts.images)
-    lines = ["", f"## Test set `{ts.label}` ({n_images} images: {sizes})", "",
-             "PSNR mean ± std over seeds; **bold** = unseen level; `input` = the degraded input itself.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        "",
+        f"## Test set `{ts.label}` ({n_images} images: {sizes})",
+        "",
+        "PSNR mean ± std over seeds; **bold** = unseen level; `input` = the degraded input itself.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for m in ["input"] + res.methods:
         cells = [m]
         for rows in cols:
@@ -181,17 +292,27 @@ def _testset_section(res: StudyResults, t: int, ts, n_images: int) -> list[str]:
     pairs = comparisons(res.methods)
     if pairs:
         n = len(seeds) * n_images
-        lines += ["", f"Paired differences, mean [95 % interval] over {len(seeds)} seed(s) x {n_images} images "
-                      f"= {n} pairs, then the verdict (**better** / **worse** when the interval excludes 0, "
-                      "n.d. = not distinguishable):", "", "| " + " | ".join(["difference"] + head[1:]) + " |",
-                  "|" + "---|" * len(head)]
+        lines += [
+            "",
+            f"Paired differences, mean [95 % interval] over {len(seeds)} seed(s) x {n_images} images "
+            f"= {n} pairs, then the verdict (**better** / **worse** when the interval excludes 0, "
+            "n.d. = not distinguishable):",
+            "",
+            "| " + " | ".join(["difference"] + head[1:]) + " |",
+            "|" + "---|" * len(head),
+        ]
         for m, base in pairs:
             ds = [res.paired(m, base, t, rows) for rows in cols]
             lines.append("| " + " | ".join([f"{m} − {base}"] + [d.cell() for d in ds]) + " |")
             lines.append("| " + " | ".join([""] + [_verdict_word(d.verdict) for d in ds]) + " |")
     ssim_head = ["method"] + labels
-    lines += ["", f"SSIM at meta-iteration {res.horizon} (mean over seeds and images):", "",
-              "| " + " | ".join(ssim_head) + " |", "|" + "---|" * len(ssim_head)]
+    lines += [
+        "",
+        f"SSIM at meta-iteration {res.horizon} (mean over seeds and images):",
+        "",
+        "| " + " | ".join(ssim_head) + " |",
+        "|" + "---|" * len(ssim_head),
+    ]
     for m in ["input"] + res.methods:
         lines.append("| " + " | ".join([m] + [f"{res.ssim_cell(m, t, i):.4f}" for i in range(len(task.levels))]) + " |")
     return lines

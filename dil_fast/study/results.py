@@ -9,6 +9,7 @@ image and level; the table shows its mean over the images, then mean +- standard
 seeds; the paired differences (:mod:`dil_fast.study.stats`) pair the scores of two methods by
 (seed, image). SSIM is the last point's (at the horizon).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ class StudyResults:
     # ------------------------------------------------------------------ scores
     def run_score(self, r: RunResult, t: int) -> np.ndarray:
         """``[levels, images]``: the mean of the run's last ``last_evals`` points up to the horizon."""
-        pts = self.points_upto(r)[-self.last_evals:]
+        pts = self.points_upto(r)[-self.last_evals :]
         return np.mean([p.psnr[t] for p in pts], axis=0)
 
     def run_ssim(self, r: RunResult, t: int) -> np.ndarray | None:
@@ -161,34 +162,54 @@ def read_curves(paths: list[str], task: StudyTask, testsets: list, *, batch_size
                 li = level_index[(row["confounder"], row["level"])]
                 ii = image_index[t][row["image"]]
             except KeyError as exc:
-                raise InputError(f"--from_curves {path}: {exc.args[0]} is not among this study's test sets, levels "
-                                 "or images (give the --testset, --test_max_side and --test_confounders it ran with)"
-                                 ) from None
+                raise InputError(
+                    f"--from_curves {path}: {exc.args[0]} is not among this study's test sets, levels "
+                    "or images (give the --testset, --test_max_side and --test_confounders it ran with)"
+                ) from None
             ssim = float(row["ssim"]) if row["ssim"] else np.nan
             if row["method"] == "input":
                 input_psnr[t][li, ii], input_ssim[t][li, ii] = float(row["psnr"]), ssim
                 continue
             key = (row["method"], int(row["seed"]))
             if owner.setdefault(key, path) != path:
-                raise InputError(f"--from_curves: {row['method']} seed {row['seed']} is in both {owner[key]} "
-                                 f"and {path}")
+                raise InputError(
+                    f"--from_curves: {row['method']} seed {row['seed']} is in both {owner[key]} and {path}"
+                )
             it = int(row["meta_iteration"])
-            p = points.setdefault(key, {}).setdefault(it, {"images": int(row["images_seen"]), "seconds": float(
-                row["train_seconds"]), "loss": float(row["loss"]), "psnr": blank(), "ssim": blank(), "has_ssim": False})
+            p = points.setdefault(key, {}).setdefault(
+                it,
+                {
+                    "images": int(row["images_seen"]),
+                    "seconds": float(row["train_seconds"]),
+                    "loss": float(row["loss"]),
+                    "psnr": blank(),
+                    "ssim": blank(),
+                    "has_ssim": False,
+                },
+            )
             p["psnr"][t][li, ii] = float(row["psnr"])
             if row["ssim"]:
                 p["ssim"][t][li, ii] = ssim
                 p["has_ssim"] = True
     runs = []
     for (method, seed), by_it in points.items():
-        pts = [CurvePoint(it, p["images"], p["seconds"], p["loss"], p["psnr"], p["ssim"] if p["has_ssim"] else None)
-               for it, p in sorted(by_it.items())]
+        pts = [
+            CurvePoint(it, p["images"], p["seconds"], p["loss"], p["psnr"], p["ssim"] if p["has_ssim"] else None)
+            for it, p in sorted(by_it.items())
+        ]
         last = pts[-1]
         per_meta = k if method.startswith("erm-steps") else 1
         batch = batch_size // k if per_meta > 1 else batch_size
-        run = MethodRun(method, last.meta_iteration, last.meta_iteration * per_meta, batch,
-                        steps_per_meta_iteration(method, k) * last.meta_iteration, last.images_seen, last.seconds,
-                        seed=seed)
+        run = MethodRun(
+            method,
+            last.meta_iteration,
+            last.meta_iteration * per_meta,
+            batch,
+            steps_per_meta_iteration(method, k) * last.meta_iteration,
+            last.images_seen,
+            last.seconds,
+            seed=seed,
+        )
         runs.append(RunResult(run, pts))
     if not runs:
         raise InputError(f"--from_curves {' '.join(paths)}: no training run in them")

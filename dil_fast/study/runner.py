@@ -23,6 +23,7 @@ as one CUDA graph), with the study's schedule and evaluations between iterations
 ``erm-steps`` is ERM at batch ``B/K`` for ``K`` trainer iterations per meta-iteration; ``NAME-bf``
 trains ``NAME`` on the bias-free RRDB (``--arch_kwargs '{"bias": false}'``).
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,9 @@ def _optimizers(algo) -> list[tuple[object, str]]:
     return pairs
 
 
-def train_config(method: str, task: StudyTask, preset: Preset, store: str, out: str, *, seed: int, device: str | None,
-                 budget: int):
+def train_config(
+    method: str, task: StudyTask, preset: Preset, store: str, out: str, *, seed: int, device: str | None, budget: int
+):
     """The :class:`~dil_fast.train.TrainConfig` of one run (``runs/<task>/<method>/seed<N>`` under ``out``)."""
     from ..data.store import PatchStore
     from ..train import TrainConfig
@@ -95,12 +97,33 @@ def train_config(method: str, task: StudyTask, preset: Preset, store: str, out: 
         raise InputError(f"{store}: {count} patches, fewer than one batch of {batch}")
     arch_kwargs = json.dumps({"bias": False}) if is_bias_free(method) else None
     return TrainConfig(
-        ckpt_save=os.path.join(out, "runs", task.name, method, f"seed{seed}"), trainset=store, testset="default",
-        variant=variant, task=task.name, order=task.order, confounders=task.confounders, loader="store",
-        patch_size=preset.patch_size, batch_size=batch, total_epoch=10 ** 6, save_every=10 ** 6, test_every=10 ** 6,
-        print_every=10 ** 6, num_workers=0, seed=seed, device=device, nf=preset.nf, nb=preset.nb, gc=preset.gc,
-        arch_kwargs=arch_kwargs, lr=preset.lr, meta_lr=preset.meta_lr, lr_step=10 ** 9, stop_after=iterations,
-        progress=False, tensorboard=False,
+        ckpt_save=os.path.join(out, "runs", task.name, method, f"seed{seed}"),
+        trainset=store,
+        testset="default",
+        variant=variant,
+        task=task.name,
+        order=task.order,
+        confounders=task.confounders,
+        loader="store",
+        patch_size=preset.patch_size,
+        batch_size=batch,
+        total_epoch=10**6,
+        save_every=10**6,
+        test_every=10**6,
+        print_every=10**6,
+        num_workers=0,
+        seed=seed,
+        device=device,
+        nf=preset.nf,
+        nb=preset.nb,
+        gc=preset.gc,
+        arch_kwargs=arch_kwargs,
+        lr=preset.lr,
+        meta_lr=preset.meta_lr,
+        lr_step=10**9,
+        stop_after=iterations,
+        progress=False,
+        tensorboard=False,
     ), iterations
 
 
@@ -113,9 +136,23 @@ class Timing:
     setup_s: float  # opening the trainer and everything of the first interval beyond its iterations
 
 
-def train_run(method: str, task: StudyTask, preset: Preset, store: str, out: str, evaluator, *, seed: int,
-              device: str | None, budget: int, eval_every: int, end_by=None, log=print, on_point=None,
-              budget_hook=None) -> RunResult:
+def train_run(
+    method: str,
+    task: StudyTask,
+    preset: Preset,
+    store: str,
+    out: str,
+    evaluator,
+    *,
+    seed: int,
+    device: str | None,
+    budget: int,
+    eval_every: int,
+    end_by=None,
+    log=print,
+    on_point=None,
+    budget_hook=None,
+) -> RunResult:
     """Train ``method`` at ``seed`` for ``budget`` meta-iterations, scoring it every ``eval_every``
     (and at the end); ``end_by()``: the ``time.monotonic`` value this run must end by (None: no limit).
     ``on_point(point)`` is called after each evaluation; ``budget_hook(done, budget, timing)`` after
@@ -184,18 +221,35 @@ def train_run(method: str, task: StudyTask, preset: Preset, store: str, out: str
                 if limit is not None and tick + interval > limit:
                     stopped = f"time limit: stopped at {done} of {budget} meta-iterations"
                     point.psnr, point.ssim = evaluator(algo.meta_model, ssim=True)  # the last point carries SSIM
-                    log(f"    {method} seed {seed}: {stopped} ({tick - t_open:.0f} s; the next interval would end "
-                        f"{tick + interval - limit:.0f} s past its time)")
+                    log(
+                        f"    {method} seed {seed}: {stopped} ({tick - t_open:.0f} s; the next interval would end "
+                        f"{tick + interval - limit:.0f} s past its time)"
+                    )
                     break
         if not result.points:
             raise InputError(f"{method} seed {seed}: no evaluation was made")
-        state = state_io.capture(config=cfg.to_dict(), model_config=trainer.model_config, algo=algo,
-                                 loader=trainer.loader, epoch=trainer.loader.epoch, iteration=trainer.loader.position,
-                                 world_size=1)
+        state = state_io.capture(
+            config=cfg.to_dict(),
+            model_config=trainer.model_config,
+            algo=algo,
+            loader=trainer.loader,
+            epoch=trainer.loader.epoch,
+            iteration=trainer.loader.position,
+            world_size=1,
+        )
         state_io.save_in(cfg.ckpt_save, state, "last.pt")
     finally:
         stream.close()
         trainer.close()
-    result.run = MethodRun(method, done, done * per_meta, cfg.batch_size, steps_per_meta_iteration(method, k) * done,
-                           done * images_per_meta, train_s, seed=seed, stopped=stopped)
+    result.run = MethodRun(
+        method,
+        done,
+        done * per_meta,
+        cfg.batch_size,
+        steps_per_meta_iteration(method, k) * done,
+        done * images_per_meta,
+        train_s,
+        seed=seed,
+        stopped=stopped,
+    )
     return result

@@ -4,6 +4,7 @@ the training state (save / restore / resume), the fast path, evaluation and logg
     from dil_fast.train import Trainer, TrainConfig
     Trainer(TrainConfig(ckpt_save="runs/x", trainset="patches/"), model=my_net).run()
 """
+
 from ..devices import resolve_device  # noqa: F401 - re-exported
 from .config import TrainConfig
 from .loop import ConfounderOrder, Trainer

@@ -1,9 +1,8 @@
 """The stages a validated :class:`~dil_fast.train.config.TrainConfig` asks for: the model, the DIL
 algorithm, the loader, the confounders and the test images. The loop
 (:mod:`dil_fast.train.loop`) composes them; API users may hand it their own model and loader."""
-from __future__ import annotations
 
-import os
+from __future__ import annotations
 
 import numpy as np
 from torch import nn
@@ -22,6 +21,7 @@ from ..models.registry import (
 )
 from .config import TrainConfig
 
+
 def model_spec_for(cfg: TrainConfig, resume_ckpt: dict | None) -> tuple[dict, dict | None]:
     """``(spec, weights)``: the architecture and keyword arguments to build (the training state's
     when resuming one, inferred from a released / BasicSR / SwinIR checkpoint's keys, else
@@ -37,8 +37,10 @@ def model_spec_for(cfg: TrainConfig, resume_ckpt: dict | None) -> tuple[dict, di
         if saved and (cfg.arch or cfg.arch_kwargs or cfg.model_overrides()) and saved != wanted:
             raise CheckpointError(f"{cfg.resume}: saved for model {saved}, not {wanted}")
         if saved and is_custom_arch(saved["arch"]) and not cfg.arch:
-            raise CheckpointError(f"{cfg.resume} was trained with --arch {saved['arch']}; pass it again to resume "
-                                  "(dil_fast does not import code a checkpoint names)")
+            raise CheckpointError(
+                f"{cfg.resume} was trained with --arch {saved['arch']}; pass it again to resume "
+                "(dil_fast does not import code a checkpoint names)"
+            )
         return (saved or wanted), None
     try:
         found, found_kwargs, weights = arch_from_state_dict(meta)
@@ -68,12 +70,15 @@ def build_models(spec: dict, cfg: TrainConfig) -> tuple[nn.Module, nn.Module | N
 def check_scale(model: nn.Module, cfg: TrainConfig) -> None:
     scale = cfg.effective_scale()
     if model_scale(model) != scale:
-        raise FlagError(f"--arch {cfg.arch_name()} outputs x{model_scale(model)} its input; the data is x{scale} "
-                        f"(--scale / --task {cfg.task}): use an architecture that upsamples by {scale}")
+        raise FlagError(
+            f"--arch {cfg.arch_name()} outputs x{model_scale(model)} its input; the data is x{scale} "
+            f"(--scale / --task {cfg.task}): use an architecture that upsamples by {scale}"
+        )
 
 
-def build_algorithm(cfg: TrainConfig, model: nn.Module, task_model: nn.Module | None = None, *,
-                    fused: bool | None = None) -> MetaAlgorithm:
+def build_algorithm(
+    cfg: TrainConfig, model: nn.Module, task_model: nn.Module | None = None, *, fused: bool | None = None
+) -> MetaAlgorithm:
     """The ``--variant`` algorithm around ``model`` (its released computation with ``--reference_mode``),
     as the variant's registry entry builds it; ``fused``: the run plan's optimizer decision."""
     return cfg.variant_entry().obj.from_config(cfg, model, task_model, fused=fused)
@@ -96,8 +101,10 @@ def sr_confounders(specs, scale: int, size: tuple[int, int]):
         elif got == (h, w):
             out.append(Compose((s, bicubic(scale)), label=f"{s.name}+x1/{scale}"))
         else:
-            raise FlagError(f"--confounders: {s.name} gives {got} from {w}x{h} images; an x{scale} run needs "
-                            f"{lr[1]}x{lr[0]} (or the size kept, to append the 1/{scale} resize)")
+            raise FlagError(
+                f"--confounders: {s.name} gives {got} from {w}x{h} images; an x{scale} run needs "
+                f"{lr[1]}x{lr[0]} (or the size kept, to append the 1/{scale} resize)"
+            )
     return out
 
 
@@ -142,25 +149,33 @@ def loader_kind(cfg: TrainConfig) -> str:
         else:
             kind = "reference" if cfg.uses_released_noise() else "folder"
     if len(sets) > 1 and kind != "paired":
-        raise FlagError(f"several --trainset folders are read as paired folders (GT/ and LQ/ each); "
-                        f"{sets[0]} is not one")
+        raise FlagError(
+            f"several --trainset folders are read as paired folders (GT/ and LQ/ each); {sets[0]} is not one"
+        )
     if cfg.reference_mode and kind != "reference":
-        raise FlagError(f"--reference_mode reads a folder of PNG patches as released; --trainset {sets[0]} is "
-                        f"read by --loader {kind}")
+        raise FlagError(
+            f"--reference_mode reads a folder of PNG patches as released; --trainset {sets[0]} is "
+            f"read by --loader {kind}"
+        )
     if kind == "reference":
         if not cfg.uses_released_noise():
-            raise FlagError("--loader reference is the released path: Gaussian noise at --levels at scale 1; "
-                            "other confounders or scales need --loader folder, store or dali")
+            raise FlagError(
+                "--loader reference is the released path: Gaussian noise at --levels at scale 1; "
+                "other confounders or scales need --loader folder, store or dali"
+            )
         if cfg.pairing != "independent":
             raise FlagError("--pairing shared needs a clean loader (--loader folder, store or dali)")
     if kind in ("store", "dali", "folder") and is_paired_folder(sets[0]):
-        raise FlagError(f"--trainset {sets[0]} is a paired folder (GT/, LQ/): it is read by --loader paired "
-                        f"(the default for it); --loader {kind} takes clean images")
+        raise FlagError(
+            f"--trainset {sets[0]} is a paired folder (GT/, LQ/): it is read by --loader paired "
+            f"(the default for it); --loader {kind} takes clean images"
+        )
     return kind
 
 
-def build_loader(cfg: TrainConfig, device, rank: int, world_size: int, num_confounders: int, *,
-                 channels_last: bool = False):
+def build_loader(
+    cfg: TrainConfig, device, rank: int, world_size: int, num_confounders: int, *, channels_last: bool = False
+):
     """The data source: clean batches for ``num_confounders`` confounders, or pairs (the released
     path's noisy pairs; paired folders, one confounder each). ``channels_last``: the run's model
     takes channels-last input, so the PatchStore sampler writes its crops NHWC (the fused noise
@@ -169,32 +184,74 @@ def build_loader(cfg: TrainConfig, device, rank: int, world_size: int, num_confo
     sets = cfg.trainsets()
     shard = dict(device=device, rank=rank, world_size=world_size)
     if kind == "reference":
-        from ..data.reference import ReferencePairLoader
+        from ..data.released import ReleasedPairLoader
 
-        return ReferencePairLoader(sets[0], cfg.levels, patch_size=cfg.patch_size, batch_size=cfg.batch_size,
-                                   seed=cfg.seed, num_workers=cfg.num_workers, gpus=cfg.gpus, **shard)
+        return ReleasedPairLoader(
+            sets[0],
+            cfg.levels,
+            patch_size=cfg.patch_size,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            num_workers=cfg.num_workers,
+            gpus=cfg.gpus,
+            **shard,
+        )
     if kind == "paired":
         from ..data.folders import PairedLoader
 
-        return PairedLoader(sets, patch_size=cfg.patch_size, batch_size=cfg.batch_size, seed=cfg.seed,
-                            scale=cfg.effective_scale(), num_workers=cfg.num_workers, gpus=cfg.gpus, **shard)
+        return PairedLoader(
+            sets,
+            patch_size=cfg.patch_size,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            scale=cfg.effective_scale(),
+            num_workers=cfg.num_workers,
+            gpus=cfg.gpus,
+            **shard,
+        )
     if kind == "folder":
         from ..data.folders import FolderCleanLoader
 
-        return FolderCleanLoader(sets[0], num_confounders, patch_size=cfg.patch_size, batch_size=cfg.batch_size,
-                                 seed=cfg.seed, num_workers=cfg.num_workers, gpus=cfg.gpus, **shard)
+        return FolderCleanLoader(
+            sets[0],
+            num_confounders,
+            patch_size=cfg.patch_size,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            num_workers=cfg.num_workers,
+            gpus=cfg.gpus,
+            **shard,
+        )
     if kind == "store":
         from ..data.store import PatchStore, StoreLoader, is_store
 
         if not is_store(sets[0]):
             raise FlagError(f"--loader store: --trainset {sets[0]} is not a packed store (make one with dil-fast pack)")
         store = PatchStore(sets[0], device, cfg.memory_budget)
-        return StoreLoader(store, cfg.batch_size, cfg.patch_size, num_confounders, seed=cfg.seed, rank=rank,
-                           world_size=world_size, backend=cfg.backend, channels_last=channels_last)
+        return StoreLoader(
+            store,
+            cfg.batch_size,
+            cfg.patch_size,
+            num_confounders,
+            seed=cfg.seed,
+            rank=rank,
+            world_size=world_size,
+            backend=cfg.backend,
+            channels_last=channels_last,
+        )
     from ..data.dali import DaliLoader
 
-    return DaliLoader(sets[0], cfg.batch_size, cfg.patch_size, num_confounders, device=device, seed=cfg.seed,
-                      rank=rank, world_size=world_size, num_threads=max(cfg.num_workers, 1))
+    return DaliLoader(
+        sets[0],
+        cfg.batch_size,
+        cfg.patch_size,
+        num_confounders,
+        device=device,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        num_threads=max(cfg.num_workers, 1),
+    )
 
 
 def test_results(model: nn.Module, images, spec, *, seed: int, device, y: bool, crop_border: int, scale: int):
@@ -216,8 +273,10 @@ def check_test_images(images, cfg: TrainConfig) -> None:
     need = max(11 + 2 * crop, 2 * scale)
     for name, img in images:
         if min(img.shape[:2]) < need:
-            raise InputError(f"--testset {cfg.testset}: {name} is {img.shape[1]}x{img.shape[0]}; the periodic test "
-                             f"needs at least {need}x{need} (SSIM's 11x11 window after --crop_border {crop})")
+            raise InputError(
+                f"--testset {cfg.testset}: {name} is {img.shape[1]}x{img.shape[0]}; the periodic test "
+                f"needs at least {need}x{need} (SSIM's 11x11 window after --crop_border {crop})"
+            )
 
 
 def load_testset(testset: str) -> list[tuple[str, "object"]]:
@@ -251,9 +310,7 @@ def confounder_labels(cfg: TrainConfig, loader, degrade) -> list[str]:
     """The name of each confounder, for the labelled log line and the metrics' tags."""
     if degrade is not None:
         return [c.name for c in degrade.confounders]
-    if type(loader).__name__ == "ReferencePairLoader":
-        return [f"noise{s:g}" for s in cfg.levels]
-    folders = getattr(loader, "folders", None)
-    if folders:
-        return [os.path.basename(os.path.normpath(f)) for f in folders]
+    names = getattr(loader, "confounder_names", None)  # a pair loader may name what it degrades with
+    if names:
+        return list(names)
     return [f"k{k}" for k in range(loader.num_confounders)]

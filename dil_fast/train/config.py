@@ -6,6 +6,7 @@ checks every value and every combination, raising one :class:`~dil_fast.errors.F
 names the flag. Everything downstream trusts a validated config; :func:`dil_fast.devices.resolve_device`
 turns ``--device`` into a ``torch.device``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,22 +89,59 @@ class TrainConfig:
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
         """The config of parsed ``dil-fast train`` arguments (not yet validated)."""
         cfg = cls(
-            ckpt_save=args.ckpt_save, trainset=args.trainset, testset=args.testset, resume=args.resume,
-            variant=args.variant, levels=tuple(args.levels), patch_size=args.patch_size, batch_size=args.batch_size,
-            total_epoch=args.total_epoch, save_every=args.save_every, test_every=args.test_every,
-            print_every=args.print_every, num_workers=args.num_workers, seed=args.seed, gpus=args.gpus,
-            distributed=args.distributed, local_rank=args.local_rank, ddp_timeout=args.ddp_timeout,
-            device=args.device, nf=args.nf, nb=args.nb,
-            gc=args.gc, lr=args.lr, meta_lr=args.meta_lr, lr_step=args.lr_step, test_level=args.test_level,
-            loss=args.loss, stop_after=args.stop_after, loader=args.loader, confounders=args.confounders,
-            pairing=args.pairing, memory_budget=args.memory_budget,
-            backend=None if args.backend == "auto" else args.backend, progress=False if args.no_progress else None,
-            precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-            cuda_graphs=args.cuda_graphs, deterministic=args.deterministic, reference_mode=args.reference_mode,
-            channels_last_weights=args.channels_last_weights, weight_shadow=args.weight_shadow,
-            task=args.task, test_confounders=args.test_confounders, order=args.order, arch=args.arch,
-            arch_kwargs=args.arch_kwargs, scale=args.scale, y=args.y, crop_border=args.crop_border,
-            auto_resume=args.auto_resume, max_bad_steps=args.max_bad_steps, tensorboard=not args.no_tensorboard,
+            ckpt_save=args.ckpt_save,
+            trainset=args.trainset,
+            testset=args.testset,
+            resume=args.resume,
+            variant=args.variant,
+            levels=tuple(args.levels),
+            patch_size=args.patch_size,
+            batch_size=args.batch_size,
+            total_epoch=args.total_epoch,
+            save_every=args.save_every,
+            test_every=args.test_every,
+            print_every=args.print_every,
+            num_workers=args.num_workers,
+            seed=args.seed,
+            gpus=args.gpus,
+            distributed=args.distributed,
+            local_rank=args.local_rank,
+            ddp_timeout=args.ddp_timeout,
+            device=args.device,
+            nf=args.nf,
+            nb=args.nb,
+            gc=args.gc,
+            lr=args.lr,
+            meta_lr=args.meta_lr,
+            lr_step=args.lr_step,
+            test_level=args.test_level,
+            loss=args.loss,
+            stop_after=args.stop_after,
+            loader=args.loader,
+            confounders=args.confounders,
+            pairing=args.pairing,
+            memory_budget=args.memory_budget,
+            backend=None if args.backend == "auto" else args.backend,
+            progress=False if args.no_progress else None,
+            precision=args.precision,
+            channels_last=args.channels_last,
+            compile=args.compile,
+            cuda_graphs=args.cuda_graphs,
+            deterministic=args.deterministic,
+            reference_mode=args.reference_mode,
+            channels_last_weights=args.channels_last_weights,
+            weight_shadow=args.weight_shadow,
+            task=args.task,
+            test_confounders=args.test_confounders,
+            order=args.order,
+            arch=args.arch,
+            arch_kwargs=args.arch_kwargs,
+            scale=args.scale,
+            y=args.y,
+            crop_border=args.crop_border,
+            auto_resume=args.auto_resume,
+            max_bad_steps=args.max_bad_steps,
+            tensorboard=not args.no_tensorboard,
         )
         from .flags import variant_options
 
@@ -121,8 +159,22 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> "TrainConfig":
         """Check every flag and every combination once; returns ``self``. :class:`FlagError` names the flag."""
-        for name in ("patch_size", "batch_size", "total_epoch", "save_every", "test_every", "print_every", "gpus",
-                     "nf", "nb", "gc", "lr", "meta_lr", "lr_step", "stop_after"):
+        for name in (
+            "patch_size",
+            "batch_size",
+            "total_epoch",
+            "save_every",
+            "test_every",
+            "print_every",
+            "gpus",
+            "nf",
+            "nb",
+            "gc",
+            "lr",
+            "meta_lr",
+            "lr_step",
+            "stop_after",
+        ):
             _check_positive(name, getattr(self, name))
         _check_positive("num_workers", self.num_workers, allow_zero=True)
         _check_positive("test_level", self.test_level, allow_zero=True)
@@ -172,22 +224,29 @@ class TrainConfig:
         on_cuda = device.type == "cuda"
         channels_last = on_cuda if self.channels_last is None else self.channels_last
         if self.channels_last_weights and not channels_last:
-            raise FlagError("--channels_last_weights stores the weights NHWC for channels-last activations; "
-                            "add --channels_last (the default on CUDA)")
+            raise FlagError(
+                "--channels_last_weights stores the weights NHWC for channels-last activations; "
+                "add --channels_last (the default on CUDA)"
+            )
         if not self.weight_shadow:
             return
         if (self.precision or ("bf16" if on_cuda else "fp32")) != "bf16":
-            raise FlagError("--weight_shadow is a bf16 copy of the weights; it needs --precision bf16 "
-                            "(the default on CUDA)")
+            raise FlagError(
+                "--weight_shadow is a bf16 copy of the weights; it needs --precision bf16 (the default on CUDA)"
+            )
         from ..meta import VARIANTS
 
         if not self.variant_entry().trains_module_forward:
             users = ", ".join(VARIANTS.where(lambda e: e.trains_module_forward))
-            raise FlagError(f"--weight_shadow applies to the variants that train through the module's forward "
-                            f"({users}); --variant {self.variant} evaluates its virtual models functionally")
+            raise FlagError(
+                f"--weight_shadow applies to the variants that train through the module's forward "
+                f"({users}); --variant {self.variant} evaluates its virtual models functionally"
+            )
         if self.distributed:
-            raise FlagError("--weight_shadow runs the module on views of its own cast weights, which DDP's "
-                            "wrapper does not take; drop one of --weight_shadow and --distributed")
+            raise FlagError(
+                "--weight_shadow runs the module on views of its own cast weights, which DDP's "
+                "wrapper does not take; drop one of --weight_shadow and --distributed"
+            )
 
     def _validate_task(self) -> None:
         from ..models.registry import ARCHS, is_custom_arch, parse_arch_kwargs, size_kwargs
@@ -198,7 +257,9 @@ class TrainConfig:
         if self.order not in (1, 2):
             raise FlagError(f"--order must be 1 or 2, got {self.order}")
         if self.order == 2 and self.task != "realsr":
-            raise FlagError(f"--order 2 selects Real-ESRGAN's second-order degradation of --task realsr, not --task {self.task}")
+            raise FlagError(
+                f"--order 2 selects Real-ESRGAN's second-order degradation of --task realsr, not --task {self.task}"
+            )
         arch = self.arch_name()
         if arch not in ARCHS and not is_custom_arch(arch):
             raise FlagError(f"--arch must be one of {', '.join(ARCHS.names())} or package.module:Class, got {arch!r}")
@@ -210,12 +271,16 @@ class TrainConfig:
         _check_positive("scale", self.scale)
         _check_positive("crop_border", self.crop_border, allow_zero=True)
         if self.patch_size % self.effective_scale():
-            raise FlagError(f"--patch_size {self.patch_size} must be a multiple of the scale {self.effective_scale()} "
-                            "(the HR crop is patch_size, the LR crop patch_size / scale)")
+            raise FlagError(
+                f"--patch_size {self.patch_size} must be a multiple of the scale {self.effective_scale()} "
+                "(the HR crop is patch_size, the LR crop patch_size / scale)"
+            )
         self.test_specs()
         if len(self.trainsets()) > 1 and self.loader not in ("auto", "paired"):
-            raise FlagError(f"several --trainset folders are paired folders, one confounder each (--loader paired); "
-                            f"--loader {self.loader} takes one")
+            raise FlagError(
+                f"several --trainset folders are paired folders, one confounder each (--loader paired); "
+                f"--loader {self.loader} takes one"
+            )
 
     def task_spec(self):
         from ..tasks import TASKS
@@ -265,8 +330,9 @@ class TrainConfig:
     def _check_reference_mode(self) -> None:
         """Refuse ``--reference_mode`` combined with anything the released trainer did not do."""
         if self.variant_entry().released is None:
-            raise FlagError(f"--reference_mode re-creates the released DIL_sf trainer; --variant {self.variant} "
-                            "has no reference")
+            raise FlagError(
+                f"--reference_mode re-creates the released DIL_sf trainer; --variant {self.variant} has no reference"
+            )
         if self.loader not in ("auto", "reference"):
             raise FlagError(f"--reference_mode reads PNG patches as released; --loader {self.loader} is not allowed")
         if self.precision not in (None, "fp32"):

@@ -12,6 +12,7 @@ The values are turned into command-line words placed *before* the real command l
 converts and checks them exactly as typed flags, and a flag given on the command line (coming
 later) overrides the file's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,8 +95,11 @@ def config_words(path: str, parser: argparse.ArgumentParser) -> list[str]:
         name = str(key).lstrip("-").replace("-", "_")
         dest = names.get(name)
         if dest is None or dest == "config":
-            raise FlagError(f"--config {path}: {key!r} is not a flag of dil-fast train" if dest is None
-                            else f"--config {path}: a config file cannot name another --config")
+            raise FlagError(
+                f"--config {path}: {key!r} is not a flag of dil-fast train"
+                if dest is None
+                else f"--config {path}: a config file cannot name another --config"
+            )
         if value is None:
             continue
         actions = by_dest[dest]
@@ -110,8 +114,11 @@ def config_words(path: str, parser: argparse.ArgumentParser) -> list[str]:
                 raise FlagError(f"--config {path}: {key} cannot be {value!r}")
             words.append(chosen[0].option_strings[0])
             continue
-        opt = actions[0].option_strings[-1] if actions[0].option_strings[-1].startswith("--") else \
-            actions[0].option_strings[0]
+        opt = (
+            actions[0].option_strings[-1]
+            if actions[0].option_strings[-1].startswith("--")
+            else actions[0].option_strings[0]
+        )
         many = actions[0].nargs in ("+", "*") or isinstance(actions[0].nargs, int)
         if isinstance(value, dict):
             items = [json.dumps(value)]  # --arch_kwargs

@@ -16,6 +16,7 @@ average it with :class:`dil_fast.meta.GradSync` (one flat all-reduce).
 Skipped steps agree across ranks: the non-finite flag is all-reduced (max) before each step that
 must match, so a NaN on one rank skips that step on every rank.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,16 +40,19 @@ def setup(cfg: TrainConfig) -> tuple[int, int, int]:
     import torch.distributed as dist
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise FlagError("--distributed needs a launcher that sets RANK/WORLD_SIZE "
-                        "(torchrun --nproc_per_node=N -m dil_fast train --distributed ...)")
+        raise FlagError(
+            "--distributed needs a launcher that sets RANK/WORLD_SIZE "
+            "(torchrun --nproc_per_node=N -m dil_fast train --distributed ...)"
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", cfg.local_rank))
     use_cuda = torch.cuda.is_available() and (cfg.device is None or cfg.device.startswith("cuda"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         with collective_errors(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), cfg.ddp_timeout):
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo",
-                                    timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
+            dist.init_process_group(
+                backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.ddp_timeout)
+            )
     rank, world_size = dist.get_rank(), dist.get_world_size()
     if cfg.gpus not in (1, world_size):
         raise FlagError(f"--gpus {cfg.gpus} does not match the {world_size} launched processes")
@@ -72,13 +76,17 @@ def attach(algo: MetaAlgorithm, world_size: int, device: torch.device) -> None:
     # buffers are constants, or copied from the meta network by its step: never synced in forward
     # (torch 2.13 renamed the flag; 2.11 knows only the old name)
     params = inspect.signature(DistributedDataParallel.__init__).parameters
-    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    no_buffer_sync = (
+        {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    )
 
     def wrap(module):
         return DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None,
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=False,  # keep p.grad a view of the fused optimizer's flat buffer
-            **no_buffer_sync)
+            **no_buffer_sync,
+        )
 
     def flag_sync(flag: torch.Tensor) -> None:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -120,8 +128,18 @@ def _collective_failure(exc: BaseException) -> str | None:
         return None
     if "timed out" in low or "timeout" in low:
         return "timeout"
-    if any(k in low for k in ("connection closed", "connection reset", "broken pipe", "connection refused",
-                              "nccl", "gloo", "socket")) or (dist_error is not None and isinstance(exc, dist_error)):
+    if any(
+        k in low
+        for k in (
+            "connection closed",
+            "connection reset",
+            "broken pipe",
+            "connection refused",
+            "nccl",
+            "gloo",
+            "socket",
+        )
+    ) or (dist_error is not None and isinstance(exc, dist_error)):
         return "peer"
     return None
 

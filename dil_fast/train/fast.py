@@ -61,20 +61,10 @@ fp32 path and CUDA gets the fast one):
     (``CUBLAS_WORKSPACE_CONFIG=:4096:8`` is set when unset). Without it, CUDA runs autotune
     convolutions (``cudnn.benchmark``; the shapes are static).
 
-Weight casts (bf16), measured on the CPU (torch 2.13, ``bench/bench_host.py``'s dispatcher-op
-counter, one sf inner step of RRDB-23 with channels_last inputs): 5677 aten ops, 1396 of them
-(24.6 %) weight casts: 698 fp32 -> bf16 casts of the parameters in the forward and 698 bf16 -> fp32
-casts of their gradients in the backward, 95.1 MiB each way; dispatching them takes 4.0-4.6 ms of
-host time per inner step (698 tensors, one thread). The CUDA graph removes that host time, leaving
-their memory traffic and one small kernel each, so the casts are left to the graph: bf16 shadow
-weights written by the optimizer pass would remove only the 698 forward casts (the gradient casts
-are autocast's backward), saving about 4 B per parameter per inner step against a 2 B write in
-every optimizer step and a bf16 output in every native optimizer op; autocast's weight cache
-saves nothing (it lives for one forward, which uses each weight once). cuDNN, given channels_last
-inputs and NCHW weights, also copies every bf16 weight to NHWC in each convolution forward and
-backward-input (``weight.contiguous(channels_last)`` in ATen, read from the source): 698 copies,
-126.7 MiB per inner step, below the dispatcher; NHWC-strided weights in the flat buffers would
-remove them. Their device time waits for a GPU measurement.
+Weight casts (bf16): autocast casts each weight to bf16 in every forward and each weight gradient
+back in the backward, and cuDNN copies NCHW weights to NHWC for channels-last activations; the
+counts per inner step and what ``--channels_last_weights`` and ``--weight_shadow`` remove are in
+bench/RESULTS.md ("What one inner step launches").
 
 Losses never force a host sync in the loop: :class:`LossLog` copies the per-step losses of a
 ``--print_every`` iteration asynchronously into pinned host memory and writes the log lines once
@@ -83,6 +73,7 @@ the lines are written at once, as before.
 
 All global torch settings changed here are restored when the run ends (:meth:`FastPath.close`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -95,8 +86,8 @@ import torch
 from torch import nn
 
 from ..backends import BackendError
-from ..ops import optim as optim_ops
 from ..models.regions import compiling_regions, has_regions
+from ..ops import optim as optim_ops
 from ..optim.flat import adjacent_views, dense_layout, segment_view
 from .graphs import GRAPH_WARMUP, GraphedStep
 
@@ -120,8 +111,14 @@ class FastOptions:
         return torch.bfloat16 if self.precision == "bf16" else None
 
 
-def default_cuda_graphs(device: torch.device, *, compile: bool = False, distributed: bool = False,
-                        backend: str | None = None, fused: bool | None = None) -> tuple[bool, str | None]:
+def default_cuda_graphs(
+    device: torch.device,
+    *,
+    compile: bool = False,
+    distributed: bool = False,
+    backend: str | None = None,
+    fused: bool | None = None,
+) -> tuple[bool, str | None]:
     """The ``--cuda_graphs`` default: ``(on, why not)``. On for a CUDA run in one process with the
     fused optimizer (``fused``: the run plan's decision; None: :func:`dil_fast.ops.optim.fused_optimizer`
     with ``backend`` forced) and without ``--compile``; the reason is None on CPU (graphs are a CUDA matter)."""
@@ -141,25 +138,41 @@ def default_cuda_graphs(device: torch.device, *, compile: bool = False, distribu
     return True, None
 
 
-def resolve_options(device: torch.device, *, precision: str | None = None, channels_last: bool | None = None,
-                    compile: bool = False, cuda_graphs: bool | None = None, deterministic: bool = False,
-                    distributed: bool = False, backend: str | None = None, channels_last_weights: bool | None = None,
-                    weight_shadow: bool | None = None, fused: bool | None = None) -> FastOptions:
+def resolve_options(
+    device: torch.device,
+    *,
+    precision: str | None = None,
+    channels_last: bool | None = None,
+    compile: bool = False,
+    cuda_graphs: bool | None = None,
+    deterministic: bool = False,
+    distributed: bool = False,
+    backend: str | None = None,
+    channels_last_weights: bool | None = None,
+    weight_shadow: bool | None = None,
+    fused: bool | None = None,
+) -> FastOptions:
     """Fill the device-dependent defaults (the explicit combinations were validated with the config);
     ``cuda_graphs=None``: :func:`default_cuda_graphs` (``distributed``: ``--distributed``, ``backend``:
     the forced ``--backend``)."""
     on_cuda = torch.device(device).type == "cuda"
     graphs_off = None
     if cuda_graphs is None:
-        cuda_graphs, graphs_off = default_cuda_graphs(device, compile=compile, distributed=distributed,
-                                                      backend=backend, fused=fused)
+        cuda_graphs, graphs_off = default_cuda_graphs(
+            device, compile=compile, distributed=distributed, backend=backend, fused=fused
+        )
     elif not cuda_graphs and on_cuda:
         graphs_off = "--no_cuda_graphs"
-    return FastOptions(precision=precision or ("bf16" if on_cuda else "fp32"),
-                       channels_last=on_cuda if channels_last is None else bool(channels_last),
-                       compile=bool(compile), cuda_graphs=bool(cuda_graphs), deterministic=bool(deterministic),
-                       graphs_off=graphs_off, channels_last_weights=bool(channels_last_weights),
-                       weight_shadow=bool(weight_shadow))
+    return FastOptions(
+        precision=precision or ("bf16" if on_cuda else "fp32"),
+        channels_last=on_cuda if channels_last is None else bool(channels_last),
+        compile=bool(compile),
+        cuda_graphs=bool(cuda_graphs),
+        deterministic=bool(deterministic),
+        graphs_off=graphs_off,
+        channels_last_weights=bool(channels_last_weights),
+        weight_shadow=bool(weight_shadow),
+    )
 
 
 def prepare_model(model: nn.Module, opts: FastOptions) -> nn.Module:
@@ -177,8 +190,10 @@ def check_weight_layout(model: nn.Module, opts: FastOptions) -> None:
         return
     for name, p in model.named_parameters():
         if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
-            raise ValueError(f"--channels_last_weights: parameter {name!r} is not channels_last; call "
-                             "dil_fast.train.fast.prepare_model on the model before building the algorithm")
+            raise ValueError(
+                f"--channels_last_weights: parameter {name!r} is not channels_last; call "
+                "dil_fast.train.fast.prepare_model on the model before building the algorithm"
+            )
 
 
 # ---------------------------------------------------------------------- global math settings
@@ -227,7 +242,8 @@ def math_settings(opts: FastOptions, device: torch.device):
     saved = {
         "det": torch.are_deterministic_algorithms_enabled(),
         "det_warn": torch.is_deterministic_algorithms_warn_only_enabled(),
-        "cudnn_bench": cudnn.benchmark, "cudnn_det": cudnn.deterministic,
+        "cudnn_bench": cudnn.benchmark,
+        "cudnn_det": cudnn.deterministic,
         "cublas_env": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     }
     try:
@@ -272,8 +288,10 @@ class WeightShadow:
         self.sizes = [p.numel() for p in self.params]
         self.layouts = [dense_layout(p) for p in self.params]
         if not self.params or adjacent_views([p.data for p in self.params], self.layouts) is None:
-            raise ValueError("--weight_shadow needs the parameters in one flat buffer (the fused optimizer keeps "
-                             "them so; `dil-fast info` says why it is not in use)")
+            raise ValueError(
+                "--weight_shadow needs the parameters in one flat buffer (the fused optimizer keeps "
+                "them so; `dil-fast info` says why it is not in use)"
+            )
         self.total = sum(self.sizes)
 
     def _flat(self, tensors) -> torch.Tensor:
@@ -292,8 +310,10 @@ class WeightShadow:
         master = self._flat([p.data for p in self.params]).detach().requires_grad_()
         master.grad = self._flat([p.grad for p in self.params])  # AccumulateGrad adds into it in place
         pieces = torch.split_with_sizes(master.to(self.dtype), self.sizes)
-        return {n: segment_view(t, shape, layout)
-                for n, t, shape, layout in zip(self.names, pieces, self.shapes, self.layouts)}
+        return {
+            n: segment_view(t, shape, layout)
+            for n, t, shape, layout in zip(self.names, pieces, self.shapes, self.layouts)
+        }
 
 
 def _is_batched(x: torch.Tensor) -> bool:

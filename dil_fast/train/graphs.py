@@ -2,6 +2,7 @@
 :mod:`dil_fast.train.fast`): :class:`GraphedStep` runs the first meta-iterations eagerly, captures
 the next one into one graph on static input buffers and replays it; a step that cannot be captured
 falls back to eager with one warning naming the reason."""
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,11 @@ class GraphedStep:
 
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason
-        warnings.warn(f"CUDA graphs: the meta-iteration of --variant {self.algo.name} runs eagerly: {reason}",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"CUDA graphs: the meta-iteration of --variant {self.algo.name} runs eagerly: {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _step(self, batches, query, timer=None):
         return self.algo.step(batches, query=query, timer=timer)
@@ -99,11 +103,16 @@ class GraphedStep:
         return True
 
     def _load_inputs(self, batches, query) -> None:
-        if (len(batches) != len(self.static_inputs) or (query is None) != (self.static_query is None) or any(
-                b[0].shape != s[0].shape or b[1].shape != s[1].shape for b, s in zip(batches, self.static_inputs))):
-            raise RuntimeError("--cuda_graphs: the batch shapes changed after capture "
-                               f"({[tuple(b[0].shape) for b in batches]} vs "
-                               f"{[tuple(s[0].shape) for s in self.static_inputs]})")
+        if (
+            len(batches) != len(self.static_inputs)
+            or (query is None) != (self.static_query is None)
+            or any(b[0].shape != s[0].shape or b[1].shape != s[1].shape for b, s in zip(batches, self.static_inputs))
+        ):
+            raise RuntimeError(
+                "--cuda_graphs: the batch shapes changed after capture "
+                f"({[tuple(b[0].shape) for b in batches]} vs "
+                f"{[tuple(s[0].shape) for s in self.static_inputs]})"
+            )
         pairs = list(zip(batches, self.static_inputs))
         if query is not None:
             pairs.append((query, self.static_query))

@@ -1,5 +1,6 @@
 """The released trainer's log format (KAIR's ``utils_logger``): ``yy-mm-dd HH:MM:SS.mmm : message``,
 to ``train.log`` in the checkpoint folder (appended) and to the console."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,9 @@ class _TqdmConsole(logging.Handler):
         tqdm.write(self.format(record), file=sys.stdout)
 
 
-def make_logger(name: str, log_file: str | None, *, console: bool = True, stream=None,
-                progress_bar: bool = False) -> logging.Logger:
+def make_logger(
+    name: str, log_file: str | None, *, console: bool = True, stream=None, progress_bar: bool = False
+) -> logging.Logger:
     """A logger writing the reference's line format to ``log_file`` and the console.
 
     Handlers are replaced on every call, so repeated runs in one process do not duplicate lines.

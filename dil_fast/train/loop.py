@@ -20,6 +20,7 @@ API use: ``Trainer(cfg, model=my_net, loader=my_loader).run()`` trains any ``nn.
 object implementing :class:`dil_fast.data.base.Loader`, with the same checkpoints, exact resume,
 evaluation and DDP as the command line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,8 @@ import threading
 import torch
 from torch import nn
 
-from .._progress import tqdm_available
 from .. import checkpoints
+from .._progress import tqdm_available
 from ..checkpoints import load_file
 from ..data.base import check_loader
 from ..degrade import CounterfactualPairs
@@ -44,8 +45,8 @@ from . import state as state_io
 from .components import ConfounderOrder
 from .config import TrainConfig
 from .fast import FastOptions, FastPath, LossLog, prepare_model, resolve_options
-from .plan import RunPlan
 from .log import NoteLogger, make_logger
+from .plan import RunPlan
 from .run_folder import LOG_NAME, RunFolder
 from .tracking import Monitor, RunClock, Tracker, versions, write_options
 
@@ -99,8 +100,9 @@ class Trainer:
             self.model_config, self._resume_weights = components.model_spec_for(cfg, resume_ckpt)
             model, task_model = components.build_models(self.model_config, cfg)
             components.check_scale(model, cfg)
-        self.plan = RunPlan.resolve(cfg, self.device, components.stage_ops(cfg, self._user_loader,
-                                                                           self._user_confounders))
+        self.plan = RunPlan.resolve(
+            cfg, self.device, components.stage_ops(cfg, self._user_loader, self._user_confounders)
+        )
         prepare_model(model.to(self.device), self.plan.fast)
         if task_model is not None:
             prepare_model(task_model.to(self.device), self.plan.fast)
@@ -108,15 +110,22 @@ class Trainer:
         loader = self._user_loader
         if loader is None:
             k = len(self._user_confounders) if self._user_confounders is not None else len(cfg.confounder_specs())
-            loader = components.build_loader(cfg, self.device, self.rank, self.world_size, k,
-                                             channels_last=self.plan.fast.channels_last)
+            loader = components.build_loader(
+                cfg, self.device, self.rank, self.world_size, k, channels_last=self.plan.fast.channels_last
+            )
         degrade = None
         if loader.yields == "clean":
-            degrade = CounterfactualPairs(components.training_confounders(cfg, self._user_confounders), seed=cfg.seed,
-                                          rank=self.rank, pairing=cfg.pairing, backend=cfg.backend)
+            degrade = CounterfactualPairs(
+                components.training_confounders(cfg, self._user_confounders),
+                seed=cfg.seed,
+                rank=self.rank,
+                pairing=cfg.pairing,
+                backend=cfg.backend,
+            )
             if degrade.num_confounders != loader.num_confounders:
-                raise FlagError(f"{degrade.num_confounders} confounders for a loader drawing "
-                                f"{loader.num_confounders} clean batches")
+                raise FlagError(
+                    f"{degrade.num_confounders} confounders for a loader drawing {loader.num_confounders} clean batches"
+                )
         return algo, loader, degrade
 
     def _on_signal(self, signum, _frame) -> None:
@@ -138,8 +147,9 @@ class Trainer:
             distributed.attach(algo, self.world_size, self.device)
         self.start = (0, 0)
         if resume_ckpt is not None:
-            self.start = state_io.restore(algo, resume_ckpt, cfg.resume, world_size=self.world_size,
-                                          weights=self._resume_weights)
+            self.start = state_io.restore(
+                algo, resume_ckpt, cfg.resume, world_size=self.world_size, weights=self._resume_weights
+            )
             logger.info(f"Resumed from {cfg.resume} at epoch {self.start[0]}, iteration {self.start[1]}")
             state_io.restore_loader(loader, resume_ckpt, cfg.resume)
         self.order = ConfounderOrder(loader.num_confounders)
@@ -174,7 +184,11 @@ class Trainer:
                 # the meta-iteration this batch belongs to keys the degradation's randomness
                 pairs = batch if degrade is None else degrade(batch, loader.epoch * n_iter + loader.position - 1)
             batches = [pairs[k] for k in order.next()]
-            if keep_task_at_end and loader.position == n_iter and self.algorithm.task_model is not self.algorithm.meta_model:
+            if (
+                keep_task_at_end
+                and loader.position == n_iter
+                and self.algorithm.task_model is not self.algorithm.meta_model
+            ):
                 self.algorithm.keep_task_weights = True  # only a separate task network has weights to keep
             losses = self.fast.step(batches, timer=timer)
             yield it, losses
@@ -213,8 +227,12 @@ class Trainer:
             distributed.barrier()
         use_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         use_bar = use_bar and self.is_main and tqdm_available()
-        logger = make_logger("train", os.path.join(cfg.ckpt_save, LOG_NAME) if self.is_main else None,
-                             console=self.is_main, progress_bar=use_bar)
+        logger = make_logger(
+            "train",
+            os.path.join(cfg.ckpt_save, LOG_NAME) if self.is_main else None,
+            console=self.is_main,
+            progress_bar=use_bar,
+        )
         tracker = None
         try:
             logger.info("Set random seed to {}".format(cfg.seed))
@@ -239,8 +257,10 @@ class Trainer:
     def _setup_notes(self) -> list[str]:
         notes = []
         if self._notes_fast_path():
-            notes.append(("Reference mode (the released trainer's computation): " if self.cfg.reference_mode
-                          else "Fast path: ") + self.plan.describe())
+            notes.append(
+                ("Reference mode (the released trainer's computation): " if self.cfg.reference_mode else "Fast path: ")
+                + self.plan.describe()
+            )
         note = getattr(self.loader, "worker_note", None)
         if note:
             notes.append(note)
@@ -262,17 +282,30 @@ class Trainer:
     def options(self) -> dict:
         """The resolved options of the run (``options.json``)."""
         cfg = self.cfg
-        return {"config": cfg.to_dict(), "resolved": {
-            "task": cfg.task, "confounders": [c.name for c in self.degrade.confounders] if self.degrade else None,
-            "test": [c.name for c in cfg.test_specs()], "model": self.model_config or type(self.meta_model).__name__,
-            "scale": cfg.effective_scale(), "metric": {"y": cfg.metric_y(), "crop_border": cfg.metric_crop_border()},
-            "loader": type(self.loader).__name__, "device": str(self.device), "world_size": self.world_size,
-            "plan": self.plan.to_dict()},
-            "versions": versions(), "command": " ".join(sys.argv)}
+        return {
+            "config": cfg.to_dict(),
+            "resolved": {
+                "task": cfg.task,
+                "confounders": [c.name for c in self.degrade.confounders] if self.degrade else None,
+                "test": [c.name for c in cfg.test_specs()],
+                "model": self.model_config or type(self.meta_model).__name__,
+                "scale": cfg.effective_scale(),
+                "metric": {"y": cfg.metric_y(), "crop_border": cfg.metric_crop_border()},
+                "loader": type(self.loader).__name__,
+                "device": str(self.device),
+                "world_size": self.world_size,
+                "plan": self.plan.to_dict(),
+            },
+            "versions": versions(),
+            "command": " ".join(sys.argv),
+        }
 
     def _train(self, logger, tracker, testset, use_bar) -> int:
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
-            if threading.current_thread() is threading.main_thread() else {}
+        old_handlers = (
+            {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            if threading.current_thread() is threading.main_thread()
+            else {}
+        )
         try:
             rc = self._epochs(logger, tracker, testset, use_bar)
         finally:
@@ -292,9 +325,14 @@ class Trainer:
         batch = cfg.batch_size if self._user_loader is None else 1
         done = start_epoch * n_iter + start_iter
         clock = RunClock(cfg.total_epoch * n_iter, done)
-        monitor = Monitor(logger, tracker, clock, components.confounder_labels(self.cfg, self.loader, self.degrade),
-                          images_per_it=loader.num_confounders * batch * self.world_size,
-                          max_bad_steps=cfg.max_bad_steps)
+        monitor = Monitor(
+            logger,
+            tracker,
+            clock,
+            components.confounder_labels(self.cfg, self.loader, self.degrade),
+            images_per_it=loader.num_confounders * batch * self.world_size,
+            max_bad_steps=cfg.max_bad_steps,
+        )
         self._monitor, self._tracker = monitor, tracker
         bad = torch.zeros(2, dtype=torch.float32, device=self.device)  # [skipped in all, skipped in a row]
         loss_log = LossLog()
@@ -317,9 +355,12 @@ class Trainer:
                             bad[1] = (bad[1] + one) * one  # the run of skips, reset by a good step
                         if it % cfg.print_every == 0:
                             # CPU: written now; CUDA: copied asynchronously, written once on the host
-                            loss_log.submit(torch.cat([losses.detach().float().to(bad.device), bad]),
-                                            monitor.log_point(bar, epoch, it, n_iter, done, done, self.order.last,
-                                                              task_lr, meta_lr))
+                            loss_log.submit(
+                                torch.cat([losses.detach().float().to(bad.device), bad]),
+                                monitor.log_point(
+                                    bar, epoch, it, n_iter, done, done, self.order.last, task_lr, meta_lr
+                                ),
+                            )
                         elif cfg.max_bad_steps and it % cfg.max_bad_steps == 0:
                             loss_log.submit(bad.clone(), monitor.bad_check())
                         loss_log.poll()
@@ -352,8 +393,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ epoch ends
     def _state(self, algo: MetaAlgorithm, epoch: int, iteration: int) -> dict:
-        return state_io.capture(config=self.cfg.to_dict(), model_config=self.model_config, algo=algo,
-                                loader=self.loader, epoch=epoch, iteration=iteration, world_size=self.world_size)
+        return state_io.capture(
+            config=self.cfg.to_dict(),
+            model_config=self.model_config,
+            algo=algo,
+            loader=self.loader,
+            epoch=epoch,
+            iteration=iteration,
+            world_size=self.world_size,
+        )
 
     def _end_of_epoch(self, algo: MetaAlgorithm, epoch: int, testset, logger) -> None:
         cfg = self.cfg
@@ -361,8 +409,9 @@ class Trainer:
             return
         state_io.check_finite_weights(algo, self.cfg.ckpt_save)
         if checkpoints.saves_model_checkpoint(epoch, cfg.save_every):
-            checkpoints.save_model_checkpoint(cfg.ckpt_save, epoch + 1, algo.meta_model.state_dict(),
-                                              algo.task_model.state_dict())
+            checkpoints.save_model_checkpoint(
+                cfg.ckpt_save, epoch + 1, algo.meta_model.state_dict(), algo.task_model.state_dict()
+            )
         checkpoints.save_train_state(cfg.ckpt_save, self._state(algo, epoch + 1, 0))
         if epoch % cfg.test_every == 0 and testset is not None:
             self._evaluate(algo, epoch, testset, logger)
@@ -373,9 +422,16 @@ class Trainer:
         cfg = self.cfg
         specs = cfg.test_specs()
         for spec in specs:
-            results = components.test_results(algo.meta_model, testset, spec, seed=cfg.seed, device=self.device,
-                                              y=cfg.metric_y(), crop_border=cfg.metric_crop_border(),
-                                              scale=cfg.effective_scale())
+            results = components.test_results(
+                algo.meta_model,
+                testset,
+                spec,
+                seed=cfg.seed,
+                device=self.device,
+                y=cfg.metric_y(),
+                crop_border=cfg.metric_crop_border(),
+                scale=cfg.effective_scale(),
+            )
             if len(specs) > 1:
                 logger.info(f"Test: {spec.name}")
             for name, psnr, ssim, _ in results:

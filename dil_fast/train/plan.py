@@ -13,6 +13,7 @@ registries, before anything is built or written.
 ``options.json`` and handed down: the algorithm gets ``fused`` from it, the fast path its options;
 nothing below decides these again.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -52,37 +53,60 @@ class RunPlan:
         else:
             try:
                 fused = optim_ops.fused_optimizer(device, cfg.backend)
-                why = None if fused else ("--backend torch steps the optimizers with the torch references"
-                                          if cfg.backend == "torch" else
-                                          "the native core does not serve the optimizer ops (`dil-fast info` says why)")
+                why = (
+                    None
+                    if fused
+                    else (
+                        "--backend torch steps the optimizers with the torch references"
+                        if cfg.backend == "torch"
+                        else "the native core does not serve the optimizer ops (`dil-fast info` says why)"
+                    )
+                )
             except BackendError as exc:  # refused below, with every op the forced backend cannot serve
                 fused, why = False, str(exc)
             cls._check_forced(cfg, device, fused, why)
-            fast = resolve_options(device, precision=cfg.precision, channels_last=cfg.channels_last,
-                                   compile=cfg.compile, cuda_graphs=cfg.cuda_graphs, deterministic=cfg.deterministic,
-                                   distributed=cfg.distributed, fused=fused,
-                                   channels_last_weights=cfg.channels_last_weights, weight_shadow=cfg.weight_shadow)
+            fast = resolve_options(
+                device,
+                precision=cfg.precision,
+                channels_last=cfg.channels_last,
+                compile=cfg.compile,
+                cuda_graphs=cfg.cuda_graphs,
+                deterministic=cfg.deterministic,
+                distributed=cfg.distributed,
+                fused=fused,
+                channels_last_weights=cfg.channels_last_weights,
+                weight_shadow=cfg.weight_shadow,
+            )
         ops = list(stage_ops) + (list(entry.ops) if fused else [])
         plan = backends.plan(ops, device, backends.check_forced(ops, device, cfg.backend))  # BackendError: one line
-        return cls(device=device, fast=fast, fused=fused, fused_why=why, backends=plan,
-                   reference_mode=bool(cfg.reference_mode))
+        return cls(
+            device=device, fast=fast, fused=fused, fused_why=why, backends=plan, reference_mode=bool(cfg.reference_mode)
+        )
 
     @staticmethod
     def _check_forced(cfg, device: torch.device, fused: bool, why: str | None) -> None:
         """Flags that need the fused optimizer or CUDA, refused when the run cannot have them."""
         if cfg.cuda_graphs:
             if device.type != "cuda":
-                raise FlagError(f"--cuda_graphs needs a CUDA device; this run trains on {device} "
-                                "(drop --cuda_graphs, or pass --device cuda on a machine with a GPU)")
+                raise FlagError(
+                    f"--cuda_graphs needs a CUDA device; this run trains on {device} "
+                    "(drop --cuda_graphs, or pass --device cuda on a machine with a GPU)"
+                )
             if cfg.distributed:
-                raise FlagError("--cuda_graphs is single-process for now: the per-step gradient all-reduce of "
-                                "--distributed is not captured; drop one of the two")
+                raise FlagError(
+                    "--cuda_graphs is single-process for now: the per-step gradient all-reduce of "
+                    "--distributed is not captured; drop one of the two"
+                )
             if not fused:
-                raise FlagError(f"--cuda_graphs needs the fused optimizer (the native core dil_fast._C with its "
-                                f"CUDA kernels); {why}")
+                raise FlagError(
+                    f"--cuda_graphs needs the fused optimizer (the native core dil_fast._C with its "
+                    f"CUDA kernels); {why}"
+                )
         if cfg.weight_shadow and not fused:
-            raise FlagError(f"--weight_shadow reads the flat weight buffers of the fused optimizer, which this run "
-                            f"does not use ({why})")
+            raise FlagError(
+                f"--weight_shadow reads the flat weight buffers of the fused optimizer, which this run "
+                f"does not use ({why})"
+            )
 
     def describe(self, fallback: str | None = None) -> str:
         """The ``Fast path:`` line: precision, layouts, compile, CUDA graph or why not, optimizer.
@@ -91,5 +115,10 @@ class RunPlan:
         return text + ", " + ("fused optimizer" if self.fused else f"per-tensor optimizer ({self.fused_why})")
 
     def to_dict(self) -> dict:
-        return {"device": str(self.device), "fast_path": self.describe(), "fused_optimizer": self.fused,
-                "backends": dict(self.backends), "reference_mode": self.reference_mode}
+        return {
+            "device": str(self.device),
+            "fast_path": self.describe(),
+            "fused_optimizer": self.fused,
+            "backends": dict(self.backends),
+            "reference_mode": self.reference_mode,
+        }

@@ -18,6 +18,7 @@ On CUDA a second table lists the kernels themselves (device time, share, the op 
 kernels replayed from a CUDA graph have no launching op, so under ``--cuda_graphs`` that table is
 the one to read). Ceilings come from :func:`measure_ceilings` unless given.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,10 +28,26 @@ import torch
 
 from ..timing import mean_time, synchronize
 
-_ELEM = {"float": 4, "c10::BFloat16": 2, "c10::Half": 2, "double": 8, "unsigned char": 1, "long int": 8, "int": 4,
-         "bool": 1, "signed char": 1, "short int": 2}
-_CONV = ("aten::conv2d", "aten::convolution", "aten::_convolution", "aten::cudnn_convolution",
-         "aten::mkldnn_convolution", "aten::convolution_backward")
+_ELEM = {
+    "float": 4,
+    "c10::BFloat16": 2,
+    "c10::Half": 2,
+    "double": 8,
+    "unsigned char": 1,
+    "long int": 8,
+    "int": 4,
+    "bool": 1,
+    "signed char": 1,
+    "short int": 2,
+}
+_CONV = (
+    "aten::conv2d",
+    "aten::convolution",
+    "aten::_convolution",
+    "aten::cudnn_convolution",
+    "aten::mkldnn_convolution",
+    "aten::convolution_backward",
+)
 # exact bytes per parameter of the fused optimizer ops (fp32 buffers)
 _OPT_BYTES = {"dil_fast::adam_step_": 28, "dil_fast::meta_step_": 32}
 
@@ -50,7 +67,7 @@ def measure_ceilings(device, precision: str = "fp32") -> dict:
     old = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
-        flops = 2 * m ** 3 / mean_time(lambda: a @ b, device)
+        flops = 2 * m**3 / mean_time(lambda: a @ b, device)
     finally:
         torch.set_float32_matmul_precision(old)
     return {"bytes_per_s": bw, "flops_per_s": {precision: flops}}
@@ -70,9 +87,34 @@ def _conv_flops(name: str, shapes) -> float | None:
 
 
 # ops that move no data (views, no-op casts): no GB/s for them
-_VIEWS = {"aten::" + n for n in ("narrow", "select", "slice", "expand", "view", "reshape", "_reshape_alias", "detach",
-                                 "as_strided", "unsqueeze", "squeeze", "permute", "transpose", "t", "alias", "to",
-                                 "broadcast_tensors", "split", "chunk", "unbind", "view_as", "expand_as", "lift_fresh")}
+_VIEWS = {
+    "aten::" + n
+    for n in (
+        "narrow",
+        "select",
+        "slice",
+        "expand",
+        "view",
+        "reshape",
+        "_reshape_alias",
+        "detach",
+        "as_strided",
+        "unsqueeze",
+        "squeeze",
+        "permute",
+        "transpose",
+        "t",
+        "alias",
+        "to",
+        "broadcast_tensors",
+        "split",
+        "chunk",
+        "unbind",
+        "view_as",
+        "expand_as",
+        "lift_fresh",
+    )
+}
 _WRITE_ONLY = {"aten::zero_", "aten::fill_", "aten::ones_like", "aten::zeros_like", "aten::empty_like"}
 
 
@@ -119,8 +161,9 @@ def _kernel_rows(events, op_rows: dict) -> list[dict]:
             continue
         launcher = by_id.get(getattr(k, "linked_correlation_id", 0) or -1)
         op = _outermost(launcher).name if launcher is not None and _is_op(_outermost(launcher).name) else None
-        row = agg.setdefault(k.name, {"kernel": k.name, "op": op or "(graph replay / no op)", "calls": 0,
-                                      "time_s": 0.0})
+        row = agg.setdefault(
+            k.name, {"kernel": k.name, "op": op or "(graph replay / no op)", "calls": 0, "time_s": 0.0}
+        )
         row["calls"] += 1
         row["time_s"] += (k.time_range.end - k.time_range.start) * 1e-6
     total = sum(r["time_s"] for r in agg.values()) or 1.0
@@ -131,8 +174,9 @@ def _kernel_rows(events, op_rows: dict) -> list[dict]:
     return out
 
 
-def profile_meta_iteration(step, device, out_dir: str, *, warmup: int = 2, ceilings: dict | None = None,
-                           precision: str = "fp32") -> dict:
+def profile_meta_iteration(
+    step, device, out_dir: str, *, warmup: int = 2, ceilings: dict | None = None, precision: str = "fp32"
+) -> dict:
     """Profile one call of ``step()`` (a whole meta-iteration) after ``warmup`` calls.
 
     Returns ``{"rows": [...], "kernels": [...], "total_s", "trace", "ceilings", "device", "precision"}``;
@@ -159,8 +203,18 @@ def profile_meta_iteration(step, device, out_dir: str, *, warmup: int = 2, ceili
     agg: dict[str, dict] = {}
     for evt in _outermost_ops(prof.events()):
         t = (evt.device_time_total if cuda else evt.cpu_time_total) * 1e-6
-        row = agg.setdefault(evt.name, {"op": evt.name, "calls": 0, "time_s": 0.0, "flops": 0.0, "bytes": 0.0,
-                                        "has_flops": False, "has_bytes": False})
+        row = agg.setdefault(
+            evt.name,
+            {
+                "op": evt.name,
+                "calls": 0,
+                "time_s": 0.0,
+                "flops": 0.0,
+                "bytes": 0.0,
+                "has_flops": False,
+                "has_bytes": False,
+            },
+        )
         row["calls"] += 1
         row["time_s"] += t
         flops = _conv_flops(evt.name, evt.input_shapes) if evt.name in _CONV else (evt.flops or None)
@@ -179,43 +233,67 @@ def profile_meta_iteration(step, device, out_dir: str, *, warmup: int = 2, ceili
     for r in sorted(rows, key=lambda r: -r["time_s"]):
         tflops = r["flops"] / r["time_s"] / 1e12 if r["has_flops"] else None
         gbps = r["bytes"] / r["time_s"] / 1e9 if r["has_bytes"] and not r["has_flops"] else None
-        out.append({
-            "op": r["op"], "calls": r["calls"], "time_s": r["time_s"], "share": r["time_s"] / total,
-            "tflops": tflops, "flop_frac": None if tflops is None else tflops * 1e12 / peak_flops,
-            "gbps": gbps, "bw_frac": None if gbps is None else gbps * 1e9 / ceilings["bytes_per_s"],
-        })
+        out.append(
+            {
+                "op": r["op"],
+                "calls": r["calls"],
+                "time_s": r["time_s"],
+                "share": r["time_s"] / total,
+                "tflops": tflops,
+                "flop_frac": None if tflops is None else tflops * 1e12 / peak_flops,
+                "gbps": gbps,
+                "bw_frac": None if gbps is None else gbps * 1e9 / ceilings["bytes_per_s"],
+            }
+        )
     kernels = _kernel_rows(prof.events(), {r["op"]: r for r in out}) if cuda else []
-    return {"rows": out, "kernels": kernels, "total_s": total, "trace": trace, "ceilings": ceilings,
-            "device": str(device), "precision": precision}
+    return {
+        "rows": out,
+        "kernels": kernels,
+        "total_s": total,
+        "trace": trace,
+        "ceilings": ceilings,
+        "device": str(device),
+        "precision": precision,
+    }
 
 
 def format_table(result: dict, top: int = 25) -> str:
     """The per-op table as text (the ``top`` ops by time, the rest summed in one line)."""
     c = result["ceilings"]
     peak = c["flops_per_s"].get(result["precision"]) or next(iter(c["flops_per_s"].values()))
-    lines = [f"one meta-iteration on {result['device']} ({result['precision']}): {result['total_s'] * 1e3:.2f} ms "
-             f"in ops; ceilings: copy {c['bytes_per_s'] / 1e9:.1f} GB/s, matmul {peak / 1e12:.2f} TFLOP/s",
-             f"{'op':<42} {'calls':>6} {'ms':>9} {'share':>7} {'TFLOP/s':>9} {'%peak':>6} {'GB/s':>8} {'%copy':>6}"]
+    lines = [
+        f"one meta-iteration on {result['device']} ({result['precision']}): {result['total_s'] * 1e3:.2f} ms "
+        f"in ops; ceilings: copy {c['bytes_per_s'] / 1e9:.1f} GB/s, matmul {peak / 1e12:.2f} TFLOP/s",
+        f"{'op':<42} {'calls':>6} {'ms':>9} {'share':>7} {'TFLOP/s':>9} {'%peak':>6} {'GB/s':>8} {'%copy':>6}",
+    ]
 
     def fmt(v, spec):
         return format(v, spec) if v is not None else "-"
 
     rows = result["rows"]
     for r in rows[:top]:
-        lines.append(f"{r['op'][:42]:<42} {r['calls']:>6} {r['time_s'] * 1e3:>9.3f} {r['share']:>7.1%} "
-                     f"{fmt(r['tflops'], '>9.3f'):>9} {fmt(r['flop_frac'] and 100 * r['flop_frac'], '>6.1f'):>6} "
-                     f"{fmt(r['gbps'], '>8.1f'):>8} {fmt(r['bw_frac'] and 100 * r['bw_frac'], '>6.1f'):>6}")
+        lines.append(
+            f"{r['op'][:42]:<42} {r['calls']:>6} {r['time_s'] * 1e3:>9.3f} {r['share']:>7.1%} "
+            f"{fmt(r['tflops'], '>9.3f'):>9} {fmt(r['flop_frac'] and 100 * r['flop_frac'], '>6.1f'):>6} "
+            f"{fmt(r['gbps'], '>8.1f'):>8} {fmt(r['bw_frac'] and 100 * r['bw_frac'], '>6.1f'):>6}"
+        )
     rest = rows[top:]
     if rest:
-        lines.append(f"{f'({len(rest)} more ops)':<42} {sum(r['calls'] for r in rest):>6} "
-                     f"{sum(r['time_s'] for r in rest) * 1e3:>9.3f} {sum(r['share'] for r in rest):>7.1%}")
+        lines.append(
+            f"{f'({len(rest)} more ops)':<42} {sum(r['calls'] for r in rest):>6} "
+            f"{sum(r['time_s'] for r in rest) * 1e3:>9.3f} {sum(r['share'] for r in rest):>7.1%}"
+        )
     kernels = result.get("kernels") or []
     if kernels:
-        lines.append(f"\nper kernel ({sum(k['time_s'] for k in kernels) * 1e3:.2f} ms of device time; rates are "
-                     "the launching op's)")
+        lines.append(
+            f"\nper kernel ({sum(k['time_s'] for k in kernels) * 1e3:.2f} ms of device time; rates are "
+            "the launching op's)"
+        )
         lines.append(f"{'kernel':<58} {'calls':>6} {'ms':>9} {'share':>7} {'op':<28} {'TFLOP/s':>8} {'GB/s':>8}")
         for k in kernels[:top]:
-            lines.append(f"{k['kernel'][:58]:<58} {k['calls']:>6} {k['time_s'] * 1e3:>9.3f} {k['share']:>7.1%} "
-                         f"{k['op'][:28]:<28} {fmt(k['op_tflops'], '>8.2f'):>8} {fmt(k['op_gbps'], '>8.1f'):>8}")
+            lines.append(
+                f"{k['kernel'][:58]:<58} {k['calls']:>6} {k['time_s'] * 1e3:>9.3f} {k['share']:>7.1%} "
+                f"{k['op'][:28]:<28} {fmt(k['op_tflops'], '>8.2f'):>8} {fmt(k['op_gbps'], '>8.1f'):>8}"
+            )
     lines.append(f"trace: {result['trace']}")
     return "\n".join(lines)

@@ -12,6 +12,7 @@
 
 Only rank 0 touches the folder; every rank takes the same ``--auto_resume`` decision from it.
 """
+
 from __future__ import annotations
 
 import os
@@ -87,8 +88,10 @@ class RunFolder:
             return
         if pid == os.getpid():
             return
-        raise FlagError(f"--ckpt_save {self.folder}: a run (PID {pid} on {host or 'this host'}) is using it; "
-                        "wait for it, stop it, or give another folder")
+        raise FlagError(
+            f"--ckpt_save {self.folder}: a run (PID {pid} on {host or 'this host'}) is using it; "
+            "wait for it, stop it, or give another folder"
+        )
 
     def acquire(self) -> "RunFolder":
         check_writable(self.folder)
@@ -104,8 +107,9 @@ class RunFolder:
                 try:
                     os.rename(self.folder, self.archived)
                 except OSError as exc:
-                    raise InputError(f"--ckpt_save {self.folder}: cannot archive the earlier run "
-                                     f"({exc.strerror or exc})") from None
+                    raise InputError(
+                        f"--ckpt_save {self.folder}: cannot archive the earlier run ({exc.strerror or exc})"
+                    ) from None
                 self.took_over = None
         try:
             os.makedirs(self.folder, exist_ok=True)
@@ -116,8 +120,9 @@ class RunFolder:
             self._refuse_live_lock()  # another run took it between our check and our create
             raise FlagError(f"--ckpt_save {self.folder}: another run took the folder while this one started") from None
         except OSError as exc:
-            raise InputError(f"--ckpt_save {self.folder}: cannot create the folder or its lock "
-                             f"({exc.strerror or exc})") from None
+            raise InputError(
+                f"--ckpt_save {self.folder}: cannot create the folder or its lock ({exc.strerror or exc})"
+            ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(f"{os.getpid()} {socket.gethostname()}\n")
         self._held = True
@@ -140,8 +145,10 @@ class RunFolder:
         """The log lines of what was done to the folder."""
         lines = []
         if self.archived:
-            lines.append(f"The earlier run in {self.folder} was archived to {self.archived} (pass --auto_resume to "
-                         "continue it instead)")
+            lines.append(
+                f"The earlier run in {self.folder} was archived to {self.archived} (pass --auto_resume to "
+                "continue it instead)"
+            )
         if self.took_over is not None:
             lines.append(f"Took over the stale lock of PID {self.took_over} (not running)")
         if self.removed:

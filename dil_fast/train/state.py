@@ -3,6 +3,7 @@ algorithm with both optimizers, counters and learning rates, the model config, t
 the data position: enough for a bitwise-exact resume) and how :func:`restore` puts it back. File
 names, layouts, reading and writing are :mod:`dil_fast.checkpoints`'.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,9 @@ STATE_VERSION = 1
 
 
 # ------------------------------------------------------------------------------ the training state
-def capture(*, config: dict, model_config: dict | None, algo, loader, epoch: int, iteration: int,
-            world_size: int) -> dict:
+def capture(
+    *, config: dict, model_config: dict | None, algo, loader, epoch: int, iteration: int, world_size: int
+) -> dict:
     """The training state of a run at (epoch, iteration) of the loop."""
     state = {
         "format": TRAIN_STATE_FORMAT,
@@ -48,18 +50,19 @@ def restore(algo, ckpt: dict, path: str, *, world_size: int, weights: dict | Non
     if is_train_state(ckpt):
         saved = ckpt.get("algorithm", {})
         if saved.get("variant") != algo.name:
-            raise CheckpointError(f"{path}: a {saved.get('variant')!r} training state cannot resume "
-                                  f"--variant {algo.name}")
+            raise CheckpointError(
+                f"{path}: a {saved.get('variant')!r} training state cannot resume --variant {algo.name}"
+            )
         load_into(algo.meta_model, strip_module_prefix(saved["meta_model"]), path, "meta")
         try:
             algo.load_state_dict(saved)
         except (KeyError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{path}: training state does not fit ({str(exc).splitlines()[0][:160]})") \
-                from None
+            raise CheckpointError(f"{path}: training state does not fit ({str(exc).splitlines()[0][:160]})") from None
         old_ws = ckpt.get("world_size", 1)
         if old_ws != world_size:
-            raise CheckpointError(f"{path}: saved with {old_ws} process(es), resumed with {world_size}; "
-                                  "the data order would differ")
+            raise CheckpointError(
+                f"{path}: saved with {old_ws} process(es), resumed with {world_size}; the data order would differ"
+            )
         rng = ckpt.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
@@ -91,8 +94,13 @@ def save_in(folder: str, obj, name: str) -> None:
 
 def check_finite_weights(algo, folder: str) -> None:
     """No checkpoint is written with a non-finite weight (one host sync, at a checkpoint)."""
-    tensors = [t for m in {id(algo.meta_model): algo.meta_model, id(algo.task_model): algo.task_model}.values()
-               for t in m.parameters()]
+    tensors = [
+        t
+        for m in {id(algo.meta_model): algo.meta_model, id(algo.task_model): algo.task_model}.values()
+        for t in m.parameters()
+    ]
     if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
-        raise TrainingStopped(f"the weights became non-finite; no checkpoint was written with them (the last good "
-                              f"one in {folder} is kept); lower --lr / --meta_lr")
+        raise TrainingStopped(
+            f"the weights became non-finite; no checkpoint was written with them (the last good "
+            f"one in {folder} is kept); lower --lr / --meta_lr"
+        )

@@ -16,6 +16,7 @@
 * :class:`RunClock`: meta-iterations/s over the last log interval and the whole run's ETA, from
   host wall time only (no device synchronisation).
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,14 +40,18 @@ def format_duration(seconds: float) -> str:
 def write_options(folder: str, options: dict) -> list[str]:
     """Write ``options.json`` (and ``options.yaml`` if PyYAML is there); returns the file names."""
     names = ["options.json"]
-    atomic_write_bytes((json.dumps(options, indent=2, sort_keys=True, default=str) + "\n").encode(),
-                       os.path.join(folder, "options.json"))
+    atomic_write_bytes(
+        (json.dumps(options, indent=2, sort_keys=True, default=str) + "\n").encode(),
+        os.path.join(folder, "options.json"),
+    )
     try:
         import yaml
     except ImportError:
         return names
-    atomic_write_bytes(yaml.safe_dump(json.loads(json.dumps(options, default=str)), sort_keys=True).encode(),
-                       os.path.join(folder, "options.yaml"))
+    atomic_write_bytes(
+        yaml.safe_dump(json.loads(json.dumps(options, default=str)), sort_keys=True).encode(),
+        os.path.join(folder, "options.yaml"),
+    )
     return names + ["options.yaml"]
 
 
@@ -106,9 +111,12 @@ class Tracker:
         scalar, or without matplotlib: then one warning, and the run goes on)."""
         from ..eval.plot import curves_figure, matplotlib_missing, save_figure
 
-        losses = {t[len("loss/"):]: v for t, v in self.history.items() if t.startswith("loss/")}
-        psnr = {t[len("test/"):-len("/psnr")]: v for t, v in self.history.items()
-                if t.startswith("test/") and t.endswith("/psnr")}
+        losses = {t[len("loss/") :]: v for t, v in self.history.items() if t.startswith("loss/")}
+        psnr = {
+            t[len("test/") : -len("/psnr")]: v
+            for t, v in self.history.items()
+            if t.startswith("test/") and t.endswith("/psnr")
+        }
         if not losses and not psnr:
             return None
         why = matplotlib_missing()
@@ -156,30 +164,55 @@ class Monitor:
     the released log lines, one labelled line (losses per confounder, speed, elapsed, the run's
     ETA, skipped steps), the scalars, and the count of consecutive non-finite steps."""
 
-    def __init__(self, logger, tracker: Tracker | None, clock: RunClock, labels: list[str], *, images_per_it: int,
-                 max_bad_steps: int):
+    def __init__(
+        self,
+        logger,
+        tracker: Tracker | None,
+        clock: RunClock,
+        labels: list[str],
+        *,
+        images_per_it: int,
+        max_bad_steps: int,
+    ):
         self.logger, self.tracker, self.clock = logger, tracker, clock
         self.labels, self.images_per_it, self.max_bad_steps = labels, images_per_it, max_bad_steps
         self.bad_total = 0  # skipped meta-iterations reported so far
         self.bad_run = 0  # consecutive skipped meta-iterations at the last report
         self.stop_reason: str | None = None
 
-    def log_point(self, bar, epoch: int, it: int, n_iter: int, step: int, done: int, order: list[int],
-                  task_lr: float, meta_lr: float):
+    def log_point(
+        self,
+        bar,
+        epoch: int,
+        it: int,
+        n_iter: int,
+        step: int,
+        done: int,
+        order: list[int],
+        task_lr: float,
+        meta_lr: float,
+    ):
         """The function :class:`~dil_fast.train.fast.LossLog` calls with ``[losses..., bad_total, bad_run]``."""
+
         def emit(values: list[float]) -> None:
             losses, (bad_total, bad_run) = values[:-2], values[-2:]
             for loss in losses:
-                self.logger.info("Epoch: {}\tIter: {}/{}\tTask loss: {}\tTask LR: {:.6f}\tMeta LR: {:.6f}"
-                                 .format(epoch, it, n_iter, loss, task_lr, meta_lr))
+                self.logger.info(
+                    "Epoch: {}\tIter: {}/{}\tTask loss: {}\tTask LR: {:.6f}\tMeta LR: {:.6f}".format(
+                        epoch, it, n_iter, loss, task_lr, meta_lr
+                    )
+                )
             self.logger.info("Meta net updated!")
             by_label = {self.labels[k]: loss for k, loss in zip(order, losses)}
             t = self.clock.mark(done)
             skipped = int(bad_total) - self.bad_total
             self._bad(bad_total, bad_run)
             parts = ", ".join(f"{name} {value:.5g}" for name, value in by_label.items())
-            line = (f"Losses: {parts} | {t['it_s']:.3g} it/s, {t['it_s'] * self.images_per_it:.4g} images/s | "
-                    f"elapsed {format_duration(t['elapsed'])}, ETA {format_duration(t['eta']) if t['eta'] == t['eta'] else '?'}")
+            line = (
+                f"Losses: {parts} | {t['it_s']:.3g} it/s, {t['it_s'] * self.images_per_it:.4g} images/s | "
+                f"elapsed {format_duration(t['elapsed'])}, "
+                f"ETA {format_duration(t['eta']) if t['eta'] == t['eta'] else '?'}"
+            )
             if skipped:
                 line += f" | skipped {skipped} non-finite step(s)"
             self.logger.info(line)
@@ -187,9 +220,17 @@ class Monitor:
                 bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             if self.tracker is not None:
                 scalars = {f"loss/{name}": value for name, value in by_label.items()}
-                scalars.update({"lr/task": task_lr, "lr/meta": meta_lr, "speed/meta_it_s": t["it_s"],
-                                "speed/images_s": t["it_s"] * self.images_per_it, "skipped/nonfinite": bad_total})
+                scalars.update(
+                    {
+                        "lr/task": task_lr,
+                        "lr/meta": meta_lr,
+                        "speed/meta_it_s": t["it_s"],
+                        "speed/images_s": t["it_s"] * self.images_per_it,
+                        "skipped/nonfinite": bad_total,
+                    }
+                )
                 self.tracker.scalars(step, epoch, it, scalars)
+
         return emit
 
     def bad_check(self):
@@ -201,8 +242,10 @@ class Monitor:
             self.bad_total = int(bad_total)
         self.bad_run = int(bad_run)
         if self.max_bad_steps and self.bad_run >= self.max_bad_steps and self.stop_reason is None:
-            self.stop_reason = (f"{self.bad_run} consecutive meta-iterations had non-finite losses or gradients "
-                                f"(--max_bad_steps {self.max_bad_steps}); the run stops (lower --lr / --meta_lr?)")
+            self.stop_reason = (
+                f"{self.bad_run} consecutive meta-iterations had non-finite losses or gradients "
+                f"(--max_bad_steps {self.max_bad_steps}); the run stops (lower --lr / --meta_lr?)"
+            )
 
 
 def versions() -> dict:
@@ -213,5 +256,9 @@ def versions() -> dict:
 
     from .. import __version__
 
-    return {"dil_fast": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.version.cuda}
+    return {
+        "dil_fast": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+    }

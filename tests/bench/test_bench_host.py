@@ -1,4 +1,5 @@
 """bench/bench_host.py --quick: every part runs on the CPU in seconds and appends its rows to host.csv."""
+
 import csv
 
 import torch
@@ -29,7 +30,10 @@ def test_quick_run_writes_rows_of_every_part(tmp_path, capsys):
             counts.setdefault(r["case"].split()[1], {})[r["op"]] = int(r["count"])
     fused, unfused = counts["fused=True"], counts["fused=False"]
     # the fused optimizer runs its steps as native launches, the per-tensor Adam as aten ops
-    assert fused["native launches (outside the dispatcher)"] == 5 and unfused["native launches (outside the dispatcher)"] == 0
+    assert (
+        fused["native launches (outside the dispatcher)"] == 5
+        and unfused["native launches (outside the dispatcher)"] == 0
+    )
     assert fused["total aten ops"] < unfused["total aten ops"]
     # 698 tensors x 5 Adam steps of several ops each, against a handful of launches and checks
     assert 10 * fused["phase optimizer"] < unfused["phase optimizer"]

@@ -1,5 +1,6 @@
 """bench/bench_train.py --quick as the CI correctness gate: it runs on CPU, writes its rows with finite
 ratios, and refuses to report a speedup when the fast path disagrees with the reference computation."""
+
 import csv
 import math
 

@@ -1,5 +1,6 @@
 """bench/_common.py: time_fn times back-to-back calls; record appends row by row; results default to a
 folder outside the source tree."""
+
 import csv
 import os
 import time
@@ -56,8 +57,9 @@ def test_time_side_by_side_interleaves_providers_and_drops_a_failing_one(capsys)
     def broken():
         raise RuntimeError("not on this device")
 
-    timings = _common.time_side_by_side({"a": provider("a"), "b": provider("b"), "broken": broken}, "cpu",
-                                        warmup=1, repeat=4, min_sample_s=0.0)
+    timings = _common.time_side_by_side(
+        {"a": provider("a"), "b": provider("b"), "broken": broken}, "cpu", warmup=1, repeat=4, min_sample_s=0.0
+    )
     assert set(timings) == {"a", "b"} and "broken: skipped" in capsys.readouterr().err
     timed = order[4:]  # after the warm-ups and the sizing probes of a and b (one call each: 0 s samples)
     assert timed == ["a", "b"] * 4, order

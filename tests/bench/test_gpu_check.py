@@ -1,5 +1,6 @@
 """bench/gpu_check.sh: the plan fits the budget in the issue's order; the rehearsal runs every step
 in its CPU form and leaves the three files the device can return; refusals are one line."""
+
 import csv
 import os
 import re
@@ -37,8 +38,10 @@ def test_dry_run_plan_fits_420_s_in_the_issue_order():
     assert "--compile" in commands["bench-compile"] and "gpu_smoke.py" in commands["smoke"]
     rehearsal, _ = _plan("--rehearse")
     assert [name for _, _, name, _, _ in rehearsal] == ORDER
-    assert all("--quick" in cmd or "--tiny" in cmd or "TRITON_INTERPRET=1" in cmd or "setup" in name or "info" in cmd
-               for _, _, name, cmd, _ in rehearsal)
+    assert all(
+        "--quick" in cmd or "--tiny" in cmd or "TRITON_INTERPRET=1" in cmd or "setup" in name or "info" in cmd
+        for _, _, name, cmd, _ in rehearsal
+    )
 
 
 def test_rehearsal_runs_every_step_and_returns_three_files(tmp_path):
@@ -52,8 +55,15 @@ def test_rehearsal_runs_every_step_and_returns_three_files(tmp_path):
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
     assert {f"logs/{i + 1:02d}-{name}.log" for i, name in enumerate(ORDER)} <= set(names)
-    assert {"csv/optim.csv", "csv/degrade.csv", "csv/loader.csv", "csv/ceilings.csv", "csv/train.csv",
-            "csv/smoke.csv", "junit-gpu.xml"} <= set(names)
+    assert {
+        "csv/optim.csv",
+        "csv/degrade.csv",
+        "csv/loader.csv",
+        "csv/ceilings.csv",
+        "csv/train.csv",
+        "csv/smoke.csv",
+        "junit-gpu.xml",
+    } <= set(names)
     log = (out / "gpu_check.log").read_text()
     assert "== verdict" in log and "output folder: 3 files" in log and "6/6 variants ok" in log
     assert re.search(r"b\+cw\+ws/a = [0-9.]+x speedup", log)
@@ -105,8 +115,8 @@ def test_every_python_step_parses_its_flags(monkeypatch):
             scripts = [w for w in words if w.startswith("bench/")]
             if not scripts:
                 continue
-            module = scripts[0][len("bench/"):-len(".py")]
-            args = words[words.index(scripts[0]) + 1:]
+            module = scripts[0][len("bench/") : -len(".py")]
+            args = words[words.index(scripts[0]) + 1 :]
             try:
                 importlib.import_module(f"bench.{module}").main(args)
             except _Parsed as parsed:

@@ -1,4 +1,5 @@
 """Built-in sample data from scikit-image: patch counts, content, caching, the missing-package error."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """`dil-fast crop`: counts, global numbering, pixel equality with a manual crop, bad inputs, the
 staging folders of failed and killed runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,7 @@ def _manual(imgs, size, stride):
         while y + size <= h:
             x = 0
             while x + size <= w:
-                out.append(img[y:y + size, x:x + size])
+                out.append(img[y : y + size, x : x + size])
                 x += stride
             y += stride
     return out
@@ -68,8 +69,25 @@ def test_crop_matches_manual(tmp_path, workers, size, stride):
     shapes = [(40, 33), (16, 50), (63, 17), (21, 21)]
     imgs = _images(tmp_path / "in", shapes)
     expected = _manual(imgs, size, stride)
-    assert run_crop(_parse(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                            "--size", str(size), "--stride", str(stride), "--workers", str(workers)])) == 0
+    assert (
+        run_crop(
+            _parse(
+                [
+                    "--input",
+                    str(tmp_path / "in"),
+                    "--output",
+                    str(tmp_path / "out"),
+                    "--size",
+                    str(size),
+                    "--stride",
+                    str(stride),
+                    "--workers",
+                    str(workers),
+                ]
+            )
+        )
+        == 0
+    )
     names = sorted(os.listdir(tmp_path / "out"))
     assert names == [f"{i:06d}.png" for i in range(1, len(expected) + 1)]
     for name, patch in zip(names, expected):
@@ -139,11 +157,23 @@ def test_unwritable_output(tmp_path):
 def test_unwritable_output_is_one_line_through_the_cli(tmp_path, capfd):
     _images(tmp_path / "in", [(16, 16)])
     (tmp_path / "file").write_text("x")
-    rc = cli.main(["crop", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "file" / "out"),
-                   "--size", "8", "--stride", "8"])
+    rc = cli.main(
+        [
+            "crop",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "file" / "out"),
+            "--size",
+            "8",
+            "--stride",
+            "8",
+        ]
+    )
     err = capfd.readouterr().err
     assert rc == 2 and err.splitlines() == [
-        f"error: --output {tmp_path / 'file' / 'out'}: cannot create or write the folder (Not a directory)"]
+        f"error: --output {tmp_path / 'file' / 'out'}: cannot create or write the folder (Not a directory)"
+    ]
 
 
 def test_stale_staging_folders_are_removed_at_the_next_start(tmp_path):

@@ -1,4 +1,5 @@
 """DaliLoader in DALI's CPU mode (device_id=None): crops, sharding, resume, bad input (tier T0)."""
+
 from __future__ import annotations
 
 import cv2
@@ -43,12 +44,16 @@ def _ids(batch):
 
 def test_crops_are_dihedral_crops_of_the_images_all_offsets_and_modes(tmp_path):
     imgs = _noise_folder(tmp_path / "train", n=8, size=7)
-    ld = DaliLoader(tmp_path / "train", batch_size=4, patch_size=5, num_confounders=2, num_threads=1,
-                    dtype=torch.uint8, seed=3)
+    ld = DaliLoader(
+        tmp_path / "train", batch_size=4, patch_size=5, num_confounders=2, num_threads=1, dtype=torch.uint8, seed=3
+    )
     assert isinstance(ld, CleanLoader) and len(ld) == 2
     candidates = {
         dihedral_ref(img[:, y : y + 5, x : x + 5], m).numpy().tobytes(): (y, x, m)
-        for img in imgs for y in range(3) for x in range(3) for m in range(8)
+        for img in imgs
+        for y in range(3)
+        for x in range(3)
+        for m in range(8)
     }
     assert len(candidates) == 8 * 9 * 8  # noise images: every candidate crop is distinct
     offsets, modes = set(), set()

@@ -1,5 +1,6 @@
 """The folder loaders (clean folder, paired GT/LQ folders) read in DataLoader workers: a bad image
 ends a run with its one line, the workers are capped to the CPUs and stop when an iteration ends."""
+
 import gc
 import multiprocessing
 import time
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from dil_fast import cli
-from dil_fast.data import reference
+from dil_fast.data import released as reference
 from dil_fast.data.folders import FolderCleanLoader, PairedLoader
 from dil_fast.errors import InputError
 from tests.conftest import make_png_folder
@@ -47,10 +48,38 @@ def test_bad_image_in_a_worker_is_one_line_through_the_cli(tmp_path, layout, mon
     _truncate(bad)
     make_png_folder(tmp_path / "test", n=1, size=16)
     monkeypatch.setattr(reference, "available_cpus", lambda: 8)  # the 2 workers start on any machine
-    rc = cli.main(["train", "--trainset", str(trainset), "--testset", str(tmp_path / "test"), "--ckpt_save",
-                   str(tmp_path / "run"), *loader_flags, "--num_workers", "2", "--levels", "5", "--nf", "4",
-                   "--nb", "1", "--gc", "2", "--patch_size", "16", "--batch_size", "1", "--total_epoch", "1",
-                   "--device", "cpu", "--backend", "torch"])
+    rc = cli.main(
+        [
+            "train",
+            "--trainset",
+            str(trainset),
+            "--testset",
+            str(tmp_path / "test"),
+            "--ckpt_save",
+            str(tmp_path / "run"),
+            *loader_flags,
+            "--num_workers",
+            "2",
+            "--levels",
+            "5",
+            "--nf",
+            "4",
+            "--nb",
+            "1",
+            "--gc",
+            "2",
+            "--patch_size",
+            "16",
+            "--batch_size",
+            "1",
+            "--total_epoch",
+            "1",
+            "--device",
+            "cpu",
+            "--backend",
+            "torch",
+        ]
+    )
     lines = capfd.readouterr().err.splitlines()
     assert rc == 2 and len(lines) == 1, lines  # no "Caught InputError in DataLoader worker process" traceback
     assert lines[0] == f"error: {bad}: truncated or corrupt PNG (no IEND chunk at the end)"
@@ -79,16 +108,25 @@ def _batches(loader):
 def test_workers_do_not_change_the_batches(tmp_path):
     make_png_folder(tmp_path / "train", n=6, size=20, seed=4)
     pairs = _paired_folder(tmp_path / "pairs", n=4, size=20)
-    clean = {w: _batches(FolderCleanLoader(str(tmp_path / "train"), 2, patch_size=16, batch_size=2, seed=7,
-                                           num_workers=w, cpus=8)) for w in (0, 2)}
+    clean = {
+        w: _batches(
+            FolderCleanLoader(str(tmp_path / "train"), 2, patch_size=16, batch_size=2, seed=7, num_workers=w, cpus=8)
+        )
+        for w in (0, 2)
+    }
     assert len(clean[0]) == 3 and clean[0][0].shape == (2, 2, 3, 16, 16)
     assert all(torch.equal(a, b) for a, b in zip(clean[0], clean[2], strict=True))
-    paired = {w: _batches(PairedLoader([pairs, pairs], patch_size=16, batch_size=2, seed=7, num_workers=w, cpus=8))
-              for w in (0, 2)}
+    paired = {
+        w: _batches(PairedLoader([pairs, pairs], patch_size=16, batch_size=2, seed=7, num_workers=w, cpus=8))
+        for w in (0, 2)
+    }
     assert len(paired[0]) == 2 and [t.shape for t in paired[0][0][1]] == [(2, 3, 16, 16)] * 2
     for a, b in zip(paired[0], paired[2], strict=True):
-        assert all(torch.equal(x, y) for (lq_a, gt_a), (lq_b, gt_b) in zip(a, b, strict=True)
-                   for x, y in ((lq_a, lq_b), (gt_a, gt_b)))
+        assert all(
+            torch.equal(x, y)
+            for (lq_a, gt_a), (lq_b, gt_b) in zip(a, b, strict=True)
+            for x, y in ((lq_a, lq_b), (gt_a, gt_b))
+        )
 
 
 def test_workers_are_capped_to_the_cpus(tmp_path):
@@ -96,8 +134,10 @@ def test_workers_are_capped_to_the_cpus(tmp_path):
     pairs = _paired_folder(tmp_path / "pairs", n=2, size=16)
     capped = FolderCleanLoader(str(tmp_path / "train"), 4, patch_size=16, batch_size=1, seed=1, num_workers=8, cpus=2)
     assert capped.num_workers == 0
-    assert capped.worker_note == ("--num_workers 8: 4 confounders x 8 workers = 32 processes for 2 CPUs; using 0 per "
-                                  "confounder (samples are read in the main process)")
+    assert capped.worker_note == (
+        "--num_workers 8: 4 confounders x 8 workers = 32 processes for 2 CPUs; using 0 per "
+        "confounder (samples are read in the main process)"
+    )
     assert next(iter(capped)).shape == (4, 1, 3, 16, 16)
     halved = PairedLoader([pairs, pairs], patch_size=16, batch_size=1, seed=1, num_workers=3, cpus=4)
     assert halved.num_workers == 2 and "6 processes for 4 CPUs; using 2 per confounder" in halved.worker_note
@@ -109,14 +149,46 @@ def test_the_trainer_logs_the_worker_cap(tmp_path, monkeypatch):
     make_png_folder(tmp_path / "train", n=2, size=16)
     make_png_folder(tmp_path / "test", n=1, size=16)
     monkeypatch.setattr(reference, "available_cpus", lambda: 1)
-    rc = cli.main(["train", "--trainset", str(tmp_path / "train"), "--testset", str(tmp_path / "test"),
-                   "--ckpt_save", str(tmp_path / "run"), "--loader", "folder", "--num_workers", "3", "--levels", "5",
-                   "--nf", "4", "--nb", "1", "--gc", "2", "--patch_size", "16", "--batch_size", "1",
-                   "--total_epoch", "1", "--device", "cpu", "--backend", "torch", "--no_progress"])
+    rc = cli.main(
+        [
+            "train",
+            "--trainset",
+            str(tmp_path / "train"),
+            "--testset",
+            str(tmp_path / "test"),
+            "--ckpt_save",
+            str(tmp_path / "run"),
+            "--loader",
+            "folder",
+            "--num_workers",
+            "3",
+            "--levels",
+            "5",
+            "--nf",
+            "4",
+            "--nb",
+            "1",
+            "--gc",
+            "2",
+            "--patch_size",
+            "16",
+            "--batch_size",
+            "1",
+            "--total_epoch",
+            "1",
+            "--device",
+            "cpu",
+            "--backend",
+            "torch",
+            "--no_progress",
+        ]
+    )
     assert rc == 0
     log = (tmp_path / "run" / "train.log").read_text()
-    assert ("--num_workers 3: 1 confounders x 3 workers = 3 processes for 1 CPUs; using 1 per confounder "
-            "(1 worker processes)") in log
+    assert (
+        "--num_workers 3: 1 confounders x 3 workers = 3 processes for 1 CPUs; using 1 per confounder "
+        "(1 worker processes)"
+    ) in log
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,9 +214,10 @@ def test_an_abandoned_iteration_stops_its_workers(tmp_path):
     make_png_folder(tmp_path / "train", n=6, size=16)
     pairs = _paired_folder(tmp_path / "pairs", n=6, size=16)
     before = _worker_processes()
-    for loader in (FolderCleanLoader(str(tmp_path / "train"), 1, patch_size=16, batch_size=1, seed=2, num_workers=2,
-                                     cpus=8),
-                   PairedLoader([pairs], patch_size=16, batch_size=1, seed=2, num_workers=2, cpus=8)):
+    for loader in (
+        FolderCleanLoader(str(tmp_path / "train"), 1, patch_size=16, batch_size=1, seed=2, num_workers=2, cpus=8),
+        PairedLoader([pairs], patch_size=16, batch_size=1, seed=2, num_workers=2, cpus=8),
+    ):
         batches = iter(loader)
         next(batches)
         assert len(_worker_processes() - before) == 2

@@ -1,4 +1,5 @@
 """Image I/O: round trips, the grayscale / alpha / 16-bit policies, bad files, atomic writes."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """dil-fast pack: round trip against OpenCV, the CLI hooks, every bad input, and the temporary
 folders of failed and killed runs (tier T0)."""
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,20 @@ def test_cli_hooks(tmp_path, png_folder, capsys):
     png_folder(n=2, size=32)
     parser = argparse.ArgumentParser()
     add_pack_parser(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(["pack", "--input", str(tmp_path / "train"), "--output", str(tmp_path / "store"),
-                              "--size", "16", "--workers", "1", "--no_progress"])
+    args = parser.parse_args(
+        [
+            "pack",
+            "--input",
+            str(tmp_path / "train"),
+            "--output",
+            str(tmp_path / "store"),
+            "--size",
+            "16",
+            "--workers",
+            "1",
+            "--no_progress",
+        ]
+    )
     assert run_pack(args) == 0
     assert "packed 8 patches of 16x16 from 2 images" in capsys.readouterr().out
     index = json.loads((tmp_path / "store" / "index.json").read_text())

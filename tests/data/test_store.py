@@ -1,4 +1,5 @@
 """PatchStore + StoreLoader: exactness, epochs, sharding, resume, placements."""
+
 from __future__ import annotations
 
 import os
@@ -73,7 +74,9 @@ def test_loader_is_clean_loader_and_crops_are_the_store_content(random_store):
 
 
 def test_epoch_coverage_each_patch_once_per_confounder(labelled_store):
-    ld = StoreLoader(labelled_store, batch_size=4, patch_size=5, num_confounders=3, seed=2, dtype=torch.uint8, backend=BK)
+    ld = StoreLoader(
+        labelled_store, batch_size=4, patch_size=5, num_confounders=3, seed=2, dtype=torch.uint8, backend=BK
+    )
     seen = torch.cat([_ids(b) for b in ld], dim=1)  # [K, len * B]
     assert seen.shape == (3, 40)
     for k in range(3):

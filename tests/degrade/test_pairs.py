@@ -1,4 +1,5 @@
 """The degradation stage of the loop: clean batches -> K pairs, independent or shared, rank-invariant."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,7 +20,7 @@ def test_independent_pairs_distort_each_confounders_own_batch():
     assert len(pairs) == 2 and stage.ops() == ("noise",)
     for k, (noisy, target) in enumerate(pairs):
         assert torch.equal(target, clean[k])
-        want = counterfactual(clean[k], [GaussianNoise(10.0), GaussianNoise(30.0)][k:k + 1], seed=3, step=5)
+        want = counterfactual(clean[k], [GaussianNoise(10.0), GaussianNoise(30.0)][k : k + 1], seed=3, step=5)
         assert not torch.equal(noisy, target)
         if k == 0:
             assert torch.equal(noisy, want[0])

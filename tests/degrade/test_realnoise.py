@@ -1,5 +1,6 @@
 """The camera-noise confounder spec: every stage through counterfactual, reproducibility, batch-split
 independence, names, serialisation, validation, the forced-backend refusal and the CLI family."""
+
 from __future__ import annotations
 
 import json
@@ -47,16 +48,26 @@ def test_the_stages_are_different_distortions_of_the_same_batch():
 def test_a_sample_does_not_depend_on_its_batch_split():
     x = _clean(b=5)
     whole = counterfactual(x, SPECS, seed=11, step=2, sample_offset=100)
-    parts = torch.cat([counterfactual(x[:2], SPECS, seed=11, step=2, sample_offset=100),
-                       counterfactual(x[2:], SPECS, seed=11, step=2, sample_offset=102)], dim=1)
+    parts = torch.cat(
+        [
+            counterfactual(x[:2], SPECS, seed=11, step=2, sample_offset=100),
+            counterfactual(x[2:], SPECS, seed=11, step=2, sample_offset=102),
+        ],
+        dim=1,
+    )
     assert torch.equal(whole, parts)
 
 
 def test_names_are_distinct_and_ops_name_the_jpeg_stage():
     assert len({s.name for s in SPECS}) == len(SPECS)
     assert [s.name for s in SPECS] == ["isp-raw", "isp-linear", "isp-srgb", "isp-jpeg", "isp-mixed"]
-    assert {s.stage: s.ops() for s in SPECS} == {"raw": ("isp",), "linear": ("isp",), "srgb": ("isp",),
-                                                 "jpeg": ("isp", "jpeg"), "mixed": ("isp", "jpeg")}
+    assert {s.stage: s.ops() for s in SPECS} == {
+        "raw": ("isp",),
+        "linear": ("isp",),
+        "srgb": ("isp",),
+        "jpeg": ("isp", "jpeg"),
+        "mixed": ("isp", "jpeg"),
+    }
     assert confounder_ops(SPECS) == ("isp", "jpeg")
 
 
@@ -78,10 +89,12 @@ def test_fixed_parameters_draw_nothing_per_sample():
 
 
 def test_bad_stage_and_ranges_are_one_line_value_errors():
-    for kw, match in ((dict(stage="sensor"), "CameraNoise.stage must be one of raw, linear, srgb, jpeg, mixed"),
-                      (dict(stage="raw", shot=(0.2, 0.1)), "CameraNoise.shot"),
-                      (dict(stage="raw", gamma=0.5), "CameraNoise.gamma"),
-                      (dict(stage="jpeg", jpeg_quality=(0, 100)), "CameraNoise.jpeg_quality")):
+    for kw, match in (
+        (dict(stage="sensor"), "CameraNoise.stage must be one of raw, linear, srgb, jpeg, mixed"),
+        (dict(stage="raw", shot=(0.2, 0.1)), "CameraNoise.shot"),
+        (dict(stage="raw", gamma=0.5), "CameraNoise.gamma"),
+        (dict(stage="jpeg", jpeg_quality=(0, 100)), "CameraNoise.jpeg_quality"),
+    ):
         with pytest.raises(ValueError, match=match) as exc:
             CameraNoise(**kw)
         assert "\n" not in str(exc.value)

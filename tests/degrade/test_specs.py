@@ -1,4 +1,5 @@
 """Confounder specs: parameters, names, serialisation, validation, presets, the CLI parser, blur kernels."""
+
 from __future__ import annotations
 
 import math
@@ -59,9 +60,19 @@ def test_realesrgan_presets_shapes_and_range():
 
 
 def test_spec_names_and_round_trip():
-    specs = [GaussianNoise(15), GaussianNoise((5, 20), round8=True), GaussianBlur(2), GaussianBlur(2, sigma_y=1, angle=30),
-             JPEG(30), Resize(0.5), Resize(size=(8, 9), mode="area"), Rain(), PoissonNoise(2), hybrid("mild"),
-             Compose((GaussianBlur(1), GaussianNoise(5)))]
+    specs = [
+        GaussianNoise(15),
+        GaussianNoise((5, 20), round8=True),
+        GaussianBlur(2),
+        GaussianBlur(2, sigma_y=1, angle=30),
+        JPEG(30),
+        Resize(0.5),
+        Resize(size=(8, 9), mode="area"),
+        Rain(),
+        PoissonNoise(2),
+        hybrid("mild"),
+        Compose((GaussianBlur(1), GaussianNoise(5))),
+    ]
     names = [s.name for s in specs]
     assert names[:3] == ["noise15", "noise5-20", "blur2"] and names[4] == "jpeg30"
     assert len(set(names)) == len(names)
@@ -73,7 +84,11 @@ def test_parse_confounders():
     assert parse_confounders("noise:5,10,15,20") == denoise_levels((5, 10, 15, 20))
     assert parse_confounders("5,10,15,20") == denoise_levels((5, 10, 15, 20))
     assert parse_confounders("blur:1,2,3,4") == deblur_levels((1, 2, 3, 4))
-    assert [s.name for s in parse_confounders("noise:15; jpeg:30;hybrid:severe")] == ["noise15", "jpeg30", "hybrid-severe"]
+    assert [s.name for s in parse_confounders("noise:15; jpeg:30;hybrid:severe")] == [
+        "noise15",
+        "jpeg30",
+        "hybrid-severe",
+    ]
     for bad in ["", "noise:", "foo:1", "noise:a", "jpeg:0", "hybrid:x", "1,,2", "noise:-3"]:
         with pytest.raises(ValueError) as info:
             parse_confounders(bad)

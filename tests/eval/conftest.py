@@ -1,4 +1,5 @@
 """Tiny checkpoints and test folders for the eval tests (RRDB nf 4 nb 1 gc 2, its x4 twin, a tiny SwinIR)."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,9 @@ from dil_fast.models.rrdb import RRDBNet, RRDBNetX4
 from dil_fast.models.swinir import SwinIR
 
 TINY_RRDB = dict(in_nc=3, out_nc=3, nf=4, nb=1, gc=2)
-TINY_SWINIR = dict(img_size=8, embed_dim=12, depths=(2,), num_heads=(2,), window_size=4, mlp_ratio=2.0,
-                   upsampler="", upscale=1)
+TINY_SWINIR = dict(
+    img_size=8, embed_dim=12, depths=(2,), num_heads=(2,), window_size=4, mlp_ratio=2.0, upsampler="", upscale=1
+)
 
 
 @pytest.fixture
@@ -51,9 +53,16 @@ def train_state_ckpt(tmp_path):
     model = RRDBNet(**TINY_RRDB)
     sd = model.state_dict()
     path = tmp_path / "last.pt"
-    torch.save({"format": "dil_fast.train_state", "version": 1, "config": {"levels": [5.0, 10.0, 15.0, 20.0]},
-                "model_config": {"arch": "rrdb", "kwargs": {"nf": 4, "nb": 1, "gc": 2}},
-                "models": {"model_meta": sd, "model_task": sd}}, path)
+    torch.save(
+        {
+            "format": "dil_fast.train_state",
+            "version": 1,
+            "config": {"levels": [5.0, 10.0, 15.0, 20.0]},
+            "model_config": {"arch": "rrdb", "kwargs": {"nf": 4, "nb": 1, "gc": 2}},
+            "models": {"model_meta": sd, "model_task": sd},
+        },
+        path,
+    )
     return str(path), model.eval()
 
 

@@ -1,5 +1,6 @@
 """`dil-fast eval` for every confounder family, SR, SwinIR, paired folders, sweeps, side-by-side
 inputs, the drop-in defaults and the all-or-nothing output folder, on tiny images and networks."""
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,12 @@ def _expected(model, images, spec: str, *, seed=0, y=False, crop=0, final_resize
             x = counterfactual(x, parse_confounders(final_resize), seed=seed, step=i)[0]
         with torch.no_grad():
             restored = tensor_to_uint8(model(x))
-        out.append((calculate_psnr(img, restored, crop, test_y_channel=y, color_order="rgb"),
-                    calculate_ssim(img, restored, crop, test_y_channel=y, color_order="rgb")))
+        out.append(
+            (
+                calculate_psnr(img, restored, crop, test_y_channel=y, color_order="rgb"),
+                calculate_ssim(img, restored, crop, test_y_channel=y, color_order="rgb"),
+            )
+        )
     return out
 
 
@@ -79,8 +84,9 @@ def _check_single(save, images, expected, confounder, level, label):
     assert float(rows[-1]["psnr"]) == pytest.approx(np.mean([p for p, _ in expected]), abs=1e-9)
 
 
-@pytest.mark.parametrize("spec", ["noise:30", "blur:4.2", "jpeg:10", "hybrid:mild", "rain:light", "poisson:1",
-                                  "isp:raw"])
+@pytest.mark.parametrize(
+    "spec", ["noise:30", "blur:4.2", "jpeg:10", "hybrid:mild", "rain:light", "poisson:1", "isp:raw"]
+)
 def test_each_family_at_a_level(spec, rrdb_ckpt, testset, tmp_path):
     ckpt, model = rrdb_ckpt
     save = tmp_path / "out"
@@ -118,13 +124,28 @@ def test_task_sets_levels_and_metric(rrdb_ckpt, testset, tmp_path):
     assert list(dict.fromkeys(r["level"] for r in rows)) == ["mild", "moderate", "severe"]
     images = _images(testset)
     expected = _expected(model, images, "hybrid:severe", y=True)  # the hybrid task reports Y
-    assert [float(r["psnr"]) for r in rows if r["level"] == "severe"] == pytest.approx([p for p, _ in expected],
-                                                                                      abs=1e-9)
-    _run(["--ckpt", ckpt, "--testset", testset, "--save", tmp_path / "rgb", "--task", "hybrid", "--no-y",
-          "--confounders", "hybrid:severe"])
+    assert [float(r["psnr"]) for r in rows if r["level"] == "severe"] == pytest.approx(
+        [p for p, _ in expected], abs=1e-9
+    )
+    _run(
+        [
+            "--ckpt",
+            ckpt,
+            "--testset",
+            testset,
+            "--save",
+            tmp_path / "rgb",
+            "--task",
+            "hybrid",
+            "--no-y",
+            "--confounders",
+            "hybrid:severe",
+        ]
+    )
     rgb = _expected(model, images, "hybrid:severe", y=False)
-    assert [float(r["psnr"]) for r in _csv(tmp_path / "rgb" / "results.csv")][:3] == \
-        pytest.approx([p for p, _ in rgb], abs=1e-9)
+    assert [float(r["psnr"]) for r in _csv(tmp_path / "rgb" / "results.csv")][:3] == pytest.approx(
+        [p for p, _ in rgb], abs=1e-9
+    )
 
 
 def test_super_resolution_x4(x4_ckpt, tmp_path):
@@ -144,12 +165,24 @@ def test_super_resolution_x4(x4_ckpt, tmp_path):
     fig, boxes = side_by_side_figure(hr[::4, ::4], hr, hr)  # the layout of 24 x 32 panels, input x4
     assert compare.shape == render(fig).shape and fig.texts[0].get_text() == "input (x4 nearest)"
     (top, left, h, w), _, (gt_top, gt_left, _, _) = boxes
-    lr = compare[top:top + h, left:left + w]
+    lr = compare[top : top + h, left : left + w]
     np.testing.assert_array_equal(lr, np.repeat(np.repeat(lr[::4, ::4], 4, 0), 4, 1))  # nearest-upsampled LR
-    np.testing.assert_array_equal(compare[gt_top:gt_top + h, gt_left:gt_left + w], hr)
+    np.testing.assert_array_equal(compare[gt_top : gt_top + h, gt_left : gt_left + w], hr)
     # a same-size level is followed by the x1/4 resize
-    _run(["--ckpt", ckpt, "--testset", folder, "--save", tmp_path / "noisy", "--task", "realsr",
-          "--confounders", "blur:1"])
+    _run(
+        [
+            "--ckpt",
+            ckpt,
+            "--testset",
+            folder,
+            "--save",
+            tmp_path / "noisy",
+            "--task",
+            "realsr",
+            "--confounders",
+            "blur:1",
+        ]
+    )
     noisy = _expected(model, images, "blur:1", y=True, crop=4, final_resize="bicubic:4")
     _check_single(tmp_path / "noisy", images, noisy, "blur", "1", "tiny_x4")
 
@@ -215,8 +248,11 @@ def test_paired_folder_mismatches(rrdb_ckpt, x4_ckpt, testset, tmp_path):
     with pytest.raises(InputError, match=r"^--testset .*000001\.png has no degraded image"):
         _run(["--ckpt", ckpt, "--testset", testset, "--lq", lq, "--save", save])
     same_size = _lq_folder(tmp_path, testset, name="lq_full")  # 24 x 24: not 1/4 of the ground truth
-    with pytest.raises(InputError, match=r"000000\.bmp: 24x24, but its ground truth 000000\.png is 24x24; "
-                                         r"a x4 evaluation needs 6x6") as info:
+    with pytest.raises(
+        InputError,
+        match=r"000000\.bmp: 24x24, but its ground truth 000000\.png is 24x24; "
+        r"a x4 evaluation needs 6x6",
+    ) as info:
         _run(["--ckpt", x4_ckpt[0], "--testset", testset, "--lq", same_size, "--save", save])
     assert "\n" not in str(info.value)
     assert not save.exists()
@@ -253,8 +289,19 @@ def _shaded(fig) -> tuple[float, float] | None:
 
 def test_sweep_two_checkpoints(train_state_ckpt, rrdb_ckpt, testset, tmp_path, capsys, sweep_figures):
     save = tmp_path / "sweep"
-    argv = ["--ckpt", f"dil={train_state_ckpt[0]}", rrdb_ckpt[0], "--testset", testset, "--save", save,
-            "--sweep", "noise:5:30:5", "--plot_size", "480x300"]
+    argv = [
+        "--ckpt",
+        f"dil={train_state_ckpt[0]}",
+        rrdb_ckpt[0],
+        "--testset",
+        testset,
+        "--save",
+        save,
+        "--sweep",
+        "noise:5:30:5",
+        "--plot_size",
+        "480x300",
+    ]
     assert _run(argv) == 0
     assert "training range: 5..20 (dil's training state)" in capsys.readouterr().out
     assert sorted(os.listdir(save)) == ["log.txt", "results.csv", "sweep.csv", "sweep.png"]  # no images in a sweep
@@ -282,14 +329,26 @@ def test_sweep_two_checkpoints(train_state_ckpt, rrdb_ckpt, testset, tmp_path, c
     _run(["--ckpt", rrdb_ckpt[0], "--testset", testset, "--save", tmp_path / "plain", "--sweep", "noise:5,30"])
     assert _shaded(sweep_figures[-1]) is None  # no training state, no --train_range
     assert cv2.imread(str(tmp_path / "plain" / "sweep.png")).shape == (600, 960, 3)
-    _run(["--ckpt", rrdb_ckpt[0], "--testset", testset, "--save", tmp_path / "flag", "--sweep", "noise:5,30",
-          "--train_range", "5,20", "--save_inputs"])
+    _run(
+        [
+            "--ckpt",
+            rrdb_ckpt[0],
+            "--testset",
+            testset,
+            "--save",
+            tmp_path / "flag",
+            "--sweep",
+            "noise:5,30",
+            "--train_range",
+            "5,20",
+            "--save_inputs",
+        ]
+    )
     assert _shaded(sweep_figures[-1]) == pytest.approx((5, 20), abs=0.05)
     assert sorted(os.listdir(tmp_path / "flag" / "noise-30"))[:2] == ["000000.png", "000000_input_output_gt.png"]
 
 
-def test_sweep_shades_the_training_range_of_a_model_n_from_its_run_folder(rrdb_ckpt, testset, tmp_path,
-                                                                           sweep_figures):
+def test_sweep_shades_the_training_range_of_a_model_n_from_its_run_folder(rrdb_ckpt, testset, tmp_path, sweep_figures):
     """model_N.pt holds weights only; the run's options.json (beside it) holds the training levels."""
     import json
 
@@ -297,10 +356,21 @@ def test_sweep_shades_the_training_range_of_a_model_n_from_its_run_folder(rrdb_c
     run.mkdir(parents=True)
     sd = torch.load(rrdb_ckpt[0], weights_only=True)["model_meta"]
     torch.save({"model_meta": sd, "model_task": sd}, run / "model_30.pt")
-    (run / "options.json").write_text(json.dumps({"config": {"task": "denoise", "levels": [5.0, 10.0, 15.0, 20.0]},
-                                                  "resolved": {}}))
-    _run(["--ckpt", f"dil={run / 'model_30.pt'}", "--testset", testset, "--save", tmp_path / "s",
-          "--sweep", "noise:5:30:5"])
+    (run / "options.json").write_text(
+        json.dumps({"config": {"task": "denoise", "levels": [5.0, 10.0, 15.0, 20.0]}, "resolved": {}})
+    )
+    _run(
+        [
+            "--ckpt",
+            f"dil={run / 'model_30.pt'}",
+            "--testset",
+            testset,
+            "--save",
+            tmp_path / "s",
+            "--sweep",
+            "noise:5:30:5",
+        ]
+    )
     assert _shaded(sweep_figures[-1]) == pytest.approx((5, 20), abs=0.05)
 
 
@@ -321,7 +391,7 @@ def test_save_inputs_side_by_side(rrdb_ckpt, testset, tmp_path):
         assert [t.get_text() for t in fig.texts] == ["input", "output", "ground truth"]
         assert compare.shape == render(fig).shape
         for (top, left, h, w), want in zip(boxes, (noisy, restored, clean)):
-            np.testing.assert_array_equal(compare[top:top + h, left:left + w], want)
+            np.testing.assert_array_equal(compare[top : top + h, left : left + w], want)
 
 
 def test_no_testset_reads_the_current_folder(rrdb_ckpt, testset, tmp_path, monkeypatch):
@@ -347,8 +417,10 @@ def test_eval_does_not_import_the_trainer():
     import subprocess
     import sys
 
-    code = ("import sys, dil_fast.eval; "
-            "print(sorted(m for m in sys.modules if m.startswith(('dil_fast.train', 'dil_fast.study'))))")
+    code = (
+        "import sys, dil_fast.eval; "
+        "print(sorted(m for m in sys.modules if m.startswith(('dil_fast.train', 'dil_fast.study'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -1,5 +1,6 @@
 """`dil-fast eval` at the released --level with a tiny RRDBNet: log format, files, the released noise
 arithmetic (seeded), bad inputs."""
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,9 @@ def test_eval_end_to_end(tiny_ckpt, testset, tmp_path):
         assert s == pytest.approx(calculate_ssim(clean, sr, 0), abs=1e-9)
 
     explicit = tmp_path / "explicit"  # the default is the released --level 50
-    run_eval(_parse(["--ckpt", ckpt, "--testset", testset, "--save", str(explicit), "--device", "cpu",
-                     "--level", "50"]))
+    run_eval(
+        _parse(["--ckpt", ckpt, "--testset", testset, "--save", str(explicit), "--device", "cpu", "--level", "50"])
+    )
     assert (explicit / "log.txt").read_text() == (save / "log.txt").read_text()
 
 
@@ -87,8 +89,7 @@ def test_eval_seeded_reproducible(tiny_ckpt, testset, tmp_path):
     logs = []
     for run, seed in enumerate(["0", "0", "1"]):
         save = tmp_path / f"run{run}"
-        run_eval(_parse(["--ckpt", ckpt, "--testset", testset, "--save", str(save), "--seed", seed,
-                         "--device", "cpu"]))
+        run_eval(_parse(["--ckpt", ckpt, "--testset", testset, "--save", str(save), "--seed", seed, "--device", "cpu"]))
         logs.append((save / "log.txt").read_text())
     assert logs[0] == logs[1]
     assert logs[0] != logs[2]
@@ -98,16 +99,23 @@ def test_eval_y_crop_and_size_flags(tiny_ckpt, testset, tmp_path):
     ckpt, _ = tiny_ckpt
     base = ["--ckpt", ckpt, "--testset", testset, "--device", "cpu"]
     run_eval(_parse(base + ["--save", str(tmp_path / "rgb")]))
-    run_eval(_parse(base + ["--save", str(tmp_path / "y"), "--y", "--crop_border", "4",
-                            "--nf", "8", "--nb", "1", "--gc", "4"]))
+    run_eval(
+        _parse(
+            base + ["--save", str(tmp_path / "y"), "--y", "--crop_border", "4", "--nf", "8", "--nb", "1", "--gc", "4"]
+        )
+    )
     name = sorted(os.listdir(testset))[0]
     clean = read_image_rgb(os.path.join(testset, name))
     sr = read_image_rgb(tmp_path / "y" / name)
     np.testing.assert_array_equal(sr, read_image_rgb(tmp_path / "rgb" / name))  # same noise, same output
     line = (tmp_path / "y" / "log.txt").read_text().split("\n")[0]
     m = LINE.match(line)
-    assert float(m["p"]) == pytest.approx(calculate_psnr(clean, sr, 4, test_y_channel=True, color_order="rgb"), abs=1e-9)
-    assert float(m["s"]) == pytest.approx(calculate_ssim(clean, sr, 4, test_y_channel=True, color_order="rgb"), abs=1e-9)
+    assert float(m["p"]) == pytest.approx(
+        calculate_psnr(clean, sr, 4, test_y_channel=True, color_order="rgb"), abs=1e-9
+    )
+    assert float(m["s"]) == pytest.approx(
+        calculate_ssim(clean, sr, 4, test_y_channel=True, color_order="rgb"), abs=1e-9
+    )
 
 
 def test_evaluate_model_api():

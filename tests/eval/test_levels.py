@@ -1,4 +1,5 @@
 """Evaluation levels: confounder lists, sweep ranges, training ranges read from a run's config."""
+
 from __future__ import annotations
 
 import pytest
@@ -52,16 +53,19 @@ def test_parse_sweep_ranges_and_lists():
     assert [lv.level for lv in parse_sweep("noise:7:7:1")] == ["7"]
 
 
-@pytest.mark.parametrize("text, match", [
-    ("noise:5:70:0", "step > 0"),
-    ("noise:70:5:5", "start <= stop"),
-    ("noise:5:nan:5", "finite"),
-    ("noise:a:b:c", "numbers"),
-    ("hybrid:mild,severe", "numeric level"),
-    ("noise:5;blur:1", "one family"),
-    ("noise:0:100000:1", "at most"),
-    ("jpeg:10.5:20:1", "jpeg"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("noise:5:70:0", "step > 0"),
+        ("noise:70:5:5", "start <= stop"),
+        ("noise:5:nan:5", "finite"),
+        ("noise:a:b:c", "numbers"),
+        ("hybrid:mild,severe", "numeric level"),
+        ("noise:5;blur:1", "one family"),
+        ("noise:0:100000:1", "at most"),
+        ("jpeg:10.5:20:1", "jpeg"),
+    ],
+)
 def test_parse_sweep_errors(text, match):
     with pytest.raises(FlagError, match=match) as info:
         parse_sweep(text)

@@ -1,6 +1,7 @@
 """The plots (matplotlib, Agg) read through their axes: readable value ranges with one point,
 integer iteration ticks, legends clear of the curves, the training range shaded, labelled panels
 with gaps, exact pixel sizes; and the one-line message without matplotlib."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,10 @@ from dil_fast.eval import output, plot
 from dil_fast.eval.output import PANEL_GAP, PANEL_LABELS, side_by_side, side_by_side_figure
 from dil_fast.eval.plot import MIN_PSNR_SPAN, curves_figure, generalization_figure, plot_generalization, render
 
-SWEEP = {"dil": [(5, 30.1), (10, 29.0), (20, 27.1), (50, 19.5), (70, 16.0)],
-         "erm": [(5, 30.5), (10, 29.3), (20, 27.0), (50, 15.2), (70, 12.1)]}
+SWEEP = {
+    "dil": [(5, 30.1), (10, 29.0), (20, 27.1), (50, 19.5), (70, 16.0)],
+    "erm": [(5, 30.5), (10, 29.3), (20, 27.0), (50, 15.2), (70, 12.1)],
+}
 
 
 def _visible_ticks(ax, axis: str) -> list[float]:
@@ -107,8 +110,12 @@ def test_sweep_shades_the_training_range_and_ticks_the_levels():
 
 
 def test_dashed_grey_series_and_non_finite_points():
-    fig = generalization_figure({"input": [(1.0, 20.0), (5.0, float("nan")), (9.0, 18.0)], "a": [(1.0, 21.0)],
-                                 "none": [(2.0, math.inf)]}, (1.0, 4.0), "t", "x")
+    fig = generalization_figure(
+        {"input": [(1.0, 20.0), (5.0, float("nan")), (9.0, 18.0)], "a": [(1.0, 21.0)], "none": [(2.0, math.inf)]},
+        (1.0, 4.0),
+        "t",
+        "x",
+    )
     (ax,) = fig.axes
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines) == {"input", "a"}  # a series with no finite point draws nothing
@@ -147,8 +154,8 @@ def test_side_by_side_panels_are_labelled_apart_and_exact(scale):
         assert left_b - (left_a + w_a) >= PANEL_GAP
     expected = [np.repeat(np.repeat(degraded, scale, 0), scale, 1), restored, clean]
     for (top, left, h, w), want in zip(boxes, expected):
-        np.testing.assert_array_equal(img[top:top + h, left:left + w], want)
-    gap = img[boxes[0][0]:, boxes[0][1] + boxes[0][3]:boxes[1][1]]
+        np.testing.assert_array_equal(img[top : top + h, left : left + w], want)
+    gap = img[boxes[0][0] :, boxes[0][1] + boxes[0][3] : boxes[1][1]]
     assert (gap == 255).all()  # white between the panels
     np.testing.assert_array_equal(side_by_side(degraded, restored, clean), img)
     with pytest.raises(ValueError, match="do not line up"):

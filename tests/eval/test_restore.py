@@ -1,6 +1,7 @@
 """`dil-fast restore`: tiles (exact with enough context, close without), batches, precisions,
 scales, checkpoint layouts, output names, and the errors that leave nothing behind, on tiny CPU
 networks and images."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,13 @@ class ThreeConv(nn.Module):
 
     def __init__(self, width: int = 6):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
-                                  nn.ReLU(), nn.Conv2d(width, 3, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 3, 3, padding=1),
+        )
 
     def forward(self, x):
         return x + 0.3 * self.body(x)
@@ -36,7 +42,7 @@ def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     base = np.stack([yy / h, xx / w, ((yy + xx) % 23) / 23], -1) * 180 + 30
-    base[:, w // 3:] += 25
+    base[:, w // 3 :] += 25
     return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
 
 
@@ -60,14 +66,17 @@ def _one_error_line(capsys, *words) -> str:
 # ------------------------------------------------------------------------------------------------ tiles
 
 
-@pytest.mark.parametrize("h,w,tile,pad", [(1, 1, 4, 2), (17, 23, 8, 3), (63, 40, 16, 0), (97, 17, 32, 10),
-                                          (20, 20, 64, 5)], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "h,w,tile,pad",
+    [(1, 1, 4, 2), (17, 23, 8, 3), (63, 40, 16, 0), (97, 17, 32, 10), (20, 20, 64, 5)],
+    ids=lambda v: str(v),
+)
 def test_tile_windows_cover_the_image_with_enough_context(h, w, tile, pad):
     (wh, ww), tiles = tile_windows(h, w, tile, pad)
     assert (wh, ww) == (min(h, tile + 2 * pad), min(w, tile + 2 * pad))
     covered = np.zeros((h, w), np.int32)
     for t in tiles:
-        covered[t.y0:t.y1, t.x0:t.x1] += 1
+        covered[t.y0 : t.y1, t.x0 : t.x1] += 1
         assert 0 <= t.wy <= t.y0 < t.y1 <= t.wy + wh <= h and 0 <= t.wx <= t.x0 < t.x1 <= t.wx + ww <= w
         # context on every side is at least `pad`, or that side is the image's border
         assert t.y0 - t.wy >= pad or t.wy == 0
@@ -151,8 +160,25 @@ def test_restore_a_folder_as_a_user_types_it(rrdb_ckpt, photos, tmp_path, capsys
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("restored 3 image(s) into ") and "rrdb x1, whole images" in line
     # tiles and batches give the same files; a suffix names them apart in the same folder
-    assert _run("--ckpt", ckpt, "--input", photos, "--output", out, "--tile", 8, "--tile_pad", RRDB_REACH + 1,
-                "--batch_size", 5, "--suffix", "tiled") == 0
+    assert (
+        _run(
+            "--ckpt",
+            ckpt,
+            "--input",
+            photos,
+            "--output",
+            out,
+            "--tile",
+            8,
+            "--tile_pad",
+            RRDB_REACH + 1,
+            "--batch_size",
+            5,
+            "--suffix",
+            "tiled",
+        )
+        == 0
+    )
     for stem in "abc":
         assert (out / f"{stem}_tiled.png").read_bytes() == (out / f"{stem}.png").read_bytes()
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temporary files left
@@ -161,8 +187,23 @@ def test_restore_a_folder_as_a_user_types_it(rrdb_ckpt, photos, tmp_path, capsys
 def test_restore_one_file_at_scale_4_from_a_basicsr_checkpoint(x4_ckpt, photos, tmp_path):
     ckpt, model = x4_ckpt
     out = tmp_path / "sr" / "x4"
-    assert _run("--ckpt", ckpt, "--input", photos / "a.png", "--output", out, "--tile", 16, "--batch_size", 2,
-                "--tile_pad", RRDB_REACH + 1) == 0
+    assert (
+        _run(
+            "--ckpt",
+            ckpt,
+            "--input",
+            photos / "a.png",
+            "--output",
+            out,
+            "--tile",
+            16,
+            "--batch_size",
+            2,
+            "--tile_pad",
+            RRDB_REACH + 1,
+        )
+        == 0
+    )
     assert os.listdir(out) == ["a.png"]
     got = read_image_rgb(out / "a.png")
     assert got.shape == (120, 88, 3)
@@ -177,11 +218,28 @@ def test_restore_a_training_state_and_a_custom_architecture(train_state_ckpt, ph
     torch.manual_seed(5)
     net = ThreeConv(width=4)
     torch.save(net.state_dict(), tmp_path / "custom.pt")
-    assert _run("--ckpt", tmp_path / "custom.pt", "--input", photos, "--output", tmp_path / "o2",
-                "--arch", "tests.eval.test_restore:ThreeConv", "--arch_kwargs", '{"width": 4}', "--tile", 10,
-                "--tile_pad", 3) == 0
-    np.testing.assert_array_equal(read_image_rgb(tmp_path / "o2" / "b.png"),
-                                  _untiled(net.eval(), read_image_rgb(photos / "b.jpg")))
+    assert (
+        _run(
+            "--ckpt",
+            tmp_path / "custom.pt",
+            "--input",
+            photos,
+            "--output",
+            tmp_path / "o2",
+            "--arch",
+            "tests.eval.test_restore:ThreeConv",
+            "--arch_kwargs",
+            '{"width": 4}',
+            "--tile",
+            10,
+            "--tile_pad",
+            3,
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(
+        read_image_rgb(tmp_path / "o2" / "b.png"), _untiled(net.eval(), read_image_rgb(photos / "b.jpg"))
+    )
 
 
 def test_existing_outputs_are_kept_unless_overwrite(rrdb_ckpt, photos, tmp_path, capsys):
@@ -241,8 +299,9 @@ def test_bad_input_is_one_line_and_creates_nothing(rrdb_ckpt, photos, tmp_path, 
     assert sorted(os.listdir(photos)) == [".hidden.png", "a.png", "b.jpg", "c.png", "notes.txt"]
 
 
-def test_a_failure_during_the_run_keeps_whole_outputs_and_says_how_many(rrdb_ckpt, photos, tmp_path, capsys,
-                                                                          monkeypatch):
+def test_a_failure_during_the_run_keeps_whole_outputs_and_says_how_many(
+    rrdb_ckpt, photos, tmp_path, capsys, monkeypatch
+):
     from dil_fast.eval import restore as restore_module
 
     ckpt, _ = rrdb_ckpt
@@ -269,11 +328,14 @@ def test_progress_lines_when_not_a_terminal(rrdb_ckpt, photos, tmp_path, capsys,
     from dil_fast import _progress
     from dil_fast.eval import restore as restore_module
 
-    monkeypatch.setattr(restore_module, "progress",
-                        lambda *a, **k: _progress.progress(*a, **k, isatty=False, interval=0.0))
+    monkeypatch.setattr(
+        restore_module, "progress", lambda *a, **k: _progress.progress(*a, **k, isatty=False, interval=0.0)
+    )
     ckpt, _ = rrdb_ckpt
-    assert main(["restore", "--device", "cpu", "--ckpt", ckpt, "--input", str(photos),
-                 "--output", str(tmp_path / "p")]) == 0
+    assert (
+        main(["restore", "--device", "cpu", "--ckpt", ckpt, "--input", str(photos), "--output", str(tmp_path / "p")])
+        == 0
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("restore: 1/3 img (33%)") and lines[-1].startswith("restore: 3/3 img in ")
     assert _run("--ckpt", ckpt, "--input", photos, "--output", tmp_path / "q") == 0
@@ -290,8 +352,9 @@ def test_a_model_n_of_ones_own_architecture_is_rebuilt_from_its_run_folder(photo
     net = ThreeConv(width=5)
     torch.save({"model_meta": net.state_dict(), "model_task": net.state_dict()}, run / "model_1.pt")
     arch = "tests.eval.test_restore:ThreeConv"
-    (run / "options.json").write_text(json.dumps({"config": {}, "resolved": {"model": {"arch": arch,
-                                                                                      "kwargs": {"width": 5}}}}))
+    (run / "options.json").write_text(
+        json.dumps({"config": {}, "resolved": {"model": {"arch": arch, "kwargs": {"width": 5}}}})
+    )
     out = tmp_path / "out"
     assert _run("--ckpt", run / "model_1.pt", "--input", photos, "--output", out) == 2
     _one_error_line(capsys, "model_1.pt", "options.json says the run used --arch " + arch)

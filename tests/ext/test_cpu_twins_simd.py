@@ -17,6 +17,7 @@ scalar tails and the split over helper threads are all exercised:
   removes a rounding, so the CUDA kernel is within the same bound of the float64 math and the two
   twins differ by at most twice the bound (checked on a GPU by the last test).
 """
+
 from __future__ import annotations
 
 import math
@@ -204,8 +205,9 @@ def test_meta_step_equals_the_ieee_restatement(size, rows, dtype, reduction, res
     p_new, m_new, v_new, _ = adam_update_restated(meta, g, m, v, c)
     sources_expected = p_new.expand_as(sources) if reset else sources.clone()
     run_meta(meta, sources, m, v, reduction, reset)
-    for name, a, e in zip(("meta", "exp_avg", "exp_avg_sq", "sources"), (meta, m, v, sources),
-                          (p_new, m_new, v_new, sources_expected)):
+    for name, a, e in zip(
+        ("meta", "exp_avg", "exp_avg_sq", "sources"), (meta, m, v, sources), (p_new, m_new, v_new, sources_expected)
+    ):
         assert_bitwise(a, e, f"meta {dtype}/{rows}x{size}: {name}")
 
 
@@ -215,9 +217,15 @@ def test_meta_step_float32_within_stated_bound_of_float64_math(size, rows):
     meta, _, m, v = adam_state(size, torch.float32, seed=size + 2)
     sources = adam_state(size, torch.float32, seed=size + 9, rows=rows)[0]
     meta64, sources64 = meta.double(), sources.double()
-    exact, bounds = float32_bounds(meta64, (meta64 - sources64).mean(0), m.double(), v.double(),
-                                   Coef(STEP_BEFORE, LR, 0.9, BETA2, EPS, 0.0, False, meta64), rows_reduced=rows,
-                                   g_magnitude=(meta64 - sources64).abs().mean(0))
+    exact, bounds = float32_bounds(
+        meta64,
+        (meta64 - sources64).mean(0),
+        m.double(),
+        v.double(),
+        Coef(STEP_BEFORE, LR, 0.9, BETA2, EPS, 0.0, False, meta64),
+        rows_reduced=rows,
+        g_magnitude=(meta64 - sources64).abs().mean(0),
+    )
     run_meta(meta, sources, m, v, 0, False)
     for name, a, e, b in zip(("meta", "exp_avg", "exp_avg_sq"), (meta, m, v), exact, bounds):
         assert_within(a, e, b, f"meta {rows}x{size}: {name}")
@@ -225,9 +233,11 @@ def test_meta_step_float32_within_stated_bound_of_float64_math(size, rows):
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("rows,weight_decay,broadcast",
-                         [(1, 0.0, False), (3, 0.01, False), (3, 0.0, True), (2, 0.01, True)],
-                         ids=["one-row", "stacked-wd", "virtual", "virtual-wd"])
+@pytest.mark.parametrize(
+    "rows,weight_decay,broadcast",
+    [(1, 0.0, False), (3, 0.01, False), (3, 0.0, True), (2, 0.01, True)],
+    ids=["one-row", "stacked-wd", "virtual", "virtual-wd"],
+)
 def test_sgd_equals_the_ieee_restatement(size, dtype, rows, weight_decay, broadcast):
     p, g, base, _ = adam_state(size, DTYPES[dtype], seed=size, rows=rows)
     base = base[0].clone() if broadcast else None
@@ -271,7 +281,9 @@ def twin_workload(device="cpu"):
     run_meta(meta, sources, m, v, 0, True)
     out["meta/diff-reset"] = (meta, m, v, sources)
     p, g, base, _ = adam_state(33001, torch.float32, seed=15, rows=4, device=device)
-    torch.ops.dil_fast.sgd_step_(p, g, torch.tensor([1e-2] * 4, dtype=torch.float64, device=device), 0.01, base[0].clone(), None)
+    torch.ops.dil_fast.sgd_step_(
+        p, g, torch.tensor([1e-2] * 4, dtype=torch.float64, device=device), 0.01, base[0].clone(), None
+    )
     out["sgd/virtual-wd"] = (p,)
     return out
 
@@ -301,15 +313,19 @@ def test_generic_isa_gives_the_same_bits_and_bad_isa_names_are_refused(tmp_path)
 
     def child(isa, script):
         env = dict(os.environ, DIL_FAST_CPU_ISA=isa)
-        return subprocess.run([sys.executable, "-c", script, str(out)], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-c", script, str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=300
+        )
 
     bad = child("sse9", "from dil_fast import backends; print(backends.native_status().reason)")
     assert bad.returncode == 0 and "DIL_FAST_CPU_ISA=sse9 is not an ISA of the CPU twins" in bad.stdout, bad.stderr
-    good = child("generic", "import sys, torch\nfrom dil_fast import backends\n"
-                            "assert backends.native_status().module.cpu_isa() == 'generic'\n"
-                            "from tests.ext import test_cpu_twins_simd as t\n"
-                            "torch.set_num_threads(2)\ntorch.save(t.twin_workload(), sys.argv[1])\n")
+    good = child(
+        "generic",
+        "import sys, torch\nfrom dil_fast import backends\n"
+        "assert backends.native_status().module.cpu_isa() == 'generic'\n"
+        "from tests.ext import test_cpu_twins_simd as t\n"
+        "torch.set_num_threads(2)\ntorch.save(t.twin_workload(), sys.argv[1])\n",
+    )
     assert good.returncode == 0, good.stderr[-2000:]
     assert_same_workload(torch.load(out), twin_workload(), "generic ISA vs this process's ISA")
 

@@ -1,5 +1,6 @@
 """The CUDA kernels of csrc/optim_cuda.cu compile for sm_90 with nvcc (no GPU needed) and ptxas
 spills nothing in any of them: the register report of `nvcc -Xptxas -v`, one line per kernel."""
+
 from __future__ import annotations
 
 import os
@@ -40,10 +41,28 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
         pytest.skip("no nvcc on this machine: the sm_90 compile check needs the CUDA toolkit")
     info = tmp_path / "df_build_info.h"
     info.write_text('#define DF_CUDA_ARCHS "sm_90"\n')
-    res = subprocess.run([nvcc, "-c", os.path.join(CSRC, "optim_cuda.cu"), "-o", str(tmp_path / "optim_cuda.o"),
-                          "-O3", "-std=c++17", "-I", CSRC, "-include", str(info),
-                          "-gencode", "arch=compute_90,code=sm_90", "-Xptxas", "-v"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            nvcc,
+            "-c",
+            os.path.join(CSRC, "optim_cuda.cu"),
+            "-o",
+            str(tmp_path / "optim_cuda.o"),
+            "-O3",
+            "-std=c++17",
+            "-I",
+            CSRC,
+            "-include",
+            str(info),
+            "-gencode",
+            "arch=compute_90,code=sm_90",
+            "-Xptxas",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     report = ptxas_report(res.stderr + res.stdout)
     names = " ".join(report)

@@ -1,4 +1,5 @@
 """python -m dil_fast.ext_check: a GPU set-up step refuses a dil_fast._C without the arch it needs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,8 +17,17 @@ def fake_native(monkeypatch, archs, available=True, reason=""):
     monkeypatch.setattr(backends, "native_status", lambda: status)
 
 
-@pytest.mark.parametrize("spec,name", [("sm_90", "sm_90"), ("90", "sm_90"), ("9.0", "sm_90"), (" SM_86 ", "sm_86"),
-                                       ("90a", "sm_90a"), ("compute_90", "compute_90")])
+@pytest.mark.parametrize(
+    "spec,name",
+    [
+        ("sm_90", "sm_90"),
+        ("90", "sm_90"),
+        ("9.0", "sm_90"),
+        (" SM_86 ", "sm_86"),
+        ("90a", "sm_90a"),
+        ("compute_90", "compute_90"),
+    ],
+)
 def test_arch_names(spec, name):
     assert ext_check.arch_name(spec) == name
 
@@ -67,8 +77,9 @@ def test_bad_arch_argument_exits_2(capsys):
 
 def test_module_runs_as_a_command():
     """The real build, as a set-up script runs it: exit 0 exactly when it carries sm_90."""
-    out = subprocess.run([sys.executable, "-m", "dil_fast.ext_check", "sm_90"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "dil_fast.ext_check", "sm_90"], capture_output=True, text=True, timeout=120
+    )
     has_sm90 = "sm_90" in backends.native_cuda_archs()
     assert out.returncode == (0 if has_sm90 else 2), out.stderr
     assert len((out.stdout + out.stderr).strip().splitlines()) == 1

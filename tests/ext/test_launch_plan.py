@@ -7,6 +7,7 @@ P = 16,624,131, odd). Every row is a scalar head up to the first line boundary, 
 vectors and a scalar tail; the grid is at most a few waves of resident blocks, each striding over
 its row.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ HUGE = (RRDB23, 2**31 + 3, 2**40 + 5)
 
 def plan_of(native, rows, cols, elem_bytes, lead_bytes=0, *, sms=SMS, blocks=BLOCKS_PER_SM, buffers=4, **side):
     base = 4096 + lead_bytes
-    return native.flat_launch_plan(rows, cols, elem_bytes, [base + 1024 * i for i in range(buffers)], sms, blocks,
-                                   **side)
+    return native.flat_launch_plan(
+        rows, cols, elem_bytes, [base + 1024 * i for i in range(buffers)], sms, blocks, **side
+    )
 
 
 def touched(plan, k):
@@ -131,8 +133,9 @@ def test_more_rows_than_a_few_waves_get_one_block_each(native):
 def test_body_starts_on_the_longest_line_all_buffers_share(native, apart, line_bytes):
     """Buffers whose starts agree modulo 16 bytes but not 128 still get the vector body."""
     for lead_bytes in (0, 4, 12):
-        plan = native.flat_launch_plan(4, 1031, 4, [4096 + lead_bytes + apart * i for i in range(4)], SMS,
-                                       BLOCKS_PER_SM)
+        plan = native.flat_launch_plan(
+            4, 1031, 4, [4096 + lead_bytes + apart * i for i in range(4)], SMS, BLOCKS_PER_SM
+        )
         assert plan["vec"] == 4 and plan["line"] == line_bytes // 4
         check_rows(plan, 4, lead_bytes % line_bytes, line_bytes)
 
@@ -150,8 +153,9 @@ def test_buffers_at_different_offsets_take_the_scalar_path(native):
 @pytest.mark.parametrize("side_lead", (0, 4))
 def test_meta_sources_are_vectors_only_when_they_line_up(native, cols, side_rows, side_lead):
     """The meta step: meta/exp_avg/exp_avg_sq are one row; its sources [K, P] are the side buffer."""
-    plan = native.flat_launch_plan(1, cols, 4, [4096, 8192, 12288], SMS, BLOCKS_PER_SM, side=16384 + side_lead,
-                                   side_rows=side_rows)
+    plan = native.flat_launch_plan(
+        1, cols, 4, [4096, 8192, 12288], SMS, BLOCKS_PER_SM, side=16384 + side_lead, side_rows=side_rows
+    )
     assert plan["vec"] == 4 and plan["grid_y"] == 1
     assert plan["side_vec"] == (side_lead == 0 and (cols % 4 == 0 or side_rows == 1))
 
@@ -164,12 +168,16 @@ def test_sgd_base_is_read_in_vectors_only_when_it_lines_up(native, rows, cols):
     assert native.flat_launch_plan(rows, cols, 4, [4096, 8192], SMS, BLOCKS_PER_SM)["side_vec"]  # no base
 
 
-@pytest.mark.parametrize("args,match", [
-    ((70000, 10, 4, [0]), "at most 65535 rows"),
-    ((-1, 10, 4, [0]), "non-negative"),
-    ((1, 10, 3, [0]), "element size must divide 16"),
-    ((1, 10, 4, []), "at least one buffer"),
-], ids=["rows", "negative", "elem", "buffers"])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((70000, 10, 4, [0]), "at most 65535 rows"),
+        ((-1, 10, 4, [0]), "non-negative"),
+        ((1, 10, 3, [0]), "element size must divide 16"),
+        ((1, 10, 4, []), "at least one buffer"),
+    ],
+    ids=["rows", "negative", "elem", "buffers"],
+)
 def test_bad_plan_arguments_raise_with_a_sentence(native, args, match):
     with pytest.raises(ValueError, match=match):
         native.flat_launch_plan(*args, SMS, BLOCKS_PER_SM)
@@ -182,8 +190,7 @@ def offset_view(shape, dtype, offset, gen, device):
     """A fresh random [shape] tensor starting `offset` elements into its allocation."""
     n = math.prod(shape)
     flat = torch.randn(n + offset, generator=gen, dtype=dtype)
-    return flat[offset:].view(shape).to(device) if device == "cpu" else \
-        flat.to(device)[offset:].view(shape)
+    return flat[offset:].view(shape).to(device) if device == "cpu" else flat.to(device)[offset:].view(shape)
 
 
 def assert_matches_twin(cuda, cpu, what, dtype):
@@ -191,8 +198,10 @@ def assert_matches_twin(cuda, cpu, what, dtype):
     for i, (a, b) in enumerate(zip(cuda, cpu)):
         a = a.cpu()
         bad = ~torch.isclose(a, b, **tol)
-        assert not bad.any(), (f"{what}[{i}]: {int(bad.sum())}/{bad.numel()} elements differ from the CPU twin, "
-                               f"first at {tuple(int(j) for j in bad.nonzero()[0])}")
+        assert not bad.any(), (
+            f"{what}[{i}]: {int(bad.sum())}/{bad.numel()} elements differ from the CPU twin, "
+            f"first at {tuple(int(j) for j in bad.nonzero()[0])}"
+        )
 
 
 GPU_COLS = TINY[1:] + (4093, 4094, 4095, 4096, 4097)
@@ -251,5 +260,6 @@ def test_gpu_adam_at_rrdb23_size_matches_the_twin(native, rows):
         step = torch.zeros(rows, device=p.device)
         lr = torch.tensor([1e-3], device=p.device)
         torch.ops.dil_fast.adam_step_(p, g, m, v, step, lr, 0.9, 0.999, 1e-8, 0.0, False, None, None)
-    assert_matches_twin([cuda[0], cuda[2], cuda[3]], [state[0], state[2], state[3]], f"adam {rows}x{RRDB23}",
-                        torch.float32)
+    assert_matches_twin(
+        [cuda[0], cuda[2], cuda[3]], [state[0], state[2], state[3]], f"adam {rows}x{RRDB23}", torch.float32
+    )

@@ -1,4 +1,5 @@
 """The native core dil_fast._C reports what it was built with; dil-fast info tells the truth."""
+
 from __future__ import annotations
 
 import pytest

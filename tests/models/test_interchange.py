@@ -5,6 +5,7 @@ shapes (``_basicsr_state_dict``) and its scale-4 forward as a plain function ove
 (``_basicsr_rrdbnet_forward``), so the conversion is checked against the other network's math,
 not against itself.
 """
+
 from __future__ import annotations
 
 import io
@@ -200,8 +201,11 @@ def test_same_size_rrdbnet_has_no_basicsr_counterpart():
 
 def test_unmapped_keys_refused():
     bsr = dict(_basicsr_state_dict(), **{"body.0.rdb1.conv6.weight": torch.zeros(1), "num_batches": torch.zeros(1)})
-    with pytest.raises(ValueError, match=r"^BasicSR state_dict has keys that are not RRDBNet parameters: "
-                                         r"body\.0\.rdb1\.conv6\.weight, num_batches$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^BasicSR state_dict has keys that are not RRDBNet parameters: "
+        r"body\.0\.rdb1\.conv6\.weight, num_batches$",
+    ):
         basicsr_to_dil(bsr)
     dil = dict(RRDBNetX4(3, 3, nf=NF, nb=1, gc=GC).state_dict(), extra=torch.zeros(1))
     for call in (lambda: dil_to_basicsr(dil), lambda: write_checkpoint(dil, "dil")):

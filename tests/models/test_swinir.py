@@ -1,6 +1,7 @@
 """SwinIR against an in-test, pixel-by-pixel re-statement of the official network
 (JingyunLiang/SwinIR ``models/network_swinir.py``), its official parameter names, and the
 torch.func paths the DIL variants take."""
+
 import math
 
 import pytest
@@ -11,8 +12,7 @@ from torch.func import functional_call, vmap
 from dil_fast.models.swinir import DropPath, SwinIR, shifted_window_mask, swinir_config_from_state_dict
 from tests.conftest import assert_close_verbose
 
-TINY = dict(img_size=8, embed_dim=12, depths=(2,), num_heads=(2,), window_size=4, mlp_ratio=2.0,
-            drop_path_rate=0.0)
+TINY = dict(img_size=8, embed_dim=12, depths=(2,), num_heads=(2,), window_size=4, mlp_ratio=2.0, drop_path_rate=0.0)
 
 
 def tiny(**overrides) -> SwinIR:
@@ -33,7 +33,7 @@ def reference_block(p: dict, x: torch.Tensor, h: int, w: int, *, window: int, sh
     d = c // heads
     y = F.layer_norm(x, (c,), p["norm1.weight"], p["norm1.bias"]).reshape(b, h, w, c)
     qkv = F.linear(y, p["attn.qkv.weight"], p.get("attn.qkv.bias"))
-    q, k, v = qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:]
+    q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
     table = p["attn.relative_position_bias_table"]
 
     def wrapped_row(shifted_row):
@@ -51,21 +51,24 @@ def reference_block(p: dict, x: torch.Tensor, h: int, w: int, *, window: int, sh
             rows = [(kr + shift) % h for kr, _ in keys]
             cols = [(kc + shift) % w for _, kc in keys]
             bias_rows = [(sr - kr + window - 1) * (2 * window - 1) + (sc - kc + window - 1) for kr, kc in keys]
-            masked = torch.tensor([(wrapped_row(sr) != wrapped_row(kr)) or (wrapped_col(sc) != wrapped_col(kc))
-                                   for kr, kc in keys], dtype=torch.bool)
+            masked = torch.tensor(
+                [(wrapped_row(sr) != wrapped_row(kr)) or (wrapped_col(sc) != wrapped_col(kc)) for kr, kc in keys],
+                dtype=torch.bool,
+            )
             heads_out = []
             for hd in range(heads):
-                qh = q[:, r, col, hd * d:(hd + 1) * d]  # [B, d]
-                kh = k[:, rows, cols, hd * d:(hd + 1) * d]  # [B, n, d]
-                vh = v[:, rows, cols, hd * d:(hd + 1) * d]
-                logits = (kh @ qh.unsqueeze(-1)).squeeze(-1) * d ** -0.5 + table[bias_rows, hd]
+                qh = q[:, r, col, hd * d : (hd + 1) * d]  # [B, d]
+                kh = k[:, rows, cols, hd * d : (hd + 1) * d]  # [B, n, d]
+                vh = v[:, rows, cols, hd * d : (hd + 1) * d]
+                logits = (kh @ qh.unsqueeze(-1)).squeeze(-1) * d**-0.5 + table[bias_rows, hd]
                 logits = logits + masked.to(logits.dtype) * -100.0
                 heads_out.append((logits.softmax(-1).unsqueeze(-1) * vh).sum(1))
             outputs.append(torch.cat(heads_out, -1))
     attn = F.linear(torch.stack(outputs, 1), p["attn.proj.weight"], p["attn.proj.bias"])
     x = x + attn
-    hidden = F.gelu(F.linear(F.layer_norm(x, (c,), p["norm2.weight"], p["norm2.bias"]),
-                             p["mlp.fc1.weight"], p["mlp.fc1.bias"]))
+    hidden = F.gelu(
+        F.linear(F.layer_norm(x, (c,), p["norm2.weight"], p["norm2.bias"]), p["mlp.fc1.weight"], p["mlp.fc1.bias"])
+    )
     return x + F.linear(hidden, p["mlp.fc2.weight"], p["mlp.fc2.bias"])
 
 
@@ -83,13 +86,14 @@ def reference_swinir(sd: dict, x: torch.Tensor, *, depths, heads, window, upsamp
 
     shallow = conv("conv_first", x)
     c = shallow.shape[1]
-    tokens = F.layer_norm(shallow.flatten(2).transpose(1, 2), (c,), sd["patch_embed.norm.weight"],
-                          sd["patch_embed.norm.bias"])
+    tokens = F.layer_norm(
+        shallow.flatten(2).transpose(1, 2), (c,), sd["patch_embed.norm.weight"], sd["patch_embed.norm.bias"]
+    )
     for i, depth in enumerate(depths):
         group = tokens
         for j in range(depth):
             prefix = f"layers.{i}.residual_group.blocks.{j}."
-            p = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            p = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
             group = reference_block(p, group, hp, wp, window=window, shift=window // 2 if j % 2 else 0, heads=heads[i])
         image = group.transpose(1, 2).reshape(-1, c, hp, wp)
         tokens = tokens + conv(f"layers.{i}.conv", image).flatten(2).transpose(1, 2)
@@ -116,8 +120,14 @@ def test_block_matches_pixelwise_reference(size, j):
     ref = reference_block(params, x, h, w, window=4, shift=2 * j, heads=2)
     assert_close_verbose(out, ref, atol=1e-12, rtol=1e-10, name="block output")
 
-    names = ["attn.relative_position_bias_table", "attn.qkv.weight", "attn.proj.bias", "norm1.weight",
-             "mlp.fc1.weight", "norm2.bias"]
+    names = [
+        "attn.relative_position_bias_table",
+        "attn.qkv.weight",
+        "attn.proj.bias",
+        "norm1.weight",
+        "mlp.fc1.weight",
+        "norm2.bias",
+    ]
     cotangent = torch.randn_like(out)
     got = torch.autograd.grad(out, [x] + [params[n] for n in names], cotangent)
     want = torch.autograd.grad(ref, [x] + [params[n] for n in names], cotangent)
@@ -144,11 +154,23 @@ def test_model_matches_reference_forward_and_grads(upsampler, upscale):
     params = dict(model.named_parameters())
     out = model(x)
     assert out.shape == (2, 3, 9 * upscale, 13 * upscale)
-    ref = reference_swinir(params, x, depths=(2,), heads=(2,), window=4, upsampler=upsampler, upscale=upscale,
-                           rgb_mean=(0.4488, 0.4371, 0.4040))
+    ref = reference_swinir(
+        params,
+        x,
+        depths=(2,),
+        heads=(2,),
+        window=4,
+        upsampler=upsampler,
+        upscale=upscale,
+        rgb_mean=(0.4488, 0.4371, 0.4040),
+    )
     assert_close_verbose(out, ref, atol=1e-12, rtol=1e-10, name="output")
-    names = ["conv_first.weight", "layers.0.residual_group.blocks.1.attn.relative_position_bias_table",
-             "layers.0.conv.weight", "conv_last.bias"]
+    names = [
+        "conv_first.weight",
+        "layers.0.residual_group.blocks.1.attn.relative_position_bias_table",
+        "layers.0.conv.weight",
+        "conv_last.bias",
+    ]
     cotangent = torch.randn_like(out)
     got = torch.autograd.grad(out, [x] + [params[n] for n in names], cotangent)
     want = torch.autograd.grad(ref, [x] + [params[n] for n in names], cotangent)
@@ -186,14 +208,32 @@ def official_names(depths=(6, 6, 6, 6), upsampler="", resi="1conv"):
         for j in range(depth):
             p = f"layers.{i}.residual_group.blocks.{j}."
             names += [p + "attn_mask"] if j % 2 else []
-            names += [p + n for n in ("norm1.weight", "norm1.bias", "attn.relative_position_bias_table",
-                                      "attn.relative_position_index", "attn.qkv.weight", "attn.qkv.bias",
-                                      "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
-                                      "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")]
+            names += [
+                p + n
+                for n in (
+                    "norm1.weight",
+                    "norm1.bias",
+                    "attn.relative_position_bias_table",
+                    "attn.relative_position_index",
+                    "attn.qkv.weight",
+                    "attn.qkv.bias",
+                    "attn.proj.weight",
+                    "attn.proj.bias",
+                    "norm2.weight",
+                    "norm2.bias",
+                    "mlp.fc1.weight",
+                    "mlp.fc1.bias",
+                    "mlp.fc2.weight",
+                    "mlp.fc2.bias",
+                )
+            ]
         names += convs(f"layers.{i}.conv")
     names += ["norm.weight", "norm.bias"] + convs("conv_after_body")
-    tail = {"": ["conv_last"], "pixelshuffle": ["conv_before_upsample.0", "upsample.0", "upsample.2", "conv_last"],
-            "nearest+conv": ["conv_before_upsample.0", "conv_up1", "conv_up2", "conv_hr", "conv_last"]}[upsampler]
+    tail = {
+        "": ["conv_last"],
+        "pixelshuffle": ["conv_before_upsample.0", "upsample.0", "upsample.2", "conv_last"],
+        "nearest+conv": ["conv_before_upsample.0", "conv_up1", "conv_up2", "conv_hr", "conv_last"],
+    }[upsampler]
     return names + [f"{m}.{t}" for m in tail for t in ("weight", "bias")]
 
 
@@ -205,9 +245,14 @@ def test_default_config_has_official_names_and_shapes():
     assert buffers == ["mean"] + [n for n in official_names() if n.endswith(("attn_mask", "relative_position_index"))]
     assert "mean" not in sd  # non-persistent: official checkpoints have no such key
     block = "layers.3.residual_group.blocks.5."
-    shapes = {"attn.relative_position_bias_table": (169, 6), "attn.relative_position_index": (49, 49),
-              "attn_mask": (100, 49, 49), "attn.qkv.weight": (288, 96), "mlp.fc1.weight": (384, 96),
-              "mlp.fc2.weight": (96, 384)}
+    shapes = {
+        "attn.relative_position_bias_table": (169, 6),
+        "attn.relative_position_index": (49, 49),
+        "attn_mask": (100, 49, 49),
+        "attn.qkv.weight": (288, 96),
+        "mlp.fc1.weight": (384, 96),
+        "mlp.fc2.weight": (96, 384),
+    }
     for name, shape in shapes.items():
         assert tuple(sd[block + name].shape) == shape, name
     assert sd[block + "attn.relative_position_index"].dtype == torch.int64
@@ -217,8 +262,16 @@ def test_default_config_has_official_names_and_shapes():
 
 @pytest.mark.parametrize("upsampler,resi", [("pixelshuffle", "3conv"), ("nearest+conv", "1conv")])
 def test_sr_config_names(upsampler, resi):
-    model = SwinIR(img_size=16, embed_dim=16, depths=(2, 3), num_heads=(2, 4), window_size=4, upscale=4,
-                   upsampler=upsampler, resi_connection=resi)
+    model = SwinIR(
+        img_size=16,
+        embed_dim=16,
+        depths=(2, 3),
+        num_heads=(2, 4),
+        window_size=4,
+        upscale=4,
+        upsampler=upsampler,
+        resi_connection=resi,
+    )
     assert list(model.state_dict()) == official_names((2, 3), upsampler, resi)
 
 
@@ -235,10 +288,19 @@ def test_state_dict_round_trip_strict():
 
 
 # ---------------------------------------------------------------------------- (c) upsampler shapes
-@pytest.mark.parametrize("upsampler,upscale", [
-    ("", 1), ("pixelshuffle", 2), ("pixelshuffle", 3), ("pixelshuffle", 4), ("pixelshuffledirect", 2),
-    ("pixelshuffledirect", 3), ("pixelshuffledirect", 4), ("nearest+conv", 4),
-])
+@pytest.mark.parametrize(
+    "upsampler,upscale",
+    [
+        ("", 1),
+        ("pixelshuffle", 2),
+        ("pixelshuffle", 3),
+        ("pixelshuffle", 4),
+        ("pixelshuffledirect", 2),
+        ("pixelshuffledirect", 3),
+        ("pixelshuffledirect", 4),
+        ("nearest+conv", 4),
+    ],
+)
 def test_upsampler_output_shape(upsampler, upscale):
     model = tiny(upsampler=upsampler, upscale=upscale)
     assert model.upscale == upscale
@@ -255,33 +317,50 @@ def test_same_size_restoration_ignores_upscale():
     assert tiny(upsampler=None).upsampler == ""
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(upsampler="pixelshuffle", upscale=5), "2\\^n or 3"),
-    (dict(upsampler="nearest+conv", upscale=2), "upscale 4 only"),
-    (dict(upsampler="bicubic"), "upsampler must be one of"),
-    (dict(resi_connection="2conv"), "resi_connection"),
-    (dict(num_heads=(5,)), "divisible"),
-    (dict(depths=(2, 2)), "equally long"),
-], ids=["ps_x5", "nearest_x2", "bad_upsampler", "bad_resi", "heads", "depths"])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(upsampler="pixelshuffle", upscale=5), "2\\^n or 3"),
+        (dict(upsampler="nearest+conv", upscale=2), "upscale 4 only"),
+        (dict(upsampler="bicubic"), "upsampler must be one of"),
+        (dict(resi_connection="2conv"), "resi_connection"),
+        (dict(num_heads=(5,)), "divisible"),
+        (dict(depths=(2, 2)), "equally long"),
+    ],
+    ids=["ps_x5", "nearest_x2", "bad_upsampler", "bad_resi", "heads", "depths"],
+)
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny(**kwargs)
 
 
 # ---------------------------------------------------------------------------- (d) config inference
-@pytest.mark.parametrize("overrides", [
-    dict(),
-    dict(upsampler="pixelshuffle", upscale=4, resi_connection="3conv", depths=(2, 1), num_heads=(2, 3)),
-    dict(upsampler="pixelshuffle", upscale=3, img_size=(8, 12)),
-    dict(upsampler="pixelshuffledirect", upscale=3, in_chans=1, qkv_bias=False),
-    dict(upsampler="nearest+conv", upscale=4, patch_norm=False, ape=True, mlp_ratio=4.0),
-    dict(depths=(1,), window_size=2, img_size=6),
-], ids=["denoise", "ps_x4_3conv", "ps_x3_nonsquare", "direct_x3_grey", "realsr_ape", "no_mask"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),
+        dict(upsampler="pixelshuffle", upscale=4, resi_connection="3conv", depths=(2, 1), num_heads=(2, 3)),
+        dict(upsampler="pixelshuffle", upscale=3, img_size=(8, 12)),
+        dict(upsampler="pixelshuffledirect", upscale=3, in_chans=1, qkv_bias=False),
+        dict(upsampler="nearest+conv", upscale=4, patch_norm=False, ape=True, mlp_ratio=4.0),
+        dict(depths=(1,), window_size=2, img_size=6),
+    ],
+    ids=["denoise", "ps_x4_3conv", "ps_x3_nonsquare", "direct_x3_grey", "realsr_ape", "no_mask"],
+)
 def test_config_inference_round_trip(overrides):
     model = tiny(**overrides)
     cfg = swinir_config_from_state_dict({"params": {"module." + k: v for k, v in model.state_dict().items()}})
-    expected = {**TINY, "in_chans": 3, "qkv_bias": True, "ape": False, "patch_norm": True, "upscale": 1,
-                "upsampler": "", "resi_connection": "1conv", **overrides}
+    expected = {
+        **TINY,
+        "in_chans": 3,
+        "qkv_bias": True,
+        "ape": False,
+        "patch_norm": True,
+        "upscale": 1,
+        "upsampler": "",
+        "resi_connection": "1conv",
+        **overrides,
+    }
     if "depths" in overrides and "num_heads" not in overrides:
         expected["num_heads"] = (2,)
     if overrides.get("img_size") == 6:  # no attn_mask, no ape: img_size leaves no trace
@@ -403,8 +482,9 @@ def test_vmap_over_stacked_params_matches_loop(shared_input):
     model = tiny(upsampler="nearest+conv", upscale=4).double()
     names = [n for n, _ in model.named_parameters()]
     k = 2
-    theta_k = [torch.stack([p.detach(), p.detach() + 0.01 * torch.randn_like(p)]).requires_grad_()
-               for p in model.parameters()]
+    theta_k = [
+        torch.stack([p.detach(), p.detach() + 0.01 * torch.randn_like(p)]).requires_grad_() for p in model.parameters()
+    ]
     x = torch.rand(2, 3, 5, 6, dtype=torch.double) if shared_input else torch.rand(k, 2, 3, 5, 6, dtype=torch.double)
     run = as_function(model)
     batched = vmap(run, in_dims=(0, None if shared_input else 0))(theta_k, x)

@@ -1,4 +1,5 @@
 """Blur ops: the references against OpenCV, the Triton kernels against the references (T1), registration."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,7 +57,9 @@ def test_separable_blur_kernel_matches_reference(dev, shape, dtype, close):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_2d_blur_kernel_matches_reference(dev, dtype, close):
     x = torch.rand(3, 3, 17, 23, device=dev).to(dtype)
-    kern = bk.gaussian_2d(torch.tensor([0.8, 1.5, 2.0]), torch.tensor([0.4, 1.0, 0.7]), torch.tensor([0.3, -1.0, 2.0]), 5)
+    kern = bk.gaussian_2d(
+        torch.tensor([0.8, 1.5, 2.0]), torch.tensor([0.4, 1.0, 0.7]), torch.tensor([0.3, -1.0, 2.0]), 5
+    )
     got = ops.blur.blur2d(x, kern, out_dtype=dtype, backend="triton")
     close(got, ref.blur2d_ref(x.float().cpu(), kern).to(dtype), **triton_tol(dtype), name="blur2d")
 

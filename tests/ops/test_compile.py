@@ -11,6 +11,7 @@ bit-exact against its torch reference (``bench_compile.NUMERICS``).
 Under TRITON_INTERPRET=1 the kernels are interpreter objects and the autotune lists collapse to one
 config, so the report runs once per module in a child process without it (nor
 DIL_FAST_SKIP_AUTOTUNE), writing its CSV to a temporary folder that the tests read."""
+
 from __future__ import annotations
 
 import csv
@@ -39,10 +40,19 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compile_report")
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DIL_FAST_SKIP_AUTOTUNE")}
     env["DIL_FAST_BENCH_OUT"] = str(out)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_compile.py")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    if proc.returncode not in (0, 1) and "ptxas" in proc.stderr and ("not found" in proc.stderr
-                                                                     or "No such file" in proc.stderr):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "bench_compile.py")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if (
+        proc.returncode not in (0, 1)
+        and "ptxas" in proc.stderr
+        and ("not found" in proc.stderr or "No such file" in proc.stderr)
+    ):
         pytest.skip("no ptxas in this Triton install")
     assert proc.returncode in (0, 1), f"compile report crashed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
     with open(out / "compile.csv", newline="") as f:
@@ -60,8 +70,11 @@ def _rows(report, kernel):
 def test_every_config_compiles_without_spilling(report, kernel):
     """Each variant x config has a cubin (else the report raises) and ptxas spills nothing."""
     rows = _rows(report, kernel)
-    spilled = [f"{r['variant']} {r['config']}: {r['spill_bytes']} B ({r['registers']} registers)"
-               for r in rows if int(r["spill_bytes"]) > 0]
+    spilled = [
+        f"{r['variant']} {r['config']}: {r['spill_bytes']} B ({r['registers']} registers)"
+        for r in rows
+        if int(r["spill_bytes"]) > 0
+    ]
     assert not spilled, f"{kernel} spills on triton {rows[0]['triton']}:\n" + "\n".join(spilled)
     assert all(0 < int(r["registers"]) <= 255 for r in rows)
 
@@ -94,8 +107,11 @@ def test_report_covers_every_config_of_the_autotuned_kernels(report):
 def test_noise_computes_each_philox_counter_once(report):
     """Philox mul.hi per field element at its minimum: 10 rounds x 2 per counter / 4 normals = 5."""
     rows = _rows(report, "noise")
-    above = [f"{r['variant']} {r['config']}: {r['mulhi_per_element']}" for r in rows
-             if float(r["mulhi_per_element"]) > bench_compile.NOISE_MULHI_MIN]
+    above = [
+        f"{r['variant']} {r['config']}: {r['mulhi_per_element']}"
+        for r in rows
+        if float(r["mulhi_per_element"]) > bench_compile.NOISE_MULHI_MIN
+    ]
     assert not above, "noise kernel recomputes Philox counters (mul.hi per element):\n" + "\n".join(above)
     # a kernel with no Philox products at all would pass the bound: it has lost the generator
     assert all(float(r["mulhi_per_element"]) >= 4 for r in rows)
@@ -107,8 +123,10 @@ def test_kernels_claimed_exact_have_no_approximate_math(report, kernel):
     kernel claimed bit-exact, except the kinds its NUMERICS entry allows (with the reason)."""
     rows = _rows(report, kernel)
     bad = [f"{r['variant']} {r['config']}: {bench_compile.inexact(r)}" for r in rows if bench_compile.inexact(r)]
-    assert not bad, (f"{kernel} is claimed bit-exact ({bench_compile.NUMERICS[kernel].exact}), but its PTX on "
-                     f"triton {rows[0]['triton']} holds approximate math:\n" + "\n".join(bad))
+    assert not bad, (
+        f"{kernel} is claimed bit-exact ({bench_compile.NUMERICS[kernel].exact}), but its PTX on "
+        f"triton {rows[0]['triton']} holds approximate math:\n" + "\n".join(bad)
+    )
 
 
 def test_every_kernel_declares_its_numerics():
@@ -140,8 +158,17 @@ def test_approx_math_reads_the_ptx():
     // sin.approx.f32 in a comment
     """
     assert bench_compile.approx_math(ptx) == {
-        "div_full": 1, "div_approx": 1, "rcp_approx": 0, "sqrt_approx": 1, "ex2_approx": 1, "lg2_approx": 1,
-        "sin_approx": 0, "cos_approx": 0, "fma_contracted": 1, "fma_contractible": 2}
+        "div_full": 1,
+        "div_approx": 1,
+        "rcp_approx": 0,
+        "sqrt_approx": 1,
+        "ex2_approx": 1,
+        "lg2_approx": 1,
+        "sin_approx": 0,
+        "cos_approx": 0,
+        "fma_contracted": 1,
+        "fma_contractible": 2,
+    }
 
 
 def test_noise_launcher_passes_the_options_the_report_compiles_with(monkeypatch):
@@ -176,18 +203,25 @@ def test_problems_flags_spills_int32_products_and_excess_philox_work():
     assert bench_compile.problems(row) == []
     assert bench_compile.problems({**row, "spill_bytes": "8"}) == ["spills 8 B per thread"]
     assert bench_compile.problems({**row, "int32_products": "3"}) == [
-        "3 int32 products of runtime scalars (offsets that can wrap)"]
+        "3 int32 products of runtime scalars (offsets that can wrap)"
+    ]
     assert bench_compile.problems({**row, "mulhi_per_element": "18.25"}) == ["18.25 mul.hi per element > 5"]
     assert bench_compile.problems({"spill_bytes": 0, "int32_products": 0, "mulhi_per_element": ""}) == []
 
 
 def test_problems_flags_approximate_math_only_where_exactness_is_claimed():
-    row = {"spill_bytes": "0", "int32_products": "0", "mulhi_per_element": "",
-           **dict.fromkeys(bench_compile.APPROX_MATH, "0")}
+    row = {
+        "spill_bytes": "0",
+        "int32_products": "0",
+        "mulhi_per_element": "",
+        **dict.fromkeys(bench_compile.APPROX_MATH, "0"),
+    }
     noise = {**row, "kernel": "noise", "mulhi_per_element": "4.75"}
     assert bench_compile.problems({**noise, "lg2_approx": "2", "sin_approx": "2", "cos_approx": "2"}) == []
     assert bench_compile.problems({**noise, "div_full": "8", "fma_contracted": "16", "sqrt_approx": "4"}) == [
-        "claimed bit-exact, but 8 div_full, 4 sqrt_approx, 16 fma_contracted"]
+        "claimed bit-exact, but 8 div_full, 4 sqrt_approx, 16 fma_contracted"
+    ]
     assert bench_compile.problems({**row, "kernel": "sample_crops", "fma_contractible": "3"}) == [
-        "claimed bit-exact, but 3 fma_contractible"]
+        "claimed bit-exact, but 3 fma_contractible"
+    ]
     assert bench_compile.problems({**row, "kernel": "blur2d", "fma_contracted": "40", "div_full": "1"}) == []

@@ -1,6 +1,7 @@
 """Camera-pipeline noise: the reference's pieces (camera response, mosaic, demosaic), the noise
 statistics at each stage, the spatial correlation demosaicking gives raw noise, clipping, odd
 sizes, and the public op against the reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,8 +32,13 @@ def test_camera_response_inverts_exactly():
     assert_close_verbose(linear[1], x[1] ** 2.2, atol=1e-15, rtol=1e-14, name="inverse response")
     assert_close_verbose(ref.camera_response(linear, gamma), x, atol=1e-14, rtol=1e-13, name="f(f^-1(x))")
     x32 = x.float()
-    assert_close_verbose(ref.camera_response(ref.inverse_camera_response(x32, gamma), gamma), x32, atol=2e-6,
-                         rtol=0, name="f(f^-1(x)) float32")
+    assert_close_verbose(
+        ref.camera_response(ref.inverse_camera_response(x32, gamma), gamma),
+        x32,
+        atol=2e-6,
+        rtol=0,
+        name="f(f^-1(x)) float32",
+    )
 
 
 @pytest.mark.parametrize("h,w", [(16, 16), (17, 23), (2, 3)], ids=lambda v: str(v))
@@ -78,7 +84,7 @@ def test_noise_is_zero_mean_with_the_heteroscedastic_variance(stage):
     samples = ref.mosaic(y) if stage == "raw" else y
     for b, level in enumerate(levels):
         noise = (samples[b] - level).double().flatten()
-        want = sigma_s ** 2 * level + sigma_c ** 2
+        want = sigma_s**2 * level + sigma_c**2
         assert abs(noise.mean()) < 4 * (want / noise.numel()) ** 0.5, (level, noise.mean())
         assert abs(noise.var() / want - 1) < 0.1, (level, noise.var().item(), want)
 
@@ -104,9 +110,10 @@ def test_raw_noise_is_spatially_correlated_after_demosaic_and_srgb_noise_is_not(
 def test_output_is_clipped_to_the_unit_interval(stage):
     h, w = 17, 23
     x = torch.zeros(2, 3, h, w)
-    x[..., :, w // 2:] = 1.0
-    y = ref.camera_noise_ref(x, stage, _full(2, 2.2), _full(2, 0.5), _full(2, 0.5), _normals(stage, 2, h, w),
-                             quality=torch.tensor([60, 90]))
+    x[..., :, w // 2 :] = 1.0
+    y = ref.camera_noise_ref(
+        x, stage, _full(2, 2.2), _full(2, 0.5), _full(2, 0.5), _normals(stage, 2, h, w), quality=torch.tensor([60, 90])
+    )
     assert y.min() >= 0 and y.max() <= 1
     assert (y == 0).any() and (y == 1).any()
 

@@ -1,4 +1,5 @@
 """JPEG simulation: the reference against libjpeg (OpenCV), the Triton kernels against it (T1)."""
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ cv2 = pytest.importorskip("cv2")
 
 def _psnr(a, b):
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def test_jpeg_simulation_matches_libjpeg(capsys):
@@ -34,9 +35,11 @@ def test_jpeg_simulation_matches_libjpeg(capsys):
             table.append((q, i, _psnr(sim[i], dec), _psnr(img, dec)))
     psnrs = np.minimum(np.array([t[2] for t in table]), 100.0)  # identical pairs count as 100 dB
     with capsys.disabled():
-        print(f"\n[jpeg] simulation vs OpenCV/libjpeg: mean PSNR {psnrs.mean():.2f} dB, min {psnrs.min():.2f} dB "
-              f"over {len(psnrs)} (image, quality) pairs; JPEG itself vs original: mean "
-              f"{np.mean([t[3] for t in table]):.2f} dB")
+        print(
+            f"\n[jpeg] simulation vs OpenCV/libjpeg: mean PSNR {psnrs.mean():.2f} dB, min {psnrs.min():.2f} dB "
+            f"over {len(psnrs)} (image, quality) pairs; JPEG itself vs original: mean "
+            f"{np.mean([t[3] for t in table]):.2f} dB"
+        )
     assert psnrs.mean() >= 40.0
     assert psnrs.min() >= 33.0
 

@@ -1,4 +1,5 @@
 """The fused Gaussian-noise op: the reference's statistics, the Triton kernel against it (T1), registration."""
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ def test_noise_op_registration_opcheck(channels_last):
     x = torch.rand(2, 3, 9, 11)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    torch.library.opcheck(ops.noise._noise_op, (x, torch.rand(2, 2) * 0.1, None, 1, 2, 0, 0, 0, True, False,
-                                                torch.float32, "torch"))
+    torch.library.opcheck(
+        ops.noise._noise_op, (x, torch.rand(2, 2) * 0.1, None, 1, 2, 0, 0, 0, True, False, torch.float32, "torch")
+    )
 
 
 @pytest.mark.triton
@@ -40,8 +42,9 @@ def test_noise_kernel_matches_reference(dev, shape, dtype, close):
     B, H, W = shape
     x = torch.rand(B, 3, H, W, device=dev).to(dtype)
     sigma = torch.rand(2, B, device=dev) * 0.2
-    got = ops.noise.gaussian_noise(x, sigma, seed=2**40 + 3, step=5, sample_offset=7, clip=False, out_dtype=dtype,
-                             backend="triton")
+    got = ops.noise.gaussian_noise(
+        x, sigma, seed=2**40 + 3, step=5, sample_offset=7, clip=False, out_dtype=dtype, backend="triton"
+    )
     for k in range(2):
         exp = ref.gaussian_noise_ref(x.float(), sigma[k], seed=2**40 + 3, step=5, k=k, sample_offset=7, clip=False)
         close(got[k], exp.to(dtype), **triton_tol(dtype), name=f"noise k={k}")
@@ -54,8 +57,9 @@ def test_noise_kernel_exact_given_the_same_normal_field(dev, case):
     reference fed the kernel's own normal field (recovered from an unclipped run on zeros with
     sigma 1). Compiled, bench/bench_compile.py (NUMERICS) checks the same claim on the sm_90 PTX."""
     B, C, H, W = 2, 3, 9, 13
-    field = ops.noise.gaussian_noise(torch.zeros(B, C, H, W, device=dev), torch.ones(1, B, device=dev), seed=9, step=1,
-                               clip=False, backend="triton")[0]
+    field = ops.noise.gaussian_noise(
+        torch.zeros(B, C, H, W, device=dev), torch.ones(1, B, device=dev), seed=9, step=1, clip=False, backend="triton"
+    )[0]
     x = torch.rand(B, C, H, W, device=dev)
     if case.startswith("uint8"):
         x = (x * 255).round().to(torch.uint8)
@@ -65,8 +69,16 @@ def test_noise_kernel_exact_given_the_same_normal_field(dev, case):
     got = ops.noise.gaussian_noise(x, sigma, seed=9, step=1, clip=clip, round8=round8, gray=gray, backend="triton")[0]
     # the oracle runs on the CPU: on CUDA, torch computes t / 255.0 as t * (1 / 255.0), 1 ulp off IEEE
     xf = x.cpu().float() / 255 if x.dtype == torch.uint8 else x.cpu()
-    exp = ref.gaussian_noise_ref(xf, sigma[0].cpu(), seed=0, step=0, clip=clip, round8=round8,
-                                 gray=None if gray is None else gray[0].cpu(), normal=field.reshape(B, -1).cpu())
+    exp = ref.gaussian_noise_ref(
+        xf,
+        sigma[0].cpu(),
+        seed=0,
+        step=0,
+        clip=clip,
+        round8=round8,
+        gray=None if gray is None else gray[0].cpu(),
+        normal=field.reshape(B, -1).cpu(),
+    )
     got = got.cpu()
     assert torch.equal(got, exp), f"{int((got != exp).sum())} of {got.numel()} elements differ"
 
@@ -99,7 +111,9 @@ def test_noise_kernel_statistics(dev):
     B, H, W = 4, 16, 16
     x = torch.full((B, 3, H, W), 0.5, device=dev)
     sigma = torch.tensor([[5.0, 10.0, 20.0, 30.0]], device=dev) / 255
-    z = (ops.noise.gaussian_noise(x, sigma, seed=3, step=0, clip=False, backend="triton")[0] - x) / sigma.reshape(B, 1, 1, 1)
+    z = (ops.noise.gaussian_noise(x, sigma, seed=3, step=0, clip=False, backend="triton")[0] - x) / sigma.reshape(
+        B, 1, 1, 1
+    )
     z = z.reshape(B, -1).double().cpu()
     n = z.shape[1]
     assert (z.mean(1).abs() < 5 / math.sqrt(n)).all(), z.mean(1)
@@ -128,8 +142,9 @@ def test_kernel_philox_matches_triton_randint4x(dev):
     assert torch.equal(out.cpu().long() & rng.M32, mine)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
-                                     pytest.param("triton", id="triton", marks=pytest.mark.triton)])
+@pytest.mark.parametrize(
+    "backend", [pytest.param("torch", id="torch"), pytest.param("triton", id="triton", marks=pytest.mark.triton)]
+)
 @pytest.mark.parametrize("case", ["fp32", "uint8-gray-round8", "independent"])
 def test_channels_last_samples_give_the_same_numbers_stored_nhwc(request, backend, case):
     """Channels-last input (the PatchStore sampler's crops for a channels-last model) gives the NCHW
@@ -149,8 +164,11 @@ def test_channels_last_samples_give_the_same_numbers_stored_nhwc(request, backen
     x = x.to(dev)
     kw = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     sigma = (torch.rand(2, B, generator=g) * 0.2).to(dev)
-    x_cl = (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4
-            else x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3))
+    x_cl = (
+        x.contiguous(memory_format=torch.channels_last)
+        if x.dim() == 4
+        else x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    )
     assert not x_cl.is_contiguous()
     plain = ops.noise.gaussian_noise(x, sigma, seed=5, step=2, backend=backend, **kw)
     nhwc = ops.noise.gaussian_noise(x_cl, sigma, seed=5, step=2, backend=backend, **kw)

@@ -1,4 +1,6 @@
-"""The optimizer ops (Adam, SGD, non-finite check): the native twins and the references against torch.optim, opcheck, argument validation, forced backends, CUDA (T3)."""
+"""The optimizer ops (Adam, SGD, non-finite check): the native twins and the references against
+torch.optim, opcheck, argument validation, forced backends, CUDA (T3)."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +32,15 @@ def tol(dtype):
 
 
 def torch_adam(params, cfg):
-    return torch.optim.Adam(params, lr=cfg["lr"], betas=cfg["betas"], weight_decay=cfg["weight_decay"],
-                            decoupled_weight_decay=cfg["adamw"], eps=1e-8, foreach=False)
+    return torch.optim.Adam(
+        params,
+        lr=cfg["lr"],
+        betas=cfg["betas"],
+        weight_decay=cfg["weight_decay"],
+        decoupled_weight_decay=cfg["adamw"],
+        eps=1e-8,
+        foreach=False,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -54,15 +63,27 @@ def test_flat_adam_matches_torch_adam(backend, config, dtype, close):
             p.grad.copy_(g)
         for p, g in zip(ref, grads):
             p.grad = g.clone()
-        F.adam_step_(flat.data, flat.grad, m, v, step, lr, *cfg["betas"], 1e-8, cfg["weight_decay"], cfg["adamw"],
-                     backend=backend)
+        F.adam_step_(
+            flat.data,
+            flat.grad,
+            m,
+            v,
+            step,
+            lr,
+            *cfg["betas"],
+            1e-8,
+            cfg["weight_decay"],
+            cfg["adamw"],
+            backend=backend,
+        )
         opt.step()
     assert step.item() == STEPS
     for i, (a, b) in enumerate(zip(ours, ref)):
         close(a, b, name=f"param{i}", **tol(dtype))
-        close(m[flat.buckets[0].offsets[i]:][:SIZES[i]], opt.state[b]["exp_avg"], name=f"exp_avg{i}", **tol(dtype))
-        close(v[flat.buckets[0].offsets[i]:][:SIZES[i]], opt.state[b]["exp_avg_sq"], name=f"exp_avg_sq{i}",
-              **tol(dtype))
+        close(m[flat.buckets[0].offsets[i] :][: SIZES[i]], opt.state[b]["exp_avg"], name=f"exp_avg{i}", **tol(dtype))
+        close(
+            v[flat.buckets[0].offsets[i] :][: SIZES[i]], opt.state[b]["exp_avg_sq"], name=f"exp_avg_sq{i}", **tol(dtype)
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -124,8 +145,9 @@ def test_nonfinite_check_then_skip(backend):
     assert flag.item() == 1.0
     p = torch.randn(65537)
     p0 = p.clone()
-    F.adam_step_(p, g, torch.zeros_like(p), torch.zeros_like(p), F.new_step("cpu"), 1e-3, found_inf=flag,
-                 backend=backend)
+    F.adam_step_(
+        p, g, torch.zeros_like(p), torch.zeros_like(p), F.new_step("cpu"), 1e-3, found_inf=flag, backend=backend
+    )
     assert torch.equal(p, p0)
 
 
@@ -136,8 +158,7 @@ def test_grad_scale_divides_gradients(backend, close):
     g = torch.randn(1023)
     p2 = p.clone()
     st = [torch.zeros(1023) for _ in range(4)]
-    F.adam_step_(p, g * 1024, st[0], st[1], F.new_step("cpu"), 1e-3, grad_scale=torch.tensor([1024.0]),
-                 backend=backend)
+    F.adam_step_(p, g * 1024, st[0], st[1], F.new_step("cpu"), 1e-3, grad_scale=torch.tensor([1024.0]), backend=backend)
     F.adam_step_(p2, g, st[2], st[3], F.new_step("cpu"), 1e-3, backend=backend)
     close(p, p2, atol=1e-7, rtol=1e-6)
 
@@ -171,13 +192,17 @@ def adam_inputs(shape, device="cpu", dtype=torch.float32, k_steps=1):
     )
 
 
-@pytest.mark.parametrize("shape,k_steps", [((1023,), 1), ((3, 65), 3), ((2, 7), 1)], ids=["flat", "stacked", "stacked-shared-step"])
+@pytest.mark.parametrize(
+    "shape,k_steps", [((1023,), 1), ((3, 65), 3), ((2, 7), 1)], ids=["flat", "stacked", "stacked-shared-step"]
+)
 @pytest.mark.parametrize("flags", ["plain", "found_inf", "grad_scale"])
 def test_opcheck_adam(native, shape, k_steps, flags):
     p, g, m, v, step, lr = adam_inputs(shape, k_steps=k_steps)
     found_inf = torch.zeros(1) if flags == "found_inf" else None
     scale = torch.tensor([4.0]) if flags == "grad_scale" else None
-    torch.library.opcheck(torch.ops.dil_fast.adam_step_, (p, g, m, v, step, lr, 0.9, 0.999, 1e-8, 0.01, True, found_inf, scale))
+    torch.library.opcheck(
+        torch.ops.dil_fast.adam_step_, (p, g, m, v, step, lr, 0.9, 0.999, 1e-8, 0.01, True, found_inf, scale)
+    )
 
 
 @pytest.mark.parametrize("rows", [1, 3])
@@ -187,8 +212,10 @@ def test_opcheck_meta(native, rows, mode, reset):
     sources = torch.randn(rows, 257) if rows > 1 else torch.randn(257)
     m, v = torch.zeros(257), torch.zeros(257)
     step, lr = torch.zeros(1), torch.tensor([1e-3])
-    torch.library.opcheck(torch.ops.dil_fast.meta_step_, (meta, sources, m, v, step, lr, 0.9, 0.999, 1e-8, 0.0, False, mode, reset,
-                                           torch.zeros(1)))
+    torch.library.opcheck(
+        torch.ops.dil_fast.meta_step_,
+        (meta, sources, m, v, step, lr, 0.9, 0.999, 1e-8, 0.0, False, mode, reset, torch.zeros(1)),
+    )
 
 
 @pytest.mark.parametrize("with_base", [False, True])
@@ -276,9 +303,15 @@ def test_gpu_adam_cuda_vs_twin_vs_torch(native, shape, dtype, close):
     def make(device):
         gen.manual_seed(1)
         rows = 1 if len(shape) == 1 else shape[0]
-        t = [torch.randn(shape, generator=gen, dtype=dtype), torch.randn(shape, generator=gen, dtype=dtype),
-             torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype), torch.zeros(rows),
-             torch.tensor([1e-3], dtype=torch.float64), torch.zeros(1)]
+        t = [
+            torch.randn(shape, generator=gen, dtype=dtype),
+            torch.randn(shape, generator=gen, dtype=dtype),
+            torch.zeros(shape, dtype=dtype),
+            torch.zeros(shape, dtype=dtype),
+            torch.zeros(rows),
+            torch.tensor([1e-3], dtype=torch.float64),
+            torch.zeros(1),
+        ]
         t = [x.to(device) for x in t]
         return t[:6] + [0.9, 0.999, 1e-8, 0.01, True, t[6], None]
 
@@ -294,8 +327,22 @@ def test_gpu_meta_and_sgd_cuda_vs_twin_vs_torch(native, offset, close):
         meta = torch.randn(4097 + offset, generator=g).to(device)[offset:]  # misaligned on purpose
         tasks = torch.randn(4, 4097, generator=g).to(device)
         z = torch.zeros(4097 + offset, device=device)
-        return [meta, tasks, z[offset:], torch.zeros(4097, device=device), torch.zeros(1, device=device),
-                torch.tensor([1e-3], device=device), 0.9, 0.999, 1e-8, 0.0, False, 0, True, None]
+        return [
+            meta,
+            tasks,
+            z[offset:],
+            torch.zeros(4097, device=device),
+            torch.zeros(1, device=device),
+            torch.tensor([1e-3], device=device),
+            0.9,
+            0.999,
+            1e-8,
+            0.0,
+            False,
+            0,
+            True,
+            None,
+        ]
 
     _three_ways(torch.ops.dil_fast.meta_step_, ref.meta_step_ref_, make_meta, close, atol=1e-6, rtol=1e-5)
 

@@ -1,4 +1,6 @@
-"""The fused meta step and the K-stacked SGD: native twins and references against torch, and the DIL_sf optimizer flow."""
+"""The fused meta step and the K-stacked SGD: native twins and references against torch, and the
+DIL_sf optimizer flow."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,7 +31,9 @@ def test_meta_step_matches_torch(backend, reset, close):
     for it in range(7):
         drift = 0.01 * torch.randn(n)
         F.meta_step_(meta, task, m, v, step, 1e-4, 0.9, 0.999, 1e-8, reset=reset, backend=backend)
-        for p, mt, tk in zip(ref_params, torch.cat([p.detach() for p in ref_params]).split(SIZES), ref_task.split(SIZES)):
+        for p, mt, tk in zip(
+            ref_params, torch.cat([p.detach() for p in ref_params]).split(SIZES), ref_task.split(SIZES)
+        ):
             p.grad = mt - tk
         opt.step()
         ref_meta = torch.cat([p.detach() for p in ref_params])
@@ -152,8 +156,10 @@ def test_dil_sf_optimizer_flow_matches_reference_trainer(backend, close):
         return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(8, 3, 3, padding=1))
 
     gen = torch.Generator().manual_seed(4)
-    batches = [[(torch.rand(2, 3, 9, 9, generator=gen), torch.rand(2, 3, 9, 9, generator=gen)) for _ in range(4)]
-               for _ in range(3)]
+    batches = [
+        [(torch.rand(2, 3, 9, 9, generator=gen), torch.rand(2, 3, 9, 9, generator=gen)) for _ in range(4)]
+        for _ in range(3)
+    ]
     lr = 1e-2
     # reference trainer
     meta, task = make(), make()

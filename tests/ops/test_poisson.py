@@ -1,4 +1,5 @@
 """Poisson noise: the reference's statistics."""
+
 from __future__ import annotations
 
 import torch
@@ -12,6 +13,7 @@ def test_poisson_noise_statistics():
     u = rng.philox_uniform(n, torch.tensor([0]), seed=1, step=0, k=0, stream=3)
     z = rng.philox_normal(n, torch.tensor([0]), seed=1, step=0, k=0, stream=0)
     from dil_fast.ops.reference.poisson import poisson_counts_ref as _poisson
+
     counts = _poisson(lam, u, z).reshape(6, 4000).double()
     lam6 = lam.reshape(6, 4000)[:, 0].double()
     assert ((counts.mean(1) - lam6).abs() < 5 * torch.sqrt(lam6 / 4000)).all(), counts.mean(1)

@@ -1,4 +1,5 @@
 """Resize op: the reference against torch.interpolate, the Triton kernel against the reference (T1)."""
+
 from __future__ import annotations
 
 import pytest

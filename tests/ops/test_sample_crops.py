@@ -1,4 +1,5 @@
 """The patch sampler op: the reference's dihedral numbering and distribution, the Triton kernel against it (T1)."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,16 @@ needs_interpreter = pytest.mark.skipif(
 def test_dihedral_bits_match_reference_numbering():
     """The 3-bit form (transpose, flip rows, flip cols) equals the released trainer's literal modes."""
     img = np.arange(5 * 5).reshape(5, 5)
-    literal = {0: img, 1: np.flipud(np.rot90(img)), 2: np.flipud(img), 3: np.rot90(img, 3),
-               4: np.flipud(np.rot90(img, 2)), 5: np.rot90(img), 6: np.rot90(img, 2), 7: np.flipud(np.rot90(img, 3))}
+    literal = {
+        0: img,
+        1: np.flipud(np.rot90(img)),
+        2: np.flipud(img),
+        3: np.rot90(img, 3),
+        4: np.flipud(np.rot90(img, 2)),
+        5: np.rot90(img),
+        6: np.rot90(img, 2),
+        7: np.flipud(np.rot90(img, 3)),
+    }
     for mode, want in literal.items():
         got = ref.dihedral_ref(torch.from_numpy(img.copy()), mode).numpy()
         assert np.array_equal(got, want), mode
@@ -38,7 +47,7 @@ def _literal_crops(store, perm, start, batch, patch, key, counter_base):
         ys, xs, modes = rng.crop_params(key, k, torch.arange(batch) + counter_base, height, width, patch)
         for j in range(batch):
             y, x = int(ys[j]), int(xs[j])
-            crop = store[int(perm[k, start + j]), y:y + patch, x:x + patch].permute(2, 0, 1)
+            crop = store[int(perm[k, start + j]), y : y + patch, x : x + patch].permute(2, 0, 1)
             out[k, j] = ref.dihedral_ref(crop, int(modes[j]))
     return out
 

@@ -1,4 +1,5 @@
 """FlatParams / StackedParams invariants."""
+
 from __future__ import annotations
 
 import copy
@@ -200,7 +201,7 @@ def test_channels_last_weights_keep_their_layout_in_the_flat_buffer():
     assert b.layouts == ["channels_last", "contiguous", "channels_last", "contiguous"]
     for i, (n, p) in enumerate(net.named_parameters()):
         assert torch.equal(p, before[n])
-        seg = flat.data[b.offsets[i]:b.offsets[i] + p.numel()]
+        seg = flat.data[b.offsets[i] : b.offsets[i] + p.numel()]
         if p.dim() == 4:
             assert p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
             assert torch.equal(seg, p.detach().permute(0, 2, 3, 1).reshape(-1))
@@ -208,7 +209,7 @@ def test_channels_last_weights_keep_their_layout_in_the_flat_buffer():
     backward(ref)
     for i, ((n, p), q) in enumerate(zip(net.named_parameters(), ref.parameters())):
         assert torch.equal(p.grad, q.grad), n
-        assert p.grad.data_ptr() == flat.grad[b.offsets[i]:].data_ptr()
+        assert p.grad.data_ptr() == flat.grad[b.offsets[i] :].data_ptr()
     assert flat.intact()
     again = FlatParams(copy.deepcopy(net))
     assert again.buckets[0].layouts == b.layouts and torch.equal(again.data, flat.data)

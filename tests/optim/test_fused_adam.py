@@ -1,5 +1,6 @@
 """FusedAdam: torch.optim.Adam's results, state_dict interchange in both directions, partial
 gradients, the non-finite check and GradScaler-style skipping."""
+
 from __future__ import annotations
 
 import copy
@@ -32,9 +33,16 @@ def assert_models_close(a, b, close):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kw", [dict(), dict(weight_decay=0.01), dict(betas=(0.0, 0.999), lr=1e-4),
-                                dict(weight_decay=0.1, decoupled_weight_decay=True)],
-                         ids=["adam", "l2", "beta1-0", "adamw"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(weight_decay=0.01),
+        dict(betas=(0.0, 0.999), lr=1e-4),
+        dict(weight_decay=0.1, decoupled_weight_decay=True),
+    ],
+    ids=["adam", "l2", "beta1-0", "adamw"],
+)
 @pytest.mark.parametrize("zero_to_none", [True, False], ids=["none", "zero"])
 def test_fused_adam_matches_torch(backend, kw, zero_to_none, close):
     require(backend)
@@ -147,8 +155,11 @@ def test_groups_mixed_dtypes_and_lr_schedule(backend, close):
     optimizer does at epoch boundaries (StepLR on both optimizers)."""
     require(backend)
     torch.manual_seed(5)
-    mk = lambda: [nn.Parameter(torch.randn(1023)), nn.Parameter(torch.randn(3, dtype=torch.float64)),  # noqa: E731
-                  nn.Parameter(torch.randn(65537))]
+    mk = lambda: [
+        nn.Parameter(torch.randn(1023)),
+        nn.Parameter(torch.randn(3, dtype=torch.float64)),  # noqa: E731
+        nn.Parameter(torch.randn(65537)),
+    ]
     ours = mk()
     ref = [nn.Parameter(p.detach().clone()) for p in ours]
     groups = lambda ps: [{"params": ps[:2]}, {"params": ps[2:], "lr": 3e-3, "weight_decay": 0.01}]  # noqa: E731

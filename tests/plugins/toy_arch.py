@@ -1,6 +1,7 @@
 """A contributor's new architecture in one file: ``--plugin tests.plugins.toy_arch`` makes
 ``--arch toynet`` exist, with its size in ``--arch_kwargs '{"width": 6}'``, and lets ``eval``,
 ``convert`` and ``--resume`` recognise its checkpoints from their keys."""
+
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,7 @@
 """A contributor's new confounder family in one file: ``--plugin tests.plugins.toy_family`` makes
 ``toyshift:10,20`` (a brightness shift, on the 0..255 scale) a family of ``--confounders``,
 ``--test_confounders`` and ``dil-fast eval --confounders`` / ``--sweep``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """A contributor's new DIL variant in one file: ``--plugin tests.plugins.toy_variant`` makes
 ``--variant toy`` (and its option ``--toy_momentum``) exist for ``dil-fast train``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,7 @@
 """`dil-fast study generalization` end to end at the tiny size for every task of dil_fast.tasks, its
 seen/unseen levels taken from the task table, its numbers from dil_fast.eval (not the science);
 every study flag at the tiny size; the GPU call's script rehearsed on the CPU."""
+
 import csv
 import importlib.util
 import math
@@ -27,13 +28,32 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # the built-in sample images come with scikit-image
-needs_skimage = pytest.mark.skipif(not importlib.util.find_spec("skimage"),
-                                   reason="the study's built-in images need scikit-image (pip install dil_fast[samples])")
+needs_skimage = pytest.mark.skipif(
+    not importlib.util.find_spec("skimage"),
+    reason="the study's built-in images need scikit-image (pip install dil_fast[samples])",
+)
 has_matplotlib = importlib.util.find_spec("matplotlib") is not None
 
 # a tiny RRDB, one meta-iteration of 2 patches per confounder, 16 x 16 patches (4 x 4 LR for realsr)
-TINY = ["--tiny", "--budget", "1", "--nf", "4", "--nb", "1", "--gc", "4", "--patch_size", "16", "--batch_size", "2",
-        "--device", "cpu", "--threads", "1"]
+TINY = [
+    "--tiny",
+    "--budget",
+    "1",
+    "--nf",
+    "4",
+    "--nb",
+    "1",
+    "--gc",
+    "4",
+    "--patch_size",
+    "16",
+    "--batch_size",
+    "2",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+]
 
 
 def expected_levels(task: str) -> tuple[list[str], list[str]]:
@@ -73,8 +93,22 @@ def _run(*flags) -> int:
 @pytest.mark.parametrize("task", list(TASKS))
 def test_tiny_study_of_every_task(data, tmp_path, task, capsys):
     out = tmp_path / task
-    assert _run(*TINY, "--task", task, "--variants", "erm,sf", "--trainset", str(data / "store"),
-                "--testset", str(data / "test"), "--out", str(out)) == 0
+    assert (
+        _run(
+            *TINY,
+            "--task",
+            task,
+            "--variants",
+            "erm,sf",
+            "--trainset",
+            str(data / "store"),
+            "--testset",
+            str(data / "test"),
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     seen, unseen = expected_levels(task)
     assert unseen, f"{task}: the task table holds out no level"
     rows = [r for r in _csv(out / "results.csv") if r["kind"] == "score" and not r["level"].startswith("mean")]
@@ -121,8 +155,12 @@ def test_levels_come_from_the_task_table():
     assert study_task("deblur").numeric and not study_task("hybrid").numeric
     second = study_task("realsr", order=2)
     assert second.confounders == "realsr:2"
-    assert [lv.level for lv in second.seen] == ["realsr2-gaussian-x4", "realsr2-generalized-x4", "realsr2-plateau-x4",
-                                                "realsr2-sinc-x4"]
+    assert [lv.level for lv in second.seen] == [
+        "realsr2-gaussian-x4",
+        "realsr2-generalized-x4",
+        "realsr2-plateau-x4",
+        "realsr2-sinc-x4",
+    ]
     assert [lv.name for lv in second.unseen] == ["bicubic:4"]
     custom = study_task("denoise", test_confounders="noise:25,20,70")  # a trained level is not held out
     assert [lv.level for lv in custom.unseen] == ["25", "70"]
@@ -133,23 +171,64 @@ def test_curves_seeds_bias_free_and_intervals(data, tmp_path):
     --test_max_side, --test_seed, --decay_from/--lr_floor: curves.csv holds every point of every run,
     the table is the mean of the last points, the differences are paired over (seed, image)."""
     out = tmp_path / "curves"
-    assert _run("--tiny", "--budget", "4", "--eval_every", "2", "--last_evals", "2", "--seeds", "3,5", "--nf", "4",
-                "--nb", "1", "--gc", "4", "--patch_size", "16", "--batch_size", "2", "--device", "cpu",
-                "--threads", "1", "--variants", "erm,sf,erm-bf,sf-bf", "--trainset", str(data / "store"),
-                "--testset", str(data / "test"), str(data / "test2"), "--test_max_side", "24", "--test_seed", "7",
-                "--decay_from", "0.25", "--lr_floor", "0.5", "--out", str(out)) == 0
+    assert (
+        _run(
+            "--tiny",
+            "--budget",
+            "4",
+            "--eval_every",
+            "2",
+            "--last_evals",
+            "2",
+            "--seeds",
+            "3,5",
+            "--nf",
+            "4",
+            "--nb",
+            "1",
+            "--gc",
+            "4",
+            "--patch_size",
+            "16",
+            "--batch_size",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--variants",
+            "erm,sf,erm-bf,sf-bf",
+            "--trainset",
+            str(data / "store"),
+            "--testset",
+            str(data / "test"),
+            str(data / "test2"),
+            "--test_max_side",
+            "24",
+            "--test_seed",
+            "7",
+            "--decay_from",
+            "0.25",
+            "--lr_floor",
+            "0.5",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     curves = _csv(out / "curves.csv")
     task = study_task("denoise")
     n_levels = len(task.levels)
     runs = {(r["method"], r["seed"]) for r in curves if r["method"] != "input"}
     assert runs == {(m, s) for m in ("erm", "sf", "erm-bf", "sf-bf") for s in ("3", "5")}
-    for (m, s) in runs:
+    for m, s in runs:
         mine = [r for r in curves if r["method"] == m and r["seed"] == s]
         assert sorted({int(r["meta_iteration"]) for r in mine}) == [2, 4]
         assert len(mine) == 2 * n_levels * (2 + 3)  # points x levels x images of both test sets
         assert {r["testset"] for r in mine} == {"test", "test2"}
         assert all(r["ssim"] for r in mine if r["meta_iteration"] == "4") and not any(
-            r["ssim"] for r in mine if r["meta_iteration"] == "2")
+            r["ssim"] for r in mine if r["meta_iteration"] == "2"
+        )
         assert {int(r["images_seen"]) for r in mine} == {2 * 4 * 2, 4 * 4 * 2}
     # test images centre-cropped to 24 and the noise seeded by --test_seed: the input rows equal evaluate's
     images = [(n, img[4:28, 4:28]) for n, img in load_test_images(str(data / "test"))]
@@ -160,17 +239,29 @@ def test_curves_seeds_bias_free_and_intervals(data, tmp_path):
     results = _csv(out / "results.csv")
 
     def score(method, seed, level):
-        vals = [float(r["psnr"]) for r in curves if r["method"] == method and r["seed"] == seed and
-                r["testset"] == "test" and r["level"] == level]
+        vals = [
+            float(r["psnr"])
+            for r in curves
+            if r["method"] == method and r["seed"] == seed and r["testset"] == "test" and r["level"] == level
+        ]
         return np.mean(vals)  # 2 points x 2 images
 
-    cell = next(r for r in results if r["kind"] == "score" and r["testset"] == "test" and r["name"] == "sf" and
-                r["level"] == "50")
+    cell = next(
+        r
+        for r in results
+        if r["kind"] == "score" and r["testset"] == "test" and r["name"] == "sf" and r["level"] == "50"
+    )
     per_seed = [score("sf", s, "50") for s in ("3", "5")]
     assert float(cell["psnr"]) == pytest.approx(np.mean(per_seed), abs=1e-5)
     assert float(cell["psnr_std"]) == pytest.approx(np.std(per_seed, ddof=1), abs=1e-5)
-    diff = next(r for r in results if r["kind"] == "difference" and r["testset"] == "test2" and
-                r["name"] == "erm-bf - erm" and r["level"] == "mean unseen")
+    diff = next(
+        r
+        for r in results
+        if r["kind"] == "difference"
+        and r["testset"] == "test2"
+        and r["name"] == "erm-bf - erm"
+        and r["level"] == "mean unseen"
+    )
     assert int(diff["n"]) == 2 * 3 and float(diff["lo"]) <= float(diff["psnr"]) <= float(diff["hi"])
     assert diff["verdict"] in ("better", "worse", "not distinguishable")
     md = (out / "results.md").read_text(encoding="utf-8")
@@ -190,11 +281,46 @@ def test_crop_and_stride(data, tmp_path):
     refused a --crop."""
     from dil_fast.data.store import PatchStore
 
-    common = ["--tiny", "--budget", "1", "--variants", "erm", "--nf", "4", "--nb", "1", "--gc", "4", "--patch_size",
-              "16", "--batch_size", "2", "--device", "cpu", "--threads", "1", "--testset", str(data / "test")]
+    common = [
+        "--tiny",
+        "--budget",
+        "1",
+        "--variants",
+        "erm",
+        "--nf",
+        "4",
+        "--nb",
+        "1",
+        "--gc",
+        "4",
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--testset",
+        str(data / "test"),
+    ]
     out = tmp_path / "cut"
-    assert _run(*common, "--trainset", str(data / "full"), "--crop", "40", "--stride", "20", "--workers", "2",
-                "--out", str(out)) == 0
+    assert (
+        _run(
+            *common,
+            "--trainset",
+            str(data / "full"),
+            "--crop",
+            "40",
+            "--stride",
+            "20",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     stores = [p for p in (out / "data").iterdir() if p.name.startswith("store_full_")]
     assert len(stores) == 1 and stores[0].name.endswith("_40s20")
     assert PatchStore(str(stores[0]), "cpu", verify=False).count == 2 * 3 * 3  # (80 - 40) / 20 + 1 = 3 per side
@@ -229,7 +355,7 @@ def test_stats_intervals_and_verdicts():
 
     assert t_quantile_975(1) == pytest.approx(12.7062, abs=1e-4)
     assert t_quantile_975(5) == pytest.approx(2.5706, abs=1e-4)
-    for df, exact in ((31, 2.0395), (40, 2.0211), (60, 2.0003), (120, 1.9799), (10 ** 6, 1.9600)):
+    for df, exact in ((31, 2.0395), (40, 2.0211), (60, 2.0003), (120, 1.9799), (10**6, 1.9600)):
         assert t_quantile_975(df) == pytest.approx(exact, abs=2e-4)
     if importlib.util.find_spec("scipy"):
         from scipy.stats import t
@@ -270,8 +396,17 @@ def test_cost_model_counts_the_convolutions():
     assert patches_per_meta_iteration("pf", 4, 8) == 40 and patches_per_meta_iteration("ss-fo", 4, 8) == 64
     with pytest.raises(ValueError):
         patches_per_meta_iteration("nope", 4, 8)
-    c = run_cost("erm", macs_per_pixel=1000, k=4, batch=2, patch=10, budget=10, evals=2, eval_pixels=500,
-                 rates=rates_for("cpu", 1))
+    c = run_cost(
+        "erm",
+        macs_per_pixel=1000,
+        k=4,
+        batch=2,
+        patch=10,
+        budget=10,
+        evals=2,
+        eval_pixels=500,
+        rates=rates_for("cpu", 1),
+    )
     assert c.flops_per_meta_iteration == 8 * 100 * 1000 * 6 and c.train_flops == 10 * c.flops_per_meta_iteration
     assert c.eval_flops == 500 * 1000 * 2 * 2 and c.total_s == pytest.approx(c.train_s + c.eval_s + c.setup_s)
 
@@ -291,10 +426,42 @@ def test_time_limit_stops_at_a_curve_point_and_compares_at_the_common_horizon(da
     run measured) or a run stops at a curve point; the table compares every method at the last
     point all reached."""
     out = tmp_path / "limit"
-    assert _run("--tiny", "--budget", "3000", "--eval_every", "5", "--last_evals", "1", "--nf", "4", "--nb", "1", "--gc",
-                "4", "--patch_size", "16", "--batch_size", "2", "--device", "cpu", "--threads", "1", "--variants",
-                "erm,sf", "--trainset", str(data / "store"), "--testset", str(data / "test"), "--time_limit", "20",
-                "--out", str(out)) == 0
+    assert (
+        _run(
+            "--tiny",
+            "--budget",
+            "3000",
+            "--eval_every",
+            "5",
+            "--last_evals",
+            "1",
+            "--nf",
+            "4",
+            "--nb",
+            "1",
+            "--gc",
+            "4",
+            "--patch_size",
+            "16",
+            "--batch_size",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--variants",
+            "erm,sf",
+            "--trainset",
+            str(data / "store"),
+            "--testset",
+            str(data / "test"),
+            "--time_limit",
+            "20",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     curves = _csv(out / "curves.csv")
     last = {m: max(int(r["meta_iteration"]) for r in curves if r["method"] == m) for m in ("erm", "sf")}
     assert all(v < 3000 and v % 5 == 0 for v in last.values())
@@ -306,8 +473,21 @@ def test_time_limit_stops_at_a_curve_point_and_compares_at_the_common_horizon(da
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     out = tmp_path / "dry"
-    assert _run("--scale", "gpu", "--device", "cuda", "--testset", "default", str(tmp_path / "absent"), "--dry-run",
-                "--out", str(out)) == 0
+    assert (
+        _run(
+            "--scale",
+            "gpu",
+            "--device",
+            "cuda",
+            "--testset",
+            "default",
+            str(tmp_path / "absent"),
+            "--dry-run",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "plan: task denoise, 3 method(s) x 1 seed(s)" in printed and "1,514,880 multiply-adds" in printed
     assert "25% of 790 TFLOP/s" in printed and "estimated total:" in printed
@@ -325,8 +505,14 @@ def test_bad_flags(tmp_path, capsys):
     refused("--tiny", "--variants", "erm,nope", says="nope")
     refused("--tiny", "--budget", "0", says="--budget")
     refused("--tiny", "--task", "denoise", "--order", "2", says="--order 2 selects")
-    refused("--tiny", "--task", "hybrid", "--variants", "erm,erm-steps",
-            says="divisible by the 3 confounders of --task hybrid")
+    refused(
+        "--tiny",
+        "--task",
+        "hybrid",
+        "--variants",
+        "erm,erm-steps",
+        says="divisible by the 3 confounders of --task hybrid",
+    )
     refused("--tiny", "--test_confounders", "nope:1", says="--test_confounders")
     refused("--tiny", "--seeds", "1,1", says="--seeds")
     refused("--tiny", "--seeds", "1", "--seed", "2", says="--seed and --seeds")
@@ -352,8 +538,14 @@ def test_plot_fallback_draws_psnr_against_level(tmp_path):
     rows = [{"method": m, "level": lv, "psnr": 30.0 + i} for m in ("input", "sf") for i, lv in enumerate(task.seen)]
     plot_study(str(tmp_path / "p.png"), task, rows, "jpeg")
     assert cv2.imread(str(tmp_path / "p.png")).shape == (PLOT_SIZE[1], PLOT_SIZE[0], 3)
-    img = plot_generalization(str(tmp_path / "q.png"), {"input": [(1.0, 20.0), (5.0, float("nan"))],
-                                                        "a": [(1.0, 20.0)]}, (1.0, 4.0), "t", "x", size=(401, 257))
+    img = plot_generalization(
+        str(tmp_path / "q.png"),
+        {"input": [(1.0, 20.0), (5.0, float("nan"))], "a": [(1.0, 20.0)]},
+        (1.0, 4.0),
+        "t",
+        "x",
+        size=(401, 257),
+    )
     assert img.shape == (257, 401, 3)
 
 
@@ -363,8 +555,21 @@ def test_gpu_call_script_rehearses_on_the_cpu(tmp_path):
     at most 4 files with plain names, the study's report among them; --dry-run prints the plan."""
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
     out = tmp_path / "OUT"
-    proc = subprocess.run(["bash", os.path.join(REPO, "bench", "gpu_study.sh"), "--rehearse", "--out", str(out),
-                           "--set5", str(tmp_path / "no_set5")], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            "bash",
+            os.path.join(REPO, "bench", "gpu_study.sh"),
+            "--rehearse",
+            "--out",
+            str(out),
+            "--set5",
+            str(tmp_path / "no_set5"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == ["curves.csv", "generalization_denoise.png", "gpu_study.log", "results.md"]
@@ -373,26 +578,65 @@ def test_gpu_call_script_rehearses_on_the_cpu(tmp_path):
     assert "not found, skipped" in log and "study exit status 0" in log
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "erm-bf" in md and "## Verdict" in md and "--scale gpu" in md
-    proc = subprocess.run(["bash", os.path.join(REPO, "bench", "gpu_study.sh"), "--dry-run"], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        ["bash", os.path.join(REPO, "bench", "gpu_study.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "estimated total:" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_from_curves_merges_runs_made_apart(data, tmp_path):
     """One process per seed, then --from_curves: the same table as one process with both seeds."""
-    common = ["--tiny", "--budget", "2", "--eval_every", "1", "--nf", "4", "--nb", "1", "--gc", "4", "--patch_size",
-              "16", "--batch_size", "2", "--device", "cpu", "--threads", "1", "--variants", "erm,sf", "--trainset",
-              str(data / "store"), "--testset", str(data / "test")]
+    common = [
+        "--tiny",
+        "--budget",
+        "2",
+        "--eval_every",
+        "1",
+        "--nf",
+        "4",
+        "--nb",
+        "1",
+        "--gc",
+        "4",
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--variants",
+        "erm,sf",
+        "--trainset",
+        str(data / "store"),
+        "--testset",
+        str(data / "test"),
+    ]
     for seed in (1, 2):
         assert _run(*common, "--seeds", str(seed), "--out", str(tmp_path / f"s{seed}")) == 0
     assert _run(*common, "--seeds", "1,2", "--out", str(tmp_path / "both")) == 0
-    assert _run(*common, "--from_curves", str(tmp_path / "s1" / "curves.csv"), str(tmp_path / "s2" / "curves.csv"),
-                "--out", str(tmp_path / "merged")) == 0
+    assert (
+        _run(
+            *common,
+            "--from_curves",
+            str(tmp_path / "s1" / "curves.csv"),
+            str(tmp_path / "s2" / "curves.csv"),
+            "--out",
+            str(tmp_path / "merged"),
+        )
+        == 0
+    )
 
     def scores(folder):
         rows = _csv(tmp_path / folder / "results.csv")
-        return [(r["kind"], r["name"], r["level"], r["verdict"]) for r in rows], \
-            np.array([[float(r[c]) if r[c] else 0.0 for c in ("psnr", "lo", "hi")] for r in rows])
+        return [(r["kind"], r["name"], r["level"], r["verdict"]) for r in rows], np.array(
+            [[float(r[c]) if r[c] else 0.0 for c in ("psnr", "lo", "hi")] for r in rows]
+        )
 
     (names_m, vals_m), (names_b, vals_b) = scores("merged"), scores("both")
     assert names_m == names_b
@@ -401,5 +645,14 @@ def test_from_curves_merges_runs_made_apart(data, tmp_path):
     import shutil
 
     shutil.copy(tmp_path / "s1" / "curves.csv", tmp_path / "copy.csv")  # the same run twice is refused
-    assert _run(*common, "--from_curves", str(tmp_path / "s1" / "curves.csv"), str(tmp_path / "copy.csv"),
-                "--out", str(tmp_path / "twice")) == 2
+    assert (
+        _run(
+            *common,
+            "--from_curves",
+            str(tmp_path / "s1" / "curves.csv"),
+            str(tmp_path / "copy.csv"),
+            "--out",
+            str(tmp_path / "twice"),
+        )
+        == 2
+    )

@@ -1,4 +1,5 @@
 """A user's own architecture for the --arch package.module:Class tests (imported by name)."""
+
 from __future__ import annotations
 
 import torch

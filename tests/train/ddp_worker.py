@@ -5,6 +5,7 @@ batches; each rank saves its meta weights to ``OUT/<variant>.rank<R>.pt``.
 ``die N -- ARGS`` / ``hang N -- ARGS``: ``dil-fast train ARGS``, where rank 1 exits (``os._exit``)
 or sleeps forever at its N-th meta-iteration.
 """
+
 import os
 import sys
 import time
@@ -34,11 +35,14 @@ def make_algorithm(variant):
 def run_steps(algo, rank, world, steps=3, k=3, per_rank=2):
     for s in range(steps):
         batches = global_batches(k, per_rank * world, seed=100 + s)
-        mine = [(x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank])
-                for x, y in batches]
+        mine = [
+            (x[rank * per_rank : (rank + 1) * per_rank], y[rank * per_rank : (rank + 1) * per_rank]) for x, y in batches
+        ]
         if algo.name == "pf":
             qx, qy = global_batches(1, per_rank * world, seed=200 + s)[0]
-            algo.step(mine, query=(qx[rank * per_rank:(rank + 1) * per_rank], qy[rank * per_rank:(rank + 1) * per_rank]))
+            algo.step(
+                mine, query=(qx[rank * per_rank : (rank + 1) * per_rank], qy[rank * per_rank : (rank + 1) * per_rank])
+            )
         else:
             algo.step(mine)
     return algo

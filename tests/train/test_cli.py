@@ -1,5 +1,6 @@
 """`dil-fast train` end to end on a generated dataset with a tiny model: checkpoints, logs,
 exact resume, reference-checkpoint resume, and bad input."""
+
 import os
 import re
 import subprocess
@@ -23,9 +24,32 @@ def data(tmp_path):
 
 
 def _train(data, out, *extra, epochs=2):
-    args = ["train", "--trainset", str(data / "train"), "--testset", str(data / "test"), "--ckpt_save", str(out),
-            "--patch_size", "16", "--batch_size", "2", "--total_epoch", str(epochs), "--num_workder", "0",
-            "--print_every", "4", "--test_every", "1", "--device", "cpu", "--no_progress", *TINY, *extra]
+    args = [
+        "train",
+        "--trainset",
+        str(data / "train"),
+        "--testset",
+        str(data / "test"),
+        "--ckpt_save",
+        str(out),
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--total_epoch",
+        str(epochs),
+        "--num_workder",
+        "0",
+        "--print_every",
+        "4",
+        "--test_every",
+        "1",
+        "--device",
+        "cpu",
+        "--no_progress",
+        *TINY,
+        *extra,
+    ]
     return main(args)
 
 
@@ -50,8 +74,9 @@ def test_train_writes_reference_checkpoints_and_log(data):
     inner = [l for l in log if "Task loss" in l]
     # 8 iterations/epoch, print_every 4 -> iterations 0 and 4, 4 inner steps each, 2 epochs
     assert len(inner) == 2 * 2 * 4
-    assert re.match(prefix + r"Epoch: 0\tIter: 0/8\tTask loss: [0-9.e-]+\tTask LR: 0\.000100\tMeta LR: 0\.000100$",
-                    inner[0])
+    assert re.match(
+        prefix + r"Epoch: 0\tIter: 0/8\tTask loss: [0-9.e-]+\tTask LR: 0\.000100\tMeta LR: 0\.000100$", inner[0]
+    )
     assert sum(l.endswith(" : Meta net updated!") for l in log) == 4
     assert any(re.match(prefix + r"Epoch: 1, psnr: [0-9.]+\. ssim: [0-9.]+\.$", l) for l in log)
     assert sum(bool(re.match(prefix + r"000000\.png: [0-9.]+, [0-9.]+$", l)) for l in log) == 2
@@ -65,8 +90,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(data):
     # stop in the middle of epoch 0, then at the end of epoch 1 (a boundary), then finish
     assert _train(data, cut, "--stop_after", "5", "--lr_step", "2", epochs=3) == 0
     assert not (cut / "model_1.pt").exists() and (cut / "last.pt").exists()
-    assert _train(data, cut, "--resume", str(cut / "last.pt"), "--stop_after", "11", "--lr_step", "2",
-                  epochs=3) == 0
+    assert _train(data, cut, "--resume", str(cut / "last.pt"), "--stop_after", "11", "--lr_step", "2", epochs=3) == 0
     assert (cut / "model_2.pt").exists() and not (cut / "model_3.pt").exists()
     assert _train(data, cut, "--resume", str(cut / "last.pt"), "--lr_step", "2", epochs=3) == 0
     a, b = _load(straight / "model_3.pt"), _load(cut / "model_3.pt")
@@ -82,13 +106,36 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(data):
 
 
 def test_resume_from_released_checkpoint_infers_model_size(data, capsys):
-    ref = {"model_meta": RRDBNet(3, 3, nf=8, nb=2, gc=4).state_dict(),
-           "model_task": RRDBNet(3, 3, nf=8, nb=2, gc=4).state_dict()}
+    ref = {
+        "model_meta": RRDBNet(3, 3, nf=8, nb=2, gc=4).state_dict(),
+        "model_task": RRDBNet(3, 3, nf=8, nb=2, gc=4).state_dict(),
+    }
     torch.save(ref, data / "released.pt")
     out = data / "from_ref"
-    args = ["train", "--trainset", str(data / "train"), "--testset", str(data / "test"), "--ckpt_save", str(out),
-            "--patch_size", "16", "--batch_size", "2", "--total_epoch", "1", "--num_workers", "0",
-            "--device", "cpu", "--no_progress", "--resume", str(data / "released.pt"), "--test_every", "5"]
+    args = [
+        "train",
+        "--trainset",
+        str(data / "train"),
+        "--testset",
+        str(data / "test"),
+        "--ckpt_save",
+        str(out),
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--total_epoch",
+        "1",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--resume",
+        str(data / "released.pt"),
+        "--test_every",
+        "5",
+    ]
     assert main(args) == 0
     ck = _load(out / "model_1.pt")
     assert "RRDB_trunk.1.RDB3.conv5.weight" in ck["model_meta"]
@@ -105,8 +152,9 @@ def test_erm_variant_trains(data):
 
 def _run_cli(args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "dil_fast", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dil_fast", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def _assert_clean_error(res, *needles, out=None):
@@ -121,36 +169,64 @@ def _assert_clean_error(res, *needles, out=None):
 
 
 def test_python_m_entry_point_and_bad_inputs(data):
-    base = ["train", "--testset", str(data / "test"), "--patch_size", "16", "--batch_size", "2",
-            "--total_epoch", "1", "--num_workers", "0", "--device", "cpu", "--no_progress", *TINY]
+    base = [
+        "train",
+        "--testset",
+        str(data / "test"),
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--total_epoch",
+        "1",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no_progress",
+        *TINY,
+    ]
     out = str(data / "bad")
     # missing / empty trainset
-    _assert_clean_error(_run_cli(base + ["--trainset", str(data / "nope"), "--ckpt_save", out]),
-                        "--trainset", "nope")
+    _assert_clean_error(_run_cli(base + ["--trainset", str(data / "nope"), "--ckpt_save", out]), "--trainset", "nope")
     (data / "empty").mkdir()
     _assert_clean_error(_run_cli(base + ["--trainset", str(data / "empty"), "--ckpt_save", out]), "--trainset")
     # a corrupt PNG among good ones is named
     make_png_folder(data / "corrupt", n=4, size=24)
     (data / "corrupt" / "000002.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    _assert_clean_error(_run_cli(base + ["--trainset", str(data / "corrupt"), "--ckpt_save", out]),
-                        "000002.png", out=out)
+    _assert_clean_error(
+        _run_cli(base + ["--trainset", str(data / "corrupt"), "--ckpt_save", out]), "000002.png", out=out
+    )
     # patches smaller than --patch_size
     make_png_folder(data / "small", n=4, size=12)
-    _assert_clean_error(_run_cli(base + ["--trainset", str(data / "small"), "--ckpt_save", out]),
-                        "--patch_size", out=out)
+    _assert_clean_error(
+        _run_cli(base + ["--trainset", str(data / "small"), "--ckpt_save", out]), "--patch_size", out=out
+    )
     # invalid flag values
-    _assert_clean_error(_run_cli(base + ["--trainset", str(data / "train"), "--ckpt_save", out,
-                                         "--batch_size", "0"]), "--batch_size")
-    _assert_clean_error(_run_cli(base + ["--trainset", str(data / "train"), "--ckpt_save", out,
-                                         "--variant", "maml"]), "--variant")
+    _assert_clean_error(
+        _run_cli(base + ["--trainset", str(data / "train"), "--ckpt_save", out, "--batch_size", "0"]), "--batch_size"
+    )
+    _assert_clean_error(
+        _run_cli(base + ["--trainset", str(data / "train"), "--ckpt_save", out, "--variant", "maml"]), "--variant"
+    )
     # --resume that is not a checkpoint, and one that does not fit the model
     (data / "junk.pt").write_text("hello")
-    _assert_clean_error(_run_cli(base + ["--trainset", str(data / "train"), "--ckpt_save", out,
-                                         "--resume", str(data / "junk.pt")]), "junk.pt")
-    torch.save({"model_meta": RRDBNet(3, 3, 8, 1, 4).state_dict(), "model_task": RRDBNet(3, 3, 8, 1, 4).state_dict()},
-               data / "nf8.pt")
-    _assert_clean_error(_run_cli(base[:-6] + ["--nf", "16", "--trainset", str(data / "train"), "--ckpt_save", out,
-                                              "--resume", str(data / "nf8.pt")]), "nf8.pt", "do not fit")
+    _assert_clean_error(
+        _run_cli(base + ["--trainset", str(data / "train"), "--ckpt_save", out, "--resume", str(data / "junk.pt")]),
+        "junk.pt",
+    )
+    torch.save(
+        {"model_meta": RRDBNet(3, 3, 8, 1, 4).state_dict(), "model_task": RRDBNet(3, 3, 8, 1, 4).state_dict()},
+        data / "nf8.pt",
+    )
+    _assert_clean_error(
+        _run_cli(
+            base[:-6]
+            + ["--nf", "16", "--trainset", str(data / "train"), "--ckpt_save", out, "--resume", str(data / "nf8.pt")]
+        ),
+        "nf8.pt",
+        "do not fit",
+    )
     # argparse-level errors also exit 2 with one line naming the flag
     res = _run_cli(["train", "--levels", "a,b"])
     assert res.returncode == 2 and "--levels" in res.stderr and "Traceback" not in res.stderr
@@ -158,8 +234,17 @@ def test_python_m_entry_point_and_bad_inputs(data):
 
 @pytest.mark.parametrize("variant", ["pf", "ss", "ps", "ss-fo"])
 def test_every_variant_trains_and_resumes_exactly(data, variant):
-    extra = ["--variant", variant, "--batch_size", "4", "--print_every", "2", "--test_every", "9",
-             *(["--alpha", "1e-3"] if variant != "pf" else [])]
+    extra = [
+        "--variant",
+        variant,
+        "--batch_size",
+        "4",
+        "--print_every",
+        "2",
+        "--test_every",
+        "9",
+        *(["--alpha", "1e-3"] if variant != "pf" else []),
+    ]
     straight, cut = data / f"{variant}-a", data / f"{variant}-b"
     assert _train(data, straight, *extra, epochs=1) == 0
     assert _train(data, cut, *extra, "--stop_after", "2", epochs=1) == 0
@@ -178,9 +263,21 @@ def test_progress_bar_shows_rate_and_loss_on_a_terminal(data, terminal, monkeypa
 
     stream, read = terminal
     monkeypatch.setattr(sys, "stderr", stream)
-    cfg = TrainConfig(ckpt_save=str(data / "bar"), trainset=str(data / "train"), testset=str(data / "test"),
-                      patch_size=16, batch_size=2, total_epoch=1, num_workers=0, device="cpu", nf=8, nb=1, gc=4,
-                      print_every=1, test_every=9)
+    cfg = TrainConfig(
+        ckpt_save=str(data / "bar"),
+        trainset=str(data / "train"),
+        testset=str(data / "test"),
+        patch_size=16,
+        batch_size=2,
+        total_epoch=1,
+        num_workers=0,
+        device="cpu",
+        nf=8,
+        nb=1,
+        gc=4,
+        print_every=1,
+        test_every=9,
+    )
     assert Trainer(cfg).run() == 0
     shown = read()
     assert "epoch 0" in shown and "it/s" in shown and "loss=" in shown

@@ -1,5 +1,6 @@
 """``dil-fast train --config FILE``: JSON/YAML flag values under the command line, a run's
 options.json repeats the run, bad files end with one line naming the file."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,23 @@ def _config_of(argv):
 
 def test_file_values_are_read_and_the_command_line_wins(tmp_path):
     f = tmp_path / "exp.json"
-    f.write_text(json.dumps({"patch_size": 96, "levels": [5, 25], "no_tensorboard": True, "y": False,
-                             "channels_last": False, "variant": "pf", "query": "split", "num-workers": 3,
-                             "arch_kwargs": {"nf": 8}, "distributed": False, "resume": None}))
+    f.write_text(
+        json.dumps(
+            {
+                "patch_size": 96,
+                "levels": [5, 25],
+                "no_tensorboard": True,
+                "y": False,
+                "channels_last": False,
+                "variant": "pf",
+                "query": "split",
+                "num-workers": 3,
+                "arch_kwargs": {"nf": 8},
+                "distributed": False,
+                "resume": None,
+            }
+        )
+    )
     cfg = _config_of(["train", "--config", str(f), "--ckpt_save", "out", "--patch_size", "48"])
     assert cfg.patch_size == 48  # the command line wins
     assert cfg.levels == (5.0, 25.0) and cfg.tensorboard is False and cfg.y is False
@@ -41,10 +56,39 @@ def test_yaml_files_are_read(tmp_path):
 def test_a_runs_options_json_repeats_the_run(tmp_path):
     make_png_folder(tmp_path / "train", n=4, size=20, seed=1)
     make_png_folder(tmp_path / "test", n=1, size=16, seed=2)
-    first = ["train", "--trainset", str(tmp_path / "train"), "--testset", str(tmp_path / "test"), "--ckpt_save",
-             str(tmp_path / "a"), "--patch_size", "16", "--batch_size", "2", "--total_epoch", "1", "--num_workers",
-             "0", "--nf", "4", "--nb", "1", "--gc", "2", "--levels", "5,15", "--variant", "ss", "--alpha", "0.01",
-             "--no_progress", "--no_tensorboard", "--print_every", "1"]
+    first = [
+        "train",
+        "--trainset",
+        str(tmp_path / "train"),
+        "--testset",
+        str(tmp_path / "test"),
+        "--ckpt_save",
+        str(tmp_path / "a"),
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--total_epoch",
+        "1",
+        "--num_workers",
+        "0",
+        "--nf",
+        "4",
+        "--nb",
+        "1",
+        "--gc",
+        "2",
+        "--levels",
+        "5,15",
+        "--variant",
+        "ss",
+        "--alpha",
+        "0.01",
+        "--no_progress",
+        "--no_tensorboard",
+        "--print_every",
+        "1",
+    ]
     assert main(first) == 0
     options = tmp_path / "a" / "options.json"
     again = _config_of(["train", "--config", str(options), "--ckpt_save", str(tmp_path / "b")])
@@ -54,15 +98,18 @@ def test_a_runs_options_json_repeats_the_run(tmp_path):
     assert after == before
 
 
-@pytest.mark.parametrize("content,says", [
-    ('{"patch_sise": 32}', "'patch_sise' is not a flag of dil-fast train"),
-    ('{"patch_size": "big"}', "argument --patch_size: invalid int value: 'big'"),
-    ('{"variant": "xx"}', "argument --variant: invalid choice: 'xx'"),
-    ('{"no_tensorboard": "yes"}', "no_tensorboard is a switch; give true or false"),
-    ('{"config": "other.json"}', "a config file cannot name another --config"),
-    ('[1, 2]', "expected a mapping of flag names to values"),
-    ('{"patch_size": 32', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content,says",
+    [
+        ('{"patch_sise": 32}', "'patch_sise' is not a flag of dil-fast train"),
+        ('{"patch_size": "big"}', "argument --patch_size: invalid int value: 'big'"),
+        ('{"variant": "xx"}', "argument --variant: invalid choice: 'xx'"),
+        ('{"no_tensorboard": "yes"}', "no_tensorboard is a switch; give true or false"),
+        ('{"config": "other.json"}', "a config file cannot name another --config"),
+        ("[1, 2]", "expected a mapping of flag names to values"),
+        ('{"patch_size": 32', "not valid JSON"),
+    ],
+)
 def test_a_bad_file_ends_with_one_line_naming_it(tmp_path, capsys, content, says):
     f = tmp_path / "bad.json"
     f.write_text(content)

@@ -1,5 +1,6 @@
 """DDP on torch's engine, 2 gloo processes on the CPU: the averaged inner steps equal one process
 on the global batch; a peer that dies or hangs ends the other rank with one line."""
+
 import os
 import socket
 import subprocess
@@ -29,11 +30,21 @@ def _launch(args, world=2, timeout=240, others_after_rank0=None):
     procs = []
     t0 = time.monotonic()
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-        procs.append(subprocess.Popen([sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+            PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     results = []
     for i, p in enumerate(procs):
         left = max(timeout - (time.monotonic() - t0), 1)
@@ -71,10 +82,37 @@ def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path):
 def _train_args(tmp_path, out):
     make_png_folder(tmp_path / "train", n=16, size=20, seed=3)
     make_png_folder(tmp_path / "test", n=1, size=16, seed=4)
-    return ["--distributed", "--device", "cpu", "--trainset", str(tmp_path / "train"), "--testset",
-            str(tmp_path / "test"), "--ckpt_save", str(out), "--patch_size", "16", "--batch_size", "2",
-            "--total_epoch", "3", "--num_workers", "0", "--nf", "8", "--nb", "1", "--gc", "4", "--print_every", "1",
-            "--no_progress", "--ddp_timeout", "5", "--no_tensorboard"]
+    return [
+        "--distributed",
+        "--device",
+        "cpu",
+        "--trainset",
+        str(tmp_path / "train"),
+        "--testset",
+        str(tmp_path / "test"),
+        "--ckpt_save",
+        str(out),
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--total_epoch",
+        "3",
+        "--num_workers",
+        "0",
+        "--nf",
+        "8",
+        "--nb",
+        "1",
+        "--gc",
+        "4",
+        "--print_every",
+        "1",
+        "--no_progress",
+        "--ddp_timeout",
+        "5",
+        "--no_tensorboard",
+    ]
 
 
 @pytest.mark.slow
@@ -82,8 +120,9 @@ def _train_args(tmp_path, out):
 def test_a_peer_that_dies_or_hangs_ends_the_other_rank_with_one_line(tmp_path, mode):
     out = tmp_path / "run"
     # 4 meta-iterations per epoch: rank 1 fails in the second epoch, after model_1.pt
-    (rc0, _, err0, t0), (rc1, _, err1, _) = _launch([mode, "6", "--", *_train_args(tmp_path, out)], timeout=120,
-                                                          others_after_rank0=1)
+    (rc0, _, err0, t0), (rc1, _, err1, _) = _launch(
+        [mode, "6", "--", *_train_args(tmp_path, out)], timeout=120, others_after_rank0=1
+    )
     assert rc0 == 3, err0[-3000:]
     assert "Traceback" not in err0
     errors = [line for line in err0.splitlines() if line.startswith("error:")]

@@ -1,4 +1,5 @@
 """--distributed under torchrun with 2 gloo processes on CPU."""
+
 import os
 import socket
 import subprocess
@@ -21,13 +22,47 @@ def test_torchrun_two_gloo_processes(tmp_path):
     make_png_folder(tmp_path / "train", n=16, size=20, seed=3)
     make_png_folder(tmp_path / "test", n=1, size=16, seed=4)
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "dil_fast", "train", "--distributed", "--local_rank", "0", "--device", "cpu",
-           "--trainset", str(tmp_path / "train"), "--testset", str(tmp_path / "test"), "--ckpt_save", str(out),
-           "--patch_size", "16", "--batch_size", "2", "--total_epoch", "2", "--num_workers", "0",
-           "--nf", "8", "--nb", "1", "--gc", "4", "--print_every", "1", "--no_progress"]
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "dil_fast",
+        "train",
+        "--distributed",
+        "--local_rank",
+        "0",
+        "--device",
+        "cpu",
+        "--trainset",
+        str(tmp_path / "train"),
+        "--testset",
+        str(tmp_path / "test"),
+        "--ckpt_save",
+        str(out),
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--total_epoch",
+        "2",
+        "--num_workers",
+        "0",
+        "--nf",
+        "8",
+        "--nb",
+        "1",
+        "--gc",
+        "4",
+        "--print_every",
+        "1",
+        "--no_progress",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     log = (out / "train.log").read_text()

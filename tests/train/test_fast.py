@@ -2,6 +2,7 @@
 convergence of the fast path against the released computation step by step, the precision /
 layout / compile options, the CUDA-graph default and flags, the eager fallback when a step cannot
 be captured, and (tier T3) bf16 and graph replay of every variant on CUDA."""
+
 import contextlib
 import copy
 import re
@@ -11,13 +12,13 @@ import pytest
 import torch
 
 from dil_fast.cli import build_parser, main
+from dil_fast.devices import resolve_device
 from dil_fast.errors import FlagError
 from dil_fast.meta import VARIANTS, SerialFirstOrder
+from dil_fast.meta.released import ReleasedSF
 from dil_fast.models import RRDBNet
 from dil_fast.ops import optim as optim_ops
 from dil_fast.train import TrainConfig, Trainer
-from dil_fast.devices import resolve_device
-from dil_fast.train.plan import RunPlan
 from dil_fast.train.fast import (
     FastForward,
     FastOptions,
@@ -26,7 +27,7 @@ from dil_fast.train.fast import (
     LossLog,
     resolve_options,
 )
-from dil_fast.meta.released import ReleasedSF
+from dil_fast.train.plan import RunPlan
 from tests.conftest import make_png_folder
 
 TINY = ["--nf", "8", "--nb", "1", "--gc", "4"]
@@ -76,8 +77,13 @@ def test_fast_sf_matches_reference_mode_step_by_step(fused, close):
     # the two keep the same optimizer state, in the same layout
     sr, sf = ref.state_dict(), fast.state_dict()
     assert int(sf["task_optimizer"]["state"][0]["step"]) == int(sr["task_optimizer"]["state"][0]["step"]) == 20
-    close(sf["meta_optimizer"]["state"][3]["exp_avg"], sr["meta_optimizer"]["state"][3]["exp_avg"], atol=1e-9,
-          rtol=1e-3, name="meta exp_avg")
+    close(
+        sf["meta_optimizer"]["state"][3]["exp_avg"],
+        sr["meta_optimizer"]["state"][3]["exp_avg"],
+        atol=1e-9,
+        rtol=1e-3,
+        name="meta exp_avg",
+    )
 
 
 def test_reference_sf_state_round_trip():
@@ -111,8 +117,11 @@ def cuda_looks_available(monkeypatch):
     the fused optimizer served there unless --backend torch forces the references."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(optim_ops, "fused_optimizer",
-                        lambda device, backend=None: torch.device(device).type == "cuda" and backend != "torch")
+    monkeypatch.setattr(
+        optim_ops,
+        "fused_optimizer",
+        lambda device, backend=None: torch.device(device).type == "cuda" and backend != "torch",
+    )
 
 
 def _plan(**kw):
@@ -125,6 +134,7 @@ def _plan(**kw):
 def test_cuda_graphs_default_on_for_every_variant_on_cuda(cuda_looks_available, tmp_path, variant):
     """The run plan's resolution: on for a one-process CUDA run of any variant; the CPU,
     --no_cuda_graphs and --reference_mode leave it off."""
+
     def options(**kw):
         return _plan(ckpt_save=str(tmp_path / "run"), variant=variant, **kw).fast
 
@@ -139,11 +149,15 @@ def test_cuda_graphs_default_on_for_every_variant_on_cuda(cuda_looks_available, 
         assert not ref.cuda_graphs and ref.precision is None
 
 
-@pytest.mark.parametrize("kw,reason", [
-    ({"distributed": True}, "--distributed"),
-    ({"compile": True}, "--compile"),
-    ({"backend": "torch"}, "the fused optimizer is not in use"),
-], ids=["distributed", "compile", "no-fused-optimizer"])
+@pytest.mark.parametrize(
+    "kw,reason",
+    [
+        ({"distributed": True}, "--distributed"),
+        ({"compile": True}, "--compile"),
+        ({"backend": "torch"}, "the fused optimizer is not in use"),
+    ],
+    ids=["distributed", "compile", "no-fused-optimizer"],
+)
 def test_cuda_graphs_default_off_and_why(cuda_looks_available, kw, reason):
     opts = resolve_options("cuda", **kw)
     assert not opts.cuda_graphs and reason in opts.graphs_off
@@ -176,8 +190,9 @@ def test_config_refuses_what_the_fast_path_cannot_do(cuda_looks_available, tmp_p
     refused("--precision", precision="fp16")
     refused("--distributed", device="cuda", cuda_graphs=True, distributed=True)
     refused("needs the fused optimizer .*--backend torch", device="cuda", cuda_graphs=True, backend="torch")
-    refused("--reference_mode cannot be combined with --cuda_graphs", device="cuda", cuda_graphs=True,
-            reference_mode=True)
+    refused(
+        "--reference_mode cannot be combined with --cuda_graphs", device="cuda", cuda_graphs=True, reference_mode=True
+    )
     for variant in VARIANTS:  # every variant may be captured (ss/ps/ss-fo fall back to eager when they cannot)
         _plan(ckpt_save=out, device="cuda", cuda_graphs=True, variant=variant)
     # off by default with --distributed or --reference_mode: no refusal
@@ -237,8 +252,13 @@ class _FailingCapture:
     def _tensors(algo) -> list[torch.Tensor]:
         models = {id(m): m for m in (algo.meta_model, algo.task_model)}.values()
         params = [p for m in models for p in m.parameters()]
-        states = [t for o in {id(o): o for o in (algo.meta_optimizer, algo.task_optimizer) if o}.values()
-                  for st in o.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+        states = [
+            t
+            for o in {id(o): o for o in (algo.meta_optimizer, algo.task_optimizer) if o}.values()
+            for st in o.state.values()
+            for t in st.values()
+            if isinstance(t, torch.Tensor)
+        ]
         return params + [p.grad for p in params if p.grad is not None] + states
 
     def __enter__(self):
@@ -261,9 +281,15 @@ class _FailingCapture:
 def failing_capture(monkeypatch):
     """GraphedStep's CUDA calls made harmless on the CPU, with a :class:`_FailingCapture` (the tests
     using it take ``native``: ss/ps/ss-fo get their fused meta optimizer from the native core)."""
-    for name, fake in (("Stream", _Stream), ("current_stream", lambda *a: _Stream()),
-                       ("stream", lambda s: contextlib.nullcontext()), ("set_stream", lambda s: None),
-                       ("synchronize", lambda *a: None), ("CUDAGraph", object), ("graph", _FailingCapture)):
+    for name, fake in (
+        ("Stream", _Stream),
+        ("current_stream", lambda *a: _Stream()),
+        ("stream", lambda s: contextlib.nullcontext()),
+        ("set_stream", lambda s: None),
+        ("synchronize", lambda *a: None),
+        ("CUDAGraph", object),
+        ("graph", _FailingCapture),
+    ):
         monkeypatch.setattr(torch.cuda, name, fake)
     from dil_fast.meta.base import MetaAlgorithm
 
@@ -280,8 +306,9 @@ def failing_capture(monkeypatch):
 
 
 def _graph_warnings(record) -> list[str]:
-    return [str(w.message) for w in record if issubclass(w.category, RuntimeWarning) and "CUDA graphs" in
-            str(w.message)]
+    return [
+        str(w.message) for w in record if issubclass(w.category, RuntimeWarning) and "CUDA graphs" in str(w.message)
+    ]
 
 
 def _train_side_by_side(make_algo, n=6):
@@ -301,8 +328,11 @@ def _train_side_by_side(make_algo, n=6):
 
 
 @pytest.mark.ext
-@pytest.mark.parametrize("fail_at,reason", [("op", "operation not permitted when stream is capturing"),
-                                             ("end", "stream fork that was not joined")], ids=["at-an-op", "at-the-end"])
+@pytest.mark.parametrize(
+    "fail_at,reason",
+    [("op", "operation not permitted when stream is capturing"), ("end", "stream fork that was not joined")],
+    ids=["at-an-op", "at-the-end"],
+)
 @pytest.mark.parametrize("variant", ["ss", "ps", "ss-fo", "sf", "pf", "erm"])
 def test_failed_capture_falls_back_to_eager_with_one_warning(native, failing_capture, variant, fail_at, reason):
     failing_capture.fail_at = fail_at
@@ -319,11 +349,15 @@ def test_failed_capture_falls_back_to_eager_with_one_warning(native, failing_cap
 
 
 @pytest.mark.ext
-@pytest.mark.parametrize("make_algo,reason", [
-    (lambda m: VARIANTS["ss"](m, inner_optimizer="adam"), "--inner_optimizer adam"),
-    (lambda m: VARIANTS["ps"](m, inner_optimizer="adam"), "--inner_optimizer adam"),
-    (lambda m: SerialFirstOrder(m, fused=False), "its optimizers are not the fused flat-buffer ones"),
-], ids=["ss-inner-adam", "ps-inner-adam", "sf-per-tensor-adam"])
+@pytest.mark.parametrize(
+    "make_algo,reason",
+    [
+        (lambda m: VARIANTS["ss"](m, inner_optimizer="adam"), "--inner_optimizer adam"),
+        (lambda m: VARIANTS["ps"](m, inner_optimizer="adam"), "--inner_optimizer adam"),
+        (lambda m: SerialFirstOrder(m, fused=False), "its optimizers are not the fused flat-buffer ones"),
+    ],
+    ids=["ss-inner-adam", "ps-inner-adam", "sf-per-tensor-adam"],
+)
 def test_step_that_cannot_be_captured_runs_eagerly_after_one_warning(native, failing_capture, make_algo, reason):
     le, lg, eager, graphed, warned, described = _train_side_by_side(make_algo)
     assert len(warned) == 1 and reason in warned[0], warned
@@ -333,9 +367,16 @@ def test_step_that_cannot_be_captured_runs_eagerly_after_one_warning(native, fai
         assert torch.equal(pg, pe)
 
 
-@pytest.mark.parametrize("precision,channels_last,tol", [
-    ("fp32", True, 1e-5), ("tf32", False, 1e-5), ("bf16", False, 5e-2), ("bf16", True, 5e-2),
-], ids=["fp32-channels_last", "tf32", "bf16", "bf16-channels_last"])
+@pytest.mark.parametrize(
+    "precision,channels_last,tol",
+    [
+        ("fp32", True, 1e-5),
+        ("tf32", False, 1e-5),
+        ("bf16", False, 5e-2),
+        ("bf16", True, 5e-2),
+    ],
+    ids=["fp32-channels_last", "tf32", "bf16", "bf16-channels_last"],
+)
 def test_precision_and_layout_options_train_close_to_fp32(precision, channels_last, tol):
     base = _model()
     pairs = _batches(2)
@@ -470,10 +511,34 @@ def data(tmp_path):
 
 
 def _train(data, out, *extra):
-    args = ["train", "--trainset", str(data / "train"), "--testset", str(data / "test"), "--ckpt_save", str(out),
-            "--patch_size", "16", "--batch_size", "2", "--total_epoch", "1", "--num_workers", "0",
-            "--print_every", "1", "--test_every", "5", "--device", "cpu", "--no_progress", "--backend", "torch",
-            *TINY, *extra]
+    args = [
+        "train",
+        "--trainset",
+        str(data / "train"),
+        "--testset",
+        str(data / "test"),
+        "--ckpt_save",
+        str(out),
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--total_epoch",
+        "1",
+        "--num_workers",
+        "0",
+        "--print_every",
+        "1",
+        "--test_every",
+        "5",
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--backend",
+        "torch",
+        *TINY,
+        *extra,
+    ]
     return main(args)
 
 
@@ -492,8 +557,11 @@ def test_trainer_reference_mode_converges_with_default_path(data):
         torch.testing.assert_close(a["model_meta"][name], b["model_meta"][name], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("flags", [["--precision", "bf16", "--channels_last"], ["--precision", "tf32",
-                                   "--deterministic"]], ids=["bf16-channels_last", "tf32-deterministic"])
+@pytest.mark.parametrize(
+    "flags",
+    [["--precision", "bf16", "--channels_last"], ["--precision", "tf32", "--deterministic"]],
+    ids=["bf16-channels_last", "tf32-deterministic"],
+)
 def test_trainer_fast_flags_run_on_cpu(data, flags):
     assert _train(data, data / "run", *flags) == 0
     losses = [float(v) for v in LOSS_RE.findall((data / "run" / "train.log").read_text())]
@@ -521,8 +589,9 @@ def test_trainer_weight_options_train_the_same_numbers(native, data):
         assert all(torch.equal(ma[k], mb[k]) for k in ma), name
     # resume: one more epoch from each last.pt gives the same weights
     for run, flags in (("plain", common), ("both", both)):
-        assert _train(data, data / f"{run}2", *flags, "--resume", str(data / run / "last.pt"), "--total_epoch",
-                      "2") == 0
+        assert (
+            _train(data, data / f"{run}2", *flags, "--resume", str(data / run / "last.pt"), "--total_epoch", "2") == 0
+        )
     a = torch.load(data / "plain2" / "model_2.pt", weights_only=True)["model_meta"]
     b = torch.load(data / "both2" / "model_2.pt", weights_only=True)["model_meta"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -538,16 +607,30 @@ def test_store_crops_reach_a_channels_last_model_without_a_layout_copy(tmp_path)
     pack_folder(str(tmp_path / "png"), str(store), progress=False)
     runs = {}
     for channels_last in (False, True):
-        cfg = TrainConfig(trainset=str(store), loader="store", ckpt_save=str(tmp_path / f"run{channels_last}"),
-                          device="cpu", batch_size=2, patch_size=16, nf=8, nb=1, gc=4, seed=3, progress=False,
-                          backend="torch", precision="bf16", channels_last=channels_last,
-                          confounders="noise:5,10,15,20")
+        cfg = TrainConfig(
+            trainset=str(store),
+            loader="store",
+            ckpt_save=str(tmp_path / f"run{channels_last}"),
+            device="cpu",
+            batch_size=2,
+            patch_size=16,
+            nf=8,
+            nb=1,
+            gc=4,
+            seed=3,
+            progress=False,
+            backend="torch",
+            precision="bf16",
+            channels_last=channels_last,
+            confounders="noise:5,10,15,20",
+        )
         trainer = Trainer(cfg).open()
         seen, step = [], trainer.fast.step
 
         def recording_step(batches, step=step, seen=seen, **kw):
-            seen.extend(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-                        for x, _ in batches)
+            seen.extend(
+                x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() for x, _ in batches
+            )
             return step(batches, **kw)
 
         trainer.fast.step = recording_step
@@ -562,13 +645,17 @@ def test_store_crops_reach_a_channels_last_model_without_a_layout_copy(tmp_path)
     torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--channels_last_weights"], "add --channels_last"),
-    (["--weight_shadow", "--channels_last"], "needs --precision bf16"),
-    (["--weight_shadow", "--precision", "bf16", "--variant", "ss"], "--variant ss"),
-    (["--weight_shadow", "--precision", "bf16"], "fused optimizer"),
-    (["--reference_mode", "--weight_shadow"], "--weight_shadow"),
-], ids=["cl-weights-nchw", "shadow-fp32", "shadow-ss", "shadow-torch-backend", "reference-shadow"])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--channels_last_weights"], "add --channels_last"),
+        (["--weight_shadow", "--channels_last"], "needs --precision bf16"),
+        (["--weight_shadow", "--precision", "bf16", "--variant", "ss"], "--variant ss"),
+        (["--weight_shadow", "--precision", "bf16"], "fused optimizer"),
+        (["--reference_mode", "--weight_shadow"], "--weight_shadow"),
+    ],
+    ids=["cl-weights-nchw", "shadow-fp32", "shadow-ss", "shadow-torch-backend", "reference-shadow"],
+)
 def test_trainer_refuses_weight_options_that_cannot_apply(data, capsys, flags, needle):
     assert _train(data, data / "bad", *flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -576,12 +663,16 @@ def test_trainer_refuses_weight_options_that_cannot_apply(data, capsys, flags, n
     assert not (data / "bad").exists()
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--cuda_graphs"], "--cuda_graphs needs a CUDA device"),
-    (["--reference_mode", "--variant", "pf"], "--variant pf"),
-    (["--reference_mode", "--precision", "bf16"], "--precision bf16"),
-    (["--reference_mode", "--loader", "store"], "--loader store"),
-], ids=["graphs-on-cpu", "reference-pf", "reference-bf16", "reference-store"])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--cuda_graphs"], "--cuda_graphs needs a CUDA device"),
+        (["--reference_mode", "--variant", "pf"], "--variant pf"),
+        (["--reference_mode", "--precision", "bf16"], "--precision bf16"),
+        (["--reference_mode", "--loader", "store"], "--loader store"),
+    ],
+    ids=["graphs-on-cpu", "reference-pf", "reference-bf16", "reference-store"],
+)
 def test_trainer_refuses_clearly(data, capsys, flags, needle):
     assert _train(data, data / "bad", *flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -594,9 +685,14 @@ def test_profile_one_meta_iteration_on_cpu(tmp_path):
 
     algo = SerialFirstOrder(_model())
     pairs = _batches(1)[0]
-    result = profile_meta_iteration(lambda: algo.step(pairs), "cpu", str(tmp_path), warmup=1,
-                                    ceilings={"bytes_per_s": 1e10, "flops_per_s": {"fp32": 1e11}},
-                                    precision="fp32")
+    result = profile_meta_iteration(
+        lambda: algo.step(pairs),
+        "cpu",
+        str(tmp_path),
+        warmup=1,
+        ceilings={"bytes_per_s": 1e10, "flops_per_s": {"fp32": 1e11}},
+        precision="fp32",
+    )
     assert (tmp_path / "trace_meta_iteration.json").stat().st_size > 0
     rows = result["rows"]
     assert rows and abs(sum(r["share"] for r in rows) - 1.0) < 1e-6
@@ -721,14 +817,38 @@ def test_cuda_compile_with_inductor_matches_eager():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("flags,note", [([], "CUDA graph (after"), (["--no_cuda_graphs"], "no CUDA graph: --no_cuda_graphs")],
-                         ids=["default", "no_cuda_graphs"])
+@pytest.mark.parametrize(
+    "flags,note",
+    [([], "CUDA graph (after"), (["--no_cuda_graphs"], "no CUDA graph: --no_cuda_graphs")],
+    ids=["default", "no_cuda_graphs"],
+)
 def test_cuda_trainer_graphs_default_and_flag(tmp_path, flags, note):
     make_png_folder(tmp_path / "train", n=16, size=24, seed=1)
     make_png_folder(tmp_path / "test", n=1, size=20, seed=2)
-    args = ["train", "--trainset", str(tmp_path / "train"), "--testset", str(tmp_path / "test"),
-            "--ckpt_save", str(tmp_path / "run"), "--patch_size", "16", "--batch_size", "2", "--total_epoch", "2",
-            "--num_workers", "0", "--print_every", "2", "--device", "cuda", "--no_progress", *flags, *TINY]
+    args = [
+        "train",
+        "--trainset",
+        str(tmp_path / "train"),
+        "--testset",
+        str(tmp_path / "test"),
+        "--ckpt_save",
+        str(tmp_path / "run"),
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "2",
+        "--total_epoch",
+        "2",
+        "--num_workers",
+        "0",
+        "--print_every",
+        "2",
+        "--device",
+        "cuda",
+        "--no_progress",
+        *flags,
+        *TINY,
+    ]
     assert main(args) == 0
     log = (tmp_path / "run" / "train.log").read_text()
     assert note in log and len(LOSS_RE.findall(log)) == 2 * 4 * 4

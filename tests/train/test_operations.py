@@ -1,5 +1,6 @@
 """Running it like the field runs experiments: run folders that never lose or mix work, tracking,
 non-finite steps, files readable by collaborators, the released construction order."""
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,18 @@ from dil_fast.train import TrainConfig, Trainer
 from dil_fast.train.run_folder import LOCK_NAME
 from tests.conftest import make_png_folder
 
-TINY = dict(patch_size=16, batch_size=2, total_epoch=2, num_workers=0, progress=False, print_every=2, nf=4, nb=1,
-            gc=2, test_every=1)
+TINY = dict(
+    patch_size=16,
+    batch_size=2,
+    total_epoch=2,
+    num_workers=0,
+    progress=False,
+    print_every=2,
+    nf=4,
+    nb=1,
+    gc=2,
+    test_every=1,
+)
 
 
 @pytest.fixture
@@ -32,8 +43,9 @@ def data(tmp_path):
 
 
 def _cfg(data, name="run", **kw):
-    return TrainConfig(ckpt_save=str(data / name), trainset=str(data / "train"), testset=str(data / "test"),
-                       **{**TINY, **kw})
+    return TrainConfig(
+        ckpt_save=str(data / name), trainset=str(data / "train"), testset=str(data / "test"), **{**TINY, **kw}
+    )
 
 
 def _lock(folder, pid):
@@ -92,10 +104,36 @@ def test_orphaned_temporary_files_are_removed_and_files_follow_the_umask(data):
 
 def test_killed_run_then_restart_leaves_no_orphan(data):
     """kill -9 during training, then the same command again (--auto_resume): no temporary file stays."""
-    cmd = [sys.executable, "-m", "dil_fast", "train", "--trainset", str(data / "train"), "--testset",
-           str(data / "test"), "--ckpt_save", str(data / "run"), "--patch_size", "16", "--batch_size", "1",
-           "--total_epoch", "200", "--num_workers", "0", "--nf", "4", "--nb", "1", "--gc", "2", "--no_progress",
-           "--auto_resume", "--test_every", "1000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dil_fast",
+        "train",
+        "--trainset",
+        str(data / "train"),
+        "--testset",
+        str(data / "test"),
+        "--ckpt_save",
+        str(data / "run"),
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "1",
+        "--total_epoch",
+        "200",
+        "--num_workers",
+        "0",
+        "--nf",
+        "4",
+        "--nb",
+        "1",
+        "--gc",
+        "2",
+        "--no_progress",
+        "--auto_resume",
+        "--test_every",
+        "1000",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import time
 
@@ -107,8 +145,9 @@ def test_killed_run_then_restart_leaves_no_orphan(data):
     proc.wait()
     assert (data / "run" / "last.pt").exists()
     (data / "run" / ".last.pt.killed.dil_fast.tmp").write_bytes(b"cut")  # as a kill inside a write leaves
-    done = subprocess.run(cmd[:cmd.index("200")] + ["2"] + cmd[cmd.index("200") + 1:], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        cmd[: cmd.index("200")] + ["2"] + cmd[cmd.index("200") + 1 :], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert not [n for n in os.listdir(data / "run") if n.endswith(".tmp")]
     assert "Removed 1 orphaned temporary file" in (data / "run" / "train.log").read_text()
@@ -123,8 +162,17 @@ def test_tracking_writes_options_metrics_curves_and_labelled_lines(data):
     assert "optimizer" in opts["resolved"]["plan"]["fast_path"]
     rows = list(csv.DictReader(open(folder / "metrics.csv")))
     tags = {r["tag"] for r in rows}
-    assert {"loss/noise5", "loss/noise15", "lr/task", "lr/meta", "speed/meta_it_s", "speed/images_s",
-            "skipped/nonfinite", "test/noise50/psnr", "test/noise50/ssim"} <= tags
+    assert {
+        "loss/noise5",
+        "loss/noise15",
+        "lr/task",
+        "lr/meta",
+        "speed/meta_it_s",
+        "speed/images_s",
+        "skipped/nonfinite",
+        "test/noise50/psnr",
+        "test/noise50/ssim",
+    } <= tags
     log = (folder / "train.log").read_text()
     assert "Losses: noise" in log and "it/s" in log and "ETA" in log and "elapsed" in log
     curves = cv2.imread(str(folder / "curves.png"))
@@ -139,10 +187,40 @@ def test_tracking_writes_options_metrics_curves_and_labelled_lines(data):
 
 
 def test_a_diverging_run_stops_with_one_line_and_only_finite_checkpoints(data, capsys):
-    argv = ["train", "--trainset", str(data / "train"), "--testset", str(data / "test"), "--ckpt_save",
-            str(data / "nan"), "--patch_size", "16", "--batch_size", "1", "--total_epoch", "50", "--num_workers", "0",
-            "--nf", "4", "--nb", "1", "--gc", "2", "--lr", "1e30", "--meta_lr", "1e30", "--max_bad_steps", "3",
-            "--print_every", "1", "--no_progress", "--variant", "erm"]
+    argv = [
+        "train",
+        "--trainset",
+        str(data / "train"),
+        "--testset",
+        str(data / "test"),
+        "--ckpt_save",
+        str(data / "nan"),
+        "--patch_size",
+        "16",
+        "--batch_size",
+        "1",
+        "--total_epoch",
+        "50",
+        "--num_workers",
+        "0",
+        "--nf",
+        "4",
+        "--nb",
+        "1",
+        "--gc",
+        "2",
+        "--lr",
+        "1e30",
+        "--meta_lr",
+        "1e30",
+        "--max_bad_steps",
+        "3",
+        "--print_every",
+        "1",
+        "--no_progress",
+        "--variant",
+        "erm",
+    ]
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 3 and len(err) == 1 and "consecutive meta-iterations had non-finite" in err[0]
@@ -197,8 +275,21 @@ def test_model_n_holds_the_task_network_after_the_last_inner_steps(data):
 
 def test_a_ckpt_save_that_is_a_file_is_refused_before_anything_is_written(data, capsys):
     (data / "afile").write_text("x")
-    rc = main(["train", "--trainset", str(data / "train"), "--testset", str(data / "test"), "--ckpt_save",
-               str(data / "afile"), "--patch_size", "16", "--num_workers", "0"])
+    rc = main(
+        [
+            "train",
+            "--trainset",
+            str(data / "train"),
+            "--testset",
+            str(data / "test"),
+            "--ckpt_save",
+            str(data / "afile"),
+            "--patch_size",
+            "16",
+            "--num_workers",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err == f"error: --ckpt_save {data / 'afile'}: is a file, not a folder\n"
     assert (data / "afile").read_text() == "x"
@@ -218,9 +309,33 @@ def test_a_save_that_fails_mid_run_is_one_line_and_keeps_the_last_checkpoint(dat
         real(obj, path)
 
     monkeypatch.setattr(checkpoints, "atomic_save", disk_full_after_epoch_one)
-    rc = main(["train", "--trainset", str(data / "train"), "--testset", str(data / "test"), "--ckpt_save",
-               str(data / "run"), "--patch_size", "16", "--batch_size", "2", "--total_epoch", "2", "--num_workers", "0",
-               "--nf", "4", "--nb", "1", "--gc", "2", "--no_progress", "--no_tensorboard"])
+    rc = main(
+        [
+            "train",
+            "--trainset",
+            str(data / "train"),
+            "--testset",
+            str(data / "test"),
+            "--ckpt_save",
+            str(data / "run"),
+            "--patch_size",
+            "16",
+            "--batch_size",
+            "2",
+            "--total_epoch",
+            "2",
+            "--num_workers",
+            "0",
+            "--nf",
+            "4",
+            "--nb",
+            "1",
+            "--gc",
+            "2",
+            "--no_progress",
+            "--no_tensorboard",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
     assert err.startswith(f"error: --ckpt_save {data / 'run'}: cannot write model_2.pt (No space left on device)")

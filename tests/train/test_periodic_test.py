@@ -1,5 +1,6 @@
 """The periodic test of `dil-fast train` is `dil-fast eval`: the training log's per-image PSNR/SSIM
 equal `dil-fast eval` of the checkpoint written at that epoch, at the same level, seed and metric."""
+
 import csv
 import re
 
@@ -8,9 +9,37 @@ import pytest
 from dil_fast.cli import main
 from tests.conftest import make_png_folder
 
-TINY = ["--nf", "4", "--nb", "1", "--gc", "2", "--patch_size", "16", "--batch_size", "1", "--total_epoch", "1",
-        "--test_every", "1", "--save_every", "1", "--num_workers", "0", "--device", "cpu", "--backend", "torch",
-        "--no_progress", "--levels", "5,15", "--test_level", "30", "--seed", "3"]
+TINY = [
+    "--nf",
+    "4",
+    "--nb",
+    "1",
+    "--gc",
+    "2",
+    "--patch_size",
+    "16",
+    "--batch_size",
+    "1",
+    "--total_epoch",
+    "1",
+    "--test_every",
+    "1",
+    "--save_every",
+    "1",
+    "--num_workers",
+    "0",
+    "--device",
+    "cpu",
+    "--backend",
+    "torch",
+    "--no_progress",
+    "--levels",
+    "5,15",
+    "--test_level",
+    "30",
+    "--seed",
+    "3",
+]
 # "<time> : 000000.png: <psnr>, <ssim>", the released line of one test image
 IMAGE_LINE = re.compile(r" : (\S+\.png): (\S+), (\S+)$")
 
@@ -34,11 +63,47 @@ def test_logged_test_scores_equal_dil_fast_eval_of_the_checkpoint(tmp_path, scal
     make_png_folder(tmp_path / "train", n=2, size=24, seed=1)
     make_png_folder(tmp_path / "test", n=2, size=26, seed=2)  # 26 is no multiple of 4: the x4 test crops it
     sr = ["--scale", "4", "--arch", "rrdb_x4", "--loader", "folder"] if scale == 4 else []
-    assert main(["train", "--trainset", str(tmp_path / "train"), "--testset", str(tmp_path / "test"),
-                 "--ckpt_save", str(tmp_path / "run"), *TINY, *sr]) == 0
-    assert main(["eval", "--ckpt", str(tmp_path / "run" / "model_1.pt"), "--testset", str(tmp_path / "test"),
-                 "--save", str(tmp_path / "eval"), "--level", "30", "--seed", "3", "--scale", str(scale),
-                 "--no-y", "--crop_border", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--trainset",
+                str(tmp_path / "train"),
+                "--testset",
+                str(tmp_path / "test"),
+                "--ckpt_save",
+                str(tmp_path / "run"),
+                *TINY,
+                *sr,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "--ckpt",
+                str(tmp_path / "run" / "model_1.pt"),
+                "--testset",
+                str(tmp_path / "test"),
+                "--save",
+                str(tmp_path / "eval"),
+                "--level",
+                "30",
+                "--seed",
+                "3",
+                "--scale",
+                str(scale),
+                "--no-y",
+                "--crop_border",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     logged = _logged_scores(tmp_path / "run" / "train.log")
     evaluated = _eval_scores(tmp_path / "eval" / "results.csv")
     assert sorted(logged) == ["000000.png", "000001.png"]

@@ -1,5 +1,6 @@
 """Every task of the paper trains and tests end to end at tiny scale; super-resolution pairs stay
 aligned; paired folders (one confounder each); other backbones and checkpoint layouts."""
+
 from __future__ import annotations
 
 import csv
@@ -42,7 +43,7 @@ def test_every_task_trains_and_runs_its_periodic_test(folders, task):
     spec = TASKS[task]
     assert trainer.last_eval is not None and all(np.isfinite(trainer.last_eval))
     assert type(trainer.meta_model).__name__ == ("RRDBNetX4" if spec.scale == 4 else "RRDBNet")
-    assert type(trainer.loader).__name__ == ("ReferencePairLoader" if task == "denoise" else "FolderCleanLoader")
+    assert type(trainer.loader).__name__ == ("ReleasedPairLoader" if task == "denoise" else "FolderCleanLoader")
     log = (folders / task / "train.log").read_text()
     assert log.count("Meta net updated!") == 4 and "Epoch: 0, psnr:" in log
     if task != "denoise":  # the confounders of the task's row, one per value
@@ -96,8 +97,11 @@ def _paired(root, name, n=4, size=32, scale=1, seed=0):
         os.makedirs(root / name / sub, exist_ok=True)
     for i in range(n):
         gt = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        lq = gt.reshape(size // scale, scale, size // scale, scale, 3).mean((1, 3)).round().astype(np.uint8) \
-            if scale > 1 else np.clip(gt.astype(int) + 20, 0, 255).astype(np.uint8)
+        lq = (
+            gt.reshape(size // scale, scale, size // scale, scale, 3).mean((1, 3)).round().astype(np.uint8)
+            if scale > 1
+            else np.clip(gt.astype(int) + 20, 0, 255).astype(np.uint8)
+        )
         cv2.imwrite(str(root / name / "GT" / f"{i:03d}.png"), gt[:, :, ::-1])
         cv2.imwrite(str(root / name / "LQ" / f"{i:03d}.png"), lq[:, :, ::-1])
     return str(root / name)
@@ -133,14 +137,17 @@ def test_paired_folder_errors_name_the_file(folders):
         Trainer(_cfg(folders, "b3", trainset=[size], loader="folder", nf=4, nb=1, gc=2)).open()
 
 
-SWIN_KWARGS = ('{"img_size": 16, "embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 4, '
-               '"mlp_ratio": 2.0, "upscale": 1, "drop_path_rate": 0.0}')
+SWIN_KWARGS = (
+    '{"img_size": 16, "embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 4, '
+    '"mlp_ratio": 2.0, "upscale": 1, "drop_path_rate": 0.0}'
+)
 
 
 @pytest.mark.parametrize("variant", ["sf", "pf", "ss", "ps", "ss-fo", "erm"])
 def test_swinir_trains_with_every_variant(folders, variant):
-    trainer = Trainer(_cfg(folders, f"swin-{variant}", task="deblur", arch="swinir", arch_kwargs=SWIN_KWARGS,
-                           variant=variant))
+    trainer = Trainer(
+        _cfg(folders, f"swin-{variant}", task="deblur", arch="swinir", arch_kwargs=SWIN_KWARGS, variant=variant)
+    )
     assert trainer.run() == 0 and type(trainer.meta_model).__name__ == "SwinIR"
     state = torch.load(folders / f"swin-{variant}" / "last.pt", weights_only=True)
     assert state["model_config"]["arch"] == "swinir" and state["model_config"]["kwargs"]["embed_dim"] == 8

@@ -1,5 +1,6 @@
 """curves.png from the tracker's scalars: drawn with matplotlib from metrics.csv's history (a resumed
 run continues it), read through its axes; without matplotlib one warning and the run goes on."""
+
 from __future__ import annotations
 
 import warnings

@@ -1,5 +1,6 @@
 """The trainer's API: any nn.Module and any loader written to the documented protocol train through
 Trainer with checkpoints, evaluation and an exact resume."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,7 +46,7 @@ class TensorCleanLoader:
         orders = [torch.randperm(self.patches.shape[0], generator=g) for _ in range(self.num_confounders)]
         while self.position < len(self):
             s = self.position * self.batch
-            batch = torch.stack([self.patches[o[s:s + self.batch]] for o in orders])
+            batch = torch.stack([self.patches[o[s : s + self.batch]] for o in orders])
             self.position += 1
             yield batch
 
@@ -72,11 +73,23 @@ def run(tmp_path):
     patches = torch.rand(12, 3, 10, 10, generator=torch.Generator().manual_seed(0))
 
     def make(name, **kw):
-        cfg = TrainConfig(ckpt_save=str(tmp_path / name), testset=str(tmp_path / "test"), total_epoch=3,
-                          print_every=1, progress=False, test_every=1, **kw)
+        cfg = TrainConfig(
+            ckpt_save=str(tmp_path / name),
+            testset=str(tmp_path / "test"),
+            total_epoch=3,
+            print_every=1,
+            progress=False,
+            test_every=1,
+            **kw,
+        )
         torch.manual_seed(0)
-        return Trainer(cfg, model=TinyUNetish(), loader=TensorCleanLoader(patches, 3, 2),
-                       confounders=[GaussianNoise(10.0), GaussianNoise(20.0)])
+        return Trainer(
+            cfg,
+            model=TinyUNetish(),
+            loader=TensorCleanLoader(patches, 3, 2),
+            confounders=[GaussianNoise(10.0), GaussianNoise(20.0)],
+        )
+
     assert test
     return make
 
@@ -101,8 +114,14 @@ def test_user_model_and_loader_train_checkpoint_and_resume_exactly(run, tmp_path
 
 def test_a_loader_of_pairs_skips_the_degradation(tmp_path):
     make_png_folder(tmp_path / "test", n=1, size=16, seed=4)
-    cfg = TrainConfig(ckpt_save=str(tmp_path / "p"), testset=str(tmp_path / "test"), total_epoch=1,
-                      print_every=1, progress=False, variant="erm")
+    cfg = TrainConfig(
+        ckpt_save=str(tmp_path / "p"),
+        testset=str(tmp_path / "test"),
+        total_epoch=1,
+        print_every=1,
+        progress=False,
+        variant="erm",
+    )
     loader = PairListLoader(torch.rand(6, 3, 8, 8), 2, 3)
     trainer = Trainer(cfg, model=TinyUNetish(), loader=loader)
     assert trainer.run() == 0 and trainer.degrade is None and loader.position == 3

@@ -1,6 +1,7 @@
 """Pure-torch references of the blur ops (:mod:`dil_fast.ops.blur`): separable per-sample passes and
 per-sample 2-D correlation, reflect-101 borders (OpenCV BORDER_REFLECT_101, torch 'reflect'); the
 oracle of ``kernels/blur.py`` and its CPU path."""
+
 from __future__ import annotations
 
 import torch

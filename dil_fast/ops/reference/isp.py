@@ -32,6 +32,7 @@ response: a power curve ``f(L) = L ** (1 / gamma)``, ``f^-1(x) = x ** gamma`` wi
 gamma, exactly invertible on [0, 1] (CBDNet draws one of 201 measured curves of Grossberg and
 Nayar's DoRF database instead; a gamma in a range stands in for that family).
 """
+
 from __future__ import annotations
 
 import functools
@@ -151,16 +152,18 @@ def _demosaic_weights(h: int, w: int, device: torch.device, dtype: torch.dtype):
     return tuple(t.to(device=device, dtype=dtype) for t in (masks, kernels, inv_den))
 
 
-def heteroscedastic_noise(signal: torch.Tensor, sigma_s: torch.Tensor, sigma_c: torch.Tensor,
-                          normal: torch.Tensor) -> torch.Tensor:
+def heteroscedastic_noise(
+    signal: torch.Tensor, sigma_s: torch.Tensor, sigma_c: torch.Tensor, normal: torch.Tensor
+) -> torch.Tensor:
     """``s + sqrt(sigma_s**2 * max(s, 0) + sigma_c**2) * z`` (not clipped): signal s ``[B, C, H, W]``,
     sigma_s, sigma_c ``[B]``, standard normals z of the shape of s."""
     var = _per_sample(sigma_s, signal) ** 2 * signal.clamp_min(0.0) + _per_sample(sigma_c, signal) ** 2
     return signal + var.sqrt() * normal.reshape(signal.shape).to(signal.dtype)
 
 
-def camera_pipeline_ref(x: torch.Tensor, stage: str, gamma: torch.Tensor, sigma_s: torch.Tensor,
-                        sigma_c: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+def camera_pipeline_ref(
+    x: torch.Tensor, stage: str, gamma: torch.Tensor, sigma_s: torch.Tensor, sigma_c: torch.Tensor, normal: torch.Tensor
+) -> torch.Tensor:
     """The pipeline up to the sRGB image (no JPEG): x ``[B, 3, H, W]`` on [0, 1] (H, W >= 2),
     ``stage`` in :data:`ISP_STAGES` (``jpeg`` adds its noise as ``srgb``), per-sample gamma,
     sigma_s, sigma_c ``[B]``, normals ``[B, normal_count(stage, H, W)]`` -> ``[B, 3, H, W]`` float32
@@ -188,8 +191,15 @@ def camera_pipeline_ref(x: torch.Tensor, stage: str, gamma: torch.Tensor, sigma_
     return srgb.clamp(0.0, 1.0)
 
 
-def camera_noise_ref(x: torch.Tensor, stage: str, gamma: torch.Tensor, sigma_s: torch.Tensor,
-                     sigma_c: torch.Tensor, normal: torch.Tensor, quality: torch.Tensor | None = None) -> torch.Tensor:
+def camera_noise_ref(
+    x: torch.Tensor,
+    stage: str,
+    gamma: torch.Tensor,
+    sigma_s: torch.Tensor,
+    sigma_c: torch.Tensor,
+    normal: torch.Tensor,
+    quality: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The whole model: :func:`camera_pipeline_ref`, then baseline JPEG at ``quality`` ``[B]`` (ints
     1..100) for the stages that compress (``jpeg``, ``mixed``) -> ``[B, 3, H, W]`` float32 on [0, 1]."""
     y = camera_pipeline_ref(x, stage, gamma, sigma_s, sigma_c, normal)

@@ -1,5 +1,6 @@
 """Pure-torch reference of the JPEG simulation (:mod:`dil_fast.ops.jpeg`): libjpeg/OpenCV baseline
 encoding and decoding in float arithmetic; the oracle of ``kernels/jpeg.py`` and its CPU path."""
+
 from __future__ import annotations
 
 import math
@@ -20,20 +21,104 @@ __all__ = [
 
 # ITU-T T.81 Annex K tables, natural (row-major) order.
 JPEG_LUMA_TABLE = (
-    16, 11, 10, 16, 24, 40, 51, 61,
-    12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77,
-    24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101,
-    72, 92, 95, 98, 112, 100, 103, 99,
+    16,
+    11,
+    10,
+    16,
+    24,
+    40,
+    51,
+    61,
+    12,
+    12,
+    14,
+    19,
+    26,
+    58,
+    60,
+    55,
+    14,
+    13,
+    16,
+    24,
+    40,
+    57,
+    69,
+    56,
+    14,
+    17,
+    22,
+    29,
+    51,
+    87,
+    80,
+    62,
+    18,
+    22,
+    37,
+    56,
+    68,
+    109,
+    103,
+    77,
+    24,
+    35,
+    55,
+    64,
+    81,
+    104,
+    113,
+    92,
+    49,
+    64,
+    78,
+    87,
+    103,
+    121,
+    120,
+    101,
+    72,
+    92,
+    95,
+    98,
+    112,
+    100,
+    103,
+    99,
 )
 JPEG_CHROMA_TABLE = (
-    17, 18, 24, 47, 99, 99, 99, 99,
-    18, 21, 26, 66, 99, 99, 99, 99,
-    24, 26, 56, 99, 99, 99, 99, 99,
-    47, 66, 99, 99, 99, 99, 99, 99,
+    17,
+    18,
+    24,
+    47,
+    99,
+    99,
+    99,
+    99,
+    18,
+    21,
+    26,
+    66,
+    99,
+    99,
+    99,
+    99,
+    24,
+    26,
+    56,
+    99,
+    99,
+    99,
+    99,
+    99,
+    47,
+    66,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
 ) + (99,) * 32
 
 
@@ -113,8 +198,14 @@ def _fancy_up2(c: torch.Tensor, dim: int) -> torch.Tensor:
     return out.reshape(shape)
 
 
-def jpeg_ref(x: torch.Tensor, quality: torch.Tensor, *, differentiable: bool = False, blocks_fn=None,
-             tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def jpeg_ref(
+    x: torch.Tensor,
+    quality: torch.Tensor,
+    *,
+    differentiable: bool = False,
+    blocks_fn=None,
+    tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Baseline JPEG simulation of RGB images x ``[B, 3, H, W]`` on [0, 1], quality ``[B]`` (1..100).
 
     As libjpeg/OpenCV with default settings: 8-bit samples, JFIF YCbCr (rounded), 4:2:0 chroma by
@@ -138,8 +229,9 @@ def jpeg_ref(x: torch.Tensor, quality: torch.Tensor, *, differentiable: bool = F
     chroma = _round(chroma, differentiable)
     ql, qc = tables if tables is not None else jpeg_quant_tables(quality.to(x.device))
     y_rec = blocks_fn(y.contiguous(), ql)
-    c_rec = blocks_fn(chroma.reshape(B * 2, Hp // 2, Wp // 2).contiguous(),
-                      qc.repeat_interleave(2, dim=0)).reshape(B, 2, Hp // 2, Wp // 2)
+    c_rec = blocks_fn(chroma.reshape(B * 2, Hp // 2, Wp // 2).contiguous(), qc.repeat_interleave(2, dim=0)).reshape(
+        B, 2, Hp // 2, Wp // 2
+    )
     hc, wc = -(-H // 2), -(-W // 2)
     c_up = _fancy_up2(_fancy_up2(c_rec[:, :, :hc, :wc], 2), 3)
     c_up = _round(c_up, differentiable)[:, :, :H, :W]

@@ -6,6 +6,7 @@ draw equals this one's on either device: the divisions by 255 divide by a 255 he
 tensor (:func:`div255`), because torch turns a division by a Python number on CUDA into a
 multiplication by its reciprocal, which differs from the division in the last bit for about half
 of the byte values."""
+
 from __future__ import annotations
 
 import torch
@@ -21,9 +22,20 @@ def div255(t: torch.Tensor) -> torch.Tensor:
     return t / t.new_full((), 255.0)
 
 
-def gaussian_noise_ref(x: torch.Tensor, sigma: torch.Tensor, *, seed: int, step: int, k: int = 0,
-                       sample_offset: int = 0, stream: int = 0, clip: bool = True, round8: bool = False,
-                       gray: torch.Tensor | None = None, normal: torch.Tensor | None = None) -> torch.Tensor:
+def gaussian_noise_ref(
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    *,
+    seed: int,
+    step: int,
+    k: int = 0,
+    sample_offset: int = 0,
+    stream: int = 0,
+    clip: bool = True,
+    round8: bool = False,
+    gray: torch.Tensor | None = None,
+    normal: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``x + sigma[b] * n`` (then clip to [0, 1], then round to multiples of 1/255), in float32.
 
     x ``[B, C, H, W]`` on [0, 1]; sigma ``[B]`` on the [0, 1] scale (sigma_255 / 255); gray ``[B]``

@@ -12,6 +12,7 @@ K-stacked ``[K, P]`` buffers, with the same conventions as the native ops in
 * ``grad_scale`` (float32, one element): gradients are divided by it first.
 * Like the native ops they are optimizer updates, not differentiable: they run under no_grad.
 """
+
 from __future__ import annotations
 
 import torch
@@ -118,8 +119,9 @@ def meta_step_ref_(
     if src.shape[0] == 1:
         grad = (meta - src[0]) if reduction == 0 else src[0].clone()
     step_new = step.reshape(-1)[0].double() + 1
-    p, m, v = _adam_math(meta, grad, exp_avg, exp_avg_sq, step_new, lr.reshape(-1)[0], beta1, beta2, eps,
-                         weight_decay, adamw)
+    p, m, v = _adam_math(
+        meta, grad, exp_avg, exp_avg_sq, step_new, lr.reshape(-1)[0], beta1, beta2, eps, weight_decay, adamw
+    )
     new_meta = _keep(found_inf, meta, p)
     exp_avg.copy_(_keep(found_inf, exp_avg, m))
     exp_avg_sq.copy_(_keep(found_inf, exp_avg_sq, v))

@@ -5,6 +5,7 @@ normals (:mod:`dil_fast.rng`): exact inversion of the CDF for rates below 24 (60
 below 1e-9), ``round(lambda + sqrt(lambda) z)`` above. A gray sample draws one field from the
 BT.601 luma and adds it to every channel. This is the only implementation (no kernel).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,17 +31,28 @@ def poisson_counts_ref(lam: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> t
     return torch.where(lam64 < _EXACT_BELOW, n, big).float()
 
 
-def poisson_noise_ref(x: torch.Tensor, scale: torch.Tensor, gray: torch.Tensor, uniform: torch.Tensor,
-                      normal: torch.Tensor, *, levels: int = 256, clip: bool = True) -> torch.Tensor:
+def poisson_noise_ref(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    gray: torch.Tensor,
+    uniform: torch.Tensor,
+    normal: torch.Tensor,
+    *,
+    levels: int = 256,
+    clip: bool = True,
+) -> torch.Tensor:
     """x ``[B, C, H, W]`` on [0, 1]; scale ``[B]``; gray ``[B]`` bool; uniform, normal ``[B, C*H*W]``
     (the sample's field; a gray sample uses its first ``H*W``) -> ``[B, C, H, W]`` float32."""
     B, C, H, W = x.shape
     xf = x.float()
     lam_c = xf.reshape(B, -1) * levels
-    lam_g = ((0.299 * xf[:, 0] + 0.587 * xf[:, 1] + 0.114 * xf[:, 2]).reshape(B, -1) * levels if C == 3
-             else lam_c[:, :H * W])
+    lam_g = (
+        (0.299 * xf[:, 0] + 0.587 * xf[:, 1] + 0.114 * xf[:, 2]).reshape(B, -1) * levels
+        if C == 3
+        else lam_c[:, : H * W]
+    )
     counts_c = poisson_counts_ref(lam_c, uniform, normal).reshape(B, C, H, W) / levels
-    counts_g = poisson_counts_ref(lam_g, uniform[:, :H * W], normal[:, :H * W]).reshape(B, 1, H, W) / levels
+    counts_g = poisson_counts_ref(lam_g, uniform[:, : H * W], normal[:, : H * W]).reshape(B, 1, H, W) / levels
     noise_c = counts_c - xf
     noise_g = counts_g - lam_g.reshape(B, 1, H, W) / levels
     noise = torch.where(gray.reshape(B, 1, 1, 1), noise_g.expand(B, C, H, W), noise_c)

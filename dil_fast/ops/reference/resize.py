@@ -1,6 +1,7 @@
 """Pure-torch reference of the resize op (:mod:`dil_fast.ops.resize`): separable resampling by index /
 weight tables that fix the convention (torch ``antialias=True`` bilinear/bicubic, 'area' pooling);
 the oracle of ``kernels/resize.py`` and its CPU path."""
+
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,8 @@ __all__ = ["resample_tables", "resample_ref"]
 def _cubic_aa(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     x = x.abs()
     return torch.where(
-        x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+        x < 1,
+        ((a + 2) * x - (a + 3)) * x * x + 1,
         torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, torch.zeros_like(x)),
     )
 
@@ -54,7 +56,7 @@ def resample_tables(n_in: int, n_out: int, mode: str, device=None) -> tuple[torc
     wt = torch.zeros(n_out, T, dtype=torch.float32)
     for i, (ri, rw) in enumerate(zip(rows_i, rows_w)):
         idx[i, : len(ri)] = torch.tensor(ri, dtype=torch.int32)
-        idx[i, len(ri):] = ri[-1]
+        idx[i, len(ri) :] = ri[-1]
         wt[i, : len(rw)] = torch.tensor(rw, dtype=torch.float32)
     return idx.to(device), wt.to(device)
 

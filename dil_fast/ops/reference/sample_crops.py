@@ -17,6 +17,7 @@ The distribution (a *decision*, docs/released-trainer.md):
 * **Randomness**: the offsets and mode of a sample are :func:`dil_fast.rng.crop_params` of
   (key, k, position), so a crop does not depend on how the epoch is split into batches or ranks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -67,7 +68,7 @@ def sample_crops_ref(
     num_k = perm.shape[0]
     _, height, width, _ = store.shape
     dev = store.device
-    idx = perm[:, start:start + batch].to(device=dev, dtype=torch.int64)  # [K, B]
+    idx = perm[:, start : start + batch].to(device=dev, dtype=torch.int64)  # [K, B]
     k = torch.arange(num_k, device=dev, dtype=torch.int64)[:, None]
     position = counter_base + torch.arange(batch, device=dev, dtype=torch.int64)[None, :]
     y, x, mode = crop_params(key, k, position, height, width, patch)  # [K, B]

@@ -1,4 +1,4 @@
-"""The reference data path: the released trainer's sampling, with sound seeding.
+"""The released data path: the released trainer's sampling, with sound seeding.
 
 Per confounder k (Gaussian noise sigma_k) and per sample, as ``srdata_noise.DataCrop`` does:
 read the PNG (OpenCV, BGR -> RGB uint8), draw the top-left corner uniformly from
@@ -21,6 +21,7 @@ loader says so in ``worker_note``. A bad image (named by :func:`~dil_fast.data.i
 stops the run with that one-line :class:`~dil_fast.errors.InputError` whether it was read in a
 worker or in the main process (:func:`make_dataloader`, :func:`next_batch`).
 """
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,8 @@ _DIHEDRAL = (
 
 
 def augment(img: np.ndarray, mode: int) -> np.ndarray:
-    """One of the 8 dihedral transforms of an HWC image, numbered as the released trainer (docs/released-trainer.md, "Data")."""
+    """One of the 8 dihedral transforms of an HWC image, numbered as the released trainer
+    (docs/released-trainer.md, "Data")."""
     return _DIHEDRAL[mode](img)
 
 
@@ -67,8 +69,7 @@ class NoisyPatchDataset(Dataset):
     when an iterator is created, so a new iterator per epoch sees the new epoch).
     """
 
-    def __init__(self, files, sigma: float, patch_size: int, *, seed: int, confounder: int,
-                 full_offsets: bool = False):
+    def __init__(self, files, sigma: float, patch_size: int, *, seed: int, confounder: int, full_offsets: bool = False):
         self.files = list(files)
         self.sigma = float(sigma)
         self.patch_size = int(patch_size)
@@ -95,11 +96,13 @@ class NoisyPatchDataset(Dataset):
         top = int(rng.integers(0, max(h - p + extra, 1)))
         left = int(rng.integers(0, max(w - p + extra, 1)))
         mode = int(rng.integers(0, 8))
-        hr = augment(img[top:top + p, left:left + p, :], mode).astype(np.float32) / 255.0
+        hr = augment(img[top : top + p, left : left + p, :], mode).astype(np.float32) / 255.0
         noise = rng.standard_normal(hr.shape) * (self.sigma / 255.0)  # float64, as released
         lr = np.clip(hr + noise, 0, 1).astype(np.float32)
-        return (torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1))),
-                torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))))
+        return (
+            torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1))),
+            torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))),
+        )
 
 
 def available_cpus() -> int:
@@ -125,8 +128,10 @@ def cap_workers(per_confounder: int, confounders: int, cpus: int | None = None) 
         return per_confounder, None
     capped = cpus // confounders
     where = "samples are read in the main process" if capped == 0 else f"{capped * confounders} worker processes"
-    return capped, (f"--num_workers {per_confounder}: {confounders} confounders x {per_confounder} workers "
-                    f"= {total} processes for {cpus} CPUs; using {capped} per confounder ({where})")
+    return capped, (
+        f"--num_workers {per_confounder}: {confounders} confounders x {per_confounder} workers "
+        f"= {total} processes for {cpus} CPUs; using {capped} per confounder ({where})"
+    )
 
 
 class _ErrorsAsSamples(Dataset):
@@ -201,16 +206,16 @@ class EpochShardSampler(Sampler):
         perm = torch.randperm(self.n, generator=g).tolist()
         per_rank = -(-self.n // self.world_size)
         perm = (perm * (per_rank * self.world_size // max(self.n, 1) + 1))[: per_rank * self.world_size]
-        return perm[self.rank::self.world_size]
+        return perm[self.rank :: self.world_size]
 
     def __iter__(self):
-        return iter(self.shard()[self.start:])
+        return iter(self.shard()[self.start :])
 
     def __len__(self) -> int:
         return len(self.shard()) - self.start
 
 
-class ReferencePairLoader(EpochCursor):
+class ReleasedPairLoader(EpochCursor):
     """The released trainer's data path as a :class:`~dil_fast.data.base.PairLoader`.
 
     One shuffled DataLoader (drop_last) per confounder; each meta-iteration takes one batch from
@@ -223,9 +228,27 @@ class ReferencePairLoader(EpochCursor):
 
     yields = "pairs"
 
-    def __init__(self, folder: str, sigmas, *, patch_size: int = 64, batch_size: int = 32, seed: int = 1,
-                 num_workers: int = 0, device="cpu", rank: int = 0, world_size: int = 1, gpus: int | None = None,
-                 full_offsets: bool = False, cpus: int | None = None):
+    @property
+    def confounder_names(self) -> list[str]:
+        """The confounders' names in the log and the metrics' tags (``noise5``, ...)."""
+        return [f"noise{s:g}" for s in self.sigmas]
+
+    def __init__(
+        self,
+        folder: str,
+        sigmas,
+        *,
+        patch_size: int = 64,
+        batch_size: int = 32,
+        seed: int = 1,
+        num_workers: int = 0,
+        device="cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        gpus: int | None = None,
+        full_offsets: bool = False,
+        cpus: int | None = None,
+    ):
         self.files = list_images(folder, flag="--trainset")
         self.sigmas = [float(s) for s in sigmas]
         self.num_confounders = len(self.sigmas)
@@ -258,19 +281,28 @@ class ReferencePairLoader(EpochCursor):
             ds.set_epoch(self.epoch)
             sampler.set_epoch(self.epoch)
             sampler.start = self.position * self.batch_size
-            loaders.append(iter(make_dataloader(
-                ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                drop_last=True, pin_memory=self.device.type == "cuda",
-                persistent_workers=False,
-            )))
+            loaders.append(
+                iter(
+                    make_dataloader(
+                        ds,
+                        batch_size=self.batch_size,
+                        sampler=sampler,
+                        num_workers=self.num_workers,
+                        drop_last=True,
+                        pin_memory=self.device.type == "cuda",
+                        persistent_workers=False,
+                    )
+                )
+            )
         non_blocking = self.device.type == "cuda"
         try:
             while self.position < len(self):
                 pairs = []
                 for it in loaders:
                     lr, hr = next_batch(it)
-                    pairs.append((lr.to(self.device, non_blocking=non_blocking),
-                                  hr.to(self.device, non_blocking=non_blocking)))
+                    pairs.append(
+                        (lr.to(self.device, non_blocking=non_blocking), hr.to(self.device, non_blocking=non_blocking))
+                    )
                 self.position += 1
                 yield pairs
         finally:

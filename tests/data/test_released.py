@@ -1,15 +1,16 @@
 """The reference data path: the released sampling, with per-sample counter-based seeding; bad images
 read in workers; the worker cap."""
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from dil_fast.data.images import read_image_rgb
-from dil_fast.data.reference import (
+from dil_fast.data.released import (
     EpochShardSampler,
     NoisyPatchDataset,
-    ReferencePairLoader,
+    ReleasedPairLoader,
     augment,
     available_cpus,
     cap_workers,
@@ -27,11 +28,11 @@ def test_dihedral_modes_follow_the_released_numbering():
     r = augment(img, 5)
     assert r.shape[:2] == (3, 2) and r[0, 0, 0] == img[0, 2, 0] and r[2, 1, 0] == img[1, 0, 0]
     assert np.array_equal(augment(img, 0), img)
-    assert np.array_equal(augment(img, 2), img[::-1])                     # flip rows
-    assert np.array_equal(augment(img, 6), img[::-1, ::-1])               # rot180
-    assert np.array_equal(augment(img, 1), augment(img, 5)[::-1])        # flip-rows(rot90)
-    assert np.array_equal(augment(img, 3), np.rot90(augment(img, 6)))     # rot270 = rot90 of rot180
-    assert np.array_equal(augment(img, 4), img[:, ::-1])                  # flip-rows(rot180) = flip cols
+    assert np.array_equal(augment(img, 2), img[::-1])  # flip rows
+    assert np.array_equal(augment(img, 6), img[::-1, ::-1])  # rot180
+    assert np.array_equal(augment(img, 1), augment(img, 5)[::-1])  # flip-rows(rot90)
+    assert np.array_equal(augment(img, 3), np.rot90(augment(img, 6)))  # rot270 = rot90 of rot180
+    assert np.array_equal(augment(img, 4), img[:, ::-1])  # flip-rows(rot180) = flip cols
     assert np.array_equal(augment(img, 7), augment(img, 3)[::-1])
     sq = np.arange(9).reshape(3, 3, 1)
     outs = {augment(sq, m).tobytes() for m in range(8)}
@@ -48,7 +49,7 @@ def test_sample_is_the_released_recipe(png_folder):
     rng = np.random.default_rng([7, 3, 2, 1])
     top, left, mode = int(rng.integers(0, 40 - 16)), int(rng.integers(0, 40 - 16)), int(rng.integers(0, 8))
     img = read_image_rgb(files[1])
-    exp_hr = augment(img[top:top + 16, left:left + 16], mode).astype(np.float32) / 255.0
+    exp_hr = augment(img[top : top + 16, left : left + 16], mode).astype(np.float32) / 255.0
     noise = rng.standard_normal(exp_hr.shape) * 15 / 255.0
     exp_lr = np.clip(exp_hr + noise, 0, 1).astype(np.float32)
     assert np.array_equal(hr.numpy().transpose(1, 2, 0), exp_hr)
@@ -68,9 +69,11 @@ def test_crop_offsets_never_reach_the_last_valid_position(png_folder):
         # find the offset by matching against all candidate crops x modes
         for top in range(3):
             for left in range(3):
-                crop = img[top:top + 18, left:left + 18]
-                if any(np.array_equal(hr.numpy().transpose(1, 2, 0), augment(crop, m).astype(np.float32) / 255)
-                       for m in range(8)):
+                crop = img[top : top + 18, left : left + 18]
+                if any(
+                    np.array_equal(hr.numpy().transpose(1, 2, 0), augment(crop, m).astype(np.float32) / 255)
+                    for m in range(8)
+                ):
                     seen.add((top, left))
     assert seen == {(t, l) for t in range(2) for l in range(2)}  # 0..H-p-1, as released
     ds_full = NoisyPatchDataset(files, 0, 18, seed=0, confounder=0, full_offsets=True)
@@ -79,8 +82,8 @@ def test_crop_offsets_never_reach_the_last_valid_position(png_folder):
 
 def test_workers_do_not_change_the_data(png_folder, tmp_path):
     png_folder(n=8, size=24)
-    a = ReferencePairLoader(str(tmp_path / "train"), (5, 25), patch_size=16, batch_size=2, seed=3, num_workers=0)
-    b = ReferencePairLoader(str(tmp_path / "train"), (5, 25), patch_size=16, batch_size=2, seed=3, num_workers=2)
+    a = ReleasedPairLoader(str(tmp_path / "train"), (5, 25), patch_size=16, batch_size=2, seed=3, num_workers=0)
+    b = ReleasedPairLoader(str(tmp_path / "train"), (5, 25), patch_size=16, batch_size=2, seed=3, num_workers=2)
     assert len(a) == 4
     for pa, pb in zip(a, b):
         assert len(pa) == 2
@@ -90,7 +93,7 @@ def test_workers_do_not_change_the_data(png_folder, tmp_path):
 
 def test_each_confounder_has_its_own_order_and_epochs_differ(png_folder, tmp_path):
     png_folder(n=8, size=16)
-    loader = ReferencePairLoader(str(tmp_path / "train"), (0, 0), patch_size=16, batch_size=8, seed=1)
+    loader = ReleasedPairLoader(str(tmp_path / "train"), (0, 0), patch_size=16, batch_size=8, seed=1)
     loader.set_epoch(0)
     (x0, y0), (x1, y1) = next(iter(loader))
     # sigma 0 + patch = image: same set of 8 images, different order / modes per confounder
@@ -112,10 +115,10 @@ def test_sharding_has_no_duplicates_or_gaps():
 
 def test_resume_position_skips_exactly(png_folder, tmp_path):
     png_folder(n=8, size=20)
-    full = ReferencePairLoader(str(tmp_path / "train"), (10,), patch_size=16, batch_size=2, seed=2)
+    full = ReleasedPairLoader(str(tmp_path / "train"), (10,), patch_size=16, batch_size=2, seed=2)
     full.set_epoch(1)
     all_batches = [p[0][0] for p in full]
-    part = ReferencePairLoader(str(tmp_path / "train"), (10,), patch_size=16, batch_size=2, seed=2)
+    part = ReleasedPairLoader(str(tmp_path / "train"), (10,), patch_size=16, batch_size=2, seed=2)
     part.load_state_dict({"epoch": 1, "position": 2})
     rest = [p[0][0] for p in part]
     assert len(rest) == 2 and all(torch.equal(a, b) for a, b in zip(all_batches[2:], rest))
@@ -124,12 +127,12 @@ def test_resume_position_skips_exactly(png_folder, tmp_path):
 def test_bad_trainsets(tmp_path, png_folder):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no image files"):
-        ReferencePairLoader(str(tmp_path / "empty"), (5,), patch_size=16, batch_size=2)
+        ReleasedPairLoader(str(tmp_path / "empty"), (5,), patch_size=16, batch_size=2)
     with pytest.raises(InputError, match="folder not found"):
-        ReferencePairLoader(str(tmp_path / "missing"), (5,), patch_size=16, batch_size=2)
+        ReleasedPairLoader(str(tmp_path / "missing"), (5,), patch_size=16, batch_size=2)
     png_folder(n=2, size=16, name="few")
     with pytest.raises(InputError, match="fewer than one batch"):
-        ReferencePairLoader(str(tmp_path / "few"), (5,), patch_size=16, batch_size=4)
+        ReleasedPairLoader(str(tmp_path / "few"), (5,), patch_size=16, batch_size=4)
     files = png_folder(n=2, size=12, name="small")
     ds = NoisyPatchDataset(files, 5, 16, seed=0, confounder=0)
     with pytest.raises(InputError, match="smaller than --patch_size 16"):
@@ -157,8 +160,10 @@ BAD_IMAGES = {  # every class read_image_rgb (or the patch size) refuses, with t
     "not_an_image": (lambda p: p.write_bytes(b"plain text, not a PNG"), "not an image"),
     "16bit_png": (lambda p: cv2.imwrite(str(p), np.full((24, 24, 3), 1000, np.uint16)), "16-bit image"),
     "rgba_translucent": (_rgba_translucent, "transparent alpha channel"),
-    "smaller_than_patch": (lambda p: cv2.imwrite(str(p), np.full((10, 30, 3), 9, np.uint8)),
-                           "image is 30x10, smaller than --patch_size 16"),
+    "smaller_than_patch": (
+        lambda p: cv2.imwrite(str(p), np.full((10, 30, 3), 9, np.uint8)),
+        "image is 30x10, smaller than --patch_size 16",
+    ),
 }
 
 
@@ -174,15 +179,40 @@ def _bad_folder(tmp_path, kind):
 @pytest.mark.parametrize("kind", list(BAD_IMAGES))
 def test_bad_image_is_one_line_through_the_cli(tmp_path, kind, workers, monkeypatch, capfd):
     from dil_fast import cli
-    from dil_fast.data import reference
+    from dil_fast.data import released as reference
 
     folder, bad = _bad_folder(tmp_path, kind)
     make_png_folder(tmp_path / "test", n=1, size=16)
     monkeypatch.setattr(reference, "available_cpus", lambda: 8)  # the 2 workers start on any machine
-    rc = cli.main(["train", "--trainset", str(folder), "--ckpt_save", str(tmp_path / "run"),
-                   "--num_workers", str(workers), "--levels", "5", "--nf", "4", "--nb", "1", "--gc", "2",
-                   "--patch_size", "16", "--batch_size", "1", "--total_epoch", "1", "--device", "cpu",
-                   "--testset", str(tmp_path / "test")])
+    rc = cli.main(
+        [
+            "train",
+            "--trainset",
+            str(folder),
+            "--ckpt_save",
+            str(tmp_path / "run"),
+            "--num_workers",
+            str(workers),
+            "--levels",
+            "5",
+            "--nf",
+            "4",
+            "--nb",
+            "1",
+            "--gc",
+            "2",
+            "--patch_size",
+            "16",
+            "--batch_size",
+            "1",
+            "--total_epoch",
+            "1",
+            "--device",
+            "cpu",
+            "--testset",
+            str(tmp_path / "test"),
+        ]
+    )
     lines = capfd.readouterr().err.splitlines()
     assert rc == 2 and len(lines) == 1, lines  # no worker traceback, no "Caught InputError in DataLoader worker"
     assert lines[0].startswith(f"error: {bad}: ") and BAD_IMAGES[kind][1] in lines[0]
@@ -190,7 +220,7 @@ def test_bad_image_is_one_line_through_the_cli(tmp_path, kind, workers, monkeypa
 
 def test_bad_image_in_a_worker_raises_its_own_error(tmp_path):
     folder, bad = _bad_folder(tmp_path, "16bit_png")
-    loader = ReferencePairLoader(str(folder), (5, 10), patch_size=16, batch_size=1, num_workers=1, cpus=2)
+    loader = ReleasedPairLoader(str(folder), (5, 10), patch_size=16, batch_size=1, num_workers=1, cpus=2)
     assert loader.num_workers == 1
     with pytest.raises(InputError) as info:
         for _ in loader:
@@ -221,24 +251,35 @@ def test_user_errors_cross_the_worker_boundary_unchanged():
 # The worker cap: K confounders x workers per confounder never exceed the CPUs
 
 
-@pytest.mark.parametrize("requested,confounders,cpus,expected", [
-    (8, 4, 2, 0), (8, 4, 16, 4), (8, 4, 32, 8), (2, 1, 2, 2), (3, 2, 5, 2), (0, 4, 1, 0),
-], ids=["released_default_on_2_cores", "halved", "fits", "exact", "floor", "none_asked"])
+@pytest.mark.parametrize(
+    "requested,confounders,cpus,expected",
+    [
+        (8, 4, 2, 0),
+        (8, 4, 16, 4),
+        (8, 4, 32, 8),
+        (2, 1, 2, 2),
+        (3, 2, 5, 2),
+        (0, 4, 1, 0),
+    ],
+    ids=["released_default_on_2_cores", "halved", "fits", "exact", "floor", "none_asked"],
+)
 def test_cap_workers(requested, confounders, cpus, expected):
     count, note = cap_workers(requested, confounders, cpus)
     assert count == expected and count * confounders <= cpus
     if count == requested:
         assert note is None
     else:
-        assert note.startswith(f"--num_workers {requested}: {confounders} confounders x {requested} workers = "
-                               f"{requested * confounders} processes for {cpus} CPUs; using {expected} per confounder")
+        assert note.startswith(
+            f"--num_workers {requested}: {confounders} confounders x {requested} workers = "
+            f"{requested * confounders} processes for {cpus} CPUs; using {expected} per confounder"
+        )
         assert "\n" not in note
     if expected == 0 and requested:
         assert "main process" in note
 
 
 def test_available_cpus_follows_the_affinity(monkeypatch):
-    from dil_fast.data import reference
+    from dil_fast.data import released as reference
 
     monkeypatch.setattr(reference.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     assert available_cpus() == 3
@@ -249,10 +290,11 @@ def test_available_cpus_follows_the_affinity(monkeypatch):
 
 def test_loader_uses_the_capped_count_and_says_so(png_folder, tmp_path):
     png_folder(n=4, size=16)
-    capped = ReferencePairLoader(str(tmp_path / "train"), (5, 10, 15, 20), patch_size=16, batch_size=1,
-                                 num_workers=8, cpus=2)
+    capped = ReleasedPairLoader(
+        str(tmp_path / "train"), (5, 10, 15, 20), patch_size=16, batch_size=1, num_workers=8, cpus=2
+    )
     assert capped.num_workers == 0 and "32 processes for 2 CPUs" in capped.worker_note
     pairs = next(iter(capped))
     assert len(pairs) == 4 and all(noisy.shape == clean.shape == (1, 3, 16, 16) for noisy, clean in pairs)
-    kept = ReferencePairLoader(str(tmp_path / "train"), (5, 10), patch_size=16, batch_size=1, num_workers=2, cpus=4)
+    kept = ReleasedPairLoader(str(tmp_path / "train"), (5, 10), patch_size=16, batch_size=1, num_workers=2, cpus=4)
     assert kept.num_workers == 2 and kept.worker_note is None
