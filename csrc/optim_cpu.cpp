@@ -176,7 +176,7 @@ struct NonfiniteSpan {
   static constexpr int64_t kBlock = 4096;
   static DF_ALWAYS_INLINE bool block(const T* __restrict x, int64_t len) {
     int bad = 0;  // an int OR-reduction vectorises where a bool one may not
-    for (int64_t i = 0; i < len; ++i) bad |= df_isfinite(x[i]) ? 0 : 1;
+    for (int64_t i = 0; i < len; ++i) bad |= df_grad_ok(x[i]) ? 0 : 1;
     return bad != 0;
   }
   static DF_ALWAYS_INLINE bool run(const Args& a) {

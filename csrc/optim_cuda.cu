@@ -302,7 +302,7 @@ template <typename T>
 __global__ void nonfinite_kernel(const T* x, int64_t n, float* found_inf) {
   bool bad = false;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    bad |= !df_isfinite(x[i]);
+    bad |= !df_grad_ok(x[i]);
   if (__syncthreads_or(bad) && threadIdx.x == 0) *found_inf = 1.0f;
 }
 

@@ -21,6 +21,12 @@ namespace dil_fast {
 
 DF_HD float df_sqrt(float x) { return sqrtf(x); }
 DF_HD double df_sqrt(double x) { return sqrt(x); }
+// The gradient check of the optimizer steps: NaN, inf, and any magnitude above 2^62 (its square
+// would overflow Adam's float32 second moment and freeze the weight it divides) are refused; a NaN
+// fails the comparison. dil_fast.meta.base.GRAD_LIMIT and the torch reference use the same bound.
+constexpr double kGradLimit = 4611686018427387904.0;  // 2^62
+DF_HD bool df_grad_ok(float x) { return fabsf(x) <= float(kGradLimit); }
+DF_HD bool df_grad_ok(double x) { return fabs(x) <= kGradLimit; }
 #if defined(__CUDACC__)
 DF_HD bool df_isfinite(float x) { return isfinite(x); }
 DF_HD bool df_isfinite(double x) { return isfinite(x); }

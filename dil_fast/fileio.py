@@ -39,9 +39,23 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], *, fsync: bool = 
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: str) -> None:
+    """Remove a failed write's temporary file. In a folder that became read-only it cannot be
+    removed: it is emptied instead (truncating needs only the file's own permission), and the next
+    run in the folder removes the empty leftover; the write's own error is what the caller sees."""
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        try:
+            os.truncate(tmp, 0)
+        except OSError:
+            pass
 
 
 def atomic_write_bytes(data: bytes, path: str, *, fsync: bool = False) -> None:

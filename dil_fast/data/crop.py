@@ -37,7 +37,7 @@ from concurrent.futures import ProcessPoolExecutor
 from .. import _progress
 from ..errors import FlagError, InputError
 from ..staging import lock_folder, release_folder_lock, stale_folders
-from .images import encode_png, list_images, read_image_rgb
+from .images import encode_png, list_images, read_image_rgb, worker_context
 
 CROP_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 STAGING_PREFIX = ".dil_fast_crop."
@@ -75,6 +75,28 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # one image per process already; avoid oversubscribing the cores
 
 
+def _missing_folders(path: str) -> list[str]:
+    """The folders ``os.makedirs(path)`` would create, deepest first."""
+    out = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove the folders a failed crop created, deepest first, while they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 def _positive(flag: str, value) -> int:
     if value is None or int(value) < 1:
         raise FlagError(f"{flag} must be a positive integer, got {value}")
@@ -99,13 +121,16 @@ def crop_folder(
         raise FlagError(f"--output {output_dir}: must differ from --input")
     for path in stale_folders(output_dir, STAGING_PREFIX, started):
         shutil.rmtree(path, ignore_errors=True)
+    created = _missing_folders(output_dir)  # removed again when the crop fails: nothing is left
     try:
         os.makedirs(output_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}.", dir=output_dir)
     except OSError as exc:
+        _remove_empty(created)
         raise InputError(f"--output {output_dir}: cannot create or write the folder ({exc.strerror or exc})") from None
 
     lock = None
+    failed = True
     try:
         lock = lock_folder(staging)
         tasks = [(i, p, size, stride, staging) for i, p in enumerate(paths)]
@@ -116,14 +141,17 @@ def crop_folder(
                     counts[index] = n
                     bar.update(1)
             else:
-                pool = ProcessPoolExecutor(max_workers=min(workers, len(paths)), initializer=_worker_init)
-                try:
-                    for index, n, _, _ in pool.map(_cut_one, tasks, chunksize=1):
-                        counts[index] = n
-                        bar.update(1)
-                finally:
-                    # on an error, do not wait for the images still queued
-                    pool.shutdown(wait=True, cancel_futures=True)
+                with worker_context() as ctx:
+                    pool = ProcessPoolExecutor(
+                        max_workers=min(workers, len(paths)), initializer=_worker_init, mp_context=ctx
+                    )
+                    try:
+                        for index, n, _, _ in pool.map(_cut_one, tasks, chunksize=1):
+                            counts[index] = n
+                            bar.update(1)
+                    finally:
+                        # on an error, do not wait for the images still queued
+                        pool.shutdown(wait=True, cancel_futures=True)
 
         skipped = [os.path.basename(p) for p, n in zip(paths, counts) if n == 0]
         total = sum(counts)
@@ -136,11 +164,14 @@ def crop_folder(
                 os.replace(
                     os.path.join(staging, f"{index:07d}_{k:06d}.png"), os.path.join(output_dir, f"{number:06d}.png")
                 )
+        failed = False
     except OSError as exc:
         raise InputError(f"--output {output_dir}: cannot write patches ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         release_folder_lock(lock)
+        if failed:
+            _remove_empty(created)
 
     if skipped:
         shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")

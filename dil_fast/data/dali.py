@@ -31,7 +31,7 @@ import torch
 from ..errors import CheckpointError, FlagError, InputError
 from ..rng import stream_key
 from .base import check_loader_state, check_shard_args, check_shard_count, loader_state
-from .images import list_images
+from .images import check_images, list_images
 from .pack import PACK_EXTS
 
 __all__ = ["DaliLoader", "dali_available"]
@@ -102,6 +102,9 @@ class DaliLoader:
         self.folder = str(folder)
         self.files = list_images(self.folder, PACK_EXTS, flag="--trainset")
         check_shard_count(len(self.files), batch_size, world_size, "images", self.folder)
+        # decoded once under dil_fast's policies now: DALI's decoder would fail mid-run, or take
+        # what they refuse (16-bit, translucent alpha), after the run folder was written
+        check_images(self.files, min_size=patch_size, workers=num_threads, progress=rank == 0)
         self.device = torch.device(device if device is not None else "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise FlagError(f"--device {device}: no CUDA device is available")

@@ -19,7 +19,17 @@ Policies for files that are not plain 8-bit RGB (all errors are :class:`InputErr
 * **JPEG EXIF orientation** is applied (the image is rotated/flipped upright), as the released code's
   ``cv2.imread`` does; orientation metadata in other formats is ignored.
 * **not an image / corrupt / truncated**: refused. OpenCV decodes some truncated PNGs into a
-  partly-black image without complaint, so PNGs are also checked for a complete ``IEND`` chunk.
+  partly-black image without complaint, so PNGs are also checked for a complete ``IEND`` chunk;
+  libjpeg decodes damaged JPEG data into a partly-grey image and only says so on stderr
+  ("Corrupt JPEG data", "Premature end"), so those messages refuse the file too.
+
+What libpng and libjpeg write to the process's stderr while decoding (``libpng error: ...``,
+``libpng warning: iCCP: ...``) is captured (:func:`_decode_bytes`): a refusal quotes it in its one
+line, and a warning about a file that decodes whole is dropped, so no library chatter precedes or
+interleaves the tool's own lines.
+
+:func:`check_images` decodes a whole list of files under these policies (in worker processes for
+large lists) and checks their size, so a command refuses a bad file before it writes anything.
 
 Writing is atomic: the PNG is encoded in memory, written to a temporary name in the target folder
 and renamed, so a crash never leaves half a file under the final name.
@@ -27,7 +37,11 @@ and renamed, so a crash never leaves half a file under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+import threading
 from typing import TYPE_CHECKING
 
 import cv2
@@ -36,6 +50,7 @@ import numpy as np
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
 
+from .. import _progress
 from ..errors import InputError
 from ..fileio import atomic_write_bytes
 
@@ -60,17 +75,86 @@ def _decode(path: str) -> np.ndarray:
         raise InputError(f"{path}: empty file, not an image")
     if data.startswith(_PNG_SIGNATURE) and _PNG_IEND not in data[-64:]:
         raise InputError(f"{path}: truncated or corrupt PNG (no IEND chunk at the end)")
-    buf = np.frombuffer(data, dtype=np.uint8)
     # JPEG is always 8-bit without alpha: decode as colour so its EXIF orientation is applied,
     # as the released code's cv2.imread does; other formats unchanged so the policies can see them
     flags = cv2.IMREAD_COLOR if data.startswith(_JPEG_SOI) else cv2.IMREAD_UNCHANGED
-    try:
-        img = cv2.imdecode(buf, flags)
-    except cv2.error:
-        img = None
-    if img is None or img.size == 0:
-        raise InputError(f"{path}: not an image or a corrupt/truncated image file")
+    img, said = _decode_bytes(np.frombuffer(data, dtype=np.uint8), flags)
+    damage = _damage(said)
+    if img is None or img.size == 0 or damage:
+        why = damage or _first_line(said)
+        raise InputError(f"{path}: not an image or a corrupt/truncated image file" + (f" ({why})" if why else ""))
     return img
+
+
+_CAPTURE_LOCK = threading.Lock()
+_capture: tuple[int, int] | None = None  # (pid, descriptor) of this process's file for the decoders' stderr
+
+
+def _capture_fd() -> int:
+    """This process's unlinked temporary file for the decoders' stderr (a forked worker makes its own)."""
+    global _capture
+    if _capture is None or _capture[0] != os.getpid():
+        fd, name = tempfile.mkstemp(prefix=".dil_fast_decode.")
+        try:
+            os.unlink(name)  # nothing is left on disk, even after a kill
+        except OSError:
+            pass  # (Windows keeps an open file's name until it is closed)
+        _capture = (os.getpid(), fd)
+    return _capture[1]
+
+
+def _decode_bytes(buf: np.ndarray, flags: int) -> tuple[np.ndarray | None, str]:
+    """``cv2.imdecode`` with what the C libraries write to file descriptor 2 meanwhile captured:
+    ``(image or None, their text)``. libpng and libjpeg report damage only there. Other threads'
+    writes to stderr during the decode (milliseconds) land in the capture too, so they are
+    serialised with it; a process without a usable descriptor 2 decodes without capturing."""
+    with _CAPTURE_LOCK:
+        try:
+            cap = _capture_fd()
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):
+            return _imdecode(buf, flags), ""
+        try:
+            os.ftruncate(cap, 0)
+            os.lseek(cap, 0, os.SEEK_SET)
+            os.dup2(cap, 2)
+            try:
+                img = _imdecode(buf, flags)
+            finally:
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+        size = os.lseek(cap, 0, os.SEEK_CUR)
+        os.lseek(cap, 0, os.SEEK_SET)
+        said = os.read(cap, min(size, 1 << 16)) if size else b""
+        return img, said.decode("utf-8", "replace")
+
+
+def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray | None:
+    try:
+        return cv2.imdecode(buf, flags)
+    except cv2.error:
+        return None
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0][:160] if lines else ""
+
+
+def _damage(said: str) -> str:
+    """The decoder message that says the data is damaged (libpng's errors, libjpeg's corrupt or
+    cut-short data), or ``""``; benign warnings (an sRGB profile, extraneous bytes before a marker)
+    are not damage."""
+    for line in said.splitlines():
+        text = line.strip()
+        low = text.lower()
+        if low.startswith("libpng error") or "premature end" in low:
+            return text[:160]
+        if low.startswith("corrupt jpeg data") and "extraneous bytes" not in low:
+            return text[:160]
+    return ""
 
 
 def read_image_rgb(path) -> np.ndarray:
@@ -123,6 +207,80 @@ def list_images(folder, exts=(".png",), flag: str = "--trainset") -> list[str]:
     if not paths:
         raise InputError(f"{flag} {folder}: no image files ({', '.join(exts)}) in the folder")
     return paths
+
+
+def _shape_or_error(path: str) -> tuple[int, int] | InputError:
+    """Worker: the ``(height, width)`` of one image decoded under the policies, or its refusal."""
+    try:
+        return read_image_rgb(path).shape[:2]
+    except InputError as exc:
+        return exc
+
+
+@contextlib.contextmanager
+def worker_context():
+    """The multiprocessing context for the image-decoding worker pools (check, crop, pack), to be
+    held while a pool lives: fork on Linux (no ``__main__`` guard needed in a user's script),
+    spawn elsewhere. A forked child inherits OpenCV's thread pool without its threads, and
+    ``cv2.setNumThreads`` (or a parallel cv2 call) in the child then waits forever on the pool's
+    condition variable once this process has used the pool (seen as a hung test suite), so the
+    pool is stopped here (one thread) until the workers are done, and its size restored after."""
+    import multiprocessing as mp
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _init_check_worker() -> None:
+    cv2.setNumThreads(1)  # one image per process already
+
+
+def check_images(
+    paths,
+    *,
+    min_size: int = 0,
+    size_flag: str = "--patch_size",
+    workers: int = 0,
+    progress: bool = True,
+    known: dict | None = None,
+) -> list[tuple[int, int]]:
+    """Decode every file of ``paths`` as :func:`read_image_rgb` does and return its ``(height,
+    width)``: a command calls it before it creates anything, so a bad file (the first one in the
+    order of ``paths``) is refused with its one-line :class:`InputError` while nothing is written
+    yet. ``min_size``: an image smaller than ``min_size`` x ``min_size`` is refused too, naming
+    ``size_flag``. ``workers`` > 1 decodes in that many processes (a long list only); ``progress``
+    reports by the rule of :mod:`dil_fast._progress` (nothing for a short check); ``known``
+    (path -> shape) holds shapes already checked and receives the new ones."""
+    paths = [os.fspath(p) for p in paths]
+    known = {} if known is None else known
+    todo = [p for p in dict.fromkeys(paths) if p not in known]
+    with _progress.progress(len(todo), desc="checking images", unit="img", enabled=progress and bool(todo)) as bar:
+        if workers > 1 and len(todo) >= 64:
+            procs = min(workers, len(todo) // 16)
+            with worker_context() as ctx, ctx.Pool(procs, initializer=_init_check_worker) as pool:
+                chunk = max(1, min(64, len(todo) // (workers * 8)))
+                results = pool.imap(_shape_or_error, todo, chunksize=chunk)
+                _collect(todo, results, known, bar)  # leaving the with-block stops the workers
+        else:
+            _collect(todo, map(_shape_or_error, todo), known, bar)
+    shapes = [known[p] for p in paths]
+    if min_size:
+        for path, (h, w) in zip(paths, shapes):
+            if h < min_size or w < min_size:
+                raise InputError(f"{path}: image is {w}x{h}, smaller than {size_flag} {min_size}")
+    return shapes
+
+
+def _collect(paths, results, known: dict, bar) -> None:
+    for path, shape in zip(paths, results):
+        if isinstance(shape, InputError):
+            raise shape
+        known[path] = tuple(shape)
+        bar.update(1)
 
 
 def encode_png(img: np.ndarray) -> bytes:

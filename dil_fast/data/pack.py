@@ -30,11 +30,10 @@ import argparse
 import contextlib
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
-import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +41,7 @@ import numpy as np
 from .. import _progress
 from ..errors import FlagError, InputError
 from ..staging import lock_folder, release_folder_lock, stale_folders
-from .images import list_images, read_image_rgb
+from .images import list_images, read_image_rgb, worker_context
 
 __all__ = ["PACK_EXTS", "STORE_FORMAT", "add_pack_parser", "run_pack", "pack_folder", "chunk_digests"]
 
@@ -55,19 +54,20 @@ CHUNK_BYTES = 64 << 20
 
 
 # ----------------------------------------------------------------------------------------------
-# Source channel counts: read from the header, because the reader converts gray to RGB and the
-# store refuses a folder that mixes gray and colour images (almost always a mistake).
+# Source headers: the channel count (the reader converts gray to RGB, as everywhere in dil_fast;
+# the summary counts the conversions) and, for ready patches, the size most files have.
 
 
-def _header_channels(path: str) -> int | None:
-    """Colour channels (1 gray, 3 colour) from a PNG/JPEG header; None when unknown."""
+def _header_info(path: str) -> tuple[int, int, int] | None:
+    """``(height, width, channels)`` (channels 1 gray, 3 colour) from a PNG/JPEG header; None when unknown."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
     except OSError:
         return None
     if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 26:
-        return 1 if head[25] in (0, 4) else 3
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        return height, width, 1 if head[25] in (0, 4) else 3
     if head.startswith(b"\xff\xd8"):
         i = 2
         while i + 9 < len(head):
@@ -79,9 +79,17 @@ def _header_channels(path: str) -> int | None:
                 continue
             seg = int.from_bytes(head[i + 2 : i + 4], "big")
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                return 1 if head[i + 9] == 1 else 3
+                height, width = int.from_bytes(head[i + 5 : i + 7], "big"), int.from_bytes(head[i + 7 : i + 9], "big")
+                return height, width, 1 if head[i + 9] == 1 else 3
             i += 2 + seg
     return None
+
+
+def _ready_shape(paths) -> tuple[int, int] | None:
+    """The ``(height, width)`` most ready patches have, from their headers (None when none is known):
+    the store's patch size without ``--size``, so one odd file is the one refused or skipped."""
+    sizes = Counter(info[:2] for info in map(_header_info, paths) if info is not None)
+    return sizes.most_common(1)[0][0] if sizes else None
 
 
 @dataclass
@@ -114,7 +122,8 @@ def _work(job) -> _Result:
     if size is not None and (img.shape[0] < size or img.shape[1] < size):
         msg = f"{path}: image is {img.shape[1]}x{img.shape[0]}, smaller than the {size}x{size} patch (--size)"
         return _Result(index, name, img.shape, None, None, msg, "small")
-    return _Result(index, name, tuple(img.shape), _header_channels(path), _cut(img, size, stride))
+    info = _header_info(path)
+    return _Result(index, name, tuple(img.shape), None if info is None else info[2], _cut(img, size, stride))
 
 
 class _ChunkHasher:
@@ -173,8 +182,7 @@ def _results(jobs, workers: int, show_progress: bool):
                 yield _work(job)
                 bar.update()
             return
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with ctx.Pool(workers) as pool:
+        with worker_context() as ctx, ctx.Pool(workers) as pool:
             for res in pool.imap(_work, jobs, chunksize=4):
                 yield res
                 bar.update()
@@ -260,9 +268,9 @@ def _repair_killed_runs(output: str, started: float) -> None:
 def _write_store(paths, tmp, size, stride, workers, skip_bad, show_progress, chunk_bytes, input_dir) -> dict:
     jobs = [(i, p, size, stride) for i, p in enumerate(paths)]
     hasher = _ChunkHasher(chunk_bytes)
-    sources, skipped = [], {"bad": [], "small": []}
-    shape = None  # (H, W) of every patch
-    channels_from = None  # (channels, name) of the first image with a known header
+    sources, skipped, gray = [], {"bad": [], "small": [], "other_size": []}, []
+    shape = None if size is None else (size, size)  # (H, W) of every patch
+    ready = _ready_shape(paths) if size is None else None  # the ready patches' size most files have
     count = 0
     results = _results(jobs, workers, show_progress)
     with open(os.path.join(tmp, DATA_FILE), "wb") as out, contextlib.closing(results):
@@ -272,26 +280,21 @@ def _write_store(paths, tmp, size, stride, workers, skip_bad, show_progress, chu
                     raise InputError(res.error + ("" if res.kind == "small" else " (pass --skip_bad to skip it)"))
                 skipped[res.kind].append(res.name)
                 continue
-            if res.channels is not None:
-                if channels_from is None:
-                    channels_from = (res.channels, res.name)
-                elif res.channels != channels_from[0]:
-                    kind = {1: "gray", 3: "colour"}
-                    raise InputError(
-                        f"--input {input_dir}: mixed channel counts: {channels_from[1]} is "
-                        f"{kind[channels_from[0]]} ({channels_from[0]} channel), {res.name} is "
-                        f"{kind[res.channels]} ({res.channels} channels); convert them to one kind"
-                    )
             n, h, w, _ = res.patches.shape
             if n == 0:
                 continue
             if shape is None:
-                shape = (h, w)
-            elif (h, w) != shape:
+                shape = ready or (h, w)
+            if (h, w) != shape:
+                if skip_bad:
+                    skipped["other_size"].append(res.name)
+                    continue
                 raise InputError(
-                    f"--input {input_dir}: ready patches of different sizes: {sources[0]['name']} is "
-                    f"{shape[1]}x{shape[0]}, {res.name} is {w}x{h}; pass --size/--stride to cut them"
+                    f"--input {input_dir}: ready patches of different sizes: most are {shape[1]}x{shape[0]}, "
+                    f"{res.name} is {w}x{h}; pass --size/--stride to cut them, or --skip_bad to skip the odd ones"
                 )
+            if res.channels == 1:
+                gray.append(res.name)  # converted to RGB by the reader, as everywhere in dil_fast
             buf = memoryview(np.ascontiguousarray(res.patches)).cast("B")
             out.write(buf)
             hasher.update(buf)
@@ -300,7 +303,7 @@ def _write_store(paths, tmp, size, stride, workers, skip_bad, show_progress, chu
     if count == 0:
         raise InputError(
             f"--input {input_dir}: no usable image ({len(skipped['bad'])} unreadable, "
-            f"{len(skipped['small'])} smaller than the patch skipped)"
+            f"{len(skipped['small'])} smaller than the patch, {len(skipped['other_size'])} of another size skipped)"
         )
     digests = hasher.finish()
     index = {
@@ -318,7 +321,8 @@ def _write_store(paths, tmp, size, stride, workers, skip_bad, show_progress, chu
         "chunk_bytes": chunk_bytes,
         "chunks": digests,
         "sha256": combine_digests(digests),
-        "skipped": {"unreadable": skipped["bad"], "too_small": skipped["small"]},
+        "skipped": {"unreadable": skipped["bad"], "too_small": skipped["small"], "other_size": skipped["other_size"]},
+        "gray": gray,
         "sources": sources,
     }
     with open(os.path.join(tmp, INDEX_FILE), "w") as f:
@@ -375,7 +379,11 @@ def run_pack(args) -> int:
         f"packed {index['count']} patches of {index['width']}x{index['height']} from "
         f"{len(index['sources'])} images into {args.output} ({gib:.2f} GiB)"
     )
-    if sk["unreadable"] or sk["too_small"]:
+    if sk["unreadable"] or sk["too_small"] or sk["other_size"]:
         msg += f"; skipped {len(sk['unreadable'])} unreadable and {len(sk['too_small'])} too-small images"
+        if sk["other_size"]:
+            msg += f" and {len(sk['other_size'])} of another size"
+    if index["gray"]:
+        msg += f"; {len(index['gray'])} grayscale image(s) converted to RGB"
     print(msg)
     return 0

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..errors import DilFastError, InputError
 from .base import EpochCursor
-from .images import list_images, read_image_rgb
+from .images import IMAGE_EXTS, check_images, list_images, read_image_rgb
 
 # Dihedral modes, numbered as the released augment_img (rot90 = counter-clockwise in the H,W plane;
 # flipud reverses H). Applied to HWC arrays.
@@ -164,7 +164,14 @@ def _collate_or_error(samples):
 
 def make_dataloader(dataset: Dataset, **kwargs) -> DataLoader:
     """``DataLoader(dataset, **kwargs)`` whose batches are read with :func:`next_batch`, so a bad
-    input raises its own one-line error in the main process, with or without workers."""
+    input raises its own one-line error in the main process, with or without workers.
+
+    Its workers' base seed comes from a generator of its own (unless ``generator`` is given): a
+    DataLoader iterator otherwise draws it from torch's global RNG, and a run interrupted and
+    resumed creates more iterators than one run straight through, so the global RNG state saved
+    in ``last.pt`` would differ between them. Every sample here carries its own generator, so the
+    workers' seeds decide nothing."""
+    kwargs.setdefault("generator", torch.Generator().manual_seed(0))
     return DataLoader(_ErrorsAsSamples(dataset), collate_fn=_collate_or_error, **kwargs)
 
 
@@ -215,6 +222,9 @@ class EpochShardSampler(Sampler):
         return len(self.shard()) - self.start
 
 
+_TRAIN_EXTS = tuple(e for e in IMAGE_EXTS if e not in (".tif", ".tiff"))  # as the folder loader
+
+
 class ReleasedPairLoader(EpochCursor):
     """The released trainer's data path as a :class:`~dil_fast.data.base.PairLoader`.
 
@@ -249,7 +259,8 @@ class ReleasedPairLoader(EpochCursor):
         full_offsets: bool = False,
         cpus: int | None = None,
     ):
-        self.files = list_images(folder, flag="--trainset")
+        # the released trainer globs *.png; the README's PNG/JPEG folders are read whole
+        self.files = list_images(folder, exts=_TRAIN_EXTS, flag="--trainset")
         self.sigmas = [float(s) for s in sigmas]
         self.num_confounders = len(self.sigmas)
         self.batch_size = batch_size
@@ -271,6 +282,10 @@ class ReleasedPairLoader(EpochCursor):
                 f"--trainset {folder}: {len(self.files)} images is fewer than one batch "
                 f"(--batch_size {batch_size} x {self.gpus} GPU(s))"
             )
+        # every file decoded once now, before the run writes anything
+        check_images(
+            self.files, min_size=patch_size, workers=self.num_workers * self.num_confounders, progress=rank == 0
+        )
 
     def __len__(self) -> int:
         return len(self.files) // (self.batch_size * self.gpus)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,8 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 def parse_bytes(value, flag: str = "--memory_budget") -> int:
     """``123``, ``"512M"``, ``"20G"``, ``"1.5GiB"`` -> bytes (binary units)."""
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise FlagError(f"{flag} {value}: not a size (examples: 20G, 512M, 1000000)")
         if value < 0:
             raise FlagError(f"{flag} {value}: must not be negative")
         return int(value)
@@ -60,6 +63,8 @@ def parse_bytes(value, flag: str = "--memory_budget") -> int:
     try:
         out = float(num) * _UNITS[unit]
     except ValueError:
+        out = math.nan
+    if not math.isfinite(out):
         raise FlagError(f"{flag} {value!r}: not a size (examples: 20G, 512M, 1000000)") from None
     if out < 0:
         raise FlagError(f"{flag} {value}: must not be negative")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.optim import fused_optimizer, nonfinite_check_
+from ..ops.reference.optim import GRAD_LIMIT
 from ..optim import FusedAdam
 from ..registry import Registry
 from .options import NoOptions, make_options
@@ -198,13 +199,20 @@ class MetaAlgorithm(abc.ABC):
 
     @staticmethod
     def _flag_nonfinite(flag: torch.Tensor, loss: torch.Tensor | None = None, grads=None, flat_grad=None) -> None:
-        """Set ``flag`` when the loss or any gradient holds a NaN/inf (on the device)."""
+        """Set ``flag`` when the loss or any gradient holds a NaN/inf, or a gradient is larger than
+        ``GRAD_LIMIT`` (2^62: its square would make Adam's second moment infinite and freeze the
+        weight), on the device, no host sync: a flat gradient through the native check (one pass),
+        per-tensor gradients through one foreach norm."""
         if loss is not None:
             torch.maximum(flag, (~torch.isfinite(loss.detach())).any().float().reshape(1), out=flag)
         if flat_grad is not None:
             nonfinite_check_(flat_grad, flag)
-        elif grads:
-            torch._amp_foreach_non_finite_check_and_unscale_(list(grads), flag, torch.ones(1, device=flag.device))
+            return
+        if grads:
+            largest = torch.stack([n.float() for n in torch._foreach_norm(list(grads), float("inf"))]).amax()
+        else:
+            return
+        torch.maximum(flag, (~(largest <= GRAD_LIMIT)).float().reshape(1), out=flag)  # NaN compares False
 
     @staticmethod
     def _optimizer_step(opt: torch.optim.Optimizer, flag: torch.Tensor) -> None:

@@ -462,5 +462,6 @@ def sgd_step_(
 
 
 def nonfinite_check_(x: Tensor, found_inf: Tensor, *, backend: str | None = None) -> None:
-    """``found_inf <- 1`` when ``x`` holds a NaN/inf (never cleared here; zero it per step)."""
+    """``found_inf <- 1`` when ``x`` holds a NaN/inf or a magnitude above 2^62, whose square overflows
+    Adam's float32 second moment (never cleared here; zero it per step)."""
     backends.select("nonfinite_check", x.device, x.dtype, backends.forced_backend(backend)).fn(x, found_inf)

@@ -1,7 +1,10 @@
 """The run folder (``--ckpt_save``): work is never lost or mixed.
 
 * A lock file (``.dil_fast.lock``: PID and host) refuses a second live run in the same folder with
-  one line naming the holder's PID; a stale lock (its PID is dead on this host) is taken over.
+  one line naming the holder's PID; a stale lock (its PID is dead on this host) is taken over, and
+  so is a lock file that says no PID and host (empty or garbage: no run of ours writes one, since a
+  starting run writes its PID right after creating the file, which is given a second to happen),
+  with a line saying so.
 * A folder that already holds a run (``last.pt``, ``train.log`` or ``model_*.pt``) is archived
   first: renamed ``NAME_archived_YYYYmmdd_HHMMSS`` (as BasicSR does) and the log says so;
   ``--auto_resume`` instead continues from its ``last.pt``, and ``--resume NAME/last.pt`` continues
@@ -49,13 +52,41 @@ def check_writable(folder: str, flag: str = "--ckpt_save") -> None:
         raise FlagError(f"{flag} {folder}: {probe} is not writable")
 
 
-def _read_lock(path: str) -> tuple[int, str] | None:
+UNREADABLE = "unreadable"  # a lock file that holds no "PID HOST" (empty or garbage)
+_WRITER_GRACE_S = 1.0  # how long a lock file may stay unreadable while the run that made it writes its PID
+
+
+def _read_lock(path: str) -> tuple[int, str] | str | None:
+    """``(pid, host)`` of the lock file, None when there is none, :data:`UNREADABLE` when it says no PID."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             pid, _, host = f.read().strip().partition(" ")
-        return int(pid), host
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        folder = os.path.dirname(path)
+        raise FlagError(f"--ckpt_save {folder}: cannot read its lock file ({exc.strerror or exc})") from None
+    try:
+        return int(pid), host
+    except ValueError:
+        return UNREADABLE
+
+
+_REUSE_SLACK_S = 60.0  # a holder's start may look this much later than its lock (clock adjustments)
+
+
+def _started_after_lock(pid: int, lock: str) -> bool:
+    """True when process ``pid`` started after ``lock`` was written, so it cannot be the run that
+    wrote it (the PID was reused after that run died). Linux only (``/proc``); False elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # the fields after the command name
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in ticks
+        return started > os.path.getmtime(lock) + _REUSE_SLACK_S
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
 
 
 class RunFolder:
@@ -68,7 +99,9 @@ class RunFolder:
         self.auto_resume = auto_resume
         self.continues = continues or auto_resume
         self.archived: str | None = None
-        self.took_over: int | None = None
+        self.took_over: int | str | None = None  # the stale holder's PID, or UNREADABLE
+        self._stale: tuple[int, str] | str | None = None  # the lock content judged stale
+        self._why = ""  # why it is stale
         self.removed: list[str] = []
         self._lock = os.path.join(self.folder, LOCK_NAME)
         self._held = False
@@ -80,17 +113,33 @@ class RunFolder:
 
     def _refuse_live_lock(self) -> None:
         held = _read_lock(self._lock)
+        waited = 0.0
+        while held == UNREADABLE and waited < _WRITER_GRACE_S:  # a run that just created it writes its PID now
+            time.sleep(0.1)
+            waited += 0.1
+            held = _read_lock(self._lock)
         if held is None:
             return
+        if held == UNREADABLE:
+            self.took_over, self._stale = UNREADABLE, UNREADABLE
+            return
         pid, host = held
-        if host == socket.gethostname() and not pid_alive(pid):
-            self.took_over = pid
+        here = host == socket.gethostname()
+        if here and not pid_alive(pid):
+            self.took_over, self._stale, self._why = pid, held, "not running"
+            return
+        if here and _started_after_lock(pid, self._lock):
+            self.took_over, self._stale = pid, held
+            self._why = "the PID now belongs to a process started after the lock"
             return
         if pid == os.getpid():
             return
+        elsewhere = (
+            "" if here else f" (a run on another host cannot be checked from here: if it is gone, delete {self._lock})"
+        )
         raise FlagError(
             f"--ckpt_save {self.folder}: a run (PID {pid} on {host or 'this host'}) is using it; "
-            "wait for it, stop it, or give another folder"
+            f"wait for it, stop it, or give another folder{elsewhere}"
         )
 
     def acquire(self) -> "RunFolder":
@@ -113,8 +162,8 @@ class RunFolder:
                 self.took_over = None
         try:
             os.makedirs(self.folder, exist_ok=True)
-            if self.took_over is not None:
-                os.unlink(self._lock)
+            if self.took_over is not None and _read_lock(self._lock) == self._stale:
+                os.unlink(self._lock)  # only the stale one: a run that took it meanwhile keeps it
             fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             self._refuse_live_lock()  # another run took it between our check and our create
@@ -138,8 +187,8 @@ class RunFolder:
             try:
                 if _read_lock(self._lock) == (os.getpid(), socket.gethostname()):
                     os.unlink(self._lock)
-            except OSError:
-                pass
+            except (OSError, FlagError):
+                pass  # a folder made read-only: the lock stays, stale once this process ends
 
     def report(self) -> list[str]:
         """The log lines of what was done to the folder."""
@@ -149,8 +198,12 @@ class RunFolder:
                 f"The earlier run in {self.folder} was archived to {self.archived} (pass --auto_resume to "
                 "continue it instead)"
             )
-        if self.took_over is not None:
-            lines.append(f"Took over the stale lock of PID {self.took_over} (not running)")
+        if self.took_over == UNREADABLE:
+            lines.append(
+                f"Took over the lock file {LOCK_NAME}, which named no run (empty or not 'PID HOST'): treated as stale"
+            )
+        elif self.took_over is not None:
+            lines.append(f"Took over the stale lock of PID {self.took_over} ({self._why})")
         if self.removed:
             lines.append(f"Removed {len(self.removed)} orphaned temporary file(s) of an interrupted write")
         return lines

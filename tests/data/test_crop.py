@@ -143,7 +143,11 @@ def test_corrupt_file_named_and_nothing_written(tmp_path, workers):
     out = tmp_path / "out"
     with pytest.raises(InputError, match="img01.png"):
         crop_folder(tmp_path / "in", out, size=16, stride=16, workers=workers)
-    assert os.listdir(out) == []
+    assert not out.exists()  # the folder it created is removed again
+    (out / "kept").mkdir(parents=True)  # an existing --output keeps what it held, and gains nothing
+    with pytest.raises(InputError, match="img01.png"):
+        crop_folder(tmp_path / "in", out, size=16, stride=16, workers=workers)
+    assert os.listdir(out) == ["kept"]
 
 
 def test_unwritable_output(tmp_path):

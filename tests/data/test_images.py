@@ -216,3 +216,37 @@ def test_jpeg_exif_orientation_applied(tmp_path):
     out = read_image_rgb(p)
     assert out.shape == (16, 8, 3)
     assert out[:8].mean() > 200 and out[8:].mean() < 50  # the white left half is now on top
+
+
+_POOL_SCRIPT = """
+import os, sys
+import cv2
+import numpy as np
+from dil_fast.data.images import check_images, write_image_rgb
+
+folder = sys.argv[1]
+paths = []
+for i in range(64):
+    paths.append(os.path.join(folder, f"{i:03d}.png"))
+    write_image_rgb(paths[-1], np.full((8, 8, 3), i, np.uint8))
+cv2.setNumThreads(2)
+big = np.random.default_rng(0).random((1500, 1500), dtype=np.float32)
+for _ in range(3):
+    cv2.GaussianBlur(big, (15, 15), 3)  # runs on OpenCV's thread pool, which forked workers inherit
+shapes = check_images(paths, workers=2, progress=False)
+print(len(shapes), cv2.getNumThreads())
+"""
+
+
+def test_decoding_workers_start_after_opencv_used_its_thread_pool(tmp_path):
+    """Forked decoding workers used to hang forever in ``cv2.setNumThreads`` when this process had
+    used OpenCV's thread pool before (the test suite hung here): the pool is now stopped while the
+    workers live, and its size restored after."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", _POOL_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["64", "2"]

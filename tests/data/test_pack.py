@@ -115,19 +115,26 @@ def test_image_smaller_than_patch(tmp_path, png_folder):
     assert _no_leftovers(tmp_path)
 
 
-def test_mixed_channel_counts(tmp_path, png_folder):
+def test_grayscale_is_converted_to_rgb_and_counted(tmp_path, png_folder, capsys):
     png_folder(n=2, size=24)
     cv2.imwrite(str(tmp_path / "train" / "gray.png"), np.full((24, 24), 7, np.uint8))
-    with pytest.raises(InputError, match="mixed channel counts.*gray.png is gray"):
-        pack_folder(tmp_path / "train", tmp_path / "store", progress=False)
-    assert _no_leftovers(tmp_path)
+    index = pack_folder(tmp_path / "train", tmp_path / "store", progress=False)
+    assert index["count"] == 3 and index["gray"] == ["gray.png"]
+    data = np.fromfile(tmp_path / "store" / "patches.u8", np.uint8).reshape(3, 24, 24, 3)
+    assert (data[2] == 7).all()  # the gray value in R, G and B
 
 
 def test_ready_patches_of_different_sizes(tmp_path, png_folder):
-    png_folder(n=2, size=24)
-    cv2.imwrite(str(tmp_path / "train" / "big.png"), np.full((30, 24, 3), 7, np.uint8))
-    with pytest.raises(InputError, match="different sizes.*--size"):
+    png_folder(n=3, size=24)
+    cv2.imwrite(str(tmp_path / "train" / "000000_big.png"), np.full((30, 24, 3), 7, np.uint8))
+    cv2.imwrite(str(tmp_path / "train" / "-tiny.png"), np.full((4, 4, 3), 7, np.uint8))  # read first
+    with pytest.raises(InputError, match="different sizes: most are 24x24, -tiny.png is 4x4.*--size.*--skip_bad"):
         pack_folder(tmp_path / "train", tmp_path / "store", progress=False)
+    assert _no_leftovers(tmp_path)
+    # --skip_bad keeps the size most files have, whichever file comes first
+    index = pack_folder(tmp_path / "train", tmp_path / "store", skip_bad=True, progress=False)
+    assert (index["count"], index["height"], index["width"]) == (3, 24, 24)
+    assert index["skipped"]["other_size"] == ["-tiny.png", "000000_big.png"]
 
 
 def test_bad_flags(tmp_path, png_folder):

@@ -219,9 +219,12 @@ def test_bad_image_is_one_line_through_the_cli(tmp_path, kind, workers, monkeypa
 
 
 def test_bad_image_in_a_worker_raises_its_own_error(tmp_path):
-    folder, bad = _bad_folder(tmp_path, "16bit_png")
+    folder = tmp_path / "train"
+    make_png_folder(folder, n=2, size=24)
     loader = ReleasedPairLoader(str(folder), (5, 10), patch_size=16, batch_size=1, num_workers=1, cpus=2)
     assert loader.num_workers == 1
+    bad = folder / "000001.png"
+    BAD_IMAGES["16bit_png"][0](bad)  # damaged after the loader checked it (mid-run)
     with pytest.raises(InputError) as info:
         for _ in loader:
             pass

@@ -148,8 +148,12 @@ def sgd_step_ref_(
     param.copy_(_keep(found_inf, param, x + neg_lr * g))
 
 
+GRAD_LIMIT = 2.0**62  # as csrc/optim_math.h's kGradLimit
+
+
 @torch.no_grad()
 def nonfinite_check_ref_(x: Tensor, found_inf: Tensor) -> None:
-    """``found_inf <- 1`` when any element of ``x`` is NaN or infinite (never cleared here)."""
-    bad = (~torch.isfinite(x)).any().to(found_inf.dtype)
+    """``found_inf <- 1`` when any element of ``x`` is NaN, infinite or larger in magnitude than
+    2^62 (its square would overflow Adam's second moment), never cleared here."""
+    bad = (~(x.abs() <= GRAD_LIMIT)).any().to(found_inf.dtype)
     found_inf.copy_(torch.maximum(found_inf, bad.reshape(found_inf.shape)))
