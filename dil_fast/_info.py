@@ -53,6 +53,13 @@ _OPTIONAL = (
         "built-in sample images (demo, study); pip install dil_fast[samples]",
     ),
     ("tqdm", "tqdm", ("tqdm",), "progress bars; without it runs are silent"),
+    (
+        "tensorboard",
+        "torch.utils.tensorboard",
+        ("tensorboard",),
+        "TensorBoard event files; pip install dil_fast[tracking]",
+    ),
+    ("wandb", "wandb", ("wandb",), "--wandb PROJECT; pip install dil_fast[wandb]"),
 )
 
 

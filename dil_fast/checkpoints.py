@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 
 import torch
 
@@ -83,7 +84,9 @@ def load_file(path: str) -> dict:
     try:
         with open(path, "rb") as f:
             data = f.read()
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": chatter before the one line
+            warnings.simplefilter("ignore")
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         text = str(exc).strip()
         if "Weights only load failed" in text:
@@ -120,20 +123,28 @@ def layout_of(ckpt: dict) -> str:
     """Which of :data:`LAYOUTS` a loaded checkpoint is (see the module doc)."""
     if is_train_state(ckpt):
         return "train_state"
+    if isinstance(ckpt.get("model_meta"), dict):
+        return "released"  # (with params_ema beside when the run kept an EMA)
     if any(isinstance(ckpt.get(k), dict) for k in _WRAPPERS):
         return "basicsr"
-    if isinstance(ckpt.get("model_meta"), dict):
-        return "released"
     return "state_dict"
 
 
 def network_state(ckpt: dict, key: str = "model_meta") -> tuple[dict, dict | None]:
     """``(state_dict, saved model config or None)`` of one network of a loaded checkpoint of any
-    layout: ``key`` ("model_meta" / "model_task") of a training state or a released checkpoint,
-    ``params_ema`` / ``params`` of a BasicSR one, else the bare state_dict; no ``module.`` prefix.
-    The model config is the training state's (``{"arch": ..., "kwargs": ...}``)."""
+    layout: ``key`` ("model_meta" / "model_task" / "params_ema") of a training state or a released
+    checkpoint, ``params_ema`` / ``params`` of a BasicSR one, else the bare state_dict; no
+    ``module.`` prefix. The model config is the training state's (``{"arch": ..., "kwargs": ...}``).
+    ValueError when ``key`` is ``params_ema`` and the checkpoint holds no EMA."""
     layout = layout_of(ckpt)
     saved = None
+    if key == "params_ema":
+        found = ckpt.get("models", {}).get(key) if layout == "train_state" else ckpt.get(key)
+        if not isinstance(found, dict):
+            raise ValueError("it holds no EMA weights (params_ema): the run was trained without --ema")
+        if layout == "train_state":
+            return network_state({**ckpt, "models": {**ckpt["models"], "model_meta": found}})
+        return strip_module_prefix(found), None
     if layout == "train_state":
         saved = ckpt.get("model_config")
         if isinstance(saved, dict) and saved and "arch" not in saved:  # states from before --arch: an RRDB
@@ -182,11 +193,15 @@ def _plain(sd: dict) -> dict:
     return {k: (v if not isinstance(v, torch.Tensor) or v.is_contiguous() else v.contiguous()) for k, v in sd.items()}
 
 
-def released_checkpoint(meta_sd: dict, task_sd: dict | None = None) -> dict:
+def released_checkpoint(meta_sd: dict, task_sd: dict | None = None, ema_sd: dict | None = None) -> dict:
     """The released layout: ``{"model_meta": ..., "model_task": ...}`` (one network in both roles
-    when ``task_sd`` is None)."""
+    when ``task_sd`` is None), plus ``params_ema`` (BasicSR's name) when there is an EMA; the
+    released scripts read only their two keys."""
     meta = _plain(strip_module_prefix(meta_sd))
-    return {"model_meta": meta, "model_task": meta if task_sd is None else _plain(strip_module_prefix(task_sd))}
+    out = {"model_meta": meta, "model_task": meta if task_sd is None else _plain(strip_module_prefix(task_sd))}
+    if ema_sd is not None:
+        out["params_ema"] = _plain(strip_module_prefix(ema_sd))
+    return out
 
 
 def basicsr_checkpoint(sd: dict) -> dict:
@@ -196,22 +211,39 @@ def basicsr_checkpoint(sd: dict) -> dict:
 
 def save(obj, folder: str, name: str, flag: str = "--ckpt_save") -> str:
     """``obj`` to ``folder/name`` atomically; returns the path. A write that fails (a folder that is
-    not writable, a full disk) is one :class:`InputError` line naming ``flag``, and nothing is left
-    half-written (the last checkpoint of that name is kept)."""
+    not writable or not a folder, a name that is a folder, a full disk) is one :class:`InputError`
+    line naming ``flag`` and the reason, and nothing is left half-written (an earlier file of that
+    name is kept)."""
     path = os.path.join(folder, name)
+    if os.path.isdir(path):
+        raise InputError(f"{flag}: cannot write {path}: it is a folder (give a file name)")
     try:
         atomic_save(obj, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
         raise InputError(
-            f"{flag} {folder}: cannot write {name} ({reason}); the last checkpoint written is kept"
+            f"{flag}: cannot write {path} ({_write_failure(exc, folder)}); nothing was written "
+            f"(an earlier {name} there is kept)"
         ) from None
     return path
 
 
-def save_model_checkpoint(folder: str, epoch: int, meta_sd: dict, task_sd: dict) -> str:
-    """``model_{epoch}.pt`` in the released layout (the released scripts load it)."""
-    return save(released_checkpoint(meta_sd, task_sd), folder, model_file(epoch))
+def _write_failure(exc: BaseException, folder: str) -> str:
+    """Why a write failed, in words: the OS error behind it (torch.save wraps the one its file
+    raised, e.g. a full disk, in a RuntimeError about stream positions), else the first line."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"{folder} is a file, not a folder"
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return " ".join(str(exc).split())[:160] or type(exc).__name__
+
+
+def save_model_checkpoint(folder: str, epoch: int, meta_sd: dict, task_sd: dict, ema_sd: dict | None = None) -> str:
+    """``model_{epoch}.pt`` in the released layout (the released scripts load it), with
+    ``params_ema`` when the run keeps an EMA."""
+    return save(released_checkpoint(meta_sd, task_sd, ema_sd), folder, model_file(epoch))
 
 
 def save_train_state(folder: str, state: dict) -> str:

@@ -70,7 +70,11 @@ def test_builtin_lists_come_from_the_registries():
     assert {"noise", "gaussian", "blur", "jpeg", "poisson", "bicubic"} == set(NUMERIC_FAMILIES)
     assert {"hybrid", "rain", "isp", "realesrgan", "realsr"} <= set(FAMILIES)
     assert FAMILIES["noise"].fused.op == "noise" and FAMILIES["blur"].fused.op == "blur_separable"
-    assert ARCHS.names() == ("rrdb", "rrdb_x4", "swinir") and ARCHS["rrdb"].size_flags == ("nf", "nb", "gc")
+    assert ARCHS.names() == ("rrdb", "rrdb_x4", "rrdb_basicsr", "swinir") and ARCHS["rrdb"].size_flags == (
+        "nf",
+        "nb",
+        "gc",
+    )
 
 
 def test_a_variant_option_given_to_a_variant_without_it_is_refused(tmp_path):

@@ -20,7 +20,10 @@ ends, fails or is abandoned (:func:`~dil_fast.data.released.shutdown_workers`).
 * :class:`PairedLoader` (``yields = "pairs"``): each ``--trainset`` is a paired folder: ``GT/`` and
   ``LQ/`` (BasicSR's layout; also ``gt/ lq/``, ``HR/ LR/``, ``target/ input/``), matched by file name
   stem, optionally restricted to the names of a ``meta_info*.txt`` file (first token of each line,
-  BasicSR's meta_info). ``--scale s``: LQ images are GT / s; the GT crop is ``--patch_size`` (a
+  BasicSR's meta_info: GT names). ``filename_tmpl`` (``--filename_tmpl``, BasicSR's option of that
+  name): the LQ stem is ``filename_tmpl.format(GT stem)``, so ``'{}x4'`` pairs DIV2K's
+  ``0801.png`` with ``0801x4.png`` (default ``'{}'``: the same stem; the extensions may differ).
+  ``--scale s``: LQ images are GT / s; the GT crop is ``--patch_size`` (a
   multiple of s) at ``s * (y, x)`` and the LQ crop ``patch / s`` at ``(y, x)``, both under the same
   dihedral mode, so the pair stays aligned.
 """
@@ -28,6 +31,7 @@ ends, fails or is abandoned (:func:`~dil_fast.data.released.shutdown_workers`).
 from __future__ import annotations
 
 import os
+import string
 
 import numpy as np
 import torch
@@ -35,7 +39,7 @@ from torch.utils.data import Dataset
 
 from ..errors import FlagError, InputError
 from .base import EpochCursor
-from .images import list_images, read_image_rgb
+from .images import check_images, list_images, read_image_rgb
 from .released import (
     EpochShardSampler,
     augment,
@@ -45,10 +49,23 @@ from .released import (
     shutdown_workers,
 )
 
-__all__ = ["IMAGE_EXTS", "ShardedLoader", "FolderCleanLoader", "PairedLoader", "is_paired_folder", "paired_files"]
+__all__ = [
+    "IMAGE_EXTS",
+    "DEFAULT_FILENAME_TMPL",
+    "ShardedLoader",
+    "FolderCleanLoader",
+    "PairedLoader",
+    "is_paired_folder",
+    "paired_files",
+    "check_filename_tmpl",
+    "match_stems",
+    "suggest_filename_tmpl",
+    "unmatched_message",
+]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 PAIR_NAMES = (("GT", "LQ"), ("gt", "lq"), ("HR", "LR"), ("hr", "lr"), ("target", "input"))
+DEFAULT_FILENAME_TMPL = "{}"  # BasicSR's default: the LQ stem is the GT stem
 
 
 def _chw(a: np.ndarray) -> torch.Tensor:
@@ -103,6 +120,10 @@ class ShardedLoader(EpochCursor):
             raise InputError(
                 f"{source}: {smallest} images is fewer than one batch (--batch_size {batch_size} x {self.gpus} GPU(s))"
             )
+        # every file decoded once now, before the run writes anything (the K clean datasets share theirs)
+        shapes: dict = {}
+        for ds in self.datasets:
+            ds.check_files(workers=self.num_workers * self.num_confounders, progress=rank == 0, known=shapes)
 
     def __len__(self) -> int:
         return min(len(ds) for ds in self.datasets) // (self.batch_size * self.gpus)
@@ -165,12 +186,16 @@ class CleanPatchDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def check_files(self, **kw) -> None:
+        """Refuse now what ``__getitem__`` would refuse mid-run (:func:`~dil_fast.data.images.check_images`)."""
+        check_images(self.files, min_size=self.patch_size, **kw)
+
     def __getitem__(self, idx: int):
         path, p = self.files[idx], self.patch_size
         img = read_image_rgb(path)
         h, w = img.shape[:2]
         if h < p or w < p:
-            raise InputError(f"{path}: image is {h}x{w}, smaller than --patch_size {p}")
+            raise InputError(f"{path}: image is {w}x{h}, smaller than --patch_size {p}")
         rng = np.random.default_rng([self.seed, self.epoch, self.confounder, idx])
         top, left = _crop_corner(rng, h, w, p)
         mode = int(rng.integers(0, 8))
@@ -218,9 +243,78 @@ def _meta_names(folder: str) -> list[str] | None:
         return [ln.split()[0] for ln in f if ln.strip()]
 
 
-def paired_files(folder, flag: str = "--trainset") -> list[tuple[str, str]]:
-    """``[(gt_path, lq_path)]`` of a paired folder, sorted by name; one-line errors for a missing
-    layout, names present on one side only, or meta_info names that are not there."""
+# ------------------------------------------------------------------------- GT / LQ name matching
+def check_filename_tmpl(tmpl: str, flag: str = "--filename_tmpl") -> str:
+    """``tmpl`` when it is a BasicSR ``filename_tmpl`` dil_fast reads: text around one or more
+    ``{}`` (or ``{0}``) fields that the GT stem fills, making a file name; one-line
+    :class:`FlagError` naming ``flag`` otherwise."""
+    example = f"e.g. {flag} '{{}}x4' pairs GT 0801.png with LQ 0801x4.png"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(tmpl) if name is not None]
+    except ValueError as exc:
+        raise FlagError(f"{flag} {tmpl!r}: not a name template ({exc}); {example}") from None
+    if not fields or any(name not in ("", "0") or spec or conv for name, spec, conv in fields):
+        raise FlagError(f"{flag} {tmpl!r}: needs '{{}}' where the GT name stem goes, and no other field; {example}")
+    name = tmpl.format("0801")
+    if os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
+        raise FlagError(f"{flag} {tmpl!r}: must make a file name, not a path; {example}")
+    return tmpl
+
+
+def match_stems(
+    gt_stems, lq_stems, filename_tmpl: str = DEFAULT_FILENAME_TMPL
+) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """``(pairs, only_gt, only_lq)``: ``(gt stem, lq stem)`` of every GT whose LQ stem
+    (``filename_tmpl.format(gt stem)``) is there, sorted by GT stem; the GT stems without their LQ
+    and the LQ stems no GT names, each sorted."""
+    lq_set = set(lq_stems)
+    wanted = {g: filename_tmpl.format(g) for g in gt_stems}
+    pairs = sorted((g, q) for g, q in wanted.items() if q in lq_set)
+    only_gt = sorted(g for g, q in wanted.items() if q not in lq_set)
+    only_lq = sorted(lq_set - set(wanted.values()))
+    return pairs, only_gt, only_lq
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def suggest_filename_tmpl(gt_stems, lq_stems) -> str | None:
+    """The ``filename_tmpl`` that pairs every GT stem with exactly the LQ stems (``'{}x4'`` for DIV2K's
+    ``0801`` / ``0801x4``), read off one LQ name that holds a GT name; None when there is none."""
+    gts, lqs = set(gt_stems), set(lq_stems)
+    for lq in sorted(lqs - gts)[:1]:
+        holders = sorted((g for g in gts if g and g in lq), key=len, reverse=True)
+        for g in holders[:1]:
+            i = lq.index(g)
+            tmpl = _escape(lq[:i]) + "{}" + _escape(lq[i + len(g) :])
+            if {tmpl.format(s) for s in gts} == lqs:
+                return tmpl
+    return None
+
+
+def unmatched_message(only_gt, only_lq, gt_stems, lq_stems, filename_tmpl: str) -> str:
+    """The end of the one-line refusal of names present on one side only: where the names differ
+    and, when one template pairs them all, the ``--filename_tmpl`` that does."""
+    default = filename_tmpl == DEFAULT_FILENAME_TMPL
+    side, example = ("GT", only_gt[0]) if only_gt else ("LQ", only_lq[0])
+    if only_gt and not default:
+        example += f", whose LQ would be {filename_tmpl.format(example)}"
+    text = f"{len(only_gt) or len(only_lq)} image(s) only in {side}/ (e.g. {example}); "
+    if not default:
+        return text + f"each LQ name is --filename_tmpl {filename_tmpl!r} of its GT name"
+    text += "GT and LQ images are matched by file name"
+    suggestion = suggest_filename_tmpl(gt_stems, lq_stems)
+    if suggestion is not None:
+        text += f": LQ {suggestion.format(min(gt_stems))} for GT {min(gt_stems)}? pass --filename_tmpl '{suggestion}'"
+    return text
+
+
+def paired_files(folder, flag: str = "--trainset", filename_tmpl: str = DEFAULT_FILENAME_TMPL) -> list[tuple[str, str]]:
+    """``[(gt_path, lq_path)]`` of a paired folder, sorted by name, each LQ named
+    ``filename_tmpl.format(GT stem)``; one-line errors for a missing layout, names present on one
+    side only, or meta_info (GT) names that are not there."""
+    check_filename_tmpl(filename_tmpl)
     folder = os.fspath(folder)
     dirs = _pair_dirs(folder) if os.path.isdir(folder) else None
     if dirs is None:
@@ -231,19 +325,15 @@ def paired_files(folder, flag: str = "--trainset") -> list[tuple[str, str]]:
     names = _meta_names(folder)
     if names is not None:
         stems = [os.path.splitext(os.path.basename(n))[0] for n in names]
-        absent = [s for s in stems if s not in gts or s not in lqs]
+        absent = [s for s in stems if s not in gts or filename_tmpl.format(s) not in lqs]
         if absent:
             raise InputError(f"{flag} {folder}: meta_info names {', '.join(absent[:3])} have no GT/LQ image pair")
+        pairs = [(s, filename_tmpl.format(s)) for s in stems]
     else:
-        only_gt, only_lq = sorted(set(gts) - set(lqs)), sorted(set(lqs) - set(gts))
+        pairs, only_gt, only_lq = match_stems(gts, lqs, filename_tmpl)
         if only_gt or only_lq:
-            side, names_ = ("GT", only_gt) if only_gt else ("LQ", only_lq)
-            raise InputError(
-                f"{flag} {folder}: {len(names_)} image(s) only in {side}/ (e.g. {names_[0]}); GT and LQ "
-                "images are matched by file name"
-            )
-        stems = sorted(gts)
-    return [(gts[s], lqs[s]) for s in stems]
+            raise InputError(f"{flag} {folder}: " + unmatched_message(only_gt, only_lq, gts, lqs, filename_tmpl))
+    return [(gts[g], lqs[q]) for g, q in pairs]
 
 
 class PairedPatchDataset(Dataset):
@@ -259,21 +349,34 @@ class PairedPatchDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def check_files(self, **kw) -> None:
+        """Refuse now what ``__getitem__`` would refuse mid-run: a bad image, a pair whose sizes do
+        not match the scale, an LQ image smaller than its crop."""
+        gts = check_images([g for g, _ in self.pairs], **kw)
+        lqs = check_images([q for _, q in self.pairs], **kw)
+        for (gt_path, lq_path), gt_hw, lq_hw in zip(self.pairs, gts, lqs):
+            self._check_pair(gt_path, lq_path, gt_hw, lq_hw)
+
+    def _check_pair(self, gt_path: str, lq_path: str, gt_hw, lq_hw) -> None:
+        s, p = self.scale, self.patch_size
+        if (lq_hw[0] * s, lq_hw[1] * s) != tuple(gt_hw):
+            raise InputError(
+                f"{lq_path}: LQ image is {lq_hw[1]}x{lq_hw[0]}, GT {gt_path} is "
+                f"{gt_hw[1]}x{gt_hw[0]}; with --scale {s} the GT must be {s}x the LQ"
+            )
+        q = p // s
+        if lq_hw[0] < q or lq_hw[1] < q:
+            raise InputError(
+                f"{lq_path}: LQ image is {lq_hw[1]}x{lq_hw[0]}, smaller than the {q}x{q} crop "
+                f"(--patch_size {p} / --scale {s})"
+            )
+
     def __getitem__(self, idx: int):
         gt_path, lq_path = self.pairs[idx]
         gt, lq = read_image_rgb(gt_path), read_image_rgb(lq_path)
         s, p = self.scale, self.patch_size
-        if (lq.shape[0] * s, lq.shape[1] * s) != gt.shape[:2]:
-            raise InputError(
-                f"{lq_path}: LQ image is {lq.shape[0]}x{lq.shape[1]}, GT {gt_path} is "
-                f"{gt.shape[0]}x{gt.shape[1]}; with --scale {s} the GT must be {s}x the LQ"
-            )
+        self._check_pair(gt_path, lq_path, gt.shape[:2], lq.shape[:2])
         q = p // s
-        if lq.shape[0] < q or lq.shape[1] < q:
-            raise InputError(
-                f"{lq_path}: LQ image is {lq.shape[0]}x{lq.shape[1]}, smaller than the {q}x{q} crop "
-                f"(--patch_size {p} / --scale {s})"
-            )
         rng = np.random.default_rng([self.seed, self.epoch, self.confounder, idx])
         y, x = _crop_corner(rng, lq.shape[0], lq.shape[1], q)
         mode = int(rng.integers(0, 8))
@@ -283,7 +386,8 @@ class PairedPatchDataset(Dataset):
 
 
 class PairedLoader(ShardedLoader):
-    """``[(lq, gt)] * K`` per meta-iteration, one paired folder per confounder."""
+    """``[(lq, gt)] * K`` per meta-iteration, one paired folder per confounder (``filename_tmpl``:
+    the LQ names, see the module doc)."""
 
     yields = "pairs"
 
@@ -292,7 +396,17 @@ class PairedLoader(ShardedLoader):
         """One confounder per paired folder, named by the folder."""
         return [os.path.basename(os.path.normpath(f)) for f in self.folders]
 
-    def __init__(self, folders, *, patch_size: int, batch_size: int, seed: int, scale: int = 1, **kw):
+    def __init__(
+        self,
+        folders,
+        *,
+        patch_size: int,
+        batch_size: int,
+        seed: int,
+        scale: int = 1,
+        filename_tmpl: str = DEFAULT_FILENAME_TMPL,
+        **kw,
+    ):
         if patch_size % scale:
             raise FlagError(
                 f"--patch_size {patch_size} must be a multiple of --scale {scale} (the GT crop is "
@@ -300,7 +414,7 @@ class PairedLoader(ShardedLoader):
             )
         self.folders = [os.fspath(f) for f in folders]
         datasets = [
-            PairedPatchDataset(paired_files(f), patch_size, scale, seed=seed, confounder=k)
+            PairedPatchDataset(paired_files(f, filename_tmpl=filename_tmpl), patch_size, scale, seed=seed, confounder=k)
             for k, f in enumerate(self.folders)
         ]
         super().__init__(

@@ -51,7 +51,9 @@ Levels: ``--level S`` (Gaussian noise, default 50 when nothing else names the le
 ``--confounders`` (any :func:`dil_fast.degrade.parse_confounders` list, one level per value),
 ``--task``'s ``eval_levels``, ``--sweep`` (one numeric family: ``family:start:stop:step`` with an
 inclusive stop, or ``family:a,b,c``), or ``--lq`` (the given degraded images); one of them. A
-``--testset`` that is a paired folder (``GT/`` and ``LQ/``) is evaluated on its pairs.
+``--testset`` that is a paired folder (``GT/`` and ``LQ/``) is evaluated on its pairs;
+``--filename_tmpl '{}x4'`` (BasicSR's) names the LQ files of ``--lq`` or of a paired folder from the
+GT stems.
 ``--task`` also sets ``--y``, ``--crop_border`` and ``--scale`` (flags override). Without
 ``--testset`` the current folder is read, as released; ``--testset default`` is the built-in images.
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.folders import DEFAULT_FILENAME_TMPL, check_filename_tmpl
 from ..data.images import tensor_to_uint8
 from ..devices import resolve_device
 from ..errors import CheckpointError, FlagError, InputError
-from ..models.registry import model_scale, parse_arch_kwargs
+from ..models.registry import ARCHS, model_scale, parse_arch_kwargs
 from ..tasks import TASKS
 from .checkpoint import EvalCheckpoint, load_checkpoint, parse_ckpt_arg
 from .levels import NUMERIC_FAMILIES, EvalLevel, noise_level, parse_levels, parse_sweep, training_range
@@ -157,7 +158,13 @@ def _load_checkpoints(args, task) -> tuple[list[EvalCheckpoint], int]:
             raise FlagError(f"--ckpt: two checkpoints are labelled {label!r}; name them LABEL=PATH")
         if os.sep in label or (os.altsep and os.altsep in label) or label.startswith("."):
             raise FlagError(f"--ckpt {label}=...: a label is a folder name (no path separator, no leading dot)")
-    ckpts = [load_checkpoint(label, path, arch=args.arch, arch_kwargs=arch_kwargs) for label, path in named]
+    ckpts = [
+        load_checkpoint(label, path, arch=args.arch, arch_kwargs=arch_kwargs, key=args.key, run_folder=True)
+        for label, path in named
+    ]
+    for ck in ckpts:
+        if ck.described_by is not None:  # a model_N.pt: its run folder said which network
+            print(f"{ck.label}: {ck.arch} {ck.kwargs} (from {ck.described_by})")
     wanted = args.scale or (task.scale if task is not None else None)
     why = f"--scale {args.scale}" if args.scale else f"--task {task.name}" if task is not None else None
     scales = {}
@@ -231,11 +238,12 @@ def _plan(args) -> _Plan:
     y = args.y if args.y is not None else (task.y if task is not None else False)
     crop_border = args.crop_border if args.crop_border is not None else (task.crop_border if task is not None else 0)
     device = resolve_device(args.device)
+    tmpl = _filename_tmpl(args, paired=args.lq is not None or paired_folder)
     ckpts, scale = _load_checkpoints(args, task)
     if args.lq is not None:
-        images, paired_level = load_paired_images(args.testset, args.lq, scale), args.lq
+        images, paired_level = load_paired_images(args.testset, args.lq, scale, filename_tmpl=tmpl), args.lq
     elif paired_folder:
-        images, paired_level = load_paired_folder(args.testset, scale), args.testset
+        images, paired_level = load_paired_folder(args.testset, scale, filename_tmpl=tmpl), args.testset
     else:
         images, paired_level = load_test_images(args.testset), ""
     _check_sizes(args, images, levels, scale, crop_border)
@@ -268,6 +276,18 @@ def _plan(args) -> _Plan:
         plot_size,
         train_range,
     )
+
+
+def _filename_tmpl(args, paired: bool) -> str:
+    """``--filename_tmpl``, checked; it names the LQ images of --lq or of a paired --testset only."""
+    if args.filename_tmpl is None:
+        return DEFAULT_FILENAME_TMPL
+    if not paired:
+        raise FlagError(
+            f"--filename_tmpl {args.filename_tmpl!r} names degraded images: it needs --lq or a paired "
+            "--testset (GT/, LQ/)"
+        )
+    return check_filename_tmpl(args.filename_tmpl)
 
 
 def _sweep_train_range(ckpts: list[EvalCheckpoint], family: str) -> tuple[tuple[float, float] | None, str]:
@@ -395,6 +415,13 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder of degraded images matching --testset by file name stem (1/scale of the size for SR)",
     )
+    p.add_argument(
+        "--filename_tmpl",
+        default=None,
+        metavar="TMPL",
+        help="name of each degraded image from its ground truth's name stem, BasicSR's filename_tmpl: '{}x4' pairs "
+        "0801.png with 0801x4.png (--lq or a paired --testset; default '{}': the same stem)",
+    )
     p.add_argument("--save", required=True, help="output folder (restored images, results.csv, log.txt)")
     p.add_argument(
         "--task",
@@ -457,9 +484,18 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         help="also write input | output | ground truth side by side (NAME_input_output_gt.png)",
     )
     p.add_argument(
-        "--arch", default=None, help="rrdb, rrdb_x4, swinir or package.module:Class (default: from the checkpoint)"
+        "--arch",
+        default=None,
+        help=", ".join(ARCHS.names()) + " or package.module:Class (default: from the checkpoint)",
     )
     p.add_argument("--arch_kwargs", default=None, help="JSON keyword arguments of --arch (override the checkpoint's)")
+    p.add_argument(
+        "--key",
+        default="model_meta",
+        choices=["model_meta", "model_task", "params_ema"],
+        help="which network of a dil_fast checkpoint: the meta network (released), the task network, or the EMA "
+        "of a run trained with --ema",
+    )
     p.add_argument("--nf", type=int, default=None, help="RRDB width (default: from the checkpoint)")
     p.add_argument("--nb", type=int, default=None, help="number of RRDB blocks (default: from the checkpoint)")
     p.add_argument("--gc", type=int, default=None, help="RRDB growth channels (default: from the checkpoint)")

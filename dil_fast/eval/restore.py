@@ -42,7 +42,6 @@ batch_size=...)``, called with a list of same-size ``HxWx3`` uint8 images) and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -54,11 +53,11 @@ from .._progress import progress
 from ..data.images import IMAGE_EXTS, list_images, read_image_rgb, write_image_rgb
 from ..devices import resolve_device
 from ..errors import CheckpointError, FlagError, InputError
-from ..models.registry import is_custom_arch, parse_arch_kwargs
+from ..models.registry import ARCHS, parse_arch_kwargs
 from .checkpoint import load_checkpoint
 from .testsets import output_names
 
-__all__ = ["PRECISIONS", "Tile", "tile_windows", "Restorer", "run_folder_model", "add_restore_parser", "run_restore"]
+__all__ = ["PRECISIONS", "Tile", "tile_windows", "Restorer", "add_restore_parser", "run_restore"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_TILE_PAD = 10  # Real-ESRGAN's default
@@ -262,45 +261,18 @@ def _output_paths(args, inputs: list[str]) -> tuple[str, list[str]]:
     return folder, paths
 
 
-def run_folder_model(ckpt: str) -> tuple[str, dict] | None:
-    """``(options.json path, {"arch", "kwargs"})``: the network that the dil_fast run whose folder
-    holds ``ckpt`` recorded at its start (``resolved.model``); None when there is no such record."""
-    path = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "options.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            spec = json.load(f).get("resolved", {}).get("model")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if isinstance(spec, dict) and isinstance(spec.get("arch"), str) and isinstance(spec.get("kwargs"), dict):
-        return path, spec
-    return None
-
-
 def _load_model(args) -> tuple[torch.nn.Module, str]:
-    """The network of ``--ckpt``. When its weights alone do not say how to build it (a
-    ``model_N.pt`` of one's own ``--arch``), the run folder's ``options.json`` does: its keyword
-    arguments are used, and a missing ``--arch`` is named (dil_fast imports no code a file names)."""
+    """The network of ``--ckpt``: a ``model_N.pt`` is rebuilt as its run recorded it (the run
+    folder's ``options.json``, else ``last.pt``); a missing ``--arch`` of one's own class is named
+    (dil_fast imports no code a file names)."""
     try:
         arch_kwargs = parse_arch_kwargs(args.arch_kwargs)
     except ValueError as exc:
         raise FlagError(str(exc)) from None
     arch_kwargs.update({k: getattr(args, k) for k in ("nf", "nb", "gc") if getattr(args, k) is not None})
-    try:
-        ck = load_checkpoint("", args.ckpt, arch=args.arch, arch_kwargs=arch_kwargs, key=args.key)
-    except CheckpointError as exc:
-        found = run_folder_model(args.ckpt)
-        if found is None or args.arch not in (None, found[1]["arch"]):
-            raise
-        options, spec = found
-        if args.arch is None and is_custom_arch(spec["arch"]):
-            raise CheckpointError(
-                f"{exc}; {options} says the run used --arch {spec['arch']}: pass it to rebuild "
-                "the network (dil_fast imports no code that a file names)"
-            ) from None
-        ck = load_checkpoint(
-            "", args.ckpt, arch=spec["arch"], arch_kwargs={**spec["kwargs"], **arch_kwargs}, key=args.key
-        )
-        print(f"network: {spec['arch']} {spec['kwargs']} (from {options})")
+    ck = load_checkpoint("", args.ckpt, arch=args.arch, arch_kwargs=arch_kwargs, key=args.key, run_folder=True)
+    if ck.described_by:
+        print(f"network: {ck.arch} {ck.kwargs} (from {ck.described_by})")
     return ck.model, ck.arch
 
 
@@ -421,11 +393,13 @@ def add_restore_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--key",
         default="model_meta",
-        choices=["model_meta", "model_task"],
-        help="which network of a dil_fast checkpoint (default model_meta)",
+        choices=["model_meta", "model_task", "params_ema"],
+        help="which network of a dil_fast checkpoint (default model_meta; params_ema: the EMA of an --ema run)",
     )
     p.add_argument(
-        "--arch", default=None, help="rrdb, rrdb_x4, swinir or package.module:Class (default: from the checkpoint)"
+        "--arch",
+        default=None,
+        help=", ".join(ARCHS.names()) + " or package.module:Class (default: from the checkpoint)",
     )
     p.add_argument("--arch_kwargs", default=None, help="JSON keyword arguments of --arch (override the checkpoint's)")
     p.add_argument("--nf", type=int, default=None, help="RRDB width (default: from the checkpoint)")

@@ -1,6 +1,10 @@
 """Test images: a folder of clean images (or the built-in ones), or ground truth and degraded images
 matched by file name stem (two folders, or one paired folder with ``GT/`` and ``LQ/``); the names of
-the restored files."""
+the restored files.
+
+``filename_tmpl`` (``--filename_tmpl``, BasicSR's option): the degraded image of ``0801.png`` is
+named ``filename_tmpl.format("0801")`` plus any image extension, ``'{}x4'`` giving DIV2K's
+``0801x4.png``; the default ``'{}'`` is the same stem."""
 
 from __future__ import annotations
 
@@ -8,6 +12,13 @@ import os
 
 import numpy as np
 
+from ..data.folders import (
+    DEFAULT_FILENAME_TMPL,
+    check_filename_tmpl,
+    is_paired_folder,
+    paired_files,
+    suggest_filename_tmpl,
+)
 from ..data.images import IMAGE_EXTS, list_images, read_image_rgb
 from ..errors import InputError
 
@@ -54,51 +65,68 @@ def _load_pairs(pairs: list[tuple[str, str]], scale: int) -> list[tuple[str, np.
 
 
 def load_paired_images(
-    gt_folder: str, lq_folder: str, scale: int = 1, *, gt_flag: str = "--testset", lq_flag: str = "--lq"
+    gt_folder: str,
+    lq_folder: str,
+    scale: int = 1,
+    *,
+    gt_flag: str = "--testset",
+    lq_flag: str = "--lq",
+    filename_tmpl: str = DEFAULT_FILENAME_TMPL,
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``[(ground-truth file name, GT HxWx3 uint8, LQ hxwx3 uint8)]`` sorted by the GT name, the
-    images of the two folders matched by file name stem (``a.png`` with ``a.jpg``), each LQ
-    exactly ``1/scale`` of its GT (``H = scale h``, ``W = scale w``).
+    images of the two folders matched by file name stem (``a.png`` with ``a.jpg``; with
+    ``filename_tmpl`` ``'{}x4'``, ``a.png`` with ``ax4.jpg``), each LQ exactly ``1/scale`` of its GT
+    (``H = scale h``, ``W = scale w``).
 
     Raises :class:`InputError` (one line naming the file) for an image without a partner, two
-    files with one stem in a folder, or an LQ of the wrong size.
+    files with one stem in a folder, or an LQ of the wrong size; :class:`FlagError` for a template
+    that is not one.
     """
+    check_filename_tmpl(filename_tmpl)
     if gt_folder == "default":
         raise InputError(
             f"{lq_flag} {lq_folder}: the degraded images need their ground truth; give {gt_flag} "
             "the folder of clean images (not 'default')"
         )
     gt, lq = _by_stem(gt_folder, gt_flag), _by_stem(lq_folder, lq_flag)
+    wanted = {filename_tmpl.format(stem) for stem in gt}
+    hint = _template_hint(gt, lq, filename_tmpl)
     for stem, path in sorted(lq.items()):
-        if stem not in gt:
+        if stem not in wanted:
+            named = f"named {stem}.*" if filename_tmpl == DEFAULT_FILENAME_TMPL else f"whose name gives {stem}"
             raise InputError(
-                f"{lq_flag} {lq_folder}: {os.path.basename(path)} has no ground truth named "
-                f"{stem}.* in {gt_flag} {gt_folder}"
+                f"{lq_flag} {lq_folder}: {os.path.basename(path)} has no ground truth {named} in {gt_flag} "
+                f"{gt_folder}{hint}"
             )
     for stem, path in sorted(gt.items()):
-        if stem not in lq:
+        if filename_tmpl.format(stem) not in lq:
             raise InputError(
                 f"{gt_flag} {gt_folder}: {os.path.basename(path)} has no degraded image named "
-                f"{stem}.* in {lq_flag} {lq_folder}"
+                f"{filename_tmpl.format(stem)}.* in {lq_flag} {lq_folder}{hint}"
             )
-    return _load_pairs([(gt[stem], lq[stem]) for stem in gt], scale)
+    return _load_pairs([(gt[stem], lq[filename_tmpl.format(stem)]) for stem in gt], scale)
+
+
+def _template_hint(gt: dict, lq: dict, filename_tmpl: str) -> str:
+    """The end of an unpaired image's refusal: the template in use when it is not the default; with
+    the default, the ``--filename_tmpl`` that pairs every image when there is one; else ``""``."""
+    if filename_tmpl != DEFAULT_FILENAME_TMPL:
+        return f" (--filename_tmpl {filename_tmpl!r})"
+    suggestion = suggest_filename_tmpl(gt, lq)
+    return f"; pass --filename_tmpl '{suggestion}' (it pairs every image)" if suggestion is not None else ""
 
 
 def is_paired_testset(testset: str) -> bool:
     """Whether ``testset`` is a paired folder (``GT/`` and ``LQ/``, :mod:`dil_fast.data.folders`)."""
-    from ..data.folders import is_paired_folder
-
     return testset != "default" and is_paired_folder(testset)
 
 
 def load_paired_folder(
-    folder: str, scale: int = 1, flag: str = "--testset"
+    folder: str, scale: int = 1, flag: str = "--testset", *, filename_tmpl: str = DEFAULT_FILENAME_TMPL
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """As :func:`load_paired_images` for a paired folder (``GT/`` + ``LQ/``, or the other names and
     the ``meta_info`` file :func:`dil_fast.data.folders.paired_files` reads)."""
-    from ..data.folders import paired_files
-
-    return _load_pairs(paired_files(folder, flag=flag), scale)
+    return _load_pairs(paired_files(folder, flag=flag, filename_tmpl=filename_tmpl), scale)
 
 
 def output_names(names: list[str]) -> list[str]:

@@ -1,10 +1,14 @@
 """``dil-fast convert``: write a checkpoint of any supported layout in another one.
 
-``--to dil`` writes the released layout (``{"model_meta": sd, "model_task": sd}``, loadable by the
-released scripts and by ``--resume``); ``--to basicsr`` writes ``{"params": sd}`` in BasicSR /
-Real-ESRGAN names (RRDBNetX4 only: BasicSR has no same-size RRDBNet). The input may be a dil_fast
-training state, a released checkpoint, a bare state_dict or a BasicSR / Real-ESRGAN checkpoint
-(``params_ema`` preferred); the layout is detected from the keys.
+``--to dil`` writes the released layout (``{"model_meta": sd, "model_task": sd}`` in the
+architecture's own names, loadable by ``--resume``, eval and restore, and by the released scripts
+when it is their RRDBNet); ``--to basicsr`` writes ``{"params": sd}`` in BasicSR / Real-ESRGAN names,
+for every architecture BasicSR has (each registers how: ``register_arch(..., basicsr=)``):
+``rrdb_x4`` (BasicSR's ``RRDBNet(scale=4)``), ``rrdb_basicsr`` (its scales 1 and 2, pixel-unshuffle
+input) and ``swinir`` (BasicSR's ``SwinIR`` has the official names). dil_fast's same-size ``rrdb``
+has no BasicSR counterpart (BasicSR's scale 1 pixel-unshuffles) and is refused. The input may be a
+dil_fast training state, a released checkpoint, a bare state_dict, a BasicSR / Real-ESRGAN
+checkpoint (``params_ema`` preferred) or an official SwinIR one; the layout is detected from the keys.
 """
 
 from __future__ import annotations
@@ -14,8 +18,7 @@ import os
 
 from ..checkpoints import basicsr_checkpoint, load_file, released_checkpoint, save
 from ..errors import CheckpointError, FlagError
-from .interchange import dil_to_basicsr
-from .registry import model_from_checkpoint
+from .registry import ARCHS, model_from_checkpoint
 
 __all__ = ["convert", "add_convert_parser", "run_convert"]
 
@@ -33,10 +36,12 @@ def convert(src: str, dst: str, fmt: str, key: str = "model_meta") -> str:
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
     sd = model.state_dict()
-    if fmt == "basicsr" and arch != "rrdb_x4":
-        raise CheckpointError(f"{src}: holds a {arch} network; BasicSR's layout serves the x4 RRDBNet only")
+    to_basicsr = ARCHS[arch].facts.get("basicsr") if arch in ARCHS else None
+    if fmt == "basicsr" and to_basicsr is None:
+        serves = ", ".join(ARCHS.where(lambda e: e.facts.get("basicsr") is not None))
+        raise CheckpointError(f"{src}: holds a {arch} network, which BasicSR does not have (--to basicsr: {serves})")
     try:
-        obj = basicsr_checkpoint(dil_to_basicsr(sd)) if fmt == "basicsr" else released_checkpoint(sd)
+        obj = basicsr_checkpoint(to_basicsr(sd)) if fmt == "basicsr" else released_checkpoint(sd)
     except ValueError as exc:
         raise CheckpointError(f"{src}: {exc}") from None
     save(obj, os.path.dirname(os.path.abspath(dst)), os.path.basename(dst), flag="--out")
@@ -51,7 +56,14 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
         "BasicSR / Real-ESRGAN params or params_ema) and writes it as --to says.",
     )
     p.add_argument("--ckpt", required=True, help="the checkpoint to convert")
-    p.add_argument("--to", required=True, choices=FORMATS, help="dil: {model_meta, model_task}; basicsr: {params}")
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=FORMATS,
+        help="dil: {model_meta, model_task}; basicsr: {params} in BasicSR's names ("
+        + ", ".join(ARCHS.where(lambda e: e.facts.get("basicsr") is not None))
+        + ")",
+    )
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument(
         "--key",

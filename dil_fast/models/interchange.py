@@ -18,8 +18,9 @@ BasicSR's forward: ``feat = conv_first(x); feat = feat + conv_body(body(feat))``
 at ``scale=4`` that is :class:`RRDBNetX4` tensor for tensor. At ``scale=2`` / ``scale=1`` BasicSR
 first pixel-unshuffles the input by 2 / 4, so ``conv_first`` takes 4x / 16x the input channels and
 the network still ends in the two x2 upsampling stages; dil_fast's same-size ``RRDBNet`` (no
-unshuffle, no upsampling) is a different network, so those checkpoints are refused, as is the
-reverse direction for a same-size ``RRDBNet``.
+unshuffle, no upsampling) is a different network. Those checkpoints are dil_fast's ``rrdb_basicsr``
+architecture (:mod:`dil_fast.models.rrdb_basicsr`, BasicSR's names kept), so the renaming here
+refuses them, as it refuses the reverse direction for a same-size ``RRDBNet``.
 
 Checkpoint layouts read: the released ``{"model_meta": sd, "model_task": sd}`` (the meta network is
 taken), a bare state_dict, BasicSR's ``{"params": sd}`` / ``{"params_ema": sd}`` (``params_ema``
@@ -33,7 +34,14 @@ import re
 
 from ..checkpoints import basicsr_checkpoint, network_state, released_checkpoint, strip_module_prefix
 
-__all__ = ["detect_layout", "basicsr_to_dil", "dil_to_basicsr", "extract_state_dict", "write_checkpoint"]
+__all__ = [
+    "detect_layout",
+    "basicsr_scale",
+    "basicsr_to_dil",
+    "dil_to_basicsr",
+    "extract_state_dict",
+    "write_checkpoint",
+]
 
 # wrapper keys holding the network, in order of preference
 # keys every RRDBNet of a layout holds, whatever its depth
@@ -115,8 +123,10 @@ def _rename(sd: dict, block: re.Pattern, block_name: str, top: dict, source: str
     return {renamed[key]: tensor for key, tensor in sd.items()}
 
 
-def _basicsr_scale(sd: dict) -> int:
-    """BasicSR's ``scale`` read off ``conv_first``'s input channels: 4x / 16x ``conv_last``'s outputs -> 2 / 1."""
+def basicsr_scale(sd: dict) -> int:
+    """BasicSR's ``scale`` of a BasicSR-named RRDBNet state_dict, read off ``conv_first``'s input
+    channels: 4x / 16x ``conv_last``'s outputs -> 2 / 1, else 4 (a scale-4 model with that many input
+    channels is told apart only by saying so)."""
     try:
         in_ch = int(sd["conv_first.weight"].shape[1])
         out_ch = int(sd["conv_last.weight"].shape[0])
@@ -142,7 +152,7 @@ def basicsr_to_dil(sd: dict, scale: int | None = None) -> dict:
         raise ValueError(f"scale must be 1, 2 or 4 (BasicSR RRDBNet's scales), got {scale!r}")
     sd = strip_module_prefix(sd)
     if scale is None:
-        scale = _basicsr_scale(sd)
+        scale = basicsr_scale(sd)
         why = (
             f"conv_first takes {sd['conv_first.weight'].shape[1]} input channels for "
             f"{sd['conv_last.weight'].shape[0]} output channels"
@@ -152,8 +162,8 @@ def basicsr_to_dil(sd: dict, scale: int | None = None) -> dict:
     if scale != 4:
         raise ValueError(
             f"BasicSR RRDBNet of scale {scale} ({why}): it pixel-unshuffles its input by {4 // scale} before "
-            "conv_first, so it needs BasicSR's pixel-unshuffle RRDBNet, not dil_fast's same-size RRDBNet; "
-            "only scale-4 BasicSR models map (onto RRDBNetX4)"
+            "conv_first, so it needs BasicSR's pixel-unshuffle RRDBNet (dil_fast's rrdb_basicsr, which loads it "
+            "under its own names), not dil_fast's same-size RRDBNet; only scale-4 BasicSR models map onto RRDBNetX4"
         )
     if "conv_up1.weight" not in sd or "conv_up2.weight" not in sd:
         raise ValueError(f"not a BasicSR RRDBNet state_dict (no conv_up1/conv_up2); got: {_key_list(sd)}")
@@ -171,7 +181,8 @@ def dil_to_basicsr(sd: dict) -> dict:
     if "upconv1.weight" not in sd or "upconv2.weight" not in sd:
         raise ValueError(
             "a same-size RRDBNet (no upconv1/upconv2) has no BasicSR counterpart: BasicSR's scale-1 "
-            "RRDBNet pixel-unshuffles its input and upsamples x4; only RRDBNetX4 maps (onto scale=4)"
+            "RRDBNet pixel-unshuffles its input and upsamples x4 (dil_fast's rrdb_basicsr); only RRDBNetX4 "
+            "maps (onto scale=4)"
         )
     return _rename(sd, _DIL_BLOCK, _BASICSR_BLOCK_NAME, _DIL_TOP, "dil")
 

@@ -11,8 +11,9 @@ never imports code because a checkpoint asks for it.
 
 Checkpoints read by :func:`model_from_checkpoint`: our training state; the released layout
 (``model_meta`` / ``model_task``); a bare state_dict; BasicSR / Real-ESRGAN (``params`` /
-``params_ema``, keys ``body.N.rdbK.convJ``, :mod:`dil_fast.models.interchange`); official SwinIR
-(``params``). The layout is detected from the keys.
+``params_ema``, keys ``body.N.rdbK.convJ``: scale 4 as ``rrdb_x4`` through
+:mod:`dil_fast.models.interchange`, the pixel-unshuffle scales 1 and 2 as ``rrdb_basicsr``);
+official or BasicSR SwinIR (``params``). The layout is detected from the keys.
 """
 
 from __future__ import annotations
@@ -50,13 +51,22 @@ def register_arch(
     size_flags: tuple[str, ...] = (),
     recognise=None,
     keys_hint: str = "",
+    basicsr=None,
 ) -> type:
     """Register architecture ``name``: ``cls`` built with ``defaults`` updated by ``--arch_kwargs``;
     ``size_flags``: which of ``--nf --nb --gc`` it takes as keyword arguments of the same names;
     ``recognise(state_dict) -> (kwargs, state_dict in its own names) or None``: its checkpoints,
-    told from the keys (``keys_hint``: what it looks for, for the refusal of an unknown one)."""
+    told from the keys (``keys_hint``: what it looks for, for the refusal of an unknown one);
+    ``basicsr(state_dict) -> state_dict in BasicSR's names``: the same network in BasicSR's
+    ``basicsr/archs`` (``dil-fast convert --to basicsr``), None when BasicSR has no such network."""
     return ARCHS.register(
-        name, cls, defaults=dict(defaults or {}), size_flags=tuple(size_flags), recognise=recognise, keys_hint=keys_hint
+        name,
+        cls,
+        defaults=dict(defaults or {}),
+        size_flags=tuple(size_flags),
+        recognise=recognise,
+        keys_hint=keys_hint,
+        basicsr=basicsr,
     )
 
 
@@ -93,7 +103,7 @@ def _custom_class(arch: str) -> type:
     module, _, name = arch.partition(":")
     try:
         cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:  # ".x" / "" raise ValueError/TypeError
         raise ValueError(f"--arch {arch}: cannot import {name} from {module} ({exc})") from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ValueError(f"--arch {arch}: {name} is not an nn.Module class")
@@ -147,15 +157,24 @@ def arch_from_state_dict(sd: dict) -> tuple[str, dict, dict]:
 
 
 def model_from_checkpoint(
-    ckpt: dict, path: str, *, key: str = "model_meta", arch: str | None = None, arch_kwargs: dict | None = None
+    ckpt: dict,
+    path: str,
+    *,
+    key: str = "model_meta",
+    arch: str | None = None,
+    arch_kwargs: dict | None = None,
+    spec: dict | None = None,
 ) -> tuple[nn.Module, str, dict]:
     """``(model with the weights loaded, arch, kwargs)`` from a loaded checkpoint of any supported
     layout (see the module docstring). ``arch``/``arch_kwargs`` (``--arch``) override what the
-    checkpoint says; ValueError (one line, naming ``path``) when it cannot be done."""
+    checkpoint says; ``spec`` (``{"arch", "kwargs"}``, e.g. the run folder's record of a
+    ``model_N.pt``) stands for the training state's model config when the checkpoint carries none.
+    ValueError (one line, naming ``path``) when it cannot be done."""
     from ..checkpoints import network_state
 
-    sd, saved = network_state(ckpt, key)
     try:
+        sd, saved = network_state(ckpt, key)
+        saved = saved or spec
         if arch is None and saved is not None:
             if is_custom_arch(saved["arch"]):
                 raise ValueError(

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .interchange import basicsr_to_dil, detect_layout
+from .interchange import basicsr_scale, basicsr_to_dil, detect_layout, dil_to_basicsr
 from .regions import compiled_region
 from .registry import SIZE_FLAGS, register_arch
 
@@ -180,6 +180,8 @@ def _recognise(x4: bool):
             layout = detect_layout(sd)
         except ValueError:
             return None
+        if layout == "basicsr" and basicsr_scale(sd) != 4:
+            return None  # BasicSR's pixel-unshuffle scales 1 / 2: rrdb_basicsr's
         own = basicsr_to_dil(sd) if layout == "basicsr" else sd
         cfg = infer_rrdb_config(own)
         return (cfg, own) if cfg.pop("x4") == x4 else None
@@ -197,4 +199,5 @@ register_arch(
     size_flags=SIZE_FLAGS,
     recognise=_recognise(True),
     keys_hint=_RRDB_KEYS + " with upconv1/upconv2",
+    basicsr=dil_to_basicsr,  # BasicSR's RRDBNet(scale=4)
 )

@@ -412,4 +412,5 @@ register_arch(
     SwinIR,
     recognise=_recognise,
     keys_hint="layers.0.residual_group.blocks.0.attn.qkv.weight, conv_after_body.weight, ...",
+    basicsr=dict,  # BasicSR's basicsr/archs/swinir_arch.py keeps the official names
 )

@@ -4,6 +4,8 @@ algorithm, the loader, the confounders and the test images. The loop
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from torch import nn
 
@@ -55,16 +57,73 @@ def model_spec_for(cfg: TrainConfig, resume_ckpt: dict | None) -> tuple[dict, di
     return model_spec(found, found_kwargs), weights
 
 
-def build_models(spec: dict, cfg: TrainConfig) -> tuple[nn.Module, nn.Module | None]:
+def build_models(spec: dict, cfg: TrainConfig, device=None) -> tuple[nn.Module, nn.Module | None]:
     """``(meta model, task model or None)``. As the released trainer, the task network is built
     first and the meta network second from the seeded RNG, so the same ``--seed`` gives the same
-    initial weights of both; variants without a task network use the second draw alike."""
+    initial weights of both; variants without a task network use the second draw alike.
+
+    A network that cannot be built is one :class:`FlagError` naming the flags that sized it: bad
+    keyword arguments, and a network too large for the memory, refused by its parameter count
+    (counted on the meta device, which allocates nothing) before any allocation: two float32
+    copies must fit the host's memory, where they are built, and one network's weights, gradients
+    and Adam moments the training ``device``'s."""
+    source = _model_source(cfg, spec)
+    _check_model_fits(spec, source, device)
     try:
         task = build_model(spec["arch"], spec["kwargs"])
         meta = build_model(spec["arch"], spec["kwargs"])
-    except ValueError as exc:
-        raise FlagError(str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        text = " ".join(str(exc).split())
+        raise FlagError(text if text.startswith("--") else f"{source}: {text}") from None
+    except (RuntimeError, MemoryError) as exc:  # an allocation the count did not foresee (a custom network)
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FlagError(f"{source}: the network does not fit in memory ({first[:200]})") from None
     return meta, task
+
+
+def _model_source(cfg: TrainConfig, spec: dict) -> str:
+    """The flags (or the checkpoint) that chose the network's size, for an error line."""
+    if cfg.arch_kwargs:
+        return f"--arch_kwargs {cfg.arch_kwargs}"
+    if cfg.model_overrides():
+        return " ".join(f"--{k} {v}" for k, v in cfg.model_overrides().items())
+    if cfg.resume:
+        return f"--resume {cfg.resume} (a {spec['arch']} network of {spec['kwargs']})"
+    return f"--arch {spec['arch']}"
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def _check_model_fits(spec: dict, source: str, device) -> None:
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # no memory, and no draw from the seeded RNG
+            count = sum(p.numel() for p in build_model(spec["arch"], spec["kwargs"]).parameters())
+    except Exception:  # noqa: BLE001 - a network that cannot be built this way is checked when it is built
+        return
+    try:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        host = None
+    need = 2 * 4 * count  # the task and the meta network, float32
+    if host and need > host:
+        raise FlagError(
+            f"{source}: the {spec['arch']} network has {count:,} parameters; its two float32 copies need "
+            f"{_gib(need)}, more than this machine's {_gib(host)} of memory"
+        )
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        if 4 * 4 * count > total:
+            raise FlagError(
+                f"{source}: the {spec['arch']} network has {count:,} parameters; its weights, gradients and "
+                f"Adam moments need {_gib(16 * count)}, more than the {_gib(total)} of {device}"
+            )
 
 
 def check_scale(model: nn.Module, cfg: TrainConfig) -> None:
@@ -205,6 +264,7 @@ def build_loader(
             batch_size=cfg.batch_size,
             seed=cfg.seed,
             scale=cfg.effective_scale(),
+            **({"filename_tmpl": cfg.filename_tmpl} if cfg.filename_tmpl else {}),
             num_workers=cfg.num_workers,
             gpus=cfg.gpus,
             **shard,
@@ -266,7 +326,12 @@ def test_results(model: nn.Module, images, spec, *, seed: int, device, y: bool, 
     return evaluate(model, images, spec, seed=seed, device=device, y=y, crop_border=crop_border, scale=scale)
 
 
-def check_test_images(images, cfg: TrainConfig) -> None:
+def testset_name(folder: str) -> str:
+    """A test set's name in the log and the metrics' tags: the folder's name (``default``: builtin)."""
+    return "builtin" if folder == "default" else os.path.basename(os.path.normpath(folder)) or folder
+
+
+def check_test_images(images, cfg: TrainConfig, folder: str | None = None) -> None:
     """Refuse, before anything is written, a test image the periodic test could not score: SSIM's
     11x11 window must fit after the crop border, and an SR image must hold one LR pixel per side."""
     scale, crop = cfg.effective_scale(), cfg.metric_crop_border()
@@ -274,7 +339,7 @@ def check_test_images(images, cfg: TrainConfig) -> None:
     for name, img in images:
         if min(img.shape[:2]) < need:
             raise InputError(
-                f"--testset {cfg.testset}: {name} is {img.shape[1]}x{img.shape[0]}; the periodic test "
+                f"--testset {folder or cfg.testset}: {name} is {img.shape[1]}x{img.shape[0]}; the periodic test "
                 f"needs at least {need}x{need} (SSIM's 11x11 window after --crop_border {crop})"
             )
 

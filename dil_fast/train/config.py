@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 from ..devices import resolve_device
@@ -20,6 +21,7 @@ LOADERS = ("auto", "reference", "folder", "paired", "store", "dali")
 LOSS_NAMES = ("l1", "l2", "mse", "charbonnier")
 BACKEND_CHOICES = ("auto", "torch", "triton", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
+LAUNCHERS = ("none", "pytorch", "slurm")
 
 
 @dataclass
@@ -28,7 +30,7 @@ class TrainConfig:
 
     ckpt_save: str
     trainset: str | list[str] | None = None  # one folder/store, or several paired folders (one confounder each)
-    testset: str = "default"
+    testset: str | list[str] = "default"  # one test folder or several (each scored and logged apart)
     resume: str | None = None
     variant: str = "sf"
     levels: tuple[float, ...] = (5.0, 10.0, 15.0, 20.0)
@@ -44,6 +46,7 @@ class TrainConfig:
     distributed: bool = False
     local_rank: int = 0
     ddp_timeout: float = 300.0  # seconds any collective may wait for a peer (--distributed)
+    launcher: str | None = None  # none | pytorch (torchrun) | slurm (srun); None: pytorch with --distributed
     device: str | None = None
     nf: int | None = None
     nb: int | None = None
@@ -83,6 +86,9 @@ class TrainConfig:
     auto_resume: bool = False  # continue from the run folder's last.pt (else an earlier run is archived)
     max_bad_steps: int = 10  # consecutive non-finite meta-iterations before the run stops (0: never)
     tensorboard: bool = True  # event files beside metrics.csv when torch.utils.tensorboard imports
+    wandb: str | None = None  # --wandb PROJECT: the same scalars to Weights & Biases (the wandb extra)
+    ema: float | None = None  # --ema DECAY: an EMA of the trained weights (dil_fast.train.ema)
+    filename_tmpl: str | None = None  # BasicSR's: the LQ stem of a paired folder from its GT stem ('{}x4')
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -91,7 +97,7 @@ class TrainConfig:
         cfg = cls(
             ckpt_save=args.ckpt_save,
             trainset=args.trainset,
-            testset=args.testset,
+            testset=args.testset[0] if len(args.testset) == 1 else list(args.testset),
             resume=args.resume,
             variant=args.variant,
             levels=tuple(args.levels),
@@ -107,6 +113,7 @@ class TrainConfig:
             distributed=args.distributed,
             local_rank=args.local_rank,
             ddp_timeout=args.ddp_timeout,
+            launcher=args.launcher,
             device=args.device,
             nf=args.nf,
             nb=args.nb,
@@ -129,6 +136,8 @@ class TrainConfig:
             cuda_graphs=args.cuda_graphs,
             deterministic=args.deterministic,
             reference_mode=args.reference_mode,
+            ema=args.ema,
+            filename_tmpl=args.filename_tmpl,
             channels_last_weights=args.channels_last_weights,
             weight_shadow=args.weight_shadow,
             task=args.task,
@@ -142,6 +151,7 @@ class TrainConfig:
             auto_resume=args.auto_resume,
             max_bad_steps=args.max_bad_steps,
             tensorboard=not args.no_tensorboard,
+            wandb=args.wandb,
         )
         from .flags import variant_options
 
@@ -181,6 +191,39 @@ class TrainConfig:
         _check_positive("ddp_timeout", self.ddp_timeout)
         for name in ("lr", "meta_lr", "test_level", "ddp_timeout"):
             _check_finite(name, getattr(self, name))
+        for name in ("lr", "meta_lr"):  # the optimizers hold their learning rates in float32
+            if getattr(self, name) > _FLOAT32_MAX:
+                value = getattr(self, name)
+                raise FlagError(f"--{name} {value:g}: larger than a float32 learning rate can be (3.4e38)")
+        if self.memory_budget is not None:
+            from ..data.store import parse_bytes
+
+            parse_bytes(self.memory_budget)
+        if self.launcher not in (None, *LAUNCHERS):
+            raise FlagError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
+        if self.launcher == "none" and self.distributed:
+            raise FlagError("--distributed runs under a launcher, --launcher none is one process: drop one of them")
+        self.distributed = self.distributed or self.launcher in ("pytorch", "slurm")  # DDP, as --distributed
+        if self.wandb is not None:
+            from .tracking import check_wandb
+
+            check_wandb(self.wandb)
+        if self.ema is not None and not (math.isfinite(self.ema) and 0.0 < self.ema < 1.0):
+            raise FlagError(f"--ema must be a decay in (0, 1), e.g. 0.999, got {self.ema}")
+        if self.filename_tmpl is not None:
+            from ..data.folders import check_filename_tmpl, is_paired_folder
+
+            try:
+                check_filename_tmpl(self.filename_tmpl)
+            except (ValueError, FlagError) as exc:
+                raise FlagError(str(exc)) from None
+            if not self.trainsets() or not all(is_paired_folder(t) for t in self.trainsets()):
+                raise FlagError(
+                    "--filename_tmpl names the LQ files of paired --trainset folders (GT/ and LQ/); "
+                    "this --trainset is not one"
+                )
+        if len(self.testsets()) != len(set(self.testsets())):
+            raise FlagError(f"--testset names a folder twice: {' '.join(self.testsets())}")
         if self.loss not in LOSS_NAMES:
             raise FlagError(f"--loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
         self._validate_task()
@@ -261,13 +304,16 @@ class TrainConfig:
                 f"--order 2 selects Real-ESRGAN's second-order degradation of --task realsr, not --task {self.task}"
             )
         arch = self.arch_name()
-        if arch not in ARCHS and not is_custom_arch(arch):
+        if (arch not in ARCHS and not is_custom_arch(arch)) or (is_custom_arch(arch) and not _CLASS_PATH.match(arch)):
             raise FlagError(f"--arch must be one of {', '.join(ARCHS.names())} or package.module:Class, got {arch!r}")
         try:
-            parse_arch_kwargs(self.arch_kwargs)
-            size_kwargs(arch, self.model_overrides())
+            given = parse_arch_kwargs(self.arch_kwargs)
+            sizes = size_kwargs(arch, self.model_overrides())
         except ValueError as exc:
             raise FlagError(str(exc)) from None
+        for key, value in sizes.items():  # two values for one keyword: neither silently wins
+            if key in given and given[key] != value:
+                raise FlagError(f"--{key} {value} and --arch_kwargs {key}={given[key]!r} disagree; give {key} once")
         _check_positive("scale", self.scale)
         _check_positive("crop_border", self.crop_border, allow_zero=True)
         if self.patch_size % self.effective_scale():
@@ -287,13 +333,18 @@ class TrainConfig:
 
         return TASKS[self.task]
 
+    def testsets(self) -> list[str]:
+        """``--testset`` as a list (one folder or several; ``default``: the built-in images)."""
+        return [self.testset] if isinstance(self.testset, str) else list(self.testset)
+
     def trainsets(self) -> list[str]:
         if self.trainset is None:
             return []
         return [self.trainset] if isinstance(self.trainset, str) else list(self.trainset)
 
     def arch_name(self) -> str:
-        return self.arch or self.task_spec().arch
+        """``--arch``, else the task's architecture (an empty ``--arch`` is refused by :meth:`validate`)."""
+        return self.task_spec().arch if self.arch is None else self.arch
 
     def effective_scale(self) -> int:
         return int(self.scale or self.task_spec().scale)
@@ -337,7 +388,7 @@ class TrainConfig:
             raise FlagError(f"--reference_mode reads PNG patches as released; --loader {self.loader} is not allowed")
         if self.precision not in (None, "fp32"):
             raise FlagError(f"--reference_mode trains in fp32; --precision {self.precision} is not allowed")
-        for flag in ("channels_last", "compile", "cuda_graphs", "channels_last_weights", "weight_shadow"):
+        for flag in ("channels_last", "compile", "cuda_graphs", "channels_last_weights", "weight_shadow", "ema"):
             if getattr(self, flag):
                 raise FlagError(f"--reference_mode cannot be combined with --{flag}")
 
@@ -363,6 +414,11 @@ class TrainConfig:
     def model_overrides(self) -> dict:
         """``--nf/--nb/--gc`` given on the command line."""
         return {k: getattr(self, k) for k in ("nf", "nb", "gc") if getattr(self, k) is not None}
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+# --arch package.module:Class: an absolute module path and an attribute path (no relative import)
+_CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
 def _check_finite(name: str, value) -> None:

@@ -8,8 +8,9 @@ import dataclasses
 
 from ..meta import VARIANTS
 from ..meta.options import option_fields
+from ..models.registry import ARCHS
 from ..tasks import TASKS
-from .config import BACKEND_CHOICES, LOADERS, LOSS_NAMES, PRECISIONS
+from .config import BACKEND_CHOICES, LAUNCHERS, LOADERS, LOSS_NAMES, PRECISIONS
 
 __all__ = ["add_train_arguments", "variant_options"]
 
@@ -110,8 +111,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ref.add_argument(
         "--testset",
         type=str,
-        default="default",
-        help="test folder; 'default' = the built-in sample images (Set5 is not shipped)",
+        nargs="+",
+        default=["default"],
+        help="test folder(s), each scored and logged apart (e.g. Set5 CBSD68); 'default' = the built-in "
+        "sample images (Set5 is not shipped)",
     )
     ref.add_argument("--save_every", type=int, default=1, help="write model_{epoch}.pt every N epochs")
     ref.add_argument("--test_every", type=int, default=5, help="evaluate the meta model every N epochs")
@@ -206,10 +209,40 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=int,
         default=10,
         help="stop after this many consecutive meta-iterations with non-finite losses or gradients "
-        "(they are skipped; 0: never stop)",
+        "(or a gradient beyond 2^62 in magnitude); they are skipped; 0: never stop",
     )
     ops.add_argument(
         "--no_tensorboard", action="store_true", help="no TensorBoard event files (metrics.csv is always written)"
+    )
+    ops.add_argument(
+        "--filename_tmpl",
+        default=None,
+        metavar="TMPL",
+        help="paired --trainset folders: the LQ file's stem from its GT stem, BasicSR's option ('{}x4' pairs "
+        "0801.png with 0801x4.png; default '{}', the same stem)",
+    )
+    ops.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="keep an exponential moving average of the trained weights (e.g. 0.999, as BasicSR): the periodic "
+        "test scores it, model_N.pt carries it as params_ema (off: the released behaviour)",
+    )
+    ops.add_argument(
+        "--launcher",
+        default=None,
+        choices=LAUNCHERS,
+        help="none: one process; pytorch: DDP under torchrun (as --distributed); slurm: DDP with one srun "
+        "task per GPU, the ranks and the first node read from SLURM_* variables, see docs/SLURM.md "
+        "(default: pytorch with --distributed, else none)",
+    )
+    ops.add_argument(
+        "--wandb",
+        default=None,
+        metavar="PROJECT",
+        help="also log the scalars to this Weights & Biases project, the run's options as its config "
+        "(the wandb extra; WANDB_MODE=offline keeps them local)",
     )
     ops.add_argument("--config", default=None, help="a JSON or YAML file of flag values (the command line wins)")
     task = p.add_argument_group("tasks and models (dil_fast.tasks; a task sets the rest, these override it)")
@@ -234,7 +267,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     task.add_argument(
         "--arch",
         default=None,
-        help="rrdb, rrdb_x4, swinir, or package.module:Class for one's own nn.Module (default: the task's)",
+        help=", ".join(ARCHS.names()) + ", or package.module:Class for one's own nn.Module (default: the task's)",
     )
     task.add_argument(
         "--arch_kwargs", default=None, help="JSON keyword arguments of --arch, e.g. '{\"embed_dim\": 60}'"

@@ -44,6 +44,7 @@ from . import components, distributed
 from . import state as state_io
 from .components import ConfounderOrder
 from .config import TrainConfig
+from .ema import ModelEMA
 from .fast import FastOptions, FastPath, LossLog, prepare_model, resolve_options
 from .log import NoteLogger, make_logger
 from .plan import RunPlan
@@ -69,6 +70,7 @@ class Trainer:
         if loader is not None:
             check_loader(loader)
         self.plan: RunPlan | None = None  # resolved by open(), before anything is written
+        self.ema: ModelEMA | None = None  # --ema: built by open()
         self.algorithm: MetaAlgorithm | None = None
         self.last_eval: tuple[float, float] | None = None
         self._test_note: str | None = None
@@ -98,7 +100,7 @@ class Trainer:
             model, task_model = self._user_model, None
         else:
             self.model_config, self._resume_weights = components.model_spec_for(cfg, resume_ckpt)
-            model, task_model = components.build_models(self.model_config, cfg)
+            model, task_model = components.build_models(self.model_config, cfg, self.device)
             components.check_scale(model, cfg)
         self.plan = RunPlan.resolve(
             cfg, self.device, components.stage_ops(cfg, self._user_loader, self._user_confounders)
@@ -151,7 +153,12 @@ class Trainer:
                 algo, resume_ckpt, cfg.resume, world_size=self.world_size, weights=self._resume_weights
             )
             logger.info(f"Resumed from {cfg.resume} at epoch {self.start[0]}, iteration {self.start[1]}")
+            for line in state_io.resume_notes(resume_ckpt, cfg.to_dict(), algo):
+                logger.info(line)
             state_io.restore_loader(loader, resume_ckpt, cfg.resume)
+        self.ema = ModelEMA(algo.meta_model, cfg.ema) if cfg.ema is not None else None
+        if self.ema is not None and resume_ckpt is not None:
+            state_io.restore_ema(self.ema, resume_ckpt, cfg.resume)
         self.order = ConfounderOrder(loader.num_confounders)
         self.fast = FastPath(algo, self.plan.fast, self.device)
         return self
@@ -191,6 +198,8 @@ class Trainer:
             ):
                 self.algorithm.keep_task_weights = True  # only a separate task network has weights to keep
             losses = self.fast.step(batches, timer=timer)
+            if self.ema is not None:
+                self.ema.update()  # device ops after the step (outside a captured graph): no sync
             yield it, losses
             it += 1
 
@@ -239,10 +248,11 @@ class Trainer:
             for line in (folder.report() if self.is_main else []) + notes + self._setup_notes():
                 logger.info(line)
             if self.is_main:
-                tracker = Tracker(cfg.ckpt_save, tensorboard=cfg.tensorboard)
+                options = self.options()
+                tracker = Tracker(cfg.ckpt_save, tensorboard=cfg.tensorboard, wandb_project=cfg.wandb, options=options)
                 if tracker.tb_reason and cfg.tensorboard:
                     logger.info(tracker.tb_reason)
-                write_options(cfg.ckpt_save, self.options())
+                write_options(cfg.ckpt_save, options)
             return self._train(logger, tracker, testset, use_bar)
         finally:
             if tracker is not None:
@@ -266,18 +276,27 @@ class Trainer:
             notes.append(note)
         if self._test_note:
             notes.append(self._test_note)
+        if self.ema is not None:
+            notes.append(
+                f"EMA of the weights, decay {self.cfg.ema}: the periodic test scores it; model_N.pt "
+                "carries it as params_ema"
+            )
         return notes
 
     def _testset(self):
-        """The test images, validated now (None, with a note, when the built-in ones are not installed)."""
+        """The test sets ``[(name, images)]``, validated now (None, with a note, when the built-in
+        images are not installed)."""
         self._test_note = None
-        try:
-            images = components.load_testset(self.cfg.testset)
-        except SamplesUnavailable as exc:
-            self._test_note = f"warning: the periodic test is skipped: {exc}"
-            return None
-        components.check_test_images(images, self.cfg)
-        return images
+        sets = []
+        for folder in self.cfg.testsets():
+            try:
+                images = components.load_testset(folder)
+            except SamplesUnavailable as exc:
+                self._test_note = f"warning: the periodic test is skipped: {exc}"
+                return None
+            components.check_test_images(images, self.cfg, folder)
+            sets.append((components.testset_name(folder), images))
+        return sets
 
     def options(self) -> dict:
         """The resolved options of the run (``options.json``)."""
@@ -334,7 +353,10 @@ class Trainer:
             max_bad_steps=cfg.max_bad_steps,
         )
         self._monitor, self._tracker = monitor, tracker
-        bad = torch.zeros(2, dtype=torch.float32, device=self.device)  # [skipped in all, skipped in a row]
+        # [skipped in all, the longest run of consecutive skips]: the run stops once that reaches
+        # --max_bad_steps, read at the next log or check point (no sync per step), however it goes on
+        bad = torch.zeros(2, dtype=torch.float32, device=self.device)
+        run = torch.zeros(1, dtype=torch.float32, device=self.device)  # the current run of skips
         loss_log = LossLog()
         try:
             for epoch in range(start_epoch, cfg.total_epoch):
@@ -352,7 +374,8 @@ class Trainer:
                         if skipped is not None:  # device arithmetic: no sync
                             one = skipped[0].to(bad.device)
                             bad[0] += one
-                            bad[1] = (bad[1] + one) * one  # the run of skips, reset by a good step
+                            run.add_(one).mul_(one)  # reset by a good step
+                            torch.maximum(bad[1:], run, out=bad[1:])
                         if it % cfg.print_every == 0:
                             # CPU: written now; CUDA: copied asynchronously, written once on the host
                             loss_log.submit(
@@ -361,7 +384,7 @@ class Trainer:
                                     bar, epoch, it, n_iter, done, done, self.order.last, task_lr, meta_lr
                                 ),
                             )
-                        elif cfg.max_bad_steps and it % cfg.max_bad_steps == 0:
+                        elif cfg.max_bad_steps and (it % cfg.max_bad_steps == 0 or it + 1 == n_iter):
                             loss_log.submit(bad.clone(), monitor.bad_check())
                         loss_log.poll()
                         bar.update(1)
@@ -401,6 +424,7 @@ class Trainer:
             epoch=epoch,
             iteration=iteration,
             world_size=self.world_size,
+            ema=self.ema,
         )
 
     def _end_of_epoch(self, algo: MetaAlgorithm, epoch: int, testset, logger) -> None:
@@ -410,7 +434,11 @@ class Trainer:
         state_io.check_finite_weights(algo, self.cfg.ckpt_save)
         if checkpoints.saves_model_checkpoint(epoch, cfg.save_every):
             checkpoints.save_model_checkpoint(
-                cfg.ckpt_save, epoch + 1, algo.meta_model.state_dict(), algo.task_model.state_dict()
+                cfg.ckpt_save,
+                epoch + 1,
+                algo.meta_model.state_dict(),
+                algo.task_model.state_dict(),
+                ema_sd=None if self.ema is None else self.ema.state_dict(),
             )
         checkpoints.save_train_state(cfg.ckpt_save, self._state(algo, epoch + 1, 0))
         if epoch % cfg.test_every == 0 and testset is not None:
@@ -418,31 +446,40 @@ class Trainer:
         if self._tracker is not None:
             self._tracker.draw_curves(f"{cfg.task}, {algo.name}: ")
 
-    def _evaluate(self, algo: MetaAlgorithm, epoch: int, testset, logger) -> None:
+    def _evaluate(self, algo: MetaAlgorithm, epoch: int, testsets, logger) -> None:
+        """The periodic test of the meta network (its EMA with ``--ema``) on every test set at every
+        test degradation; with one set the released log lines, with several a ``Test set:`` header
+        each and the set's name in the metrics' tags."""
         cfg = self.cfg
         specs = cfg.test_specs()
-        for spec in specs:
-            results = components.test_results(
-                algo.meta_model,
-                testset,
-                spec,
-                seed=cfg.seed,
-                device=self.device,
-                y=cfg.metric_y(),
-                crop_border=cfg.metric_crop_border(),
-                scale=cfg.effective_scale(),
-            )
-            if len(specs) > 1:
-                logger.info(f"Test: {spec.name}")
-            for name, psnr, ssim, _ in results:
-                logger.info("{}: {}, {}".format(name, psnr, ssim))
-            p = sum(r[1] for r in results) / len(results)
-            s = sum(r[2] for r in results) / len(results)
-            logger.info("Epoch: {}, psnr: {}. ssim: {}.".format(epoch, p, s))
-            self.last_eval = (p, s)
-            if self._tracker is not None:
-                step = (epoch + 1) * len(self.loader)
-                self._tracker.scalars(step, epoch, 0, {f"test/{spec.name}/psnr": p, f"test/{spec.name}/ssim": s})
+        model = algo.meta_model if self.ema is None else self.ema.model
+        for set_name, images in testsets:
+            if len(testsets) > 1:
+                logger.info(f"Test set: {set_name}")
+            for spec in specs:
+                results = components.test_results(
+                    model,
+                    images,
+                    spec,
+                    seed=cfg.seed,
+                    device=self.device,
+                    y=cfg.metric_y(),
+                    crop_border=cfg.metric_crop_border(),
+                    scale=cfg.effective_scale(),
+                )
+                if len(specs) > 1:
+                    logger.info(f"Test: {spec.name}")
+                for name, psnr, ssim, _ in results:
+                    logger.info("{}: {}, {}".format(name, psnr, ssim))
+                p = sum(r[1] for r in results) / len(results)
+                s = sum(r[2] for r in results) / len(results)
+                logger.info("Epoch: {}, psnr: {}. ssim: {}.".format(epoch, p, s))
+                if set_name == testsets[0][0]:
+                    self.last_eval = (p, s)
+                if self._tracker is not None:
+                    step = (epoch + 1) * len(self.loader)
+                    tag = spec.name if len(testsets) == 1 else f"{set_name}/{spec.name}"
+                    self._tracker.scalars(step, epoch, 0, {f"test/{tag}/psnr": p, f"test/{tag}/ssim": s})
 
     def _interrupt(self, algo: MetaAlgorithm, epoch: int, iteration: int, logger) -> int:
         if self.is_main:

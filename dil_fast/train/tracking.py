@@ -9,6 +9,9 @@
   ``skipped/nonfinite`` and ``test/<degradation>/psnr|ssim``.
 * TensorBoard event files under ``tb/`` too, when ``torch.utils.tensorboard`` can be imported (the
   ``tensorboard`` extra).
+* With ``--wandb PROJECT`` (the ``wandb`` extra), the same scalars (tags and steps) to a Weights &
+  Biases run named after the folder, with the run's options as its config, kept under ``wandb/``
+  (:class:`WandbSink`).
 * ``curves.png``, redrawn at the end of every epoch from those scalars (a resumed run continues
   them) with matplotlib: the training loss per confounder against the meta-iteration, and the
   periodic test's PSNR per test degradation (integer iteration ticks, a PSNR axis at least 1 dB
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import importlib.util
 import json
 import os
 import sys
@@ -29,7 +33,9 @@ import warnings
 
 from ..fileio import atomic_write_bytes, file_mode
 
-__all__ = ["Tracker", "RunClock", "write_options", "format_duration"]
+__all__ = ["Tracker", "RunClock", "WandbSink", "check_wandb", "write_options", "format_duration"]
+
+WANDB_EXTRA = "pip install 'dil-fast[wandb]'"
 
 
 def format_duration(seconds: float) -> str:
@@ -56,14 +62,19 @@ def write_options(folder: str, options: dict) -> list[str]:
 
 
 class Tracker:
-    """Scalars to ``metrics.csv`` (always) and to TensorBoard (when available); see the module doc."""
+    """Scalars to ``metrics.csv`` (always), to TensorBoard (when available) and to W&B (``wandb_project``,
+    with ``options`` as the W&B run's config); see the module doc."""
 
     FIELDS = ("step", "epoch", "iteration", "seconds", "tag", "value")
 
-    def __init__(self, folder: str, *, tensorboard: bool = True):
+    def __init__(
+        self, folder: str, *, tensorboard: bool = True, wandb_project: str | None = None, options: dict | None = None
+    ):
         self.folder = folder
         path = os.path.join(folder, "metrics.csv")
         new = not os.path.exists(path)
+        # first: a W&B run that cannot start stops the run before metrics.csv is written
+        self.wandb = WandbSink(folder, wandb_project, options or {}, continues=not new) if wandb_project else None
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, file_mode())
         self._file = os.fdopen(fd, "a", newline="", encoding="utf-8", buffering=1)
         self._csv = csv.writer(self._file)
@@ -93,6 +104,8 @@ class Tracker:
                 self.history.setdefault(tag, []).append((float(step), float(value)))
             if self.tb is not None:
                 self.tb.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.log(step, values)
         self._file.flush()
 
     def _read_history(self, path: str) -> None:
@@ -133,6 +146,74 @@ class Tracker:
         self._file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
+
+
+def check_wandb(project: str) -> None:
+    """``--wandb PROJECT`` before anything is written: a project name W&B accepts, and wandb installed;
+    :class:`~dil_fast.errors.FlagError` naming the flag (and the extra)."""
+    from ..errors import FlagError
+
+    if not project.strip() or len(project) > 128 or set(project) & set("/\\#?%:"):
+        raise FlagError(
+            f"--wandb {project!r}: a W&B project name has 1 to 128 characters and none of / \\ # ? % : "
+            "(the entity comes from WANDB_ENTITY)"
+        )
+    if not _wandb_installed():
+        raise FlagError(f"--wandb needs wandb, an optional extra: {WANDB_EXTRA}")
+
+
+def _wandb_installed() -> bool:
+    if sys.modules.get("wandb") is not None:
+        return True
+    return importlib.util.find_spec("wandb") is not None
+
+
+class WandbSink:
+    """The tracker's scalars to a Weights & Biases run (``--wandb PROJECT``): the same tags and steps
+    as TensorBoard, the run's options as its config, files under ``FOLDER/wandb/`` (``WANDB_MODE``,
+    ``WANDB_ENTITY`` and wandb's other variables apply). A run that continues in its folder
+    (``metrics.csv`` is there) continues its W&B run, whose id ``wandb/dil_fast_run_id`` keeps."""
+
+    ID_FILE = os.path.join("wandb", "dil_fast_run_id")
+
+    def __init__(self, folder: str, project: str, options: dict, *, continues: bool):
+        from ..errors import FlagError
+
+        try:
+            import wandb
+        except ImportError as exc:
+            raise FlagError(f"--wandb needs wandb, an optional extra ({exc}): {WANDB_EXTRA}") from None
+        id_path = os.path.join(folder, self.ID_FILE)
+        run_id = None
+        if continues and os.path.isfile(id_path):
+            with open(id_path, encoding="utf-8") as f:
+                run_id = f.read().strip() or None
+        try:
+            self.run = wandb.init(
+                project=project,
+                dir=folder,
+                name=os.path.basename(os.path.abspath(folder)),
+                config=json.loads(json.dumps(options, default=str)),
+                id=run_id,
+                resume="allow" if run_id else None,
+            )
+        except wandb.errors.Error as exc:  # no login, no network, a refused project: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise FlagError(
+                f"--wandb {project}: W&B did not start ({first}); run `wandb login`, or set "
+                "WANDB_MODE=offline to keep the run local"
+            ) from None
+        if run_id is None:
+            os.makedirs(os.path.dirname(id_path), exist_ok=True)
+            atomic_write_bytes(f"{self.run.id}\n".encode(), id_path)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.run.log({tag: float(value) for tag, value in values.items()}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 class RunClock:
@@ -238,13 +319,16 @@ class Monitor:
         return lambda values: self._bad(*values)
 
     def _bad(self, bad_total: float, bad_run: float) -> None:
+        """``bad_run``: the longest run of consecutive skipped meta-iterations so far (kept on the
+        device), so a run that reached ``max_bad_steps`` stops however the steps went on until it was read."""
         if int(bad_total) > self.bad_total:
             self.bad_total = int(bad_total)
         self.bad_run = int(bad_run)
         if self.max_bad_steps and self.bad_run >= self.max_bad_steps and self.stop_reason is None:
             self.stop_reason = (
-                f"{self.bad_run} consecutive meta-iterations had non-finite losses or gradients "
-                f"(--max_bad_steps {self.max_bad_steps}); the run stops (lower --lr / --meta_lr?)"
+                f"{self.max_bad_steps} consecutive meta-iterations had non-finite losses or gradients, or "
+                f"gradients too large for the optimizer state (--max_bad_steps {self.max_bad_steps}); the run "
+                "stops (lower --lr / --meta_lr?)"
             )
 
 

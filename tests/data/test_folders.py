@@ -3,6 +3,7 @@ ends a run with its one line, the workers are capped to the CPUs and stop when a
 
 import gc
 import multiprocessing
+import os
 import time
 
 import pytest
@@ -87,9 +88,9 @@ def test_bad_image_in_a_worker_is_one_line_through_the_cli(tmp_path, layout, mon
 
 def test_bad_image_in_a_worker_raises_its_own_error(tmp_path):
     trainset = _paired_folder(tmp_path / "pairs")
-    _truncate(trainset / "GT" / "000000.png")
     loader = PairedLoader([trainset], patch_size=16, batch_size=1, seed=3, num_workers=1, cpus=2)
     assert loader.num_workers == 1
+    _truncate(trainset / "GT" / "000000.png")  # damaged after the loader checked it (mid-run)
     with pytest.raises(InputError) as info:
         for _ in loader:
             pass
@@ -197,10 +198,10 @@ def test_the_trainer_logs_the_worker_cap(tmp_path, monkeypatch):
 
 def test_a_failed_iteration_leaves_no_workers_behind(tmp_path):
     make_png_folder(tmp_path / "train", n=6, size=16)
-    _truncate(tmp_path / "train" / "000003.png")
     before = _worker_processes()
-    start = time.perf_counter()
     loader = FolderCleanLoader(str(tmp_path / "train"), 1, patch_size=16, batch_size=1, seed=2, num_workers=2, cpus=8)
+    _truncate(tmp_path / "train" / "000003.png")  # damaged after the loader checked it (mid-run)
+    start = time.perf_counter()
     with pytest.raises(InputError, match="000003.png: truncated"):
         for _ in loader:
             pass
@@ -226,3 +227,115 @@ def test_an_abandoned_iteration_stops_its_workers(tmp_path):
         assert _worker_processes() - before == set()
         assert time.perf_counter() - start < 3.0
         assert loader.position == 1  # the resume position counts the batch handed out
+
+
+# ---------------------------------------------------------------------------------------------
+# GT / LQ names: BasicSR's filename_tmpl (LQ stem = tmpl.format(GT stem))
+
+
+def _named_pairs(root, gt_stems, lq_stems, size=8):
+    """A paired folder with GT/<stem>.png and LQ/<stem>.png of the given stems (random pixels)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for side, stems in (("GT", gt_stems), ("LQ", lq_stems)):
+        (root / side).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            cv2.imwrite(str(root / side / f"{stem}.png"), rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    return root
+
+
+def test_filename_tmpl_pairs_div2k_names(tmp_path):
+    from dil_fast.data.folders import paired_files
+
+    root = _named_pairs(tmp_path / "div2k", ["0801", "0802", "0810"], ["0801x4", "0802x4", "0810x4"])
+    pairs = paired_files(root, filename_tmpl="{}x4")
+    assert [(os.path.relpath(g, root), os.path.basename(q)) for g, q in pairs] == [
+        (os.path.join("GT", "0801.png"), "0801x4.png"),
+        (os.path.join("GT", "0802.png"), "0802x4.png"),
+        (os.path.join("GT", "0810.png"), "0810x4.png"),
+    ]
+    # BasicSR's other spellings of the same template, and a prefix
+    assert paired_files(root, filename_tmpl="{0}x4") == pairs
+    pre = _named_pairs(tmp_path / "pre", ["a", "b"], ["lr_a_x2", "lr_b_x2"])
+    assert [os.path.basename(q) for _, q in paired_files(pre, filename_tmpl="lr_{}_x2")] == [
+        "lr_a_x2.png",
+        "lr_b_x2.png",
+    ]
+
+
+def test_without_the_template_div2k_names_are_refused_with_the_flag_to_pass(tmp_path):
+    from dil_fast.data.folders import paired_files
+
+    root = _named_pairs(tmp_path / "div2k", ["0801", "0802"], ["0801x4", "0802x4"])
+    with pytest.raises(InputError) as info:
+        paired_files(root)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"--trainset {root}: 2 image(s) only in GT/ (e.g. 0801);")
+    assert msg.endswith("GT and LQ images are matched by file name: LQ 0801x4 for GT 0801? pass --filename_tmpl '{}x4'")
+    # names that no one template pairs: no suggestion
+    odd = _named_pairs(tmp_path / "odd", ["0801", "0802"], ["0801x4", "0802x2"])
+    with pytest.raises(InputError, match=r"matched by file name$"):
+        paired_files(odd)
+
+
+def test_a_template_that_leaves_names_unpaired_says_so(tmp_path):
+    from dil_fast.data.folders import paired_files
+
+    root = _named_pairs(tmp_path / "p", ["0801", "0802"], ["0801x4", "0802x3"])
+    with pytest.raises(InputError) as info:
+        paired_files(root, flag="--testset", filename_tmpl="{}x4")
+    assert str(info.value) == (
+        f"--testset {root}: 1 image(s) only in GT/ (e.g. 0802, whose LQ would be 0802x4); "
+        "each LQ name is --filename_tmpl '{}x4' of its GT name"
+    )
+
+
+def test_meta_info_lists_gt_names_and_the_template_gives_the_lq(tmp_path):
+    from dil_fast.data.folders import paired_files
+
+    root = _named_pairs(tmp_path / "m", ["0801", "0802", "0803"], ["0801x2", "0802x2", "0803x2"])
+    (root / "meta_info_DIV2K.txt").write_text("0803.png (8,8,3)\n0801.png (8,8,3)\n")
+    assert [os.path.basename(q) for _, q in paired_files(root, filename_tmpl="{}x2")] == ["0803x2.png", "0801x2.png"]
+    (root / "LQ" / "0801x2.png").unlink()
+    with pytest.raises(InputError, match="meta_info names 0801 have no GT/LQ image pair"):
+        paired_files(root, filename_tmpl="{}x2")
+
+
+@pytest.mark.parametrize(
+    "tmpl, words",
+    [
+        ("x4", "needs '{}' where the GT name stem goes"),
+        ("{name}x4", "needs '{}' where the GT name stem goes"),
+        ("{:>8}x4", "needs '{}' where the GT name stem goes"),
+        ("{}x4{", "not a name template"),
+        ("sub/{}", "must make a file name, not a path"),
+    ],
+    ids=["no-field", "named-field", "format-spec", "unbalanced", "path"],
+)
+def test_bad_templates_are_one_flag_line(tmp_path, tmpl, words):
+    from dil_fast.data.folders import check_filename_tmpl, paired_files
+    from dil_fast.errors import FlagError
+
+    with pytest.raises(FlagError, match="^--filename_tmpl ") as info:
+        check_filename_tmpl(tmpl)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(FlagError):
+        paired_files(_named_pairs(tmp_path / "t", ["a"], ["a"]), filename_tmpl=tmpl)
+
+
+def test_paired_loader_takes_the_template(tmp_path):
+    root = _named_pairs(tmp_path / "sr", ["a", "b"], [], size=16)
+    import cv2
+    import numpy as np
+
+    for stem in ("a", "b"):
+        gt = cv2.imread(str(root / "GT" / f"{stem}.png"))
+        cv2.imwrite(str(root / "LQ" / f"{stem}x2.png"), cv2.resize(gt, (8, 8), interpolation=cv2.INTER_AREA))
+    loader = PairedLoader([root], patch_size=8, batch_size=1, seed=0, scale=2, filename_tmpl="{}x2")
+    ((lq, gt),) = next(iter(loader))
+    assert lq.shape == (1, 3, 4, 4) and gt.shape == (1, 3, 8, 8)
+    assert np.isfinite(lq.numpy()).all()
+    with pytest.raises(InputError, match="pass --filename_tmpl '{}x2'"):
+        PairedLoader([root], patch_size=8, batch_size=1, seed=0, scale=2)

@@ -357,7 +357,7 @@ def test_a_model_n_of_ones_own_architecture_is_rebuilt_from_its_run_folder(photo
     )
     out = tmp_path / "out"
     assert _run("--ckpt", run / "model_1.pt", "--input", photos, "--output", out) == 2
-    _one_error_line(capsys, "model_1.pt", "options.json says the run used --arch " + arch)
+    _one_error_line(capsys, "model_1.pt", "pass --arch " + arch)
     assert not out.exists()
     assert _run("--ckpt", run / "model_1.pt", "--input", photos, "--output", out, "--arch", arch) == 0
     assert "network: " + arch + " {'width': 5} (from " in capsys.readouterr().out

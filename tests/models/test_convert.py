@@ -30,7 +30,7 @@ def test_convert_both_ways_keeps_the_weights(tmp_path):
 
 def test_convert_refuses_what_basicsr_cannot_hold(tmp_path):
     torch.save({"model_meta": RRDBNet(nf=4, nb=1, gc=2).state_dict()}, tmp_path / "x1.pt")
-    with pytest.raises(CheckpointError, match="BasicSR's layout serves the x4 RRDBNet only"):
+    with pytest.raises(CheckpointError, match="holds a rrdb network, which BasicSR does not have"):
         convert(str(tmp_path / "x1.pt"), str(tmp_path / "o.pth"), "basicsr")
     torch.save({"model_meta": {"foo.weight": torch.zeros(1)}}, tmp_path / "junk.pt")
     with pytest.raises(CheckpointError, match="not a network dil_fast knows.*conv_first.weight"):

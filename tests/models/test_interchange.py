@@ -1,9 +1,10 @@
 """BasicSR / Real-ESRGAN <-> dil_fast RRDBNet checkpoint interchange.
 
 The BasicSR side is re-stated here from ``basicsr/archs/rrdbnet_arch.py``: its parameter names and
-shapes (``_basicsr_state_dict``) and its scale-4 forward as a plain function over that dict
-(``_basicsr_rrdbnet_forward``), so the conversion is checked against the other network's math,
-not against itself.
+shapes (``_basicsr_state_dict``) and its forward at scales 1, 2 and 4 as a plain function over that
+dict (``_basicsr_rrdbnet_forward``, with BasicSR's ``pixel_unshuffle`` as a view / permute /
+reshape), so the conversion and ``rrdb_basicsr`` are checked against the other network's math, not
+against themselves.
 """
 
 from __future__ import annotations
@@ -45,8 +46,17 @@ def _basicsr_state_dict(in_ch=3, out_ch=3, nf=NF, nb=NB, gc=GC, seed=0) -> dict:
     return sd
 
 
-def _basicsr_rrdbnet_forward(p: dict, x: torch.Tensor, nb: int) -> torch.Tensor:
-    """BasicSR ``RRDBNet(scale=4).forward`` over its named weights ``p``: ``[N, C, H, W] -> [N, C', 4H, 4W]``."""
+def _basicsr_pixel_unshuffle(x: torch.Tensor, f: int) -> torch.Tensor:
+    """BasicSR's ``arch_util.pixel_unshuffle``: ``[N, C, fh, fw] -> [N, C*f*f, h, w]``, channel ``c*f*f + i*f + j``
+    holding pixel ``(f*y + i, f*x + j)`` of channel ``c``."""
+    n, c, hh, ww = x.shape
+    assert hh % f == 0 and ww % f == 0, "BasicSR's pixel_unshuffle asserts divisible sides"
+    return x.view(n, c, hh // f, f, ww // f, f).permute(0, 1, 3, 5, 2, 4).reshape(n, c * f * f, hh // f, ww // f)
+
+
+def _basicsr_rrdbnet_forward(p: dict, x: torch.Tensor, nb: int, scale: int = 4) -> torch.Tensor:
+    """BasicSR ``RRDBNet(scale=scale).forward`` over its named weights ``p``: ``[N, C, H, W] -> [N, C', sH, sW]``
+    (scale 2 / 1 pixel-unshuffle the input by 2 / 4 first)."""
 
     def conv(name, t):
         return F.conv2d(t, p[f"{name}.weight"], p[f"{name}.bias"], stride=1, padding=1)
@@ -60,6 +70,8 @@ def _basicsr_rrdbnet_forward(p: dict, x: torch.Tensor, nb: int) -> torch.Tensor:
             feats.append(lrelu(conv(f"{prefix}.conv{j}", torch.cat(feats, 1))))
         return conv(f"{prefix}.conv5", torch.cat(feats, 1)) * 0.2 + t
 
+    if scale in (1, 2):
+        x = _basicsr_pixel_unshuffle(x, 4 // scale)
     feat = conv("conv_first", x)
     body = feat
     for i in range(nb):
@@ -170,7 +182,8 @@ def test_unknown_layout_is_one_line_naming_expected_keys(obj, got):
 
 
 @pytest.mark.parametrize("scale, in_ch", [(1, 48), (2, 12)], ids=["scale1", "scale2"])
-def test_pixel_unshuffle_models_refused(scale, in_ch):
+def test_pixel_unshuffle_models_do_not_rename_onto_rrdbnetx4(scale, in_ch):
+    """The renaming serves RRDBNetX4; scales 1 / 2 load as rrdb_basicsr (tests/models/test_rrdb_basicsr.py)."""
     bsr = _basicsr_state_dict(in_ch=in_ch, seed=6)
     assert detect_layout(bsr) == "basicsr"
     for call in (lambda: basicsr_to_dil(bsr), lambda: extract_state_dict({"params_ema": bsr})):
@@ -179,7 +192,8 @@ def test_pixel_unshuffle_models_refused(scale, in_ch):
         msg = str(info.value)
         assert "\n" not in msg
         assert f"scale {scale} (conv_first takes {in_ch} input channels for 3 output channels)" in msg
-        assert "needs BasicSR's pixel-unshuffle RRDBNet, not dil_fast's same-size RRDBNet" in msg
+        assert "needs BasicSR's pixel-unshuffle RRDBNet (dil_fast's rrdb_basicsr" in msg
+        assert "not dil_fast's same-size RRDBNet" in msg
     with pytest.raises(ValueError, match="pixel-unshuffle RRDBNet"):
         basicsr_to_dil(_basicsr_state_dict(seed=6), scale=scale)
     # an explicit scale=4 overrides the channel heuristic

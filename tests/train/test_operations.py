@@ -338,6 +338,6 @@ def test_a_save_that_fails_mid_run_is_one_line_and_keeps_the_last_checkpoint(dat
     )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
-    assert err.startswith(f"error: --ckpt_save {data / 'run'}: cannot write model_2.pt (No space left on device)")
+    assert err.startswith(f"error: --ckpt_save: cannot write {data / 'run' / 'model_2.pt'} (No space left on device)")
     kept = torch.load(data / "run" / "last.pt", weights_only=True)
     assert kept["epoch"] == 1 and (data / "run" / "model_1.pt").exists() and not (data / "run" / "model_2.pt").exists()
