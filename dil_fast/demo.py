@@ -16,14 +16,23 @@ import time
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=os.path.join("runs", "demo"), help="output folder (patches, checkpoints, log)")
     p.add_argument("--variant", default="sf", help="DIL variant to train (default sf)")
-    p.add_argument("--epochs", type=int, default=6, help="training epochs over the built-in patches")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs over the built-in patches")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--patch_size", type=int, default=40)
     p.add_argument("--nf", type=int, default=16)
     p.add_argument("--nb", type=int, default=1)
     p.add_argument("--gc", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4, help="task learning rate (raised from 1e-4 for a short run)")
-    p.add_argument("--meta_lr", type=float, default=5e-4, help="meta learning rate")
+    p.add_argument("--meta_lr", type=float, default=1e-3, help="meta learning rate (halved every --lr_step epochs)")
+    p.add_argument(
+        "--lr_step", type=int, default=3, help="halve the meta learning rate every N epochs (the released schedule)"
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.98,
+        help="decay of the EMA of the meta weights that is evaluated (0: evaluate the last weights)",
+    )
     p.add_argument("--seen", type=float, default=15.0, help="a training noise level to report")
     p.add_argument("--unseen", type=float, default=50.0, help="a noise level outside training to report")
     p.add_argument("--device", default=None)
@@ -78,6 +87,8 @@ def run_demo(args) -> int:
         gc=args.gc,
         lr=args.lr,
         meta_lr=args.meta_lr,
+        lr_step=args.lr_step,
+        ema=args.ema or None,
         progress=None,
     )
     trainer = Trainer(cfg)
@@ -86,7 +97,7 @@ def run_demo(args) -> int:
         return rc
     train_s = time.time() - t0
     ckpt = os.path.join(cfg.ckpt_save, LAST)  # the full state after the last epoch
-    model = trainer.meta_model.eval()
+    model = (trainer.meta_model if trainer.ema is None else trainer.ema.model).eval()
     images = [(os.path.basename(f), read_image_rgb(f)) for f in list_images(testdir, flag="--testset")]
     print(
         f"\nDIL_{args.variant}, RRDB nf={args.nf} nb={args.nb} gc={args.gc}, trained on sigma 5,10,15,20 "
