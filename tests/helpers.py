@@ -16,6 +16,49 @@ BACKENDS = [pytest.param("torch", id="torch"), pytest.param("cuda", id="native",
 SHAPES = [(3, 17, 23), (2, 33, 65)]  # (B, H, W) of the kernel tests, C = 3
 IDS = [f"B{b}_{h}x{w}" for b, h, w in SHAPES]
 
+# the tiny RRDB networks of the training tests
+RRDB_NF8 = ("--nf", "8", "--nb", "1", "--gc", "4")
+RRDB_NF4 = ("--nf", "4", "--nb", "1", "--gc", "2")
+
+
+def train_argv(
+    trainset,
+    testset,
+    out,
+    *extra,
+    epochs=1,
+    size=RRDB_NF8,
+    patch_size=16,
+    batch_size=2,
+    num_workers=0,
+    device="cpu",
+    progress=False,
+    tensorboard=False,
+) -> list[str]:
+    """``dil-fast train`` arguments of a tiny run: ``testset`` is one path or a list of them, ``extra``
+    comes last (a repeated flag there wins); ``epochs``, ``batch_size`` or ``num_workers`` None leaves
+    that flag out; ``progress`` / ``tensorboard`` False add ``--no_progress`` / ``--no_tensorboard``."""
+    testsets = testset if isinstance(testset, (list, tuple)) else [testset]
+    optional = (("--batch_size", batch_size), ("--total_epoch", epochs), ("--num_workers", num_workers))
+    return [
+        "train",
+        "--trainset",
+        str(trainset),
+        "--testset",
+        *map(str, testsets),
+        "--ckpt_save",
+        str(out),
+        "--patch_size",
+        str(patch_size),
+        *[word for flag, value in optional if value is not None for word in (flag, str(value))],
+        "--device",
+        device,
+        *([] if progress else ["--no_progress"]),
+        *([] if tensorboard else ["--no_tensorboard"]),
+        *size,
+        *extra,
+    ]
+
 
 def triton_tol(dtype):
     """Kernel-vs-reference tolerance: fp32 tight, fp16 relative."""

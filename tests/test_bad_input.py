@@ -29,8 +29,7 @@ from dil_fast.train import TrainConfig, Trainer
 from dil_fast.train import state as state_io
 from dil_fast.train.run_folder import LOCK_NAME, RunFolder
 from tests.conftest import make_png_folder
-
-SIZE = ["--nf", "4", "--nb", "1", "--gc", "2"]
+from tests.helpers import RRDB_NF4, train_argv
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +52,8 @@ def data(tmp_path, clean):
 
 
 def train(data, run="run", *extra, trainset=None, size=True):
-    return [
-        "train",
-        "--trainset",
-        str(trainset or data / "train"),
-        "--testset",
-        str(data / "test"),
-        "--ckpt_save",
-        str(data / run),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "2",
-        "--total_epoch",
-        "1",
-        "--num_workers",
-        "0",
-        "--no_progress",
-        "--no_tensorboard",
-        *(SIZE if size else []),
-        *extra,
-    ]
+    size = RRDB_NF4 if size else ()
+    return train_argv(trainset or data / "train", data / "test", data / run, *extra, size=size)
 
 
 def one_line(capfd, rc, expected_rc=2):

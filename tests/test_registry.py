@@ -15,6 +15,7 @@ import torch
 from dil_fast.errors import FlagError
 from dil_fast.registry import Registry, UnknownEntry, load_plugins
 from tests.conftest import make_png_folder
+from tests.helpers import train_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGINS = [
@@ -92,15 +93,7 @@ def test_toy_variant_family_and_architecture_train_and_evaluate_from_the_command
     helped = _cli(*PLUGINS, "train", "--help")
     assert helped.returncode == 0 and "toy" in helped.stdout and "--toy_momentum" in helped.stdout
     run = tmp_path / "run"
-    trained = _cli(
-        *PLUGINS,
-        "train",
-        "--trainset",
-        str(tmp_path / "train"),
-        "--testset",
-        str(tmp_path / "test"),
-        "--ckpt_save",
-        str(run),
+    toy = (
         "--variant",
         "toy",
         "--toy_momentum",
@@ -115,23 +108,12 @@ def test_toy_variant_family_and_architecture_train_and_evaluate_from_the_command
         "toynet",
         "--arch_kwargs",
         '{"width": 6}',
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "2",
-        "--total_epoch",
-        "1",
-        "--num_workers",
-        "0",
         "--print_every",
         "1",
-        "--device",
-        "cpu",
-        "--no_progress",
-        "--no_tensorboard",
         "--lr",
         "1e-3",
     )
+    trained = _cli(*PLUGINS, *train_argv(tmp_path / "train", tmp_path / "test", run, *toy, size=()))
     assert trained.returncode == 0, trained.stderr
     log = (run / "train.log").read_text()
     assert "toyshift10" in log and "toyshift20" in log and "psnr" in log

@@ -14,6 +14,7 @@ from dil_fast.data import released as reference
 from dil_fast.data.folders import FolderCleanLoader, PairedLoader
 from dil_fast.errors import InputError
 from tests.conftest import make_png_folder
+from tests.helpers import RRDB_NF4, train_argv
 
 
 def _truncate(path):
@@ -49,38 +50,9 @@ def test_bad_image_in_a_worker_is_one_line_through_the_cli(tmp_path, layout, mon
     _truncate(bad)
     make_png_folder(tmp_path / "test", n=1, size=16)
     monkeypatch.setattr(reference, "available_cpus", lambda: 8)  # the 2 workers start on any machine
-    rc = cli.main(
-        [
-            "train",
-            "--trainset",
-            str(trainset),
-            "--testset",
-            str(tmp_path / "test"),
-            "--ckpt_save",
-            str(tmp_path / "run"),
-            *loader_flags,
-            "--num_workers",
-            "2",
-            "--levels",
-            "5",
-            "--nf",
-            "4",
-            "--nb",
-            "1",
-            "--gc",
-            "2",
-            "--patch_size",
-            "16",
-            "--batch_size",
-            "1",
-            "--total_epoch",
-            "1",
-            "--device",
-            "cpu",
-            "--backend",
-            "torch",
-        ]
-    )
+    flags = (*loader_flags, "--levels", "5", "--backend", "torch")
+    tiny = dict(batch_size=1, num_workers=2, size=RRDB_NF4, progress=True, tensorboard=True)
+    rc = cli.main(train_argv(trainset, tmp_path / "test", tmp_path / "run", *flags, **tiny))
     lines = capfd.readouterr().err.splitlines()
     assert rc == 2 and len(lines) == 1, lines  # no "Caught InputError in DataLoader worker process" traceback
     assert lines[0] == f"error: {bad}: truncated or corrupt PNG (no IEND chunk at the end)"
@@ -150,40 +122,9 @@ def test_the_trainer_logs_the_worker_cap(tmp_path, monkeypatch):
     make_png_folder(tmp_path / "train", n=2, size=16)
     make_png_folder(tmp_path / "test", n=1, size=16)
     monkeypatch.setattr(reference, "available_cpus", lambda: 1)
-    rc = cli.main(
-        [
-            "train",
-            "--trainset",
-            str(tmp_path / "train"),
-            "--testset",
-            str(tmp_path / "test"),
-            "--ckpt_save",
-            str(tmp_path / "run"),
-            "--loader",
-            "folder",
-            "--num_workers",
-            "3",
-            "--levels",
-            "5",
-            "--nf",
-            "4",
-            "--nb",
-            "1",
-            "--gc",
-            "2",
-            "--patch_size",
-            "16",
-            "--batch_size",
-            "1",
-            "--total_epoch",
-            "1",
-            "--device",
-            "cpu",
-            "--backend",
-            "torch",
-            "--no_progress",
-        ]
-    )
+    flags = ("--loader", "folder", "--levels", "5", "--backend", "torch")
+    tiny = dict(batch_size=1, num_workers=3, size=RRDB_NF4, tensorboard=True)
+    rc = cli.main(train_argv(tmp_path / "train", tmp_path / "test", tmp_path / "run", *flags, **tiny))
     assert rc == 0
     log = (tmp_path / "run" / "train.log").read_text()
     assert (

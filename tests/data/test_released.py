@@ -20,6 +20,7 @@ from dil_fast.data.released import (
 )
 from dil_fast.errors import InputError, SamplesUnavailable
 from tests.conftest import make_png_folder
+from tests.helpers import RRDB_NF4, train_argv
 
 
 def test_dihedral_modes_follow_the_released_numbering():
@@ -184,35 +185,8 @@ def test_bad_image_is_one_line_through_the_cli(tmp_path, kind, workers, monkeypa
     folder, bad = _bad_folder(tmp_path, kind)
     make_png_folder(tmp_path / "test", n=1, size=16)
     monkeypatch.setattr(reference, "available_cpus", lambda: 8)  # the 2 workers start on any machine
-    rc = cli.main(
-        [
-            "train",
-            "--trainset",
-            str(folder),
-            "--ckpt_save",
-            str(tmp_path / "run"),
-            "--num_workers",
-            str(workers),
-            "--levels",
-            "5",
-            "--nf",
-            "4",
-            "--nb",
-            "1",
-            "--gc",
-            "2",
-            "--patch_size",
-            "16",
-            "--batch_size",
-            "1",
-            "--total_epoch",
-            "1",
-            "--device",
-            "cpu",
-            "--testset",
-            str(tmp_path / "test"),
-        ]
-    )
+    tiny = dict(batch_size=1, num_workers=workers, size=RRDB_NF4, progress=True, tensorboard=True)
+    rc = cli.main(train_argv(folder, tmp_path / "test", tmp_path / "run", "--levels", "5", **tiny))
     lines = capfd.readouterr().err.splitlines()
     assert rc == 2 and len(lines) == 1, lines  # no worker traceback, no "Caught InputError in DataLoader worker"
     assert lines[0].startswith(f"error: {bad}: ") and BAD_IMAGES[kind][1] in lines[0]

@@ -12,8 +12,7 @@ import torch
 from dil_fast.cli import main
 from dil_fast.models import RRDBNet
 from tests.conftest import make_png_folder
-
-TINY = ["--nf", "8", "--nb", "1", "--gc", "4"]
+from tests.helpers import RRDB_NF8, train_argv
 
 
 @pytest.fixture
@@ -24,33 +23,12 @@ def data(tmp_path):
 
 
 def _train(data, out, *extra, epochs=2):
-    args = [
-        "train",
-        "--trainset",
-        str(data / "train"),
-        "--testset",
-        str(data / "test"),
-        "--ckpt_save",
-        str(out),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "2",
-        "--total_epoch",
-        str(epochs),
-        "--num_workder",
-        "0",
-        "--print_every",
-        "4",
-        "--test_every",
-        "1",
-        "--device",
-        "cpu",
-        "--no_progress",
-        *TINY,
-        *extra,
-    ]
-    return main(args)
+    flags = ("--num_workder", "0", "--print_every", "4", "--test_every", "1")  # the released misspelt flag
+    return main(
+        train_argv(
+            data / "train", data / "test", out, *flags, *extra, epochs=epochs, num_workers=None, tensorboard=True
+        )
+    )
 
 
 def _load(path):
@@ -112,31 +90,8 @@ def test_resume_from_released_checkpoint_infers_model_size(data, capsys):
     }
     torch.save(ref, data / "released.pt")
     out = data / "from_ref"
-    args = [
-        "train",
-        "--trainset",
-        str(data / "train"),
-        "--testset",
-        str(data / "test"),
-        "--ckpt_save",
-        str(out),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "2",
-        "--total_epoch",
-        "1",
-        "--num_workers",
-        "0",
-        "--device",
-        "cpu",
-        "--no_progress",
-        "--resume",
-        str(data / "released.pt"),
-        "--test_every",
-        "5",
-    ]
-    assert main(args) == 0
+    resume = ("--resume", str(data / "released.pt"), "--test_every", "5")
+    assert main(train_argv(data / "train", data / "test", out, *resume, size=(), tensorboard=True)) == 0
     ck = _load(out / "model_1.pt")
     assert "RRDB_trunk.1.RDB3.conv5.weight" in ck["model_meta"]
     assert ck["model_meta"]["conv_first.weight"].shape[0] == 8
@@ -169,64 +124,33 @@ def _assert_clean_error(res, *needles, out=None):
 
 
 def test_python_m_entry_point_and_bad_inputs(data):
-    base = [
-        "train",
-        "--testset",
-        str(data / "test"),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "2",
-        "--total_epoch",
-        "1",
-        "--num_workers",
-        "0",
-        "--device",
-        "cpu",
-        "--no_progress",
-        *TINY,
-    ]
     out = str(data / "bad")
+
+    def bad(trainset, *more, size=RRDB_NF8):
+        return _run_cli(train_argv(data / trainset, data / "test", out, *more, size=size, tensorboard=True))
+
     # missing / empty trainset
-    _assert_clean_error(_run_cli(base + ["--trainset", str(data / "nope"), "--ckpt_save", out]), "--trainset", "nope")
+    _assert_clean_error(bad("nope"), "--trainset", "nope")
     (data / "empty").mkdir()
-    _assert_clean_error(_run_cli(base + ["--trainset", str(data / "empty"), "--ckpt_save", out]), "--trainset")
+    _assert_clean_error(bad("empty"), "--trainset")
     # a corrupt PNG among good ones is named
     make_png_folder(data / "corrupt", n=4, size=24)
     (data / "corrupt" / "000002.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    _assert_clean_error(
-        _run_cli(base + ["--trainset", str(data / "corrupt"), "--ckpt_save", out]), "000002.png", out=out
-    )
+    _assert_clean_error(bad("corrupt"), "000002.png", out=out)
     # patches smaller than --patch_size
     make_png_folder(data / "small", n=4, size=12)
-    _assert_clean_error(
-        _run_cli(base + ["--trainset", str(data / "small"), "--ckpt_save", out]), "--patch_size", out=out
-    )
+    _assert_clean_error(bad("small"), "--patch_size", out=out)
     # invalid flag values
-    _assert_clean_error(
-        _run_cli(base + ["--trainset", str(data / "train"), "--ckpt_save", out, "--batch_size", "0"]), "--batch_size"
-    )
-    _assert_clean_error(
-        _run_cli(base + ["--trainset", str(data / "train"), "--ckpt_save", out, "--variant", "maml"]), "--variant"
-    )
+    _assert_clean_error(bad("train", "--batch_size", "0"), "--batch_size")
+    _assert_clean_error(bad("train", "--variant", "maml"), "--variant")
     # --resume that is not a checkpoint, and one that does not fit the model
     (data / "junk.pt").write_text("hello")
-    _assert_clean_error(
-        _run_cli(base + ["--trainset", str(data / "train"), "--ckpt_save", out, "--resume", str(data / "junk.pt")]),
-        "junk.pt",
-    )
+    _assert_clean_error(bad("train", "--resume", str(data / "junk.pt")), "junk.pt")
     torch.save(
         {"model_meta": RRDBNet(3, 3, 8, 1, 4).state_dict(), "model_task": RRDBNet(3, 3, 8, 1, 4).state_dict()},
         data / "nf8.pt",
     )
-    _assert_clean_error(
-        _run_cli(
-            base[:-6]
-            + ["--nf", "16", "--trainset", str(data / "train"), "--ckpt_save", out, "--resume", str(data / "nf8.pt")]
-        ),
-        "nf8.pt",
-        "do not fit",
-    )
+    _assert_clean_error(bad("train", "--nf", "16", "--resume", str(data / "nf8.pt"), size=()), "nf8.pt", "do not fit")
     # argparse-level errors also exit 2 with one line naming the flag
     res = _run_cli(["train", "--levels", "a,b"])
     assert res.returncode == 2 and "--levels" in res.stderr and "Traceback" not in res.stderr

@@ -10,6 +10,7 @@ import pytest
 from dil_fast.cli import _with_config_file, build_parser, main
 from dil_fast.train import TrainConfig
 from tests.conftest import make_png_folder
+from tests.helpers import RRDB_NF4, train_argv
 
 
 def _config_of(argv):
@@ -56,39 +57,8 @@ def test_yaml_files_are_read(tmp_path):
 def test_a_runs_options_json_repeats_the_run(tmp_path):
     make_png_folder(tmp_path / "train", n=4, size=20, seed=1)
     make_png_folder(tmp_path / "test", n=1, size=16, seed=2)
-    first = [
-        "train",
-        "--trainset",
-        str(tmp_path / "train"),
-        "--testset",
-        str(tmp_path / "test"),
-        "--ckpt_save",
-        str(tmp_path / "a"),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "2",
-        "--total_epoch",
-        "1",
-        "--num_workers",
-        "0",
-        "--nf",
-        "4",
-        "--nb",
-        "1",
-        "--gc",
-        "2",
-        "--levels",
-        "5,15",
-        "--variant",
-        "ss",
-        "--alpha",
-        "0.01",
-        "--no_progress",
-        "--no_tensorboard",
-        "--print_every",
-        "1",
-    ]
+    flags = ("--levels", "5,15", "--variant", "ss", "--alpha", "0.01", "--print_every", "1")
+    first = train_argv(tmp_path / "train", tmp_path / "test", tmp_path / "a", *flags, size=RRDB_NF4)
     assert main(first) == 0
     options = tmp_path / "a" / "options.json"
     again = _config_of(["train", "--config", str(options), "--ckpt_save", str(tmp_path / "b")])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_close_verbose, make_png_folder
+from tests.helpers import train_argv
 from tests.train.ddp_worker import make_algorithm, run_steps
 
 WORKER = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
@@ -82,37 +83,8 @@ def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path):
 def _train_args(tmp_path, out):
     make_png_folder(tmp_path / "train", n=16, size=20, seed=3)
     make_png_folder(tmp_path / "test", n=1, size=16, seed=4)
-    return [
-        "--distributed",
-        "--device",
-        "cpu",
-        "--trainset",
-        str(tmp_path / "train"),
-        "--testset",
-        str(tmp_path / "test"),
-        "--ckpt_save",
-        str(out),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "2",
-        "--total_epoch",
-        "3",
-        "--num_workers",
-        "0",
-        "--nf",
-        "8",
-        "--nb",
-        "1",
-        "--gc",
-        "4",
-        "--print_every",
-        "1",
-        "--no_progress",
-        "--ddp_timeout",
-        "5",
-        "--no_tensorboard",
-    ]
+    flags = ("--distributed", "--print_every", "1", "--ddp_timeout", "5")
+    return train_argv(tmp_path / "train", tmp_path / "test", out, *flags, epochs=3)[1:]  # the worker adds "train"
 
 
 @pytest.mark.slow

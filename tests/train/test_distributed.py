@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import make_png_folder
+from tests.helpers import train_argv
 
 
 def _free_port():
@@ -27,44 +28,10 @@ def test_torchrun_two_gloo_processes(tmp_path):
     env = dict(
         os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        "-m",
-        "dil_fast",
-        "train",
-        "--distributed",
-        "--local_rank",
-        "0",
-        "--device",
-        "cpu",
-        "--trainset",
-        str(tmp_path / "train"),
-        "--testset",
-        str(tmp_path / "test"),
-        "--ckpt_save",
-        str(out),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "2",
-        "--total_epoch",
-        "2",
-        "--num_workers",
-        "0",
-        "--nf",
-        "8",
-        "--nb",
-        "1",
-        "--gc",
-        "4",
-        "--print_every",
-        "1",
-        "--no_progress",
-    ]
+    flags = ("--distributed", "--local_rank", "0", "--print_every", "1")
+    argv = train_argv(tmp_path / "train", tmp_path / "test", out, *flags, epochs=2, tensorboard=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    cmd += ["-m", "dil_fast", *argv]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     log = (out / "train.log").read_text()
@@ -277,10 +244,9 @@ def test_srun_two_gloo_tasks_from_slurms_variables(tmp_path):
         SLURM_JOB_ID=str(port - 10000),
         SLURM_JOB_NODELIST="localhost,node[02-03]",
     )
-    cmd = [sys.executable, "-m", "dil_fast", "train", "--launcher", "slurm", "--device", "cpu"]
-    cmd += ["--trainset", str(tmp_path / "train"), "--testset", str(tmp_path / "test"), "--ckpt_save", str(out)]
-    cmd += ["--patch_size", "16", "--batch_size", "2", "--total_epoch", "1", "--num_workers", "0"]
-    cmd += ["--nf", "8", "--nb", "1", "--gc", "4", "--print_every", "1", "--no_progress"]
+    flags = ("--launcher", "slurm", "--print_every", "1")
+    argv = train_argv(tmp_path / "train", tmp_path / "test", out, *flags, tensorboard=True)
+    cmd = [sys.executable, "-m", "dil_fast", *argv]
     procs = [
         subprocess.Popen(
             cmd,

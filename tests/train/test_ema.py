@@ -15,27 +15,7 @@ from dil_fast.models import RRDBNet
 from dil_fast.optim import FusedAdam
 from dil_fast.train.ema import ModelEMA
 from tests.conftest import make_png_folder
-
-TINY = [
-    "--nf",
-    "8",
-    "--nb",
-    "1",
-    "--gc",
-    "4",
-    "--patch_size",
-    "16",
-    "--batch_size",
-    "2",
-    "--num_workers",
-    "0",
-    "--device",
-    "cpu",
-    "--no_progress",
-    "--no_tensorboard",
-    "--print_every",
-    "2",
-]
+from tests.helpers import train_argv
 
 
 @pytest.fixture
@@ -46,22 +26,9 @@ def data(tmp_path):
     return tmp_path
 
 
-def _train(data, out, *extra, epochs=2):
-    return main(
-        [
-            "train",
-            "--trainset",
-            str(data / "train"),
-            "--testset",
-            str(data / "test"),
-            "--ckpt_save",
-            str(out),
-            "--total_epoch",
-            str(epochs),
-            *TINY,
-            *extra,
-        ]
-    )
+def _train(data, out, *extra, epochs=2, testset=None):
+    testset = testset or data / "test"
+    return main(train_argv(data / "train", testset, out, "--print_every", "2", *extra, epochs=epochs))
 
 
 @pytest.mark.parametrize("flat", [True, False], ids=["flat", "per-tensor"])
@@ -152,28 +119,8 @@ def test_ema_in_checkpoints_eval_and_exact_resume(data, capsys):
 
 
 def test_several_test_sets_each_logged_tagged_and_drawn(data):
-    assert (
-        main(
-            [
-                "train",
-                "--trainset",
-                str(data / "train"),
-                "--testset",
-                str(data / "test"),
-                str(data / "other"),
-                "--ckpt_save",
-                str(data / "run"),
-                "--total_epoch",
-                "1",
-                "--test_every",
-                "1",
-                "--test_confounders",
-                "noise:30,50",
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    flags = ("--test_every", "1", "--test_confounders", "noise:30,50")
+    assert _train(data, data / "run", *flags, epochs=1, testset=[data / "test", data / "other"]) == 0
     log = (data / "run" / "train.log").read_text()
     assert log.count("Test set: test") == 1 and log.count("Test set: other") == 1
     assert log.count("Epoch: 0, psnr:") == 4  # two sets x two levels
@@ -201,22 +148,7 @@ def test_bad_ema_and_testset_flags_are_one_line(data, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
         assert not (data / "bad").exists()
-    assert (
-        main(
-            [
-                "train",
-                "--trainset",
-                str(data / "train"),
-                "--testset",
-                str(data / "test"),
-                str(data / "test"),
-                "--ckpt_save",
-                str(data / "bad"),
-                *TINY,
-            ]
-        )
-        == 2
-    )
+    assert _train(data, data / "bad", epochs=None, testset=[data / "test", data / "test"]) == 2
     assert "names a folder twice" in capsys.readouterr().err and not (data / "bad").exists()
 
 
@@ -234,26 +166,15 @@ def test_train_pairs_lq_files_by_filename_tmpl(tmp_path, capsys):
         cv2.imwrite(str(folder / "GT" / f"{i:04d}.png"), gt)
         cv2.imwrite(str(folder / "LQ" / f"{i:04d}x2.png"), cv2.resize(gt, (16, 16), interpolation=cv2.INTER_AREA))
     make_png_folder(tmp_path / "test", n=1, size=24, seed=2)
-    common = [
-        "train",
-        "--trainset",
-        str(folder),
-        "--scale",
-        "2",
-        "--arch",
-        "rrdb_basicsr",
-        "--arch_kwargs",
-        '{"scale": 2}',
-        "--testset",
-        str(tmp_path / "test"),
-        "--total_epoch",
-        "1",
-        *TINY,
-    ]
-    assert main([*common, "--ckpt_save", str(tmp_path / "no")]) == 2
+    sr = ("--scale", "2", "--arch", "rrdb_basicsr", "--arch_kwargs", '{"scale": 2}', "--print_every", "2")
+
+    def train(out, *more):
+        return main(train_argv(folder, tmp_path / "test", tmp_path / out, *sr, *more))
+
+    assert train("no") == 2
     err = capsys.readouterr().err
     assert "--filename_tmpl '{}x2'" in err and not (tmp_path / "no").exists(), err
-    assert main([*common, "--ckpt_save", str(tmp_path / "yes"), "--filename_tmpl", "{}x2"]) == 0
+    assert train("yes", "--filename_tmpl", "{}x2") == 0
     assert (tmp_path / "yes" / "model_1.pt").exists()
-    assert main([*common, "--ckpt_save", str(tmp_path / "bad"), "--filename_tmpl", "x2"]) == 2
+    assert train("bad", "--filename_tmpl", "x2") == 2
     assert "--filename_tmpl 'x2'" in capsys.readouterr().err

@@ -29,8 +29,8 @@ from dil_fast.train.fast import (
 )
 from dil_fast.train.plan import RunPlan
 from tests.conftest import make_png_folder
+from tests.helpers import train_argv
 
-TINY = ["--nf", "8", "--nb", "1", "--gc", "4"]
 LOSS_RE = re.compile(r"Task loss: ([0-9.e-]+)")
 
 
@@ -511,35 +511,8 @@ def data(tmp_path):
 
 
 def _train(data, out, *extra):
-    args = [
-        "train",
-        "--trainset",
-        str(data / "train"),
-        "--testset",
-        str(data / "test"),
-        "--ckpt_save",
-        str(out),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "2",
-        "--total_epoch",
-        "1",
-        "--num_workers",
-        "0",
-        "--print_every",
-        "1",
-        "--test_every",
-        "5",
-        "--device",
-        "cpu",
-        "--no_progress",
-        "--backend",
-        "torch",
-        *TINY,
-        *extra,
-    ]
-    return main(args)
+    flags = ("--print_every", "1", "--test_every", "5", "--backend", "torch")
+    return main(train_argv(data / "train", data / "test", out, *flags, *extra, tensorboard=True))
 
 
 def test_trainer_reference_mode_converges_with_default_path(data):
@@ -825,31 +798,9 @@ def test_cuda_compile_with_inductor_matches_eager():
 def test_cuda_trainer_graphs_default_and_flag(tmp_path, flags, note):
     make_png_folder(tmp_path / "train", n=16, size=24, seed=1)
     make_png_folder(tmp_path / "test", n=1, size=20, seed=2)
-    args = [
-        "train",
-        "--trainset",
-        str(tmp_path / "train"),
-        "--testset",
-        str(tmp_path / "test"),
-        "--ckpt_save",
-        str(tmp_path / "run"),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "2",
-        "--total_epoch",
-        "2",
-        "--num_workers",
-        "0",
-        "--print_every",
-        "2",
-        "--device",
-        "cuda",
-        "--no_progress",
-        *flags,
-        *TINY,
-    ]
-    assert main(args) == 0
+    run, extra = tmp_path / "run", ("--print_every", "2", *flags)
+    argv = train_argv(tmp_path / "train", tmp_path / "test", run, *extra, epochs=2, device="cuda", tensorboard=True)
+    assert main(argv) == 0
     log = (tmp_path / "run" / "train.log").read_text()
     assert note in log and len(LOSS_RE.findall(log)) == 2 * 4 * 4
 

@@ -5,30 +5,10 @@ import torch
 
 from dil_fast.cli import main
 from tests.conftest import make_png_folder
+from tests.helpers import train_argv
 
-COMMON = [
-    "--patch_size",
-    "16",
-    "--batch_size",
-    "2",
-    "--num_workers",
-    "0",
-    "--device",
-    "cpu",
-    "--no_progress",
-    "--nf",
-    "8",
-    "--nb",
-    "1",
-    "--gc",
-    "4",
-    "--print_every",
-    "2",
-    "--test_every",
-    "9",
-    "--backend",
-    "torch",
-]  # the Triton kernels are tested on their own; the interpreter is slow
+# the Triton kernels are tested on their own; the interpreter is slow
+FLAGS = ("--print_every", "2", "--test_every", "9", "--backend", "torch")
 
 
 @pytest.fixture
@@ -39,22 +19,8 @@ def store(tmp_path):
     return tmp_path
 
 
-def _run(tmp, out, *extra, epochs=2):
-    return main(
-        [
-            "train",
-            "--trainset",
-            str(tmp / "store"),
-            "--testset",
-            str(tmp / "test"),
-            "--ckpt_save",
-            str(tmp / out),
-            "--total_epoch",
-            str(epochs),
-            *COMMON,
-            *extra,
-        ]
-    )
+def _run(tmp, out, *extra, epochs=2, trainset="store"):
+    return main(train_argv(tmp / trainset, tmp / "test", tmp / out, *FLAGS, *extra, epochs=epochs, tensorboard=True))
 
 
 def test_store_loader_trains_and_resumes_exactly(store):
@@ -77,42 +43,8 @@ def test_shared_pairing_and_auto_loader(store):
 def test_loader_flag_errors(store, capsys):
     assert _run(store, "x", "--loader", "reference") == 2  # a store is not a PNG folder
     # any confounders on a plain folder: the clean folder loader serves them; the released path refuses them
-    assert (
-        main(
-            [
-                "train",
-                "--trainset",
-                str(store / "png"),
-                "--testset",
-                str(store / "test"),
-                "--ckpt_save",
-                str(store / "y"),
-                "--confounders",
-                "blur:1",
-                *COMMON,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "train",
-                "--trainset",
-                str(store / "png"),
-                "--testset",
-                str(store / "test"),
-                "--ckpt_save",
-                str(store / "y2"),
-                "--confounders",
-                "blur:1",
-                "--loader",
-                "reference",
-                *COMMON,
-            ]
-        )
-        == 2
-    )
+    assert _run(store, "y", "--confounders", "blur:1", epochs=None, trainset="png") == 0
+    assert _run(store, "y2", "--confounders", "blur:1", "--loader", "reference", epochs=None, trainset="png") == 2
     err = capsys.readouterr().err
     assert "--loader reference is the released path" in err
     assert _run(store, "z", "--confounders", "noise:abc") == 2
@@ -125,22 +57,7 @@ def test_dali_loader_trains(store):
     ok, why = dali_available()
     if not ok:
         pytest.skip(f"DALI not installed: {why}")
-    rc = main(
-        [
-            "train",
-            "--trainset",
-            str(store / "png"),
-            "--testset",
-            str(store / "test"),
-            "--ckpt_save",
-            str(store / "dali"),
-            "--total_epoch",
-            "1",
-            "--loader",
-            "dali",
-            *COMMON,
-        ]
-    )
+    rc = _run(store, "dali", "--loader", "dali", epochs=1, trainset="png")
     assert rc == 0
     ck = torch.load(store / "dali" / "model_1.pt", weights_only=True)
     assert set(ck) == {"model_meta", "model_task"}

@@ -20,6 +20,7 @@ from dil_fast.models import RRDBNet
 from dil_fast.train import TrainConfig, Trainer
 from dil_fast.train.run_folder import LOCK_NAME
 from tests.conftest import make_png_folder
+from tests.helpers import RRDB_NF4, train_argv
 
 TINY = dict(
     patch_size=16,
@@ -104,36 +105,11 @@ def test_orphaned_temporary_files_are_removed_and_files_follow_the_umask(data):
 
 def test_killed_run_then_restart_leaves_no_orphan(data):
     """kill -9 during training, then the same command again (--auto_resume): no temporary file stays."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "dil_fast",
-        "train",
-        "--trainset",
-        str(data / "train"),
-        "--testset",
-        str(data / "test"),
-        "--ckpt_save",
-        str(data / "run"),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "1",
-        "--total_epoch",
-        "200",
-        "--num_workers",
-        "0",
-        "--nf",
-        "4",
-        "--nb",
-        "1",
-        "--gc",
-        "2",
-        "--no_progress",
-        "--auto_resume",
-        "--test_every",
-        "1000",
-    ]
+    flags = ("--auto_resume", "--test_every", "1000")
+    argv = train_argv(
+        data / "train", data / "test", data / "run", *flags, epochs=200, batch_size=1, size=RRDB_NF4, tensorboard=True
+    )
+    cmd = [sys.executable, "-m", "dil_fast", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import time
 
@@ -187,40 +163,10 @@ def test_tracking_writes_options_metrics_curves_and_labelled_lines(data):
 
 
 def test_a_diverging_run_stops_with_one_line_and_only_finite_checkpoints(data, capsys):
-    argv = [
-        "train",
-        "--trainset",
-        str(data / "train"),
-        "--testset",
-        str(data / "test"),
-        "--ckpt_save",
-        str(data / "nan"),
-        "--patch_size",
-        "16",
-        "--batch_size",
-        "1",
-        "--total_epoch",
-        "50",
-        "--num_workers",
-        "0",
-        "--nf",
-        "4",
-        "--nb",
-        "1",
-        "--gc",
-        "2",
-        "--lr",
-        "1e30",
-        "--meta_lr",
-        "1e30",
-        "--max_bad_steps",
-        "3",
-        "--print_every",
-        "1",
-        "--no_progress",
-        "--variant",
-        "erm",
-    ]
+    flags = ("--lr", "1e30", "--meta_lr", "1e30", "--max_bad_steps", "3", "--print_every", "1", "--variant", "erm")
+    argv = train_argv(
+        data / "train", data / "test", data / "nan", *flags, epochs=50, batch_size=1, size=RRDB_NF4, tensorboard=True
+    )
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 3 and len(err) == 1 and "consecutive meta-iterations had non-finite" in err[0]
@@ -275,21 +221,9 @@ def test_model_n_holds_the_task_network_after_the_last_inner_steps(data):
 
 def test_a_ckpt_save_that_is_a_file_is_refused_before_anything_is_written(data, capsys):
     (data / "afile").write_text("x")
-    rc = main(
-        [
-            "train",
-            "--trainset",
-            str(data / "train"),
-            "--testset",
-            str(data / "test"),
-            "--ckpt_save",
-            str(data / "afile"),
-            "--patch_size",
-            "16",
-            "--num_workers",
-            "0",
-        ]
-    )
+    # a bare command: no --batch_size, --total_epoch, model size, --no_progress or --no_tensorboard
+    bare = dict(epochs=None, batch_size=None, size=(), progress=True, tensorboard=True)
+    rc = main(train_argv(data / "train", data / "test", data / "afile", **bare))
     err = capsys.readouterr().err
     assert rc == 2 and err == f"error: --ckpt_save {data / 'afile'}: is a file, not a folder\n"
     assert (data / "afile").read_text() == "x"
@@ -309,33 +243,7 @@ def test_a_save_that_fails_mid_run_is_one_line_and_keeps_the_last_checkpoint(dat
         real(obj, path)
 
     monkeypatch.setattr(checkpoints, "atomic_save", disk_full_after_epoch_one)
-    rc = main(
-        [
-            "train",
-            "--trainset",
-            str(data / "train"),
-            "--testset",
-            str(data / "test"),
-            "--ckpt_save",
-            str(data / "run"),
-            "--patch_size",
-            "16",
-            "--batch_size",
-            "2",
-            "--total_epoch",
-            "2",
-            "--num_workers",
-            "0",
-            "--nf",
-            "4",
-            "--nb",
-            "1",
-            "--gc",
-            "2",
-            "--no_progress",
-            "--no_tensorboard",
-        ]
-    )
+    rc = main(train_argv(data / "train", data / "test", data / "run", epochs=2, size=RRDB_NF4))
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
     assert err.startswith(f"error: --ckpt_save: cannot write {data / 'run' / 'model_2.pt'} (No space left on device)")

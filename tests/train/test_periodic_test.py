@@ -8,38 +8,9 @@ import pytest
 
 from dil_fast.cli import main
 from tests.conftest import make_png_folder
+from tests.helpers import RRDB_NF4, train_argv
 
-TINY = [
-    "--nf",
-    "4",
-    "--nb",
-    "1",
-    "--gc",
-    "2",
-    "--patch_size",
-    "16",
-    "--batch_size",
-    "1",
-    "--total_epoch",
-    "1",
-    "--test_every",
-    "1",
-    "--save_every",
-    "1",
-    "--num_workers",
-    "0",
-    "--device",
-    "cpu",
-    "--backend",
-    "torch",
-    "--no_progress",
-    "--levels",
-    "5,15",
-    "--test_level",
-    "30",
-    "--seed",
-    "3",
-]
+FLAGS = ("--test_every", "1", "--save_every", "1", "--backend", "torch", "--levels", "5,15", "--test_level", "30")
 # "<time> : 000000.png: <psnr>, <ssim>", the released line of one test image
 IMAGE_LINE = re.compile(r" : (\S+\.png): (\S+), (\S+)$")
 
@@ -63,22 +34,9 @@ def test_logged_test_scores_equal_dil_fast_eval_of_the_checkpoint(tmp_path, scal
     make_png_folder(tmp_path / "train", n=2, size=24, seed=1)
     make_png_folder(tmp_path / "test", n=2, size=26, seed=2)  # 26 is no multiple of 4: the x4 test crops it
     sr = ["--scale", "4", "--arch", "rrdb_x4", "--loader", "folder"] if scale == 4 else []
-    assert (
-        main(
-            [
-                "train",
-                "--trainset",
-                str(tmp_path / "train"),
-                "--testset",
-                str(tmp_path / "test"),
-                "--ckpt_save",
-                str(tmp_path / "run"),
-                *TINY,
-                *sr,
-            ]
-        )
-        == 0
-    )
+    flags, run = (*FLAGS, "--seed", "3", *sr), tmp_path / "run"
+    argv = train_argv(tmp_path / "train", tmp_path / "test", run, *flags, batch_size=1, size=RRDB_NF4, tensorboard=True)
+    assert main(argv) == 0
     assert (
         main(
             [
