@@ -9,7 +9,9 @@ Layouts (:func:`layout_of`) of what a file holds:
   "algorithm": ..., "model_config": ...}``: both networks, the optimizers, the RNG and data
   position; an exact resume, :mod:`dil_fast.train.state` fills it);
 * ``"released"``: the released trainer's model checkpoint, exactly ``{"model_meta": state_dict,
-  "model_task": state_dict}``, loadable by the released scripts;
+  "model_task": state_dict}``, loadable by the released scripts (dil_fast may add ``params_ema`` and,
+  for a network its weights alone would be read as another one, ``model_config``: the released
+  scripts read only their two keys);
 * ``"basicsr"``: BasicSR / Real-ESRGAN / SwinIR's ``{"params": ..., "params_ema": ...}``
   (``params_ema`` preferred);
 * ``"state_dict"``: a bare state_dict.
@@ -144,7 +146,7 @@ def network_state(ckpt: dict, key: str = "model_meta") -> tuple[dict, dict | Non
             raise ValueError("it holds no EMA weights (params_ema): the run was trained without --ema")
         if layout == "train_state":
             return network_state({**ckpt, "models": {**ckpt["models"], "model_meta": found}})
-        return strip_module_prefix(found), None
+        return strip_module_prefix(found), _carried_config(ckpt)
     if layout == "train_state":
         saved = ckpt.get("model_config")
         if isinstance(saved, dict) and saved and "arch" not in saved:  # states from before --arch: an RRDB
@@ -158,9 +160,18 @@ def network_state(ckpt: dict, key: str = "model_meta") -> tuple[dict, dict | Non
         sd = sd.get(key, sd) if isinstance(sd.get(key), dict) else sd
     elif layout == "released":
         sd = ckpt[key] if isinstance(ckpt.get(key), dict) else ckpt["model_meta"]
+        saved = _carried_config(ckpt)
     else:
         sd = ckpt
     return strip_module_prefix(sd), (saved or None)
+
+
+def _carried_config(ckpt: dict) -> dict | None:
+    """The ``model_config`` a released-layout checkpoint of dil_fast's carries (see
+    :func:`released_checkpoint`), None when it carries none or something else under that key."""
+    spec = ckpt.get("model_config")
+    ok = isinstance(spec, dict) and isinstance(spec.get("arch"), str) and isinstance(spec.get("kwargs"), dict)
+    return {"arch": spec["arch"], "kwargs": dict(spec["kwargs"])} if ok else None
 
 
 def model_weights(ckpt: dict, path: str, key: str = "model_meta") -> dict:
@@ -193,14 +204,21 @@ def _plain(sd: dict) -> dict:
     return {k: (v if not isinstance(v, torch.Tensor) or v.is_contiguous() else v.contiguous()) for k, v in sd.items()}
 
 
-def released_checkpoint(meta_sd: dict, task_sd: dict | None = None, ema_sd: dict | None = None) -> dict:
+def released_checkpoint(
+    meta_sd: dict, task_sd: dict | None = None, ema_sd: dict | None = None, model_config: dict | None = None
+) -> dict:
     """The released layout: ``{"model_meta": ..., "model_task": ...}`` (one network in both roles
-    when ``task_sd`` is None), plus ``params_ema`` (BasicSR's name) when there is an EMA; the
+    when ``task_sd`` is None), plus ``params_ema`` (BasicSR's name) when there is an EMA and
+    ``model_config`` (``{"arch", "kwargs"}``) when given: :func:`dil_fast.models.registry.spec_to_carry`
+    gives it for a network its weights alone would be read as another one (an RRDB with a global
+    skip), so eval, restore, convert and ``--resume`` rebuild the right one from the file alone. The
     released scripts read only their two keys."""
     meta = _plain(strip_module_prefix(meta_sd))
     out = {"model_meta": meta, "model_task": meta if task_sd is None else _plain(strip_module_prefix(task_sd))}
     if ema_sd is not None:
         out["params_ema"] = _plain(strip_module_prefix(ema_sd))
+    if model_config is not None:
+        out["model_config"] = {"arch": str(model_config["arch"]), "kwargs": dict(model_config["kwargs"])}
     return out
 
 
@@ -240,10 +258,18 @@ def _write_failure(exc: BaseException, folder: str) -> str:
     return " ".join(str(exc).split())[:160] or type(exc).__name__
 
 
-def save_model_checkpoint(folder: str, epoch: int, meta_sd: dict, task_sd: dict, ema_sd: dict | None = None) -> str:
+def save_model_checkpoint(
+    folder: str,
+    epoch: int,
+    meta_sd: dict,
+    task_sd: dict,
+    ema_sd: dict | None = None,
+    model_config: dict | None = None,
+) -> str:
     """``model_{epoch}.pt`` in the released layout (the released scripts load it), with
-    ``params_ema`` when the run keeps an EMA."""
-    return save(released_checkpoint(meta_sd, task_sd, ema_sd), folder, model_file(epoch))
+    ``params_ema`` when the run keeps an EMA and ``model_config`` when given (see
+    :func:`released_checkpoint`)."""
+    return save(released_checkpoint(meta_sd, task_sd, ema_sd, model_config), folder, model_file(epoch))
 
 
 def save_train_state(folder: str, state: dict) -> str:

@@ -18,7 +18,7 @@ import os
 
 from ..checkpoints import basicsr_checkpoint, load_file, released_checkpoint, save
 from ..errors import CheckpointError, FlagError
-from .registry import ARCHS, model_from_checkpoint
+from .registry import ARCHS, model_from_checkpoint, model_spec, spec_to_carry
 
 __all__ = ["convert", "add_convert_parser", "run_convert"]
 
@@ -32,7 +32,7 @@ def convert(src: str, dst: str, fmt: str, key: str = "model_meta") -> str:
     if os.path.abspath(src) == os.path.abspath(dst):
         raise FlagError(f"--out {dst}: must differ from --ckpt")
     try:
-        model, arch, _ = model_from_checkpoint(load_file(src), src, key=key)
+        model, arch, kwargs = model_from_checkpoint(load_file(src), src, key=key)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
     sd = model.state_dict()
@@ -41,7 +41,10 @@ def convert(src: str, dst: str, fmt: str, key: str = "model_meta") -> str:
         serves = ", ".join(ARCHS.where(lambda e: e.facts.get("basicsr") is not None))
         raise CheckpointError(f"{src}: holds a {arch} network, which BasicSR does not have (--to basicsr: {serves})")
     try:
-        obj = basicsr_checkpoint(to_basicsr(sd)) if fmt == "basicsr" else released_checkpoint(sd)
+        if fmt == "basicsr":
+            obj = basicsr_checkpoint(to_basicsr(sd))
+        else:  # the spec too when the weights alone would be read as another network (a global skip)
+            obj = released_checkpoint(sd, model_config=spec_to_carry(model_spec(arch, kwargs), sd))
     except ValueError as exc:
         raise CheckpointError(f"{src}: {exc}") from None
     save(obj, os.path.dirname(os.path.abspath(dst)), os.path.basename(dst), flag="--out")

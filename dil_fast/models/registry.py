@@ -133,6 +133,32 @@ def model_spec(arch: str, kwargs: dict) -> dict:
     return {"arch": arch, "kwargs": {**defaults, **kwargs}}
 
 
+def spec_to_carry(spec: dict | None, sd: dict) -> dict | None:
+    """``spec`` (``{"arch", "kwargs"}``) when a model checkpoint must carry it, None when its weights
+    ``sd`` alone rebuild the same network: a registered architecture recognises them with the same
+    keyword arguments (the class's and the registered defaults filled in on both sides). An RRDB
+    with a global skip (``residual``) has the weights of one without, and a ``--arch
+    package.module:Class`` network is recognised by none: their checkpoints carry the spec."""
+    if spec is None:
+        return None
+    try:
+        found, kwargs, _ = arch_from_state_dict(sd)
+    except ValueError:
+        return model_spec(spec["arch"], spec["kwargs"])
+    if found == spec["arch"] and _full_kwargs(found, kwargs) == _full_kwargs(found, spec["kwargs"]):
+        return None
+    return model_spec(spec["arch"], spec["kwargs"])
+
+
+def _full_kwargs(arch: str, kwargs: dict) -> dict:
+    """``kwargs`` with the class's signature defaults and the registered defaults filled in."""
+    import inspect
+
+    params = inspect.signature(ARCHS[arch].obj).parameters.values() if arch in ARCHS else ()
+    signature = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return {**signature, **(ARCHS[arch].defaults if arch in ARCHS else {}), **kwargs}
+
+
 def model_scale(model: nn.Module) -> int:
     """The network's output / input size (an ``upscale`` attribute, 1 when absent)."""
     return int(getattr(model, "upscale", 1) or 1)

@@ -72,22 +72,41 @@ class RRDBNet(nn.Module):
     """Same-resolution RRDBNet used by DIL for denoising/deblurring.  ``[N, in_nc, H, W] -> [N, out_nc, H, W]``.
 
     conv_first -> nb RRDBs -> trunk_conv; fea = conv_first + trunk; HRconv -> LeakyReLU(0.2) ->
-    conv_last. No global input skip (as released). ``bias=False``: every convolution without its
-    additive term (the bias-free network; see the module docstring).
+    conv_last. No global input skip (as released) unless ``residual`` (output = input + the above).
+    ``bias=False``: every convolution without its additive term (the bias-free network; see the
+    module docstring).
     """
 
     upscale = 1
 
-    def __init__(self, in_nc: int = 3, out_nc: int = 3, nf: int = 64, nb: int = 23, gc: int = 32, bias: bool = True):
+    def __init__(
+        self,
+        in_nc: int = 3,
+        out_nc: int = 3,
+        nf: int = 64,
+        nb: int = 23,
+        gc: int = 32,
+        bias: bool = True,
+        residual: bool = False,
+    ):
         super().__init__()
         for name, value in (("in_nc", in_nc), ("out_nc", out_nc), ("nf", nf), ("nb", nb), ("gc", gc)):
             if int(value) != value or value < 1:
                 raise ValueError(f"RRDBNet: {name} must be a positive integer, got {value!r}")
         if not isinstance(bias, bool):
             raise ValueError(f"RRDBNet: bias must be true or false, got {bias!r}")
+        if not isinstance(residual, bool):
+            raise ValueError(f"RRDBNet: residual must be true or false, got {residual!r}")
+        if residual and (self.upscale != 1 or in_nc != out_nc):
+            raise ValueError(
+                f"{type(self).__name__}: residual (a global input skip) needs the same size and channels in and out"
+            )
         self.config = {"in_nc": in_nc, "out_nc": out_nc, "nf": nf, "nb": nb, "gc": gc}
         if not bias:
             self.config["bias"] = False
+        self.residual = residual
+        if residual:
+            self.config["residual"] = True
         self.conv_first = nn.Conv2d(in_nc, nf, 3, 1, 1, bias=bias)
         self.RRDB_trunk = nn.Sequential(*[RRDB(nf, gc, bias) for _ in range(nb)])
         self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1, bias=bias)
@@ -105,7 +124,8 @@ class RRDBNet(nn.Module):
         fea = self.conv_first(x)
         fea = fea + self.trunk_conv(self.RRDB_trunk(fea))
         fea = self._upsample(fea)
-        return self.conv_last(F.leaky_relu(self.HRconv(fea), 0.2))
+        out = self.conv_last(F.leaky_relu(self.HRconv(fea), 0.2))
+        return out + x if self.residual else out
 
 
 class RRDBNetX4(RRDBNet):

@@ -45,7 +45,10 @@ def model_spec_for(cfg: TrainConfig, resume_ckpt: dict | None) -> tuple[dict, di
             )
         return (saved or wanted), None
     try:
-        found, found_kwargs, weights = arch_from_state_dict(meta)
+        if saved is not None and not is_custom_arch(saved["arch"]):  # a model_N.pt that says which network
+            found, found_kwargs, weights = saved["arch"], dict(saved["kwargs"]), meta
+        else:
+            found, found_kwargs, weights = arch_from_state_dict(meta)
     except ValueError as exc:
         raise CheckpointError(f"{cfg.resume}: {exc}") from None
     if cfg.arch and cfg.arch != found:

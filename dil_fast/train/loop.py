@@ -40,6 +40,7 @@ from ..degrade import CounterfactualPairs
 from ..devices import resolve_device
 from ..errors import FlagError, SamplesUnavailable, TrainingStopped
 from ..meta import MetaAlgorithm
+from ..models.registry import spec_to_carry
 from . import components, distributed
 from . import state as state_io
 from .components import ConfounderOrder
@@ -102,6 +103,8 @@ class Trainer:
             self.model_config, self._resume_weights = components.model_spec_for(cfg, resume_ckpt)
             model, task_model = components.build_models(self.model_config, cfg, self.device)
             components.check_scale(model, cfg)
+        # what model_N.pt carries beside the released keys when its weights alone would mislead (decided once)
+        self._carried_config = spec_to_carry(self.model_config, model.state_dict())
         self.plan = RunPlan.resolve(
             cfg, self.device, components.stage_ops(cfg, self._user_loader, self._user_confounders)
         )
@@ -439,6 +442,7 @@ class Trainer:
                 algo.meta_model.state_dict(),
                 algo.task_model.state_dict(),
                 ema_sd=None if self.ema is None else self.ema.state_dict(),
+                model_config=self._carried_config,
             )
         checkpoints.save_train_state(cfg.ckpt_save, self._state(algo, epoch + 1, 0))
         if epoch % cfg.test_every == 0 and testset is not None:

@@ -72,9 +72,16 @@ def test_ones_own_architecture_needs_the_flag_then_takes_the_runs_kwargs(own_run
     assert ck.arch == OWN and ck.kwargs == {"width": 3} and ck.described_by == str(own_run / "options.json")
     assert ck.model.a.out_channels == 3
     assert ck.config is not None and ck.config["arch"] == OWN  # the run's config (a sweep's training range)
-    # without the run folder (the API default) its weights alone do not say how to build it
-    with pytest.raises(CheckpointError, match="not a network dil_fast knows"):
+    # without the run folder (the API default) the file itself names the network (model_config: no
+    # registered architecture recognises its weights), and the flag is still needed to import it
+    with pytest.raises(CheckpointError, match=f"pass --arch {OWN} to rebuild it"):
         load_checkpoint("m", path)
+    assert load_checkpoint("m", path, arch=OWN).kwargs == {"width": 3}
+    bare = torch.load(path, weights_only=True)
+    del bare["model_config"]
+    torch.save(bare, tmp_path / "bare.pt")  # a file without it: its weights alone do not say how to build it
+    with pytest.raises(CheckpointError, match="not a network dil_fast knows"):
+        load_checkpoint("m", str(tmp_path / "bare.pt"))
 
     # the eval command: one error line naming the flag, then a run with it
     make_png_folder(tmp_path / "imgs", n=1, size=24, seed=4)

@@ -179,3 +179,49 @@ def test_bias_must_be_all_or_none():
         infer_rrdb_config(sd)
     with pytest.raises(ValueError, match="bias must be true or false"):
         RRDBNet(3, 3, nf=8, nb=1, gc=4, bias="no")
+
+
+# ---- residual=True: a global input skip (the demo's network) ----
+def test_residual_adds_the_input_to_the_released_networks_output():
+    torch.manual_seed(0)
+    plain = RRDBNet(3, 3, nf=8, nb=1, gc=4)
+    res = RRDBNet(3, 3, nf=8, nb=1, gc=4, residual=True)
+    res.load_state_dict(plain.state_dict(), strict=True)  # the same tensors: nothing new to learn
+    assert res.config["residual"] is True and "residual" not in plain.config
+    x = torch.rand(2, 3, 11, 13)
+    with torch.no_grad():
+        torch.testing.assert_close(res(x), plain(x) + x, rtol=0, atol=0)
+    # infer_rrdb_config cannot see the skip: the weights are the released network's
+    assert "residual" not in infer_rrdb_config(res.state_dict())
+
+
+def test_residual_needs_a_same_size_network_and_a_bool():
+    with pytest.raises(ValueError, match="same size and channels"):
+        RRDBNetX4(3, 3, nf=8, nb=1, gc=4, residual=True)
+    with pytest.raises(ValueError, match="same size and channels"):
+        RRDBNet(1, 3, nf=8, nb=1, gc=4, residual=True)
+    with pytest.raises(ValueError, match="residual must be true or false"):
+        RRDBNet(3, 3, nf=8, nb=1, gc=4, residual=1)
+
+
+def test_checkpoints_carry_the_spec_only_when_the_weights_would_mislead(tmp_path):
+    from dil_fast import checkpoints
+    from dil_fast.models.registry import model_from_checkpoint, model_spec, spec_to_carry
+
+    kw = {"nf": 8, "nb": 1, "gc": 4}
+    plain, res, bf = RRDBNet(**kw), RRDBNet(**kw, residual=True), RRDBNet(**kw, bias=False)
+    assert spec_to_carry(model_spec("rrdb", kw), plain.state_dict()) is None
+    assert spec_to_carry(model_spec("rrdb", {**kw, "bias": True}), plain.state_dict()) is None  # a default, said
+    assert spec_to_carry(model_spec("rrdb", {**kw, "bias": False}), bf.state_dict()) is None  # seen in the keys
+    carried = spec_to_carry(model_spec("rrdb", {**kw, "residual": True}), res.state_dict())
+    assert carried == model_spec("rrdb", {**kw, "residual": True})
+    ck = checkpoints.released_checkpoint(res.state_dict(), model_config=carried)
+    assert set(ck) == {"model_meta", "model_task", "model_config"}
+    torch.save(ck, tmp_path / "model_3.pt")
+    loaded, arch, kwargs = model_from_checkpoint(torch.load(tmp_path / "model_3.pt"), "model_3.pt")
+    assert arch == "rrdb" and kwargs["residual"] is True
+    x = torch.rand(1, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), res(x), rtol=0, atol=0)
+    # a released file without the entry is the released network, as before
+    assert set(checkpoints.released_checkpoint(plain.state_dict())) == {"model_meta", "model_task"}
